@@ -1,0 +1,19 @@
+//! The command line: `spot-canvas [serve]`, and the other subcommands.
+
+use clap::{Parser, Subcommand};
+
+/// Live candle service and dashboard for Coinbase spot markets.
+#[derive(Debug, Parser)]
+#[command(name = "spot-canvas", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Print the configuration the service would run with (secrets redacted) and exit.
+    Config,
+}

@@ -1,0 +1,224 @@
+//! Configuration: one typed [`Config`] read from environment variables (and an optional
+//! `.env`, loaded by `main`), validated at start.
+//!
+//! In: a variable lookup (the process environment, or a map in tests). Out: a [`Config`], or a
+//! [`ConfigError`] naming the variable, what is wrong with it and what is accepted. Secrets
+//! (the Coinbase private key, the database URL's password) are wrapped so that `Debug` and
+//! logs never show them.
+
+mod parse;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::feed::coinbase::{PRODUCTION_REST_URL, PRODUCTION_WS_URL};
+
+/// Documentation of one environment variable the service reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    pub name: &'static str,
+    /// Default when unset, as text ("" when there is none).
+    pub default: &'static str,
+    pub description: &'static str,
+}
+
+/// Every environment variable the service reads. README, `.env.example` and the deployment
+/// files must name each of them (a test checks).
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "PORT",
+        default: "8080",
+        description: "HTTP port to listen on (0 picks a free port)",
+    },
+    Variable {
+        name: "DATA_DIR",
+        default: ".data",
+        description: "Directory for the embedded PostgreSQL cluster and NATS store",
+    },
+    Variable {
+        name: "DATABASE_URL",
+        default: "",
+        description: "PostgreSQL URL; unset starts an embedded local cluster under DATA_DIR (secret: holds the password)",
+    },
+    Variable {
+        name: "NATS_URL",
+        default: "",
+        description: "NATS server or cluster URL(s), comma-separated; unset starts an embedded nats-server",
+    },
+    Variable {
+        name: "COINBASE_WS_URL",
+        default: PRODUCTION_WS_URL,
+        description: "Coinbase Advanced Trade market-data WebSocket (point at `spot-canvas sim` for demos and tests)",
+    },
+    Variable {
+        name: "COINBASE_REST_URL",
+        default: PRODUCTION_REST_URL,
+        description: "Coinbase Advanced Trade REST base URL, for products and candle backfill",
+    },
+    Variable {
+        name: "COINBASE_API_KEY",
+        default: "",
+        description: "Optional CDP API key name (`organizations/…/apiKeys/…`); set together with COINBASE_PRIVATE_KEY",
+    },
+    Variable {
+        name: "COINBASE_PRIVATE_KEY",
+        default: "",
+        description: "Optional CDP private key: SEC1 EC PEM or base64 Ed25519; `\\n` escapes accepted (secret)",
+    },
+    Variable {
+        name: "PRODUCTS",
+        default: "",
+        description: "Comma-separated product ids to ingest; unset discovers all online spot products",
+    },
+    Variable {
+        name: "SHARD_INDEX",
+        default: "0",
+        description: "This instance's shard, 0 ≤ SHARD_INDEX < SHARD_COUNT",
+    },
+    Variable {
+        name: "SHARD_COUNT",
+        default: "1",
+        description: "Number of instances sharing the products",
+    },
+    Variable {
+        name: "PRODUCTS_PER_CONNECTION",
+        default: "20",
+        description: "Products per Coinbase WebSocket connection (1–1000)",
+    },
+    Variable {
+        name: "RUST_LOG",
+        default: "info",
+        description: "Log filter (tracing EnvFilter syntax)",
+    },
+    Variable {
+        name: "LOG_FORMAT",
+        default: "pretty",
+        description: "Log output: `pretty` or `json`",
+    },
+];
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Optional CDP credentials for authenticated subscribes.
+#[derive(Clone)]
+pub struct CoinbaseCredentials {
+    /// Key name, `organizations/{org}/apiKeys/{key}`: not secret, it names the key.
+    pub api_key: String,
+    /// The private key, with `\n` escapes already turned into newlines.
+    pub private_key: SecretString,
+}
+
+impl fmt::Debug for CoinbaseCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CoinbaseCredentials")
+            .field("api_key", &self.api_key)
+            .field("private_key", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// The service's configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    /// `None`: start an embedded PostgreSQL cluster.
+    pub database_url: Option<SecretString>,
+    /// `None`: start an embedded nats-server.
+    pub nats_url: Option<String>,
+    pub coinbase_ws_url: String,
+    pub coinbase_rest_url: String,
+    pub coinbase_credentials: Option<CoinbaseCredentials>,
+    /// `None`: discover products from the REST products list.
+    pub products: Option<Vec<String>>,
+    pub shard_index: u32,
+    pub shard_count: u32,
+    pub products_per_connection: usize,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("port", &self.port)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self
+                    .database_url
+                    .as_ref()
+                    .map(|u| redact_url(u.expose_secret())),
+            )
+            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("coinbase_ws_url", &self.coinbase_ws_url)
+            .field("coinbase_rest_url", &self.coinbase_rest_url)
+            .field("coinbase_credentials", &self.coinbase_credentials)
+            .field("products", &self.products)
+            .field("shard_index", &self.shard_index)
+            .field("shard_count", &self.shard_count)
+            .field("products_per_connection", &self.products_per_connection)
+            .field("log_filter", &self.log_filter)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// An invalid configuration value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var}: {problem}; accepted: {accepted}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+    pub accepted: &'static str,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup` (a variable name → its value, if set). Empty
+    /// values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        parse::config(&|name| lookup(name).filter(|v| !v.trim().is_empty()))
+    }
+
+    /// Whether the feed points at Coinbase's production endpoint (as opposed to a simulator).
+    pub fn is_production_feed(&self) -> bool {
+        self.coinbase_ws_url.trim_end_matches('/') == PRODUCTION_WS_URL
+    }
+}
+
+/// Hides the credentials of a URL such as `postgres://user:pw@host/db?password=pw`, for
+/// display: the user info and any query string that mentions a password.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return "[REDACTED]".to_owned();
+    };
+    let (scheme, rest) = (&url[..scheme_end], &url[scheme_end + 3..]);
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = match authority.rfind('@') {
+        Some(at) => format!("[REDACTED]@{}", &authority[at + 1..]),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.find('?') {
+        Some(q) if tail[q..].to_ascii_lowercase().contains("password") => {
+            format!("{}?[REDACTED]", &tail[..q])
+        }
+        _ => tail.to_owned(),
+    };
+    format!("{scheme}://{host}{tail}")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,248 @@
+//! Validation of each variable into its typed value.
+
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+
+use super::{CoinbaseCredentials, Config, ConfigError, LogFormat, VARIABLES};
+
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
+    let shard_count: u32 = number(lookup, "SHARD_COUNT", 1, 1, 1024, "an integer 1-1024")?;
+    let shard_index: u32 = number(
+        lookup,
+        "SHARD_INDEX",
+        0,
+        0,
+        1023,
+        "an integer 0 ≤ SHARD_INDEX < SHARD_COUNT",
+    )?;
+    if shard_index >= shard_count {
+        return Err(ConfigError {
+            var: "SHARD_INDEX",
+            problem: format!("{shard_index} is not below SHARD_COUNT ({shard_count})"),
+            accepted: "an integer 0 ≤ SHARD_INDEX < SHARD_COUNT",
+        });
+    }
+    Ok(Config {
+        port: number(lookup, "PORT", 8080, 0, 65_535, "an integer 0-65535")?,
+        data_dir: lookup("DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(default_of("DATA_DIR"))),
+        database_url: database_url(lookup)?,
+        nats_url: nats_url(lookup)?,
+        coinbase_ws_url: url(
+            lookup,
+            "COINBASE_WS_URL",
+            &["ws://", "wss://"],
+            "a ws:// or wss:// URL",
+        )?,
+        coinbase_rest_url: url(
+            lookup,
+            "COINBASE_REST_URL",
+            &["http://", "https://"],
+            "an http:// or https:// URL",
+        )?
+        .trim_end_matches('/')
+        .to_owned(),
+        coinbase_credentials: credentials(lookup)?,
+        products: products(lookup)?,
+        shard_index,
+        shard_count,
+        products_per_connection: number(
+            lookup,
+            "PRODUCTS_PER_CONNECTION",
+            20,
+            1,
+            1000,
+            "an integer 1-1000",
+        )?,
+        log_filter: log_filter(lookup)?,
+        log_format: log_format(lookup)?,
+    })
+}
+
+fn default_of(var: &str) -> &'static str {
+    VARIABLES
+        .iter()
+        .find(|v| v.name == var)
+        .map(|v| v.default)
+        .unwrap_or("")
+}
+
+fn number<T>(
+    lookup: Lookup<'_>,
+    var: &'static str,
+    default: T,
+    min: T,
+    max: T,
+    accepted: &'static str,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let Some(raw) = lookup(var) else {
+        return Ok(default);
+    };
+    let value: T = raw.trim().parse().map_err(|_| ConfigError {
+        var,
+        problem: format!("{raw:?} is not an integer in range"),
+        accepted,
+    })?;
+    if value < min || value > max {
+        return Err(ConfigError {
+            var,
+            problem: format!("{value} is out of range"),
+            accepted,
+        });
+    }
+    Ok(value)
+}
+
+fn url(
+    lookup: Lookup<'_>,
+    var: &'static str,
+    schemes: &[&str],
+    accepted: &'static str,
+) -> Result<String, ConfigError> {
+    let value = lookup(var).unwrap_or_else(|| default_of(var).to_owned());
+    let value = value.trim().to_owned();
+    let has_scheme = schemes
+        .iter()
+        .any(|s| value.len() > s.len() && value[..s.len()].eq_ignore_ascii_case(s));
+    if !has_scheme || value.contains(char::is_whitespace) {
+        return Err(ConfigError {
+            var,
+            problem: format!("{value:?} is not a URL with a supported scheme"),
+            accepted,
+        });
+    }
+    Ok(value)
+}
+
+fn database_url(lookup: Lookup<'_>) -> Result<Option<SecretString>, ConfigError> {
+    let Some(value) = lookup("DATABASE_URL") else {
+        return Ok(None);
+    };
+    let value = value.trim();
+    if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
+        // Do not echo the value: it may hold a password.
+        return Err(ConfigError {
+            var: "DATABASE_URL",
+            problem: "the value does not start with postgres:// or postgresql://".into(),
+            accepted: "a postgres:// or postgresql:// URL, or unset for the embedded database",
+        });
+    }
+    Ok(Some(SecretString::from(value.to_owned())))
+}
+
+fn nats_url(lookup: Lookup<'_>) -> Result<Option<String>, ConfigError> {
+    let Some(value) = lookup("NATS_URL") else {
+        return Ok(None);
+    };
+    const ACCEPTED: &str =
+        "comma-separated nats://, tls://, ws:// or wss:// URLs, or unset for the embedded server";
+    for part in value.split(',') {
+        let part = part.trim();
+        let ok = ["nats://", "tls://", "ws://", "wss://"]
+            .iter()
+            .any(|s| part.starts_with(s) && part.len() > s.len());
+        if !ok {
+            return Err(ConfigError {
+                var: "NATS_URL",
+                problem: format!("{:?} is not a NATS URL", super::redact_url(part)),
+                accepted: ACCEPTED,
+            });
+        }
+    }
+    Ok(Some(value.trim().to_owned()))
+}
+
+fn credentials(lookup: Lookup<'_>) -> Result<Option<CoinbaseCredentials>, ConfigError> {
+    match (lookup("COINBASE_API_KEY"), lookup("COINBASE_PRIVATE_KEY")) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError {
+            var: "COINBASE_PRIVATE_KEY",
+            problem: "unset while COINBASE_API_KEY is set".into(),
+            accepted: "both COINBASE_API_KEY and COINBASE_PRIVATE_KEY, or neither",
+        }),
+        (None, Some(_)) => Err(ConfigError {
+            var: "COINBASE_API_KEY",
+            problem: "unset while COINBASE_PRIVATE_KEY is set".into(),
+            accepted: "both COINBASE_API_KEY and COINBASE_PRIVATE_KEY, or neither",
+        }),
+        (Some(api_key), Some(private_key)) => {
+            let private_key = private_key.replace("\\n", "\n").trim().to_owned();
+            let pem = private_key.contains("-----BEGIN ");
+            let base64 = !pem
+                && private_key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+            if !pem && !base64 {
+                // Never echo the key itself.
+                return Err(ConfigError {
+                    var: "COINBASE_PRIVATE_KEY",
+                    problem: "the value is neither a PEM block nor base64".into(),
+                    accepted: "a PEM private key (SEC1 `EC PRIVATE KEY` or PKCS#8), `\\n` escapes allowed, or a base64 Ed25519 key",
+                });
+            }
+            Ok(Some(CoinbaseCredentials {
+                api_key: api_key.trim().to_owned(),
+                private_key: SecretString::from(private_key),
+            }))
+        }
+    }
+}
+
+fn products(lookup: Lookup<'_>) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(value) = lookup("PRODUCTS") else {
+        return Ok(None);
+    };
+    const ACCEPTED: &str =
+        "comma-separated product ids such as BTC-USD,ETH-USD (letters, digits, one or more '-')";
+    let mut products: Vec<String> = Vec::new();
+    for part in value.split(',') {
+        let id = part.trim().to_ascii_uppercase();
+        let valid = !id.is_empty()
+            && id.len() <= 64
+            && id.contains('-')
+            && !id.starts_with('-')
+            && !id.ends_with('-')
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            return Err(ConfigError {
+                var: "PRODUCTS",
+                problem: format!("{:?} is not a product id", part.trim()),
+                accepted: ACCEPTED,
+            });
+        }
+        if !products.contains(&id) {
+            products.push(id);
+        }
+    }
+    Ok(Some(products))
+}
+
+fn log_filter(lookup: Lookup<'_>) -> Result<String, ConfigError> {
+    let value = lookup("RUST_LOG").unwrap_or_else(|| default_of("RUST_LOG").to_owned());
+    tracing_subscriber::EnvFilter::try_new(&value).map_err(|e| ConfigError {
+        var: "RUST_LOG",
+        problem: format!("{value:?} is not a filter ({e})"),
+        accepted: "tracing EnvFilter directives such as `info` or `spot_canvas=debug,info`",
+    })?;
+    Ok(value)
+}
+
+fn log_format(lookup: Lookup<'_>) -> Result<LogFormat, ConfigError> {
+    match lookup("LOG_FORMAT").as_deref().map(str::trim) {
+        None => Ok(LogFormat::Pretty),
+        Some(v) if v.eq_ignore_ascii_case("pretty") => Ok(LogFormat::Pretty),
+        Some(v) if v.eq_ignore_ascii_case("json") => Ok(LogFormat::Json),
+        Some(other) => Err(ConfigError {
+            var: "LOG_FORMAT",
+            problem: format!("{other:?} is not a log format"),
+            accepted: "json or pretty",
+        }),
+    }
+}

@@ -1,0 +1,208 @@
+use std::collections::HashMap;
+
+use secrecy::ExposeSecret;
+
+use super::*;
+
+fn config_with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Config::from_lookup(|name| map.get(name).cloned())
+}
+
+#[test]
+fn defaults_apply_when_nothing_is_set() {
+    let config = config_with(&[]).expect("defaults are valid");
+    assert_eq!(config.port, 8080);
+    assert_eq!(config.data_dir, PathBuf::from(".data"));
+    assert!(config.database_url.is_none());
+    assert!(config.nats_url.is_none());
+    assert_eq!(config.coinbase_ws_url, PRODUCTION_WS_URL);
+    assert_eq!(config.coinbase_rest_url, PRODUCTION_REST_URL);
+    assert!(config.coinbase_credentials.is_none());
+    assert!(config.products.is_none());
+    assert_eq!((config.shard_index, config.shard_count), (0, 1));
+    assert_eq!(config.products_per_connection, 20);
+    assert_eq!(config.log_format, LogFormat::Pretty);
+    assert!(config.is_production_feed());
+}
+
+#[test]
+fn every_invalid_value_names_its_variable_and_what_is_accepted() {
+    type Vars = &'static [(&'static str, &'static str)];
+    let cases: &[(Vars, &str, &str)] = &[
+        (&[("PORT", "http")], "PORT", "0-65535"),
+        (&[("PORT", "70000")], "PORT", "0-65535"),
+        (&[("PORT", "-1")], "PORT", "0-65535"),
+        (&[("SHARD_COUNT", "0")], "SHARD_COUNT", "1-1024"),
+        (
+            &[("SHARD_INDEX", "2"), ("SHARD_COUNT", "2")],
+            "SHARD_INDEX",
+            "SHARD_COUNT",
+        ),
+        (&[("SHARD_INDEX", "x")], "SHARD_INDEX", "SHARD_COUNT"),
+        (
+            &[("PRODUCTS_PER_CONNECTION", "0")],
+            "PRODUCTS_PER_CONNECTION",
+            "1-1000",
+        ),
+        (
+            &[("PRODUCTS_PER_CONNECTION", "5000")],
+            "PRODUCTS_PER_CONNECTION",
+            "1-1000",
+        ),
+        (
+            &[("COINBASE_WS_URL", "https://example.com")],
+            "COINBASE_WS_URL",
+            "wss://",
+        ),
+        (
+            &[("COINBASE_REST_URL", "ftp://example.com")],
+            "COINBASE_REST_URL",
+            "https://",
+        ),
+        (
+            &[("DATABASE_URL", "mysql://u:p@h/db")],
+            "DATABASE_URL",
+            "postgres://",
+        ),
+        (
+            &[("NATS_URL", "http://localhost:4222")],
+            "NATS_URL",
+            "nats://",
+        ),
+        (
+            &[("NATS_URL", "nats://a:4222,bogus")],
+            "NATS_URL",
+            "nats://",
+        ),
+        (&[("PRODUCTS", "BTC-USD,,ETH-USD")], "PRODUCTS", "BTC-USD"),
+        (&[("PRODUCTS", "BTCUSD")], "PRODUCTS", "BTC-USD"),
+        (&[("PRODUCTS", "BTC-USD;DROP")], "PRODUCTS", "BTC-USD"),
+        (&[("LOG_FORMAT", "xml")], "LOG_FORMAT", "json or pretty"),
+        (&[("RUST_LOG", "info,[bad")], "RUST_LOG", "EnvFilter"),
+        (
+            &[("COINBASE_API_KEY", "organizations/o/apiKeys/k")],
+            "COINBASE_PRIVATE_KEY",
+            "both",
+        ),
+        (
+            &[("COINBASE_PRIVATE_KEY", "abcd")],
+            "COINBASE_API_KEY",
+            "both",
+        ),
+        (
+            &[
+                ("COINBASE_API_KEY", "k"),
+                ("COINBASE_PRIVATE_KEY", "not a key!"),
+            ],
+            "COINBASE_PRIVATE_KEY",
+            "base64",
+        ),
+    ];
+    for (vars, var, accepted) in cases {
+        let err = config_with(vars).expect_err(&format!("{vars:?} must be rejected"));
+        assert_eq!(err.var, *var, "{vars:?}");
+        let message = err.to_string();
+        assert!(message.contains(var), "{message}");
+        assert!(
+            message.contains(accepted),
+            "{message} should say {accepted}"
+        );
+    }
+}
+
+#[test]
+fn products_are_trimmed_upper_cased_and_deduplicated() {
+    let config = config_with(&[("PRODUCTS", " btc-usd, ETH-USD ,BTC-USD")]).expect("valid");
+    assert_eq!(
+        config.products,
+        Some(vec!["BTC-USD".to_owned(), "ETH-USD".to_owned()])
+    );
+}
+
+#[test]
+fn empty_values_count_as_unset() {
+    let config = config_with(&[("PORT", ""), ("DATABASE_URL", "  ")]).expect("valid");
+    assert_eq!(config.port, 8080);
+    assert!(config.database_url.is_none());
+}
+
+#[test]
+fn private_key_newline_escapes_are_unescaped() {
+    let config = config_with(&[
+        ("COINBASE_API_KEY", "organizations/o/apiKeys/k"),
+        (
+            "COINBASE_PRIVATE_KEY",
+            "-----BEGIN EC PRIVATE KEY-----\\nMHcCAQEE\\n-----END EC PRIVATE KEY-----\\n",
+        ),
+    ])
+    .expect("valid");
+    let creds = config.coinbase_credentials.expect("credentials");
+    assert_eq!(
+        creds.private_key.expose_secret(),
+        "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----"
+    );
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let config = config_with(&[
+        (
+            "DATABASE_URL",
+            "postgres://spot:hunter2pw@db.internal:5432/spot?sslmode=require",
+        ),
+        ("NATS_URL", "nats://natsuser:natspass42@nats.internal:4222"),
+        ("COINBASE_API_KEY", "organizations/o/apiKeys/k"),
+        (
+            "COINBASE_PRIVATE_KEY",
+            "U2VjcmV0U2VlZEJ5dGVzMDEyMzQ1Njc4OWFiY2RlZg==",
+        ),
+    ])
+    .expect("valid");
+    let debug = format!("{config:?}");
+    for secret in ["hunter2pw", "natspass42", "U2VjcmV0U2VlZEJ5dGVz"] {
+        assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+    }
+    assert!(debug.contains("db.internal:5432"), "{debug}");
+    assert!(debug.contains("organizations/o/apiKeys/k"), "{debug}");
+}
+
+#[test]
+fn invalid_secrets_are_not_echoed_in_errors() {
+    let err = config_with(&[("DATABASE_URL", "mysql://u:hunter2pw@h/db")]).expect_err("invalid");
+    assert!(!err.to_string().contains("hunter2pw"), "{err}");
+    let err = config_with(&[
+        ("COINBASE_API_KEY", "k"),
+        ("COINBASE_PRIVATE_KEY", "secret material!"),
+    ])
+    .expect_err("invalid");
+    assert!(!err.to_string().contains("secret material"), "{err}");
+    let err = config_with(&[("NATS_URL", "http://u:natspass42@h")]).expect_err("invalid");
+    assert!(!err.to_string().contains("natspass42"), "{err}");
+}
+
+#[test]
+fn redact_url_hides_user_info_and_password_queries() {
+    assert_eq!(
+        redact_url("postgres://u:pw@host:5432/db"),
+        "postgres://[REDACTED]@host:5432/db"
+    );
+    assert_eq!(
+        redact_url("postgres://host/db?user=u&password=pw"),
+        "postgres://host/db?[REDACTED]"
+    );
+    assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
+    assert_eq!(redact_url("garbage"), "[REDACTED]");
+}
+
+#[test]
+fn variables_are_listed_once_each() {
+    let mut names: Vec<_> = VARIABLES.iter().map(|v| v.name).collect();
+    names.sort_unstable();
+    let before = names.len();
+    names.dedup();
+    assert_eq!(before, names.len());
+}

@@ -1,0 +1,3 @@
+//! Market-data ingestion. In: exchange frames. Out: trade batches for the candle engine.
+
+pub mod coinbase;

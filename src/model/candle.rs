@@ -1,0 +1,102 @@
+//! Candles and the updates the engine emits for them, with the version that orders every
+//! update of one (product, granularity) key.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::{Granularity, TradeId};
+
+/// The exchange every candle of this service comes from (subject and key prefix).
+pub const EXCHANGE: &str = "coinbase";
+
+/// OHLCV of one bucket `[start, start + granularity)` of one product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candle {
+    pub product_id: String,
+    pub granularity: Granularity,
+    /// Bucket start, aligned to the UTC epoch.
+    pub start: DateTime<Utc>,
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub close: Decimal,
+    /// Sum of trade sizes (base currency).
+    pub volume: Decimal,
+    /// Volume of trades whose taker bought. `None` when unknown (a candle from REST).
+    pub buy_volume: Option<Decimal>,
+    /// Number of trades. `None` when unknown (a candle from REST).
+    pub trade_count: Option<u64>,
+}
+
+impl Candle {
+    /// Exclusive end of the bucket.
+    pub fn end(&self) -> DateTime<Utc> {
+        self.granularity.bucket_end(self.start)
+    }
+}
+
+/// Orders the updates of one (product, granularity) key totally, across buckets, restarts
+/// and two producers of the same key: a newer bucket wins, then a higher revision, then more
+/// trades, then a later last trade. Storage, KV and clients keep the highest.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Version {
+    /// Bucket start in Unix seconds.
+    pub bucket_start: i64,
+    pub revision: u32,
+    pub trade_count: u64,
+    pub last_trade_id: TradeId,
+}
+
+/// One change of one candle, as the engine emits it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandleUpdate {
+    pub candle: Candle,
+    /// The clock has passed the bucket's end plus the grace period.
+    pub complete: bool,
+    /// 0 for the live candle; incremented each time a late trade changes a complete candle.
+    pub revision: u32,
+    pub version: Version,
+    /// Exchange time of the newest trade in the candle.
+    pub last_trade_time: DateTime<Utc>,
+    /// When the newest trade in the candle was received.
+    pub last_received: DateTime<Utc>,
+}
+
+impl CandleUpdate {
+    /// The element and key id of the newest bucket of this product and granularity,
+    /// `<product>-<granularity>`.
+    pub fn key_id(&self) -> String {
+        format!("{}-{}", self.candle.product_id, self.candle.granularity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(bucket_start: i64, revision: u32, trade_count: u64, last: u64) -> Version {
+        Version {
+            bucket_start,
+            revision,
+            trade_count,
+            last_trade_id: TradeId(last),
+        }
+    }
+
+    #[test]
+    fn versions_order_by_bucket_then_revision_then_count_then_last_trade() {
+        let ordered = [
+            v(60, 0, 1, 10),
+            v(60, 0, 1, 11),
+            v(60, 0, 2, 5),
+            v(60, 1, 1, 1),
+            v(120, 0, 1, 1),
+        ];
+        for pair in ordered.windows(2) {
+            assert!(pair[0] < pair[1], "{:?} < {:?}", pair[0], pair[1]);
+        }
+    }
+}

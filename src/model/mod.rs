@@ -1,0 +1,14 @@
+//! Domain types shared by every stage: granularities, trades, candles and their updates,
+//! products, and the injected clock. Amounts are exact decimals, never floats.
+
+mod candle;
+mod clock;
+mod granularity;
+mod product;
+mod trade;
+
+pub use candle::{Candle, CandleUpdate, EXCHANGE, Version};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use granularity::{ACCEPTED_GRANULARITIES, Granularity, UnknownGranularity};
+pub use product::Product;
+pub use trade::{BadTradeId, Side, Trade, TradeId};

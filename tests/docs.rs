@@ -1,0 +1,54 @@
+//! The documentation names every environment variable the service reads.
+
+use std::path::Path;
+
+use spot_canvas::config::VARIABLES;
+
+fn read(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+#[test]
+fn readme_configuration_table_lists_every_variable() {
+    let readme = read("README.md");
+    for var in VARIABLES {
+        let row = format!("| `{}` |", var.name);
+        assert!(
+            readme.contains(&row),
+            "README lacks a table row for {}",
+            var.name
+        );
+    }
+}
+
+#[test]
+fn env_example_names_every_variable() {
+    let example = read(".env.example");
+    for var in VARIABLES {
+        let line = format!("\n{}=", var.name);
+        assert!(example.contains(&line), ".env.example lacks {}", var.name);
+    }
+}
+
+#[test]
+fn deployment_files_name_every_variable() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        // No deployment files yet: nothing to check.
+        return;
+    };
+    let mut text = String::new();
+    for entry in entries.flatten() {
+        if let Ok(body) = std::fs::read_to_string(entry.path()) {
+            text.push_str(&body);
+        }
+    }
+    for var in VARIABLES {
+        assert!(
+            text.contains(var.name),
+            "deploy/ does not mention {}",
+            var.name
+        );
+    }
+}

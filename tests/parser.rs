@@ -1,0 +1,459 @@
+//! The frame and REST parsers against the production recording, the documented examples and
+//! malformed input.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use proptest::prelude::*;
+use serde_json::Value;
+use spot_canvas::feed::coinbase::rest::{
+    parse_candles, parse_error, parse_product, parse_products,
+};
+use spot_canvas::feed::coinbase::{FrameBody, FrameError, parse_frame};
+use spot_canvas::model::{Granularity, Side, Trade, TradeId};
+
+const STREAM: &str = include_str!("fixtures/coinbase/production-stream-2026-09-30.jsonl");
+const MARKET_DATA: &str = include_str!("fixtures/coinbase/production-market-data-2026-09-30.jsonl");
+
+fn received() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-09-30T02:40:00Z")
+        .expect("valid")
+        .with_timezone(&Utc)
+}
+
+/// Frames of a recording: each line is `<receive ns>\t<frame JSON>`.
+fn frames(recording: &str) -> Vec<&str> {
+    recording
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_once('\t').map_or(l, |(_, frame)| frame))
+        .collect()
+}
+
+fn trades_of(recording: &str) -> Vec<Trade> {
+    let mut trades = Vec::new();
+    for frame in frames(recording) {
+        let parsed = parse_frame(frame.as_bytes(), received()).expect(frame);
+        if let FrameBody::MarketTrades { trades: t, .. } = parsed.body {
+            trades.extend(t);
+        }
+    }
+    trades
+}
+
+#[test]
+fn every_frame_of_the_production_stream_parses_and_l2_data_is_skipped() {
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut sequence = Vec::new();
+    for frame in frames(STREAM) {
+        let parsed = parse_frame(frame.as_bytes(), received()).expect(frame);
+        sequence.push(
+            parsed
+                .sequence_num
+                .expect("every production frame has a sequence"),
+        );
+        let kind = match &parsed.body {
+            FrameBody::MarketTrades { .. } => "market_trades",
+            FrameBody::Heartbeat { .. } => "heartbeats",
+            FrameBody::Subscriptions { .. } => "subscriptions",
+            FrameBody::Skipped { channel } => {
+                assert_eq!(channel, "l2_data");
+                "skipped"
+            }
+            other => panic!("unexpected frame {other:?}"),
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    assert_eq!(kinds["skipped"], 213);
+    assert_eq!(kinds["market_trades"], 28);
+    assert_eq!(kinds["heartbeats"], 6);
+    assert_eq!(kinds["subscriptions"], 3);
+    assert_eq!(
+        sequence,
+        (0..250).collect::<Vec<u64>>(),
+        "sequence_num runs 0-249"
+    );
+}
+
+#[test]
+fn all_307_trades_of_the_recording_come_out_with_exact_values() {
+    let trades = trades_of(MARKET_DATA);
+    assert_eq!(trades.len(), 307);
+    assert_eq!(
+        trades_of(STREAM),
+        trades,
+        "the full stream holds the same trades"
+    );
+
+    // Compare each trade with an independent reading of the JSON: decimals keep every digit
+    // and their scale, times are exact to the microsecond.
+    let mut expected = Vec::new();
+    for frame in frames(MARKET_DATA) {
+        let v: Value = serde_json::from_str(frame).expect("json");
+        if v["channel"] != "market_trades" {
+            continue;
+        }
+        for event in v["events"].as_array().expect("events") {
+            for t in event["trades"].as_array().expect("trades") {
+                expected.push(t.clone());
+            }
+        }
+    }
+    assert_eq!(expected.len(), 307);
+    for (trade, raw) in trades.iter().zip(&expected) {
+        assert_eq!(trade.product_id, raw["product_id"].as_str().expect("id"));
+        assert_eq!(
+            trade.trade_id.to_string(),
+            raw["trade_id"].as_str().expect("tid")
+        );
+        assert_eq!(
+            trade.price.to_string(),
+            raw["price"].as_str().expect("price")
+        );
+        assert_eq!(trade.size.to_string(), raw["size"].as_str().expect("size"));
+        assert_eq!(trade.side.as_str(), raw["side"].as_str().expect("side"));
+        let time = raw["time"].as_str().expect("time");
+        assert_eq!(
+            trade
+                .time
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            DateTime::parse_from_rfc3339(time)
+                .expect("time")
+                .with_timezone(&Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        );
+        assert_eq!(trade.received, received());
+    }
+
+    // Trade ids are contiguous per product, as recorded.
+    let ids = |product: &str| -> BTreeSet<u64> {
+        trades
+            .iter()
+            .filter(|t| t.product_id == product)
+            .map(|t| t.trade_id.0)
+            .collect()
+    };
+    assert_eq!(ids("BTC-USD"), (1_100_253_388..=1_100_253_573).collect());
+    assert_eq!(ids("ETH-USD"), (846_155_047..=846_155_167).collect());
+
+    let first = &trades[0];
+    assert_eq!(first.trade_id, TradeId(1_100_253_487));
+    assert_eq!(first.price.to_string(), "83277.25");
+    assert_eq!(first.size.to_string(), "0.00000029");
+    assert_eq!(first.side, Side::Buy);
+    assert_eq!(first.time.to_rfc3339(), "2026-09-30T02:39:53.354654+00:00");
+}
+
+#[test]
+fn snapshots_hold_the_last_100_trades_newest_first() {
+    for frame in frames(MARKET_DATA) {
+        let parsed = parse_frame(frame.as_bytes(), received()).expect("parses");
+        if let FrameBody::MarketTrades {
+            snapshot: true,
+            trades,
+        } = parsed.body
+        {
+            assert_eq!(trades.len(), 100);
+            assert!(
+                trades.windows(2).all(|w| w[0].trade_id > w[1].trade_id),
+                "newest first"
+            );
+        }
+    }
+}
+
+#[test]
+fn production_heartbeats_have_numeric_counters_and_go_time_text() {
+    let hb = frames(MARKET_DATA)
+        .into_iter()
+        .find(|f| f.contains(r#""channel":"heartbeats""#))
+        .expect("a heartbeat");
+    let parsed = parse_frame(hb.as_bytes(), received()).expect("parses");
+    let FrameBody::Heartbeat {
+        counter,
+        current_time,
+    } = parsed.body
+    else {
+        panic!("not a heartbeat: {parsed:?}");
+    };
+    assert!(counter > 0);
+    assert!(current_time.contains(" +0000 UTC"), "{current_time}");
+}
+
+#[test]
+fn subscriptions_acks_list_cumulative_subscriptions() {
+    let acks: Vec<_> = frames(STREAM)
+        .into_iter()
+        .filter(|f| f.contains("\"subscriptions\""))
+        .map(|f| parse_frame(f.as_bytes(), received()).expect("parses").body)
+        .collect();
+    let FrameBody::Subscriptions { subscriptions } = acks.last().expect("acks") else {
+        panic!("not an ack");
+    };
+    assert_eq!(subscriptions["heartbeats"], vec!["heartbeats"]);
+    assert_eq!(subscriptions["market_trades"], vec!["BTC-USD", "ETH-USD"]);
+}
+
+#[test]
+fn documented_examples_parse_with_client_id_present() {
+    let trades = include_str!("fixtures/coinbase/example-ws-market-trades.json");
+    let parsed = parse_frame(trades.as_bytes(), received()).expect("trades");
+    assert_eq!(parsed.sequence_num, Some(5));
+    let FrameBody::MarketTrades { snapshot, trades } = parsed.body else {
+        panic!("not trades");
+    };
+    assert!(!snapshot);
+    assert_eq!(trades.len(), 2);
+    assert_eq!(trades[0].price.to_string(), "68900.50");
+    assert_eq!(trades[1].size.to_string(), "0.05000000");
+    assert_eq!(trades[1].side, Side::Sell);
+
+    let candles = include_str!("fixtures/coinbase/example-ws-candles.json");
+    let FrameBody::Candles { candles } = parse_frame(candles.as_bytes(), received())
+        .expect("candles")
+        .body
+    else {
+        panic!("not candles");
+    };
+    assert_eq!(candles.len(), 1);
+    let c = &candles[0];
+    assert_eq!(c.granularity, Granularity::FiveMinutes);
+    assert_eq!(c.start.timestamp(), 1_775_521_800);
+    assert_eq!(
+        [c.open, c.high, c.low, c.close, c.volume].map(|d| d.to_string()),
+        [
+            "68900.00",
+            "68950.00",
+            "68850.00",
+            "68920.50",
+            "42.15000000"
+        ]
+    );
+
+    let hb = include_str!("fixtures/coinbase/example-ws-heartbeats.json");
+    let FrameBody::Heartbeat { counter, .. } =
+        parse_frame(hb.as_bytes(), received()).expect("hb").body
+    else {
+        panic!("not a heartbeat");
+    };
+    assert_eq!(counter, 42);
+
+    let subs = include_str!("fixtures/coinbase/example-ws-subscriptions.json");
+    let FrameBody::Subscriptions { subscriptions } =
+        parse_frame(subs.as_bytes(), received()).expect("subs").body
+    else {
+        panic!("not subscriptions");
+    };
+    assert_eq!(subscriptions["level2"], vec!["BTC-USD"]);
+}
+
+#[test]
+fn heartbeat_counter_may_be_a_string_as_in_the_docs() {
+    let frame = r#"{"channel":"heartbeats","client_id":"","timestamp":"2023-06-23T20:31:26.122969572Z","sequence_num":0,"events":[{"current_time":"2023-06-23 20:31:56.121961769 +0000 UTC m=+91717.525857105","heartbeat_counter":"3049"}]}"#;
+    let FrameBody::Heartbeat { counter, .. } = parse_frame(frame.as_bytes(), received())
+        .expect("parses")
+        .body
+    else {
+        panic!("not a heartbeat");
+    };
+    assert_eq!(counter, 3049);
+}
+
+#[test]
+fn error_frames_have_no_envelope() {
+    let parsed = parse_frame(
+        br#"{"type":"error","message":"authentication failure"}"#,
+        received(),
+    )
+    .expect("parses");
+    assert_eq!(
+        parsed.body,
+        FrameBody::Error {
+            message: "authentication failure".into()
+        }
+    );
+    assert_eq!(parsed.sequence_num, None);
+}
+
+#[test]
+fn unknown_channels_and_event_types_are_skipped_not_errors() {
+    let unknown_channel = br#"{"channel":"ticker_batch","timestamp":"2026-09-30T02:39:53Z","sequence_num":4,"events":[{"type":"snapshot","tickers":[]}]}"#;
+    assert!(matches!(
+        parse_frame(unknown_channel, received())
+            .expect("parses")
+            .body,
+        FrameBody::Skipped { .. }
+    ));
+    let unknown_event = br#"{"channel":"market_trades","timestamp":"2026-09-30T02:39:53Z","sequence_num":4,"events":[{"type":"brand_new","whatever":1},{"type":"update","trades":[{"product_id":"BTC-USD","trade_id":"7","price":"1.5","size":"2","time":"2026-09-30T02:39:53Z","side":"BUY"}]}]}"#;
+    let FrameBody::MarketTrades { trades, .. } =
+        parse_frame(unknown_event, received()).expect("parses").body
+    else {
+        panic!("not trades");
+    };
+    assert_eq!(trades.len(), 1);
+}
+
+#[test]
+fn malformed_frames_return_errors_without_panicking() {
+    let good = r#"{"channel":"market_trades","timestamp":"2026-09-30T02:39:59.551901038Z","sequence_num":247,"events":[{"type":"update","trades":[{"product_id":"ETH-USD","trade_id":"846155167","price":"2667.2","size":"0.84275842","time":"2026-09-30T02:39:59.4104Z","side":"SELL"}]}]}"#;
+    assert!(parse_frame(good.as_bytes(), received()).is_ok());
+    let cases: &[(&str, String)] = &[
+        ("empty", String::new()),
+        ("truncated", good[..good.len() / 2].to_owned()),
+        ("not json", "hello".to_owned()),
+        ("array", "[]".to_owned()),
+        ("no channel", r#"{"events":[]}"#.to_owned()),
+        (
+            "no events",
+            r#"{"channel":"market_trades","sequence_num":1}"#.to_owned(),
+        ),
+        ("no sequence", good.replace(r#""sequence_num":247,"#, "")),
+        ("price as number", good.replace(r#""2667.2""#, "2667.2")),
+        ("sequence as string", good.replace("247", "\"247\"")),
+        ("negative sequence", good.replace("247", "-1")),
+        ("oversized sequence", good.replace("247", "1e30")),
+        (
+            "huge sequence",
+            good.replace("247", "184467440737095516160"),
+        ),
+        ("oversized price", good.replace("2667.2", "1e400")),
+        (
+            "price beyond decimal range",
+            good.replace("2667.2", "99999999999999999999999999999999999"),
+        ),
+        (
+            "price needing rounding",
+            good.replace("2667.2", "0.00000000000000000000000000000001"),
+        ),
+        ("negative size", good.replace("0.84275842", "-0.84275842")),
+        ("zero price", good.replace("\"2667.2\"", "\"0\"")),
+        ("empty price", good.replace("\"2667.2\"", "\"\"")),
+        ("bad side", good.replace("SELL", "ASK")),
+        ("bad trade id", good.replace("846155167", "84615516x")),
+        (
+            "bad time",
+            good.replace("2026-09-30T02:39:59.4104Z", "yesterday"),
+        ),
+        (
+            "bad timestamp",
+            good.replace("2026-09-30T02:39:59.551901038Z", "now"),
+        ),
+        ("missing size", good.replace(r#""size":"0.84275842","#, "")),
+        (
+            "deep nesting",
+            format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
+        ),
+    ];
+    for (name, input) in cases {
+        let result = parse_frame(input.as_bytes(), received());
+        assert!(result.is_err(), "{name}: {result:?}");
+    }
+    // Invalid UTF-8 inside a string.
+    let mut bytes = good.as_bytes().to_vec();
+    let at = good.find("ETH-USD").expect("product");
+    bytes[at] = 0xff;
+    assert!(parse_frame(&bytes, received()).is_err());
+}
+
+#[test]
+fn decimal_errors_name_the_field_and_value() {
+    let frame = r#"{"channel":"market_trades","timestamp":"2026-09-30T02:39:59Z","sequence_num":1,"events":[{"type":"update","trades":[{"product_id":"X-USD","trade_id":"1","price":"1.2.3","size":"1","time":"2026-09-30T02:39:59Z","side":"BUY"}]}]}"#;
+    match parse_frame(frame.as_bytes(), received()) {
+        Err(FrameError::BadDecimal { field, value }) => {
+            assert_eq!(field, "price");
+            assert_eq!(value, "1.2.3");
+        }
+        other => panic!("expected a decimal error, got {other:?}"),
+    }
+}
+
+#[test]
+fn meme_coin_prices_and_huge_volumes_stay_exact() {
+    let frame = r#"{"channel":"market_trades","timestamp":"2026-09-30T02:39:59Z","sequence_num":1,"events":[{"type":"update","trades":[{"product_id":"PEPE-USD","trade_id":"1","price":"0.0000123456789012","size":"12345678901234.123456789","time":"2026-09-30T02:39:59Z","side":"BUY"}]}]}"#;
+    let FrameBody::MarketTrades { trades, .. } = parse_frame(frame.as_bytes(), received())
+        .expect("parses")
+        .body
+    else {
+        panic!("not trades");
+    };
+    assert_eq!(trades[0].price.to_string(), "0.0000123456789012");
+    assert_eq!(trades[0].size.to_string(), "12345678901234.123456789");
+}
+
+#[test]
+fn rest_examples_parse() {
+    let products = parse_products(include_bytes!(
+        "fixtures/coinbase/example-http-products.json"
+    ))
+    .expect("ok");
+    assert!(!products.is_empty());
+    let btc = products
+        .iter()
+        .find(|p| p.product_id == "BTC-USD")
+        .expect("BTC-USD");
+    assert_eq!((btc.base.as_str(), btc.quote.as_str()), ("BTC", "USD"));
+    assert!(btc.is_ingestible());
+    assert_eq!(
+        btc.price_increment.map(|d| d.to_string()).as_deref(),
+        Some("0.01")
+    );
+    if let Some(alias) = products.iter().find(|p| p.product_id == "BTC-USDC") {
+        assert!(!alias.is_ingestible(), "aliases are not ingested");
+    }
+
+    let product = parse_product(include_bytes!(
+        "fixtures/coinbase/rest-product-btc-usd.json"
+    ))
+    .expect("ok");
+    assert_eq!(product.product_id, "BTC-USD");
+    assert_eq!(
+        product.base_max_size.map(|d| d.to_string()).as_deref(),
+        Some("3400")
+    );
+
+    let candles = parse_candles(
+        include_bytes!("fixtures/coinbase/example-http-candles.json"),
+        "BTC-USD",
+        Granularity::OneHour,
+    )
+    .expect("ok");
+    assert_eq!(candles.len(), 2);
+    assert!(candles[0].start > candles[1].start, "newest first");
+    assert_eq!(candles[0].open.to_string(), "66312.4");
+    assert_eq!(candles[0].trade_count, None);
+
+    let err = parse_error(br#"{"error":"INVALID_ARGUMENT","message":"number of candles requested should be less than 350"}"#)
+        .expect("an error answer");
+    assert_eq!(err.error, "INVALID_ARGUMENT");
+}
+
+#[test]
+fn rest_candles_not_aligned_to_their_granularity_are_rejected() {
+    let body = br#"{"candles":[{"start":"1712192401","low":"1","high":"1","open":"1","close":"1","volume":"1"}]}"#;
+    assert!(parse_candles(body, "BTC-USD", Granularity::OneMinute).is_err());
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = parse_frame(&bytes, received());
+        let _ = parse_products(&bytes);
+        let _ = parse_candles(&bytes, "BTC-USD", Granularity::OneMinute);
+    }
+
+    #[test]
+    fn truncated_or_mutated_production_frames_never_panic(
+        index in 0usize..37,
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let frames = frames(MARKET_DATA);
+        let frame = frames[index % frames.len()].as_bytes();
+        let _ = parse_frame(&frame[..cut.index(frame.len() + 1)], received());
+        let mut mutated = frame.to_vec();
+        let at = flip.index(mutated.len());
+        mutated[at] = byte;
+        let _ = parse_frame(&mutated, received());
+    }
+}
