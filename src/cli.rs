@@ -14,6 +14,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the service (the default).
     Serve,
+    /// Run the exchange simulator: Coinbase's market-data WebSocket and REST protocol.
+    Sim(crate::sim::SimConfig),
     /// Print the configuration the service would run with (secrets redacted) and exit.
     Config,
 }

@@ -4,11 +4,16 @@
 //! - [`config`]: typed configuration from the environment.
 //! - [`model`]: granularities, trades, candles, updates, products, the clock.
 //! - [`feed`]: Coinbase market data (frame and REST parsers).
+//! - [`sim`]: the exchange simulator (`spot-canvas sim`).
+//! - [`shutdown`]: the stop signal.
 //! - [`telemetry`]: logging setup.
 //! - [`cli`]: the command line.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod feed;
 pub mod model;
+pub mod shutdown;
+pub mod sim;
 pub mod telemetry;

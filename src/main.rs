@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use spot_canvas::cli::{Cli, Command};
-use spot_canvas::config::Config;
+use spot_canvas::config::{Config, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -13,6 +13,17 @@ fn main() -> ExitCode {
         eprintln!("error: .env: {e}");
         return ExitCode::FAILURE;
     }
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Sim(sim) = command {
+        // The simulator needs none of the service's configuration.
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        let format = match std::env::var("LOG_FORMAT").as_deref() {
+            Ok("json") => LogFormat::Json,
+            _ => LogFormat::Pretty,
+        };
+        spot_canvas::telemetry::init(&filter, format);
+        return run_async(spot_canvas::sim::run(sim));
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -20,15 +31,36 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Config => {
             println!("{config:#?}");
             ExitCode::SUCCESS
         }
         Command::Serve => {
             spot_canvas::telemetry::init(&config.log_filter, config.log_format);
-            tracing::info!(?config, "starting");
-            ExitCode::SUCCESS
+            run_async(spot_canvas::app::serve(config))
+        }
+        Command::Sim(_) => ExitCode::SUCCESS,
+    }
+}
+
+fn run_async(future: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = ?e, "exiting on error");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

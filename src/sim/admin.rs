@@ -1,0 +1,121 @@
+//! The simulator's control API for tests and demos, under `/sim`: statistics (including how
+//! often a client hit a limit), open connections, fault injection, adding and delisting
+//! products, and late trades.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::SimState;
+use super::faults::FaultRequest;
+use super::market::Listing;
+
+/// `GET /sim/stats`
+pub(super) async fn stats(State(sim): State<Arc<SimState>>) -> Response {
+    let mut stats = sim.stats.snapshot();
+    stats["trades_total"] = json!(sim.exchange.trades_total());
+    Json(stats).into_response()
+}
+
+/// `GET /sim/connections`
+pub(super) async fn connections(State(sim): State<Arc<SimState>>) -> Response {
+    Json(sim.connections()).into_response()
+}
+
+/// `POST /sim/faults` with a [`FaultRequest`].
+pub(super) async fn arm_fault(
+    State(sim): State<Arc<SimState>>,
+    Json(request): Json<FaultRequest>,
+) -> Response {
+    let id = sim.faults.arm(request);
+    (StatusCode::CREATED, Json(json!({ "id": id }))).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct NewProduct {
+    product_id: String,
+    #[serde(default)]
+    price: Option<f64>,
+}
+
+/// `POST /sim/products`: lists a new trading product.
+pub(super) async fn add_product(
+    State(sim): State<Arc<SimState>>,
+    Json(new): Json<NewProduct>,
+) -> Response {
+    let id = new.product_id.trim().to_ascii_uppercase();
+    if !id.contains('-') || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "product_id must look like BASE-QUOTE" })),
+        )
+            .into_response();
+    }
+    if sim.exchange.add_product(&id, new.price) {
+        (StatusCode::CREATED, Json(json!({ "product_id": id }))).into_response()
+    } else {
+        (
+            StatusCode::OK,
+            Json(json!({ "product_id": id, "existed": true })),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ListingChange {
+    status: String,
+    #[serde(default)]
+    trading_disabled: bool,
+}
+
+/// `PUT /sim/products/{id}/listing`: delists or disables a product (it stops trading).
+pub(super) async fn set_listing(
+    State(sim): State<Arc<SimState>>,
+    Path(id): Path<String>,
+    Json(change): Json<ListingChange>,
+) -> Response {
+    let listing = Listing {
+        status: change.status,
+        trading_disabled: change.trading_disabled,
+    };
+    if sim.exchange.set_listing(&id, listing) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct LateTrades {
+    product_id: String,
+    count: u32,
+}
+
+/// `POST /sim/late-trades`: the next tick carries `count` trades of `product_id` whose time
+/// lies in an earlier, already complete minute.
+pub(super) async fn late_trades(
+    State(sim): State<Arc<SimState>>,
+    Json(late): Json<LateTrades>,
+) -> Response {
+    if late.count == 0 || late.count > 10_000 {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "count must be 1-10000" })),
+        )
+            .into_response();
+    }
+    if sim
+        .exchange
+        .inject_late_trades(&late.product_id, late.count)
+    {
+        StatusCode::ACCEPTED.into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}

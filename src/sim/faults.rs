@@ -1,0 +1,166 @@
+//! Fault injection: faults armed through the admin API or the command line, applied by the
+//! WebSocket connections they target.
+//!
+//! A fault targets every connection (open now and opened later, each once), the next
+//! connection to see it, or one connection by id. It fires once the targeted connection has
+//! sent `after_frames` more frames after seeing it.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// What goes wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Close with this code (1000 normal, 1001 going away, ...).
+    Close { code: u16 },
+    /// Drop the TCP connection without a close frame (the client sees 1006).
+    Drop,
+    /// Stop sending while keeping the socket open, for `secs` (forever when absent). Frames
+    /// that would have been sent meanwhile are lost, as their sequence numbers show.
+    Stall {
+        #[serde(default)]
+        secs: Option<u64>,
+    },
+    /// Skip `count` sequence numbers.
+    SkipSequence { count: u64 },
+    /// Send one malformed (truncated) frame.
+    Malformed,
+    /// Send one frame of `bytes` bytes.
+    Oversized { bytes: usize },
+    /// Send the next trades update twice (same trade ids).
+    Duplicate,
+}
+
+/// Which connections a fault targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scope {
+    Named(ScopeName),
+    Connection(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScopeName {
+    All,
+    Next,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope::Named(ScopeName::All)
+    }
+}
+
+/// A fault as requested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRequest {
+    #[serde(default)]
+    pub scope: Scope,
+    #[serde(default)]
+    pub after_frames: u64,
+    #[serde(flatten)]
+    pub kind: FaultKind,
+}
+
+#[derive(Debug)]
+struct Armed {
+    id: u64,
+    request: FaultRequest,
+    claimed: bool,
+}
+
+/// The faults armed so far.
+#[derive(Debug, Default)]
+pub struct FaultBoard {
+    armed: Mutex<Vec<Armed>>,
+    /// Bumped on every arm, so connections poll the board only when it changed.
+    generation: AtomicU64,
+}
+
+impl FaultBoard {
+    /// Arms a fault; returns its id.
+    pub fn arm(&self, request: FaultRequest) -> u64 {
+        let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
+        let id = armed.len() as u64 + 1;
+        armed.push(Armed {
+            id,
+            request,
+            claimed: false,
+        });
+        self.generation.fetch_add(1, Ordering::Release);
+        id
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Faults for connection `conn` with an id above `seen`, claiming `next` faults. Returns
+    /// them with the highest id looked at.
+    pub fn take_new(&self, conn: u64, seen: u64) -> (Vec<FaultRequest>, u64) {
+        let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        let mut last = seen;
+        for fault in armed.iter_mut().filter(|f| f.id > seen) {
+            last = fault.id;
+            let applies = match fault.request.scope {
+                Scope::Named(ScopeName::All) => true,
+                Scope::Named(ScopeName::Next) => !std::mem::replace(&mut fault.claimed, true),
+                Scope::Connection(id) => id == conn,
+            };
+            if applies {
+                out.push(fault.request.clone());
+            }
+        }
+        (out, last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_from_json() {
+        let r: FaultRequest =
+            serde_json::from_str(r#"{"scope":"next","after_frames":5,"kind":"close","code":1001}"#)
+                .expect("valid");
+        assert_eq!(r.scope, Scope::Named(ScopeName::Next));
+        assert_eq!(r.kind, FaultKind::Close { code: 1001 });
+        let r: FaultRequest = serde_json::from_str(r#"{"scope":3,"kind":"stall"}"#).expect("valid");
+        assert_eq!(r.scope, Scope::Connection(3));
+        assert_eq!(r.kind, FaultKind::Stall { secs: None });
+        assert!(serde_json::from_str::<FaultRequest>(r#"{"kind":"explode"}"#).is_err());
+    }
+
+    #[test]
+    fn next_faults_go_to_one_connection_and_all_faults_to_every_one() {
+        let board = FaultBoard::default();
+        board.arm(FaultRequest {
+            scope: Scope::Named(ScopeName::Next),
+            after_frames: 0,
+            kind: FaultKind::Drop,
+        });
+        board.arm(FaultRequest {
+            scope: Scope::Named(ScopeName::All),
+            after_frames: 0,
+            kind: FaultKind::Malformed,
+        });
+        board.arm(FaultRequest {
+            scope: Scope::Connection(2),
+            after_frames: 0,
+            kind: FaultKind::Duplicate,
+        });
+        let (first, last) = board.take_new(1, 0);
+        assert_eq!(first.len(), 2);
+        assert_eq!(last, 3);
+        let (second, _) = board.take_new(2, 0);
+        let kinds: Vec<_> = second.into_iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, vec![FaultKind::Malformed, FaultKind::Duplicate]);
+        assert!(board.take_new(1, last).0.is_empty());
+    }
+}

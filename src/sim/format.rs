@@ -1,0 +1,211 @@
+//! The simulator's frames and times, in the exact shape production Coinbase sends: key order,
+//! string amounts, Go's RFC 3339 times with trailing zeros trimmed, Go's `time.String()` in
+//! heartbeats, and no `client_id`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Timelike, Utc};
+use serde::Serialize;
+
+use super::market::Aggregate;
+use crate::model::{Side, Trade};
+
+/// Go's `time.RFC3339Nano`: `2026-09-30T02:39:59.4104Z` (fraction trimmed, none if zero).
+pub fn go_time(t: DateTime<Utc>) -> String {
+    let base = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let nanos = t.nanosecond() % 1_000_000_000;
+    if nanos == 0 {
+        return format!("{base}Z");
+    }
+    let fraction = format!("{nanos:09}");
+    format!("{base}.{}Z", fraction.trim_end_matches('0'))
+}
+
+/// Go's `time.Time.String()` with a monotonic reading:
+/// `2026-09-30 02:37:15.057778606 +0000 UTC m=+21697.195984854`.
+pub fn go_time_string(t: DateTime<Utc>, since_start: TimeDelta) -> String {
+    let nanos = t.nanosecond() % 1_000_000_000;
+    let mono = since_start.num_nanoseconds().unwrap_or(0).max(0);
+    format!(
+        "{}.{nanos:09} +0000 UTC m=+{}.{:09}",
+        t.format("%Y-%m-%d %H:%M:%S"),
+        mono / 1_000_000_000,
+        mono % 1_000_000_000
+    )
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, E> {
+    channel: &'a str,
+    timestamp: String,
+    sequence_num: u64,
+    events: E,
+}
+
+#[derive(Serialize)]
+struct TradesEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    trades: Vec<WireTrade<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireTrade<'a> {
+    product_id: &'a str,
+    trade_id: String,
+    price: String,
+    size: String,
+    time: String,
+    side: Side,
+}
+
+#[derive(Serialize)]
+struct CandlesEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    candles: Vec<WireCandle<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireCandle<'a> {
+    start: String,
+    high: String,
+    low: String,
+    open: String,
+    close: String,
+    volume: String,
+    product_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct HeartbeatEvent {
+    current_time: String,
+    heartbeat_counter: u64,
+}
+
+#[derive(Serialize)]
+struct SubscriptionsEvent<'a> {
+    subscriptions: &'a BTreeMap<String, Vec<String>>,
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Serializing these plain structs cannot fail; fall back to an empty object regardless.
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// A `market_trades` frame; `trades` newest first.
+pub fn market_trades(now: DateTime<Utc>, seq: u64, snapshot: bool, trades: &[Trade]) -> String {
+    let event = TradesEvent {
+        kind: if snapshot { "snapshot" } else { "update" },
+        trades: trades
+            .iter()
+            .map(|t| WireTrade {
+                product_id: &t.product_id,
+                trade_id: t.trade_id.to_string(),
+                price: t.price.to_string(),
+                size: t.size.to_string(),
+                time: go_time(t.time),
+                side: t.side,
+            })
+            .collect(),
+    };
+    to_json(&Envelope {
+        channel: "market_trades",
+        timestamp: go_time(now),
+        sequence_num: seq,
+        events: [event],
+    })
+}
+
+/// A `candles` frame of five-minute candles.
+pub fn candles(
+    now: DateTime<Utc>,
+    seq: u64,
+    snapshot: bool,
+    candles: &[(&str, Aggregate)],
+) -> String {
+    let event = CandlesEvent {
+        kind: if snapshot { "snapshot" } else { "update" },
+        candles: candles
+            .iter()
+            .map(|(product_id, a)| WireCandle {
+                start: a.start.to_string(),
+                high: a.high.to_string(),
+                low: a.low.to_string(),
+                open: a.open.to_string(),
+                close: a.close.to_string(),
+                volume: a.volume.to_string(),
+                product_id,
+            })
+            .collect(),
+    };
+    to_json(&Envelope {
+        channel: "candles",
+        timestamp: go_time(now),
+        sequence_num: seq,
+        events: [event],
+    })
+}
+
+/// A `heartbeats` frame.
+pub fn heartbeat(now: DateTime<Utc>, seq: u64, since_start: TimeDelta, counter: u64) -> String {
+    to_json(&Envelope {
+        channel: "heartbeats",
+        timestamp: go_time(now),
+        sequence_num: seq,
+        events: [HeartbeatEvent {
+            current_time: go_time_string(now, since_start),
+            heartbeat_counter: counter,
+        }],
+    })
+}
+
+/// A `subscriptions` acknowledgement listing the connection's cumulative subscriptions.
+pub fn subscriptions(
+    now: DateTime<Utc>,
+    seq: u64,
+    subscriptions: &BTreeMap<String, Vec<String>>,
+) -> String {
+    to_json(&Envelope {
+        channel: "subscriptions",
+        timestamp: go_time(now),
+        sequence_num: seq,
+        events: [SubscriptionsEvent { subscriptions }],
+    })
+}
+
+/// Coinbase's flat error frame.
+pub fn error(message: &str) -> String {
+    to_json(&serde_json::json!({ "type": "error", "message": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_time_trims_trailing_zeros_like_go() {
+        let t = DateTime::parse_from_rfc3339("2026-09-30T02:39:59.410400Z")
+            .expect("valid")
+            .with_timezone(&Utc);
+        assert_eq!(go_time(t), "2026-09-30T02:39:59.4104Z");
+        let whole = DateTime::from_timestamp(1_700_000_000, 0).expect("valid");
+        assert_eq!(go_time(whole), "2023-11-14T22:13:20Z");
+        let nanos = DateTime::parse_from_rfc3339("2026-09-30T02:39:53.788655130Z")
+            .expect("valid")
+            .with_timezone(&Utc);
+        assert_eq!(go_time(nanos), "2026-09-30T02:39:53.78865513Z");
+    }
+
+    #[test]
+    fn go_time_string_matches_production_heartbeats() {
+        let t = DateTime::parse_from_rfc3339("2026-09-30T02:37:15.057778606Z")
+            .expect("valid")
+            .with_timezone(&Utc);
+        let since = TimeDelta::nanoseconds(21_697_195_984_854);
+        assert_eq!(
+            go_time_string(t, since),
+            "2026-09-30 02:37:15.057778606 +0000 UTC m=+21697.195984854"
+        );
+    }
+}

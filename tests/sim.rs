@@ -1,0 +1,772 @@
+//! The exchange simulator over real sockets: conformance with the production recording,
+//! Coinbase's limits, every fault, and REST answers checked against its own trade log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::{SinkExt, StreamExt};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use spot_canvas::feed::coinbase::rest::{parse_candles, parse_products};
+use spot_canvas::feed::coinbase::{FrameBody, parse_frame};
+use spot_canvas::model::{Granularity, Product};
+use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope, ScopeName};
+use spot_canvas::sim::{SimConfig, Simulator};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn start(config: SimConfig) -> Simulator {
+    Simulator::start(config).await.expect("simulator starts")
+}
+
+fn quick(products: usize) -> SimConfig {
+    SimConfig {
+        products,
+        trades_per_second: 20.0,
+        history_minutes: 10,
+        ..SimConfig::default()
+    }
+}
+
+async fn connect(sim: &Simulator) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(sim.ws_url())
+        .await
+        .expect("connects");
+    ws
+}
+
+async fn subscribe(ws: &mut Ws, channel: &str, products: &[&str]) {
+    let message = if channel == "heartbeats" {
+        json!({"type": "subscribe", "channel": channel})
+    } else {
+        json!({"type": "subscribe", "channel": channel, "product_ids": products})
+    };
+    ws.send(Message::Text(message.to_string().into()))
+        .await
+        .expect("sends");
+}
+
+/// The next message within `wait`, or `None` on timeout.
+async fn next(ws: &mut Ws, wait: Duration) -> Option<Result<Message, String>> {
+    match timeout(wait, ws.next()).await {
+        Ok(Some(Ok(m))) => Some(Ok(m)),
+        Ok(Some(Err(e))) => Some(Err(e.to_string())),
+        Ok(None) => Some(Err("stream ended".into())),
+        Err(_) => None,
+    }
+}
+
+/// The next text frame as JSON.
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        match next(ws, Duration::from_secs(5)).await {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("json"),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Frames until the close frame (or end), returning the close code if one came.
+async fn until_close(ws: &mut Ws, wait: Duration) -> (Vec<Value>, Option<u16>, bool) {
+    let deadline = Instant::now() + wait;
+    let mut frames = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match next(ws, left).await {
+            Some(Ok(Message::Text(t))) => {
+                frames.push(serde_json::from_str(&t).unwrap_or(Value::Null));
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return (frames, frame.map(|f| u16::from(f.code)), true);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) => return (frames, None, false),
+            None => panic!("no close within {wait:?}; got {} frames", frames.len()),
+        }
+    }
+}
+
+/// Recursive key/type shape of a JSON value. Arrays take the shape of their elements (all
+/// must agree); the `subscriptions` map is keyed by channel names, so only its value shape
+/// counts.
+fn shape(value: &Value) -> Value {
+    match value {
+        Value::Null => json!("null"),
+        Value::Bool(_) => json!("bool"),
+        Value::Number(n) if n.is_u64() || n.is_i64() => json!("integer"),
+        Value::Number(_) => json!("float"),
+        Value::String(_) => json!("string"),
+        Value::Array(items) => {
+            let shapes: BTreeSet<String> = items.iter().map(|i| shape(i).to_string()).collect();
+            assert!(shapes.len() <= 1, "mixed array element shapes: {shapes:?}");
+            json!([items.first().map(shape).unwrap_or(Value::Null)])
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let s = if k == "subscriptions" {
+                        let inner: BTreeSet<String> = v
+                            .as_object()
+                            .expect("map")
+                            .values()
+                            .map(|x| shape(x).to_string())
+                            .collect();
+                        json!({ "<channel>": inner.into_iter().collect::<Vec<_>>() })
+                    } else {
+                        shape(v)
+                    };
+                    (k.clone(), s)
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn frame_kind(frame: &Value) -> String {
+    let channel = frame["channel"].as_str().unwrap_or("?");
+    let event = frame["events"][0]["type"].as_str().unwrap_or("-");
+    format!("{channel}/{event}")
+}
+
+#[tokio::test]
+async fn frames_have_the_shape_of_the_production_recording() {
+    // Production shapes, per channel and event type.
+    let recording = include_str!("fixtures/coinbase/production-market-data-2026-09-30.jsonl");
+    let mut production: BTreeMap<String, Value> = BTreeMap::new();
+    for line in recording.lines() {
+        let frame: Value =
+            serde_json::from_str(line.split_once('\t').map_or(line, |(_, f)| f)).expect("json");
+        let kind = frame_kind(&frame);
+        let s = shape(&frame);
+        if let Some(previous) = production.insert(kind.clone(), s.clone()) {
+            assert_eq!(previous, s, "production itself is consistent for {kind}");
+        }
+    }
+    // Coinbase's documented candles frame, without the `client_id` production omits.
+    let mut candles: Value =
+        serde_json::from_str(include_str!("fixtures/coinbase/example-ws-candles.json"))
+            .expect("json");
+    candles.as_object_mut().expect("object").remove("client_id");
+    production.insert("candles/update".into(), shape(&candles));
+    production.insert("candles/snapshot".into(), shape(&candles));
+
+    let sim = start(quick(2)).await;
+    let mut ws = connect(&sim).await;
+    subscribe(&mut ws, "market_trades", &["BTC-USD", "ETH-USD"]).await;
+    subscribe(&mut ws, "heartbeats", &[]).await;
+    subscribe(&mut ws, "candles", &["BTC-USD"]).await;
+
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut snapshots = Vec::new();
+    let mut last_seq = None;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        let frame = next_json(&mut ws).await;
+        let kind = frame_kind(&frame);
+        let expected = production
+            .get(&kind)
+            .unwrap_or_else(|| panic!("the simulator sent {kind}, production has no such frame"));
+        assert_eq!(&shape(&frame), expected, "shape of {kind}: {frame}");
+        assert!(
+            frame.get("client_id").is_none(),
+            "production sends no client_id"
+        );
+        let seq = frame["sequence_num"].as_u64().expect("sequence");
+        if let Some(last) = last_seq {
+            assert_eq!(seq, last + 1, "one counter across all channels");
+        }
+        last_seq = Some(seq);
+        if kind == "market_trades/snapshot" {
+            snapshots.push(frame.clone());
+        }
+        // Every frame parses with the service's own parser.
+        parse_frame(frame.to_string().as_bytes(), Utc::now()).expect("the service parses it");
+        *seen.entry(kind).or_default() += 1;
+    }
+    for kind in [
+        "market_trades/snapshot",
+        "market_trades/update",
+        "heartbeats/-",
+        "subscriptions/-",
+        "candles/snapshot",
+        "candles/update",
+    ] {
+        assert!(seen.contains_key(kind), "no {kind} frame in {seen:?}");
+    }
+    assert!(
+        seen["heartbeats/-"] >= 3,
+        "a heartbeat every second: {seen:?}"
+    );
+    // One snapshot frame per product, 100 trades each, newest first.
+    assert_eq!(snapshots.len(), 2);
+    for snap in &snapshots {
+        let trades = snap["events"][0]["trades"].as_array().expect("trades");
+        assert_eq!(trades.len(), 100);
+        let products: BTreeSet<String> =
+            trades.iter().map(|t| t["product_id"].to_string()).collect();
+        assert_eq!(products.len(), 1, "one product per snapshot frame");
+        let ids: Vec<u64> = trades
+            .iter()
+            .map(|t| {
+                t["trade_id"]
+                    .as_str()
+                    .expect("id")
+                    .parse()
+                    .expect("numeric")
+            })
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
+    }
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_ack_lists_cumulative_subscriptions() {
+    let sim = start(quick(2)).await;
+    let mut ws = connect(&sim).await;
+    subscribe(&mut ws, "heartbeats", &[]).await;
+    let ack = next_json(&mut ws).await;
+    assert_eq!(
+        ack["events"][0]["subscriptions"],
+        json!({"heartbeats": ["heartbeats"]})
+    );
+    subscribe(&mut ws, "market_trades", &["ETH-USD"]).await;
+    loop {
+        let frame = next_json(&mut ws).await;
+        if frame["channel"] == "subscriptions" {
+            assert_eq!(
+                frame["events"][0]["subscriptions"],
+                json!({"heartbeats": ["heartbeats"], "market_trades": ["ETH-USD"]})
+            );
+            break;
+        }
+    }
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_without_a_subscribe_is_closed_after_5_seconds() {
+    let sim = start(quick(1)).await;
+    let mut ws = connect(&sim).await;
+    let opened = Instant::now();
+    let (_, code, closed) = until_close(&mut ws, Duration::from_secs(8)).await;
+    assert!(closed, "closed with a close frame");
+    assert_eq!(code, Some(1008));
+    let waited = opened.elapsed();
+    assert!(waited >= Duration::from_millis(4_900), "{waited:?}");
+    assert_eq!(sim.state.stats.subscribe_timeouts.get(), 1);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn more_than_8_connects_a_second_get_an_error_and_a_close() {
+    let sim = start(quick(1)).await;
+    let mut sockets = Vec::new();
+    for _ in 0..9 {
+        sockets.push(connect(&sim).await);
+    }
+    let mut refused = 0;
+    for ws in &mut sockets {
+        if let Some(Ok(Message::Text(t))) = next(ws, Duration::from_millis(300)).await {
+            let v: Value = serde_json::from_str(&t).expect("json");
+            assert_eq!(v["type"], "error");
+            assert!(
+                v["message"]
+                    .as_str()
+                    .expect("message")
+                    .contains("rate limit")
+            );
+            let (_, code, _) = until_close(ws, Duration::from_secs(2)).await;
+            assert_eq!(code, Some(1008));
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 1, "exactly the ninth connect is refused");
+    assert_eq!(sim.state.stats.connect_limit_hits.get(), 1);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn more_than_8_messages_a_second_get_an_error_and_a_close() {
+    let sim = start(quick(1)).await;
+    let mut ws = connect(&sim).await;
+    for _ in 0..9 {
+        subscribe(&mut ws, "heartbeats", &[]).await;
+    }
+    let (frames, code, _) = until_close(&mut ws, Duration::from_secs(3)).await;
+    let errors: Vec<_> = frames.iter().filter(|f| f["type"] == "error").collect();
+    assert_eq!(errors.len(), 1, "{frames:?}");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("rate limit")
+    );
+    assert_eq!(code, Some(1008));
+    assert_eq!(sim.state.stats.message_limit_hits.get(), 1);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_products_and_channels_get_coinbase_error_frames() {
+    let sim = start(quick(1)).await;
+    let mut ws = connect(&sim).await;
+    subscribe(&mut ws, "market_trades", &["NOPE-USD"]).await;
+    let err = next_json(&mut ws).await;
+    assert_eq!(err["type"], "error");
+    assert!(err["message"].as_str().expect("m").contains("NOPE-USD"));
+    assert!(err.get("sequence_num").is_none(), "errors have no envelope");
+    // The misspelled channel Coinbase answers with `authentication failure`.
+    subscribe(&mut ws, "heartbeat", &[]).await;
+    let err = next_json(&mut ws).await;
+    assert_eq!(
+        err,
+        json!({"type": "error", "message": "authentication failure"})
+    );
+    let parsed = parse_frame(err.to_string().as_bytes(), Utc::now()).expect("parses");
+    assert!(matches!(parsed.body, FrameBody::Error { .. }));
+    sim.stop().await;
+}
+
+fn fault(after_frames: u64, kind: FaultKind) -> FaultRequest {
+    FaultRequest {
+        scope: Scope::Named(ScopeName::All),
+        after_frames,
+        kind,
+    }
+}
+
+async fn subscribed(sim: &Simulator) -> Ws {
+    let mut ws = connect(sim).await;
+    subscribe(&mut ws, "heartbeats", &[]).await;
+    subscribe(&mut ws, "market_trades", &["BTC-USD"]).await;
+    ws
+}
+
+#[tokio::test]
+async fn close_faults_close_with_the_given_code_after_n_frames() {
+    for code in [1000u16, 1001] {
+        let sim = start(quick(1)).await;
+        sim.arm(fault(5, FaultKind::Close { code }));
+        let mut ws = subscribed(&sim).await;
+        let (frames, got, closed) = until_close(&mut ws, Duration::from_secs(10)).await;
+        assert!(closed);
+        assert_eq!(got, Some(code));
+        assert_eq!(frames.len(), 5, "closed after exactly 5 frames");
+        sim.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn drop_fault_ends_the_connection_without_a_close_frame() {
+    let sim = start(quick(1)).await;
+    sim.arm(fault(3, FaultKind::Drop));
+    let mut ws = subscribed(&sim).await;
+    let (frames, code, closed) = until_close(&mut ws, Duration::from_secs(10)).await;
+    assert!(!closed, "no close frame (the client sees 1006)");
+    assert_eq!(code, None);
+    assert_eq!(frames.len(), 3);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn stall_fault_stops_sending_while_the_socket_stays_open() {
+    let sim = start(quick(1)).await;
+    sim.arm(fault(3, FaultKind::Stall { secs: Some(3) }));
+    let mut ws = subscribed(&sim).await;
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        seqs.push(
+            next_json(&mut ws).await["sequence_num"]
+                .as_u64()
+                .expect("seq"),
+        );
+    }
+    // Heartbeats would arrive every second: nothing comes for over two seconds.
+    assert!(
+        next(&mut ws, Duration::from_millis(2_500)).await.is_none(),
+        "stalled"
+    );
+    // Then it resumes, and the sequence numbers show the frames lost meanwhile.
+    let after = next_json(&mut ws).await["sequence_num"]
+        .as_u64()
+        .expect("seq");
+    assert!(
+        after > seqs[2] + 1,
+        "a gap after the stall: {seqs:?} then {after}"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn skip_sequence_fault_leaves_a_gap() {
+    let sim = start(quick(1)).await;
+    sim.arm(fault(4, FaultKind::SkipSequence { count: 7 }));
+    let mut ws = subscribed(&sim).await;
+    let mut seqs = Vec::new();
+    for _ in 0..6 {
+        seqs.push(
+            next_json(&mut ws).await["sequence_num"]
+                .as_u64()
+                .expect("seq"),
+        );
+    }
+    assert_eq!(&seqs[..4], &[0, 1, 2, 3]);
+    assert_eq!(seqs[4], 11, "7 numbers skipped: {seqs:?}");
+    assert_eq!(seqs[5], 12);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_fault_sends_one_frame_the_parser_rejects() {
+    let sim = start(quick(1)).await;
+    sim.arm(fault(2, FaultKind::Malformed));
+    let mut ws = subscribed(&sim).await;
+    let mut bad = 0;
+    for _ in 0..6 {
+        match next(&mut ws, Duration::from_secs(5)).await {
+            Some(Ok(Message::Text(t))) => {
+                if parse_frame(t.as_bytes(), Utc::now()).is_err() {
+                    bad += 1;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(bad, 1);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_fault_sends_one_frame_of_the_given_size() {
+    let sim = start(quick(1)).await;
+    sim.arm(fault(2, FaultKind::Oversized { bytes: 2 << 20 }));
+    let mut ws = subscribed(&sim).await;
+    let mut sizes = Vec::new();
+    for _ in 0..4 {
+        if let Some(Ok(Message::Text(t))) = next(&mut ws, Duration::from_secs(5)).await {
+            sizes.push(t.len());
+        }
+    }
+    assert_eq!(
+        sizes.iter().filter(|&&s| s >= 2 << 20).count(),
+        1,
+        "{sizes:?}"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_fault_repeats_a_trades_update_with_the_same_ids() {
+    let sim = start(quick(1)).await;
+    sim.arm(fault(0, FaultKind::Duplicate));
+    let mut ws = subscribed(&sim).await;
+    let mut updates: Vec<Value> = Vec::new();
+    while updates.len() < 2 {
+        let frame = next_json(&mut ws).await;
+        if frame_kind(&frame) == "market_trades/update" {
+            updates.push(frame);
+        }
+    }
+    assert_eq!(
+        updates[0]["events"][0]["trades"], updates[1]["events"][0]["trades"],
+        "the same trades twice"
+    );
+    assert_eq!(
+        updates[1]["sequence_num"].as_u64(),
+        updates[0]["sequence_num"].as_u64().map(|s| s + 1),
+        "as a new frame"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_fault_can_target_one_connection() {
+    let sim = start(quick(1)).await;
+    let mut first = subscribed(&sim).await;
+    let mut second = subscribed(&sim).await;
+    let _ = next_json(&mut first).await;
+    let _ = next_json(&mut second).await;
+    sim.arm(FaultRequest {
+        scope: Scope::Connection(2),
+        after_frames: 0,
+        kind: FaultKind::Close { code: 1001 },
+    });
+    let (_, code, _) = until_close(&mut second, Duration::from_secs(5)).await;
+    assert_eq!(code, Some(1001));
+    // The first connection keeps receiving.
+    for _ in 0..3 {
+        let _ = next_json(&mut first).await;
+    }
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn late_trades_carry_a_time_in_an_earlier_complete_minute() {
+    let sim = start(quick(1)).await;
+    let mut ws = subscribed(&sim).await;
+    let client = reqwest::Client::new();
+    let status = client
+        .post(format!("http://{}/sim/late-trades", sim.addr))
+        .json(&json!({"product_id": "BTC-USD", "count": 2}))
+        .send()
+        .await
+        .expect("admin")
+        .status();
+    assert_eq!(status, 202);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut late = 0;
+    while Instant::now() < deadline && late < 2 {
+        let frame = next_json(&mut ws).await;
+        if frame_kind(&frame) != "market_trades/update" {
+            continue;
+        }
+        let sent = DateTime::parse_from_rfc3339(frame["timestamp"].as_str().expect("ts"))
+            .expect("time")
+            .with_timezone(&Utc);
+        let current_minute = sent.timestamp().div_euclid(60) * 60;
+        for t in frame["events"][0]["trades"].as_array().expect("trades") {
+            let time = DateTime::parse_from_rfc3339(t["time"].as_str().expect("t"))
+                .expect("time")
+                .with_timezone(&Utc);
+            if time.timestamp() < current_minute - 60 {
+                late += 1;
+            }
+        }
+    }
+    assert_eq!(late, 2, "two trades from an earlier, complete minute");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_with_1001() {
+    let sim = start(quick(1)).await;
+    let mut ws = subscribed(&sim).await;
+    let _ = next_json(&mut ws).await;
+    let stopping = tokio::spawn(sim.stop());
+    let (_, code, closed) = until_close(&mut ws, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert_eq!(code, Some(1001));
+    stopping.await.expect("stops");
+}
+
+async fn get(url: String) -> (u16, bytes::Bytes) {
+    let response = reqwest::get(url).await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.bytes().await.expect("body"))
+}
+
+#[tokio::test]
+async fn products_list_parses_with_the_service_parser_and_has_entries_to_filter() {
+    let sim = start(quick(3)).await;
+    let (status, body) = get(format!("{}/market/products", sim.rest_url())).await;
+    assert_eq!(status, 200);
+    let products = parse_products(&body).expect("the service parses it");
+    let ingestible: BTreeSet<&str> = products
+        .iter()
+        .filter(|p| p.is_ingestible())
+        .map(|p| p.product_id.as_str())
+        .collect();
+    assert_eq!(
+        ingestible,
+        BTreeSet::from(["BTC-USD", "ETH-USD", "SOL-USD"])
+    );
+    let find = |id: &str| -> &Product { products.iter().find(|p| p.product_id == id).expect(id) };
+    assert_eq!(find("BTC-USDC").alias, "BTC-USD");
+    assert_eq!(find("OLD-USD").status, "delisted");
+    assert!(find("HALT-USD").trading_disabled);
+    assert_eq!(find("BIP-20DEC30-CDE").product_type, "FUTURE");
+
+    // A product added later appears; a delisted one stops being ingestible.
+    let client = reqwest::Client::new();
+    let added = client
+        .post(format!("http://{}/sim/products", sim.addr))
+        .json(&json!({"product_id": "NEW-USD", "price": 2.5}))
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(added.status(), 201);
+    let delisted = client
+        .put(format!("http://{}/sim/products/ETH-USD/listing", sim.addr))
+        .json(&json!({"status": "delisted", "trading_disabled": true}))
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(delisted.status(), 204);
+    let (_, body) = get(format!("{}/market/products", sim.rest_url())).await;
+    let products = parse_products(&body).expect("parses");
+    let ingestible: BTreeSet<&str> = products
+        .iter()
+        .filter(|p| p.is_ingestible())
+        .map(|p| p.product_id.as_str())
+        .collect();
+    assert_eq!(
+        ingestible,
+        BTreeSet::from(["BTC-USD", "NEW-USD", "SOL-USD"])
+    );
+    sim.stop().await;
+}
+
+#[derive(Debug, PartialEq)]
+struct Ohlcv {
+    open: Decimal,
+    high: Decimal,
+    low: Decimal,
+    close: Decimal,
+    volume: Decimal,
+}
+
+/// An aggregation of logged trades written for this test: per bucket, sort by (time, numeric
+/// id) and fold.
+fn aggregate_log(log: &str, product: &str, width: i64) -> BTreeMap<i64, Ohlcv> {
+    let mut trades: Vec<(DateTime<Utc>, u64, Decimal, Decimal)> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("log line"))
+        .filter(|t| t["product_id"] == product)
+        .map(|t| {
+            (
+                DateTime::parse_from_rfc3339(t["time"].as_str().expect("time"))
+                    .expect("time")
+                    .with_timezone(&Utc),
+                t["trade_id"]
+                    .as_str()
+                    .expect("id")
+                    .parse()
+                    .expect("numeric"),
+                t["price"].as_str().expect("p").parse().expect("decimal"),
+                t["size"].as_str().expect("s").parse().expect("decimal"),
+            )
+        })
+        .collect();
+    trades.sort_by_key(|t| (t.0, t.1));
+    let mut out: BTreeMap<i64, Ohlcv> = BTreeMap::new();
+    for (time, _, price, size) in trades {
+        let bucket = time.timestamp() - time.timestamp().rem_euclid(width);
+        let c = out.entry(bucket).or_insert(Ohlcv {
+            open: price,
+            high: price,
+            low: price,
+            close: price,
+            volume: Decimal::ZERO,
+        });
+        c.high = c.high.max(price);
+        c.low = c.low.min(price);
+        c.close = price;
+        c.volume += size;
+    }
+    out
+}
+
+#[tokio::test]
+async fn rest_candles_equal_an_aggregation_of_the_logged_trades() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("trades.jsonl");
+    let sim = start(SimConfig {
+        products: 2,
+        trades_per_second: 3.0,
+        history_minutes: 90,
+        trade_log: Some(log_path.clone()),
+        ..SimConfig::default()
+    })
+    .await;
+    let now = Utc::now().timestamp();
+    for (granularity, width) in [
+        (Granularity::OneMinute, 60),
+        (Granularity::FiveMinutes, 300),
+        (Granularity::OneHour, 3600),
+    ] {
+        let end = now - now.rem_euclid(width);
+        let start = (end - 90 * 60).max(end - 299 * width);
+        let url = format!(
+            "{}/market/products/ETH-USD/candles?start={start}&end={end}&granularity={}",
+            sim.rest_url(),
+            granularity.rest_name()
+        );
+        let (status, body) = get(url).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let candles = parse_candles(&body, "ETH-USD", granularity).expect("parses");
+        assert!(!candles.is_empty());
+        assert!(
+            candles.windows(2).all(|w| w[0].start > w[1].start),
+            "newest first"
+        );
+        let log = std::fs::read_to_string(&log_path).expect("log");
+        let expected = aggregate_log(&log, "ETH-USD", width);
+        let mut compared = 0;
+        for c in &candles {
+            let bucket = c.start.timestamp();
+            assert!(bucket >= start && bucket < end);
+            let e = expected
+                .get(&bucket)
+                .unwrap_or_else(|| panic!("no trades at {bucket}"));
+            let got = Ohlcv {
+                open: c.open,
+                high: c.high,
+                low: c.low,
+                close: c.close,
+                volume: c.volume,
+            };
+            assert_eq!(&got, e, "{granularity} bucket {bucket}");
+            compared += 1;
+        }
+        let in_window = expected.range(start..end).count();
+        // A bucket partly before the history's first trade has trades in both sources alike.
+        assert_eq!(
+            compared, in_window,
+            "{granularity}: every bucket with trades"
+        );
+    }
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn rest_candles_refuse_windows_of_350_buckets_and_cap_answers_at_300() {
+    let sim = start(SimConfig {
+        products: 1,
+        trades_per_second: 2.0,
+        history_minutes: 400,
+        ..SimConfig::default()
+    })
+    .await;
+    let now = Utc::now().timestamp();
+    let end = now - now.rem_euclid(60);
+    let url = |start: i64, g: &str| {
+        format!(
+            "{}/market/products/BTC-USD/candles?start={start}&end={end}&granularity={g}",
+            sim.rest_url()
+        )
+    };
+    let (status, body) = get(url(end - 350 * 60, "ONE_MINUTE")).await;
+    assert_eq!(status, 400);
+    let err: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(err["error"], "INVALID_ARGUMENT");
+    assert!(
+        err["message"]
+            .as_str()
+            .expect("m")
+            .contains("less than 350")
+    );
+
+    let (status, body) = get(url(end - 349 * 60, "ONE_MINUTE")).await;
+    assert_eq!(status, 200);
+    let candles = parse_candles(&body, "BTC-USD", Granularity::OneMinute).expect("parses");
+    assert_eq!(candles.len(), 300, "at most 300 per answer, the newest");
+    assert_eq!(candles[0].start.timestamp(), end - 60);
+
+    let (status, _) = get(url(end - 60, "FIVE_MINUTES")).await;
+    assert_eq!(
+        status, 400,
+        "plural names are the service's, not Coinbase's"
+    );
+    for g in Granularity::ALL {
+        let (status, _) = get(url(end - 10 * g.seconds(), g.rest_name())).await;
+        assert_eq!(status, 200, "{}", g.rest_name());
+    }
+    sim.stop().await;
+}
