@@ -113,6 +113,8 @@ pub struct SimStats {
     pub unknown_channel_errors: Counter,
     pub faults_fired: Counter,
     pub frames_sent: Counter,
+    /// Close frames received from clients (a polite client sends one before leaving).
+    pub client_close_frames: Counter,
 }
 
 impl SimStats {
@@ -126,6 +128,7 @@ impl SimStats {
             "unknown_channel_errors": self.unknown_channel_errors.get(),
             "faults_fired": self.faults_fired.get(),
             "frames_sent": self.frames_sent.get(),
+            "client_close_frames": self.client_close_frames.get(),
         })
     }
 }

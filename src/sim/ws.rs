@@ -163,7 +163,11 @@ impl Connection {
                 message = self.socket.recv() => {
                     let text = match message {
                         Some(Ok(Message::Text(text))) => text,
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return End::Gone,
+                        Some(Ok(Message::Close(_))) => {
+                            self.sim.stats.client_close_frames.inc();
+                            return End::Gone;
+                        }
+                        None | Some(Err(_)) => return End::Gone,
                         Some(Ok(_)) => continue,
                     };
                     if !self.sim.limits.allow_message(self.peer.ip()) {

@@ -1,6 +1,11 @@
-//! Coinbase Advanced Trade market data: the WebSocket frame parser and the REST answer parser.
+//! Coinbase Advanced Trade market data: the frame and REST parsers, JWT auth, product
+//! discovery, the WebSocket client and the connection manager.
 
+pub mod auth;
+pub mod client;
+pub mod discovery;
 pub mod frame;
+pub mod manager;
 pub mod rest;
 
 pub use frame::{Frame, FrameBody, FrameError, parse_frame};

@@ -1,0 +1,67 @@
+//! Product discovery from Coinbase's public REST products list.
+//!
+//! In: `GET {COINBASE_REST_URL}/market/products`. Out: the ids of online, tradable spot
+//! products, without `-USDC` aliases of `-USD` products (Coinbase sends aliases the same data).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::rest::{parse_error, parse_products};
+use crate::model::Product;
+
+/// Time allowed for one REST request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why discovery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("products request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("products request answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("products answer is malformed: {0}")]
+    Parse(#[from] super::FrameError),
+}
+
+/// Fetches the products list.
+pub async fn fetch_products(
+    http: &reqwest::Client,
+    rest_url: &str,
+) -> Result<Vec<Product>, DiscoveryError> {
+    let url = format!("{rest_url}/market/products");
+    let response = http
+        .get(&url)
+        .query(&[("product_type", "SPOT")])
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        let message = parse_error(&body).map_or_else(
+            || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            |e| format!("{}: {}", e.error, e.message),
+        );
+        return Err(DiscoveryError::Status {
+            status: status.as_u16(),
+            message,
+        });
+    }
+    Ok(parse_products(&body)?)
+}
+
+/// The ids the service ingests from a products list, sorted.
+pub fn ingestible_ids(products: &[Product]) -> Vec<String> {
+    // A product some other product lists in `alias_to` is an alias, even if its own `alias`
+    // field is empty.
+    let aliases: BTreeSet<&str> = products
+        .iter()
+        .flat_map(|p| p.alias_to.iter().map(String::as_str))
+        .collect();
+    let ids: BTreeSet<String> = products
+        .iter()
+        .filter(|p| p.is_ingestible() && !aliases.contains(p.product_id.as_str()))
+        .map(|p| p.product_id.clone())
+        .collect();
+    ids.into_iter().collect()
+}

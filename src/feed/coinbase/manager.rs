@@ -1,0 +1,226 @@
+//! The connection manager: which products this instance ingests, over how many connections.
+//!
+//! In: `PRODUCTS` or the REST products list (fetched again periodically), `SHARD_INDEX` /
+//! `SHARD_COUNT`, `PRODUCTS_PER_CONNECTION`. Out: one [`Connection`] task per slice of
+//! products, connected no faster than one per second, all sharing one message pacer (at most
+//! 8 client messages a second, a fresh connection's first subscribes first); new listings
+//! subscribed, delisted or disabled products unsubscribed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::auth::JwtSigner;
+use super::client::{Command, Connection, Shared};
+use super::discovery::{fetch_products, ingestible_ids};
+use crate::feed::health::{AuthState, FeedHealth};
+use crate::feed::pacer::Pacer;
+use crate::feed::shard::products_for_instance;
+use crate::feed::{FeedEvent, FeedSettings};
+
+/// Commands a connection may have queued.
+const COMMAND_CAPACITY: usize = 64;
+/// First retry delay when the products list cannot be fetched at start.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+struct Handle {
+    id: usize,
+    products: BTreeSet<String>,
+    /// Commands to the connection; dropping it stops the connection.
+    commands: mpsc::Sender<Command>,
+}
+
+/// The feed: owns the connections.
+#[derive(Debug)]
+pub struct Feed {
+    shared: Arc<Shared>,
+    http: reqwest::Client,
+    handles: Vec<Handle>,
+    next_id: usize,
+}
+
+impl Feed {
+    /// Builds the feed; events go to `events`. A key that cannot be loaded is reported in
+    /// health and the feed runs unauthenticated.
+    pub fn new(settings: FeedSettings, events: mpsc::Sender<FeedEvent>) -> Feed {
+        let (signer, auth) = match &settings.credentials {
+            None => (None, AuthState::Unauthenticated),
+            Some(credentials) => match JwtSigner::new(credentials) {
+                Ok(signer) => {
+                    let algorithm = format!("{:?}", signer.algorithm());
+                    (Some(signer), AuthState::Authenticated { algorithm })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load the Coinbase key, continuing unauthenticated");
+                    (
+                        None,
+                        AuthState::Failed {
+                            reason: format!("{e}; continuing unauthenticated"),
+                        },
+                    )
+                }
+            },
+        };
+        let shared = Arc::new(Shared {
+            connect_pacer: Pacer::new(settings.connect_interval),
+            message_pacer: Pacer::new(settings.message_interval),
+            signer,
+            auth_failed: AtomicBool::new(false),
+            health: Arc::new(FeedHealth::new(auth)),
+            events,
+            settings,
+        });
+        Feed {
+            shared,
+            http: reqwest::Client::new(),
+            handles: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    pub fn health(&self) -> Arc<FeedHealth> {
+        self.shared.health.clone()
+    }
+
+    /// Runs until `cancel`; then closes every connection politely and returns.
+    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        let discovering = self.shared.settings.products.is_none();
+        if let Some(all) = self.initial_products(&cancel).await {
+            let mine = self.mine(&all);
+            tracing::info!(
+                products = all.len(),
+                mine = mine.len(),
+                shard_index = self.shared.settings.shard_index,
+                shard_count = self.shared.settings.shard_count,
+                "feed products chosen"
+            );
+            self.add(mine, &tracker, &cancel).await;
+            let mut refresh = tokio::time::interval(self.shared.settings.refresh_interval);
+            refresh.reset();
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    _ = refresh.tick(), if discovering => self.refresh(&tracker, &cancel).await,
+                }
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+        Ok(())
+    }
+
+    fn mine(&self, all: &[String]) -> Vec<String> {
+        let s = &self.shared.settings;
+        products_for_instance(all, s.shard_index, s.shard_count)
+    }
+
+    /// `PRODUCTS`, or the products list, retried with backoff until it answers. `None` when
+    /// cancelled first.
+    async fn initial_products(&self, cancel: &CancellationToken) -> Option<Vec<String>> {
+        if let Some(products) = &self.shared.settings.products {
+            return Some(products.clone());
+        }
+        let mut delay = DISCOVERY_RETRY;
+        loop {
+            match fetch_products(&self.http, &self.shared.settings.rest_url).await {
+                Ok(products) => return Some(ingestible_ids(&products)),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot list products");
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(self.shared.settings.reconnect.cap);
+        }
+    }
+
+    async fn refresh(&mut self, tracker: &TaskTracker, cancel: &CancellationToken) {
+        let all = match fetch_products(&self.http, &self.shared.settings.rest_url).await {
+            Ok(products) => ingestible_ids(&products),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refresh the products list, keeping the current one");
+                return;
+            }
+        };
+        let wanted: BTreeSet<String> = self.mine(&all).into_iter().collect();
+        let current: BTreeSet<String> = self
+            .handles
+            .iter()
+            .flat_map(|h| h.products.iter().cloned())
+            .collect();
+        let gone: Vec<String> = current.difference(&wanted).cloned().collect();
+        let new: Vec<String> = wanted.difference(&current).cloned().collect();
+        if !gone.is_empty() {
+            tracing::info!(?gone, "products delisted or disabled, unsubscribing");
+            self.remove(&gone).await;
+        }
+        if !new.is_empty() {
+            tracing::info!(?new, "new products listed, subscribing");
+            self.add(new, tracker, cancel).await;
+        }
+    }
+
+    async fn remove(&mut self, gone: &[String]) {
+        for handle in &mut self.handles {
+            let mine: Vec<String> = gone
+                .iter()
+                .filter(|p| handle.products.remove(*p))
+                .cloned()
+                .collect();
+            if !mine.is_empty() && !handle.products.is_empty() {
+                // A full queue or a stopped connection: the connection resubscribes from its own
+                // list on reconnect, so nothing is lost by waiting here.
+                let _stopped = handle.commands.send(Command::Unsubscribe(mine)).await;
+            }
+        }
+        // A connection left without products is dropped: its task closes politely.
+        let health = self.shared.health.clone();
+        self.handles.retain(|h| {
+            let keep = !h.products.is_empty();
+            if !keep {
+                health.remove(h.id);
+            }
+            keep
+        });
+    }
+
+    async fn add(
+        &mut self,
+        mut new: Vec<String>,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) {
+        let per_connection = self.shared.settings.products_per_connection.max(1);
+        for handle in &mut self.handles {
+            let room = per_connection.saturating_sub(handle.products.len());
+            if room == 0 || new.is_empty() {
+                continue;
+            }
+            let take: Vec<String> = new.drain(..room.min(new.len())).collect();
+            handle.products.extend(take.iter().cloned());
+            let _stopped = handle.commands.send(Command::Subscribe(take)).await;
+        }
+        for chunk in new.chunks(per_connection) {
+            let id = self.next_id;
+            self.next_id += 1;
+            let products: BTreeSet<String> = chunk.iter().cloned().collect();
+            let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+            let connection = Connection::new(id, products.clone(), self.shared.clone(), rx);
+            tracker.spawn(connection.run(cancel.child_token()));
+            self.handles.push(Handle {
+                id,
+                products,
+                commands: tx,
+            });
+        }
+    }
+}

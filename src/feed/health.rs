@@ -1,0 +1,147 @@
+//! The feed's state for `/health` and logs: per connection, whether it is connected, its
+//! products, last frame time, frame, trade, reconnect, gap and malformed-frame counts, and
+//! the authentication state.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Whether subscribes are authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AuthState {
+    /// No key configured: public market data needs none.
+    Unauthenticated,
+    /// Subscribes carry a fresh JWT.
+    Authenticated { algorithm: String },
+    /// The key was refused or could not be loaded: continuing unauthenticated.
+    Failed { reason: String },
+}
+
+/// Where one connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    Connecting,
+    Connected,
+    Backoff,
+    Stopped,
+}
+
+/// One connection's state and counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionHealth {
+    pub id: usize,
+    pub state: ConnectionState,
+    pub connected: bool,
+    pub products: Vec<String>,
+    pub connected_at: Option<DateTime<Utc>>,
+    pub last_frame: Option<DateTime<Utc>>,
+    pub frames: u64,
+    pub trades: u64,
+    pub reconnects: u64,
+    pub gaps: u64,
+    pub malformed: u64,
+    pub error_frames: u64,
+    /// The backoff delays waited so far, most recent last (at most 16 kept).
+    pub backoffs_ms: Vec<u64>,
+    pub last_error: Option<String>,
+    /// Time spent waiting for the engine to take trades (backpressure), in milliseconds.
+    pub backpressure_ms: u64,
+}
+
+impl ConnectionHealth {
+    fn new(id: usize, products: Vec<String>) -> Self {
+        ConnectionHealth {
+            id,
+            state: ConnectionState::Connecting,
+            connected: false,
+            products,
+            connected_at: None,
+            last_frame: None,
+            frames: 0,
+            trades: 0,
+            reconnects: 0,
+            gaps: 0,
+            malformed: 0,
+            error_frames: 0,
+            backoffs_ms: Vec::new(),
+            last_error: None,
+            backpressure_ms: 0,
+        }
+    }
+}
+
+/// Shared between the feed's tasks and the HTTP handlers.
+#[derive(Debug)]
+pub struct FeedHealth {
+    connections: Mutex<BTreeMap<usize, ConnectionHealth>>,
+    auth: Mutex<AuthState>,
+}
+
+/// What `/health` shows of the feed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedReport {
+    pub auth: AuthState,
+    pub products: usize,
+    pub connected: usize,
+    pub connections: Vec<ConnectionHealth>,
+}
+
+impl FeedHealth {
+    pub fn new(auth: AuthState) -> Self {
+        FeedHealth {
+            connections: Mutex::new(BTreeMap::new()),
+            auth: Mutex::new(auth),
+        }
+    }
+
+    /// Registers a connection (or resets its product list).
+    pub fn register(&self, id: usize, products: Vec<String>) {
+        let mut connections = self.lock();
+        connections
+            .entry(id)
+            .and_modify(|c| c.products = products.clone())
+            .or_insert_with(|| ConnectionHealth::new(id, products));
+    }
+
+    /// Applies `change` to connection `id`'s entry.
+    pub fn update(&self, id: usize, change: impl FnOnce(&mut ConnectionHealth)) {
+        if let Some(c) = self.lock().get_mut(&id) {
+            change(c);
+        }
+    }
+
+    /// When connection `id` last received a frame.
+    pub fn last_frame(&self, id: usize) -> Option<DateTime<Utc>> {
+        self.lock().get(&id).and_then(|c| c.last_frame)
+    }
+
+    pub fn remove(&self, id: usize) {
+        self.lock().remove(&id);
+    }
+
+    pub fn auth(&self) -> AuthState {
+        self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_auth(&self, auth: AuthState) {
+        *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = auth;
+    }
+
+    pub fn report(&self) -> FeedReport {
+        let connections: Vec<ConnectionHealth> = self.lock().values().cloned().collect();
+        FeedReport {
+            auth: self.auth(),
+            products: connections.iter().map(|c| c.products.len()).sum(),
+            connected: connections.iter().filter(|c| c.connected).count(),
+            connections,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, ConnectionHealth>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,152 @@
+//! The `spot-canvas` binary: `serve` against the simulator answers `/health`, says it is on a
+//! simulated feed, and stops cleanly on SIGTERM, closing its sockets politely.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use spot_canvas::sim::{SimConfig, Simulator};
+
+struct Service {
+    child: Child,
+    port: u16,
+    lines: mpsc::Receiver<String>,
+}
+
+/// Starts `spot-canvas serve` with JSON logs and waits for its port.
+fn start_service(envs: &[(&str, String)]) -> Service {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spot-canvas"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", "0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let port = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the service logs its port");
+        if let Ok(v) = serde_json::from_str::<Value>(&line)
+            && v["message"] == "listening"
+        {
+            break v["port"].as_u64().expect("port") as u16;
+        }
+    };
+    Service { child, port, lines }
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn serve_reports_health_on_a_simulated_feed_and_stops_on_sigterm() {
+    let sim = Simulator::start(SimConfig {
+        products: 2,
+        trades_per_second: 5.0,
+        history_minutes: 5,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let mut service = start_service(&[
+        ("COINBASE_WS_URL", sim.ws_url()),
+        ("COINBASE_REST_URL", sim.rest_url()),
+        ("COINBASE_API_KEY", "organizations/o/apiKeys/k".into()),
+        ("COINBASE_PRIVATE_KEY", "bm90LWEtcmVhbC1rZXk=".into()),
+        (
+            "DATABASE_URL",
+            "postgres://spot:hunter2pw@127.0.0.1:1/spot".into(),
+        ),
+    ]);
+    let url = format!("http://127.0.0.1:{}/health", service.port);
+    let mut health = Value::Null;
+    for _ in 0..100 {
+        if let Ok(response) = reqwest::get(&url).await
+            && response.status() == 200
+        {
+            health = response.json().await.expect("json");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["simulated"], true);
+    let connection = &health["feed"]["connections"][0];
+    assert_eq!(connection["connected"], true);
+    assert_eq!(
+        connection["products"],
+        serde_json::json!(["BTC-USD", "ETH-USD"])
+    );
+    for field in ["last_frame", "frames", "reconnects", "gaps"] {
+        assert!(!connection[field].is_null(), "{field} in {connection}");
+    }
+    // The key is unusable: /health says the feed runs unauthenticated.
+    assert_eq!(health["feed"]["auth"]["state"], "failed", "{health}");
+
+    terminate(&service.child);
+    let mut waited = 0;
+    let status = loop {
+        if let Some(status) = service.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(waited < 150, "the service stops within 15 s of SIGTERM");
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    let logs: Vec<String> = service.lines.try_iter().collect();
+    let all = logs.join("\n");
+    assert!(
+        all.contains("SIMULATED"),
+        "the logs say the feed is simulated"
+    );
+    assert!(
+        !all.contains("hunter2pw"),
+        "the database password never reaches the logs"
+    );
+    assert!(
+        !all.contains("bm90LWEtcmVhbC1rZXk"),
+        "the key never reaches the logs"
+    );
+    assert_eq!(
+        sim.state.stats.client_close_frames.get(),
+        1,
+        "closed politely"
+    );
+    sim.stop().await;
+}
+
+#[test]
+fn an_invalid_variable_stops_the_binary_with_a_message_naming_it() {
+    let output = Command::new(env!("CARGO_BIN_EXE_spot-canvas"))
+        .arg("serve")
+        .env_clear()
+        .env("SHARD_COUNT", "zero")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SHARD_COUNT"), "{stderr}");
+    assert!(stderr.contains("accepted"), "{stderr}");
+}
