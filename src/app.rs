@@ -1,9 +1,9 @@
 //! The service: builds the stages from the configuration, serves HTTP, and supervises them
 //! until a stop signal.
 //!
-//! In: the [`Config`] and a cancellation token. Out: a running feed, a consumer of its
-//! events, and the HTTP server (`GET /health`); on cancel, every stage stops in order and
-//! sockets close politely.
+//! In: the [`Config`] and a cancellation token. Out: a running feed, the candle engine it
+//! feeds, a consumer of the engine's updates, and the HTTP server (`GET /health`); on cancel,
+//! every stage stops in order (feed, engine, consumer, HTTP) and sockets close politely.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +19,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::candles::{Engine, EngineSettings, EngineStats};
 use crate::config::Config;
-use crate::feed::{Feed, FeedEvent, FeedHealth, FeedSettings};
+use crate::feed::{Feed, FeedHealth, FeedSettings};
+use crate::model::{CandleUpdate, SystemClock};
 
 /// How long stages get to finish after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -29,6 +31,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub feed: Arc<FeedHealth>,
+    pub engine: Arc<EngineStats>,
     /// The feed is the exchange simulator, not Coinbase.
     pub simulated: bool,
     pub ws_url: String,
@@ -39,7 +42,8 @@ pub struct AppState {
 pub struct App {
     listener: TcpListener,
     feed: Feed,
-    events: mpsc::Receiver<FeedEvent>,
+    engine: Engine,
+    updates: mpsc::Receiver<Vec<CandleUpdate>>,
     state: AppState,
 }
 
@@ -58,15 +62,24 @@ impl App {
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let (tx, events) = mpsc::channel(settings.channel_capacity);
         let feed = Feed::new(settings, tx);
+        let (updates_tx, updates) = mpsc::channel(1024);
+        let engine = Engine::new(
+            EngineSettings::default(),
+            Arc::new(SystemClock),
+            events,
+            updates_tx,
+        );
         let state = AppState {
             feed: feed.health(),
+            engine: engine.stats(),
             simulated: !config.is_production_feed(),
             ws_url: config.coinbase_ws_url.clone(),
         };
         Ok(App {
             listener,
             feed,
-            events,
+            engine,
+            updates,
             state,
         })
     }
@@ -85,7 +98,8 @@ impl App {
         let App {
             listener,
             feed,
-            events,
+            engine,
+            updates,
             state,
         } = self;
         if state.simulated {
@@ -93,7 +107,9 @@ impl App {
         }
         let feed_cancel = cancel.child_token();
         let feed_task = tokio::spawn(feed.run(feed_cancel.clone()));
-        let consumer = tokio::spawn(summarize(events));
+        // The engine stops when the feed's channel closes, after the batches it holds.
+        let engine_task = tokio::spawn(engine.run(CancellationToken::new()));
+        let consumer = tokio::spawn(summarize(updates, state.engine.clone()));
         let http_cancel = CancellationToken::new();
         let server = tokio::spawn(
             axum::serve(listener, router(state))
@@ -105,7 +121,8 @@ impl App {
         tracing::info!("stopping");
         let stopped = async {
             report_exit("feed", feed_task.await);
-            // The feed's sender is gone now: the consumer drains what is left and ends.
+            // The feed's sender is gone now: the engine and the consumer drain and end.
+            report_exit("engine", engine_task.await);
             report_exit("consumer", consumer.await.map(Ok));
             http_cancel.cancel();
             report_exit("http", server.await.map(|r| r.map_err(anyhow::Error::from)));
@@ -126,26 +143,25 @@ fn report_exit(name: &str, outcome: Result<anyhow::Result<()>, tokio::task::Join
     }
 }
 
-/// Until the candle engine consumes the feed: counts what arrives and logs a summary.
-async fn summarize(mut events: mpsc::Receiver<FeedEvent>) {
+/// Until storage and NATS consume the engine's output: takes the updates and logs a summary.
+async fn summarize(mut updates: mpsc::Receiver<Vec<CandleUpdate>>, stats: Arc<EngineStats>) {
     let mut every = tokio::time::interval(Duration::from_secs(30));
     every.reset();
-    let (mut trades, mut batches, mut reconnects, mut gaps) = (0u64, 0u64, 0u64, 0u64);
     loop {
         tokio::select! {
-            event = events.recv() => match event {
-                Some(FeedEvent::Trades(batch)) => {
-                    trades += batch.trades.len() as u64;
-                    batches += 1;
-                }
-                Some(FeedEvent::Reconnected { .. }) => reconnects += 1,
-                Some(FeedEvent::Gap { .. }) => gaps += 1,
-                Some(_) => {}
-                None => break,
-            },
+            batch = updates.recv() => if batch.is_none() { break },
             _ = every.tick() => {
-                tracing::info!(trades, batches, reconnects, gaps, "feed summary (last 30 s)");
-                (trades, batches, reconnects, gaps) = (0, 0, 0, 0);
+                let report = stats.report();
+                let completed: u64 = report.granularities.iter().map(|g| g.completed).sum();
+                let updates: u64 = report.granularities.iter().map(|g| g.updates).sum();
+                tracing::info!(
+                    trades = report.trades,
+                    updates,
+                    completed,
+                    duplicates = report.duplicates,
+                    too_late = report.too_late,
+                    "engine summary (since start)"
+                );
             }
         }
     }
@@ -167,6 +183,7 @@ async fn health(State(state): State<AppState>) -> Response {
         "simulated": state.simulated,
         "feed_url": state.ws_url,
         "feed": feed,
+        "engine": state.engine.report(),
     });
     let status = if ok {
         StatusCode::OK

@@ -3,13 +3,15 @@
 //! # Layout
 //! - [`config`]: typed configuration from the environment.
 //! - [`model`]: granularities, trades, candles, updates, products, the clock.
-//! - [`feed`]: Coinbase market data (frame and REST parsers).
+//! - [`feed`]: Coinbase market data: connections, parsers, auth, discovery.
+//! - [`candles`]: the candle engine.
 //! - [`sim`]: the exchange simulator (`spot-canvas sim`).
 //! - [`shutdown`]: the stop signal.
 //! - [`telemetry`]: logging setup.
 //! - [`cli`]: the command line.
 
 pub mod app;
+pub mod candles;
 pub mod cli;
 pub mod config;
 pub mod feed;

@@ -260,6 +260,16 @@ fn heartbeat_counter_may_be_a_string_as_in_the_docs() {
 }
 
 #[test]
+fn events_before_channel_parse_the_same() {
+    let channel_first = r#"{"channel":"market_trades","timestamp":"2026-09-30T02:39:59Z","sequence_num":1,"events":[{"type":"update","trades":[{"product_id":"BTC-USD","trade_id":"7","price":"1.5","size":"2","time":"2026-09-30T02:39:59Z","side":"BUY"}]}]}"#;
+    let events_first = r#"{"events":[{"type":"update","trades":[{"product_id":"BTC-USD","trade_id":"7","price":"1.5","size":"2","time":"2026-09-30T02:39:59Z","side":"BUY"}]}],"sequence_num":1,"timestamp":"2026-09-30T02:39:59Z","channel":"market_trades"}"#;
+    assert_eq!(
+        parse_frame(channel_first.as_bytes(), received()).expect("parses"),
+        parse_frame(events_first.as_bytes(), received()).expect("parses")
+    );
+}
+
+#[test]
 fn error_frames_have_no_envelope() {
     let parsed = parse_frame(
         br#"{"type":"error","message":"authentication failure"}"#,

@@ -101,6 +101,21 @@ async fn serve_reports_health_on_a_simulated_feed_and_stops_on_sigterm() {
     for field in ["last_frame", "frames", "reconnects", "gaps"] {
         assert!(!connection[field].is_null(), "{field} in {connection}");
     }
+    // The engine's counts per granularity.
+    let granularities = health["engine"]["granularities"]
+        .as_array()
+        .expect("counts");
+    assert_eq!(granularities.len(), 8);
+    assert!(
+        health["engine"]["trades"].as_u64().expect("trades") > 0,
+        "{health}"
+    );
+    assert!(
+        granularities
+            .iter()
+            .all(|g| g["updates"].as_u64() > Some(0)),
+        "{health}"
+    );
     // The key is unusable: /health says the feed runs unauthenticated.
     assert_eq!(health["feed"]["auth"]["state"], "failed", "{health}");
 

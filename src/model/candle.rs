@@ -23,7 +23,8 @@ pub struct Candle {
     pub close: Decimal,
     /// Sum of trade sizes (base currency).
     pub volume: Decimal,
-    /// Volume of trades whose taker bought. `None` when unknown (a candle from REST).
+    /// Volume of trades whose taker bought (the maker sold). `None` when unknown (a candle
+    /// from REST).
     pub buy_volume: Option<Decimal>,
     /// Number of trades. `None` when unknown (a candle from REST).
     pub trade_count: Option<u64>,
@@ -34,11 +35,17 @@ impl Candle {
     pub fn end(&self) -> DateTime<Utc> {
         self.granularity.bucket_end(self.start)
     }
+
+    /// Volume of trades whose taker sold, when the buy volume is known.
+    pub fn sell_volume(&self) -> Option<Decimal> {
+        self.buy_volume.map(|buy| self.volume - buy)
+    }
 }
 
 /// Orders the updates of one (product, granularity) key totally, across buckets, restarts
-/// and two producers of the same key: a newer bucket wins, then a higher revision, then more
-/// trades, then a later last trade. Storage, KV and clients keep the highest.
+/// and two producers of the same key: a newer bucket wins, then a higher revision, then the
+/// complete update over the live ones of its revision, then more trades, then a later last
+/// trade. Storage, KV and clients keep the highest.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
@@ -46,6 +53,7 @@ pub struct Version {
     /// Bucket start in Unix seconds.
     pub bucket_start: i64,
     pub revision: u32,
+    pub complete: bool,
     pub trade_count: u64,
     pub last_trade_id: TradeId,
 }
@@ -77,23 +85,25 @@ impl CandleUpdate {
 mod tests {
     use super::*;
 
-    fn v(bucket_start: i64, revision: u32, trade_count: u64, last: u64) -> Version {
+    fn v(bucket_start: i64, revision: u32, complete: bool, trade_count: u64, last: u64) -> Version {
         Version {
             bucket_start,
             revision,
+            complete,
             trade_count,
             last_trade_id: TradeId(last),
         }
     }
 
     #[test]
-    fn versions_order_by_bucket_then_revision_then_count_then_last_trade() {
+    fn versions_order_by_bucket_revision_completeness_count_and_last_trade() {
         let ordered = [
-            v(60, 0, 1, 10),
-            v(60, 0, 1, 11),
-            v(60, 0, 2, 5),
-            v(60, 1, 1, 1),
-            v(120, 0, 1, 1),
+            v(60, 0, false, 1, 10),
+            v(60, 0, false, 1, 11),
+            v(60, 0, false, 2, 5),
+            v(60, 0, true, 2, 5),
+            v(60, 1, true, 3, 1),
+            v(120, 0, false, 1, 1),
         ];
         for pair in ordered.windows(2) {
             assert!(pair[0] < pair[1], "{:?} < {:?}", pair[0], pair[1]);

@@ -174,6 +174,127 @@ mod tests {
         }
     }
 
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("valid time")
+            .with_timezone(&Utc)
+    }
+
+    /// Bucket starts written out by hand, in `Granularity::ALL` order.
+    fn check(time: &str, starts: [&str; 8]) {
+        for (g, start) in Granularity::ALL.into_iter().zip(starts) {
+            assert_eq!(g.bucket_start(t(time)), t(start), "{g} of {time}");
+            let end = g.bucket_end(t(start));
+            assert!(
+                t(start) <= t(time) && t(time) < end,
+                "{g}: {time} in [{start}, {end})"
+            );
+        }
+    }
+
+    #[test]
+    fn buckets_within_an_hour_a_day_and_a_leap_day() {
+        check(
+            "2024-02-29T13:47:31.250Z",
+            [
+                "2024-02-29T13:47:00Z",
+                "2024-02-29T13:45:00Z",
+                "2024-02-29T13:45:00Z",
+                "2024-02-29T13:30:00Z",
+                "2024-02-29T13:00:00Z",
+                "2024-02-29T12:00:00Z",
+                "2024-02-29T12:00:00Z",
+                "2024-02-29T00:00:00Z",
+            ],
+        );
+    }
+
+    #[test]
+    fn the_last_instant_of_a_year_falls_in_buckets_that_all_end_at_new_year() {
+        let time = "2025-12-31T23:59:59.999999999Z";
+        check(
+            time,
+            [
+                "2025-12-31T23:59:00Z",
+                "2025-12-31T23:55:00Z",
+                "2025-12-31T23:45:00Z",
+                "2025-12-31T23:30:00Z",
+                "2025-12-31T23:00:00Z",
+                "2025-12-31T22:00:00Z",
+                "2025-12-31T18:00:00Z",
+                "2025-12-31T00:00:00Z",
+            ],
+        );
+        for g in Granularity::ALL {
+            assert_eq!(
+                g.bucket_end(g.bucket_start(t(time))),
+                t("2026-01-01T00:00:00Z"),
+                "{g}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trade_exactly_on_a_boundary_opens_the_new_bucket() {
+        for boundary in [
+            "2026-01-01T00:00:00Z",
+            "2026-04-01T00:00:00Z",
+            "2024-03-01T00:00:00Z",
+            "2026-09-30T18:00:00Z",
+        ] {
+            for g in Granularity::ALL {
+                if t(boundary).timestamp() % g.seconds() != 0 {
+                    continue;
+                }
+                assert_eq!(
+                    g.bucket_start(t(boundary)),
+                    t(boundary),
+                    "{g} at {boundary}"
+                );
+                let just_before = t(boundary) - chrono::TimeDelta::nanoseconds(1);
+                assert_eq!(
+                    g.bucket_end(g.bucket_start(just_before)),
+                    t(boundary),
+                    "{g} just before {boundary}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn month_ends_and_hour_boundaries() {
+        check(
+            "2026-03-31T23:00:00Z",
+            [
+                "2026-03-31T23:00:00Z",
+                "2026-03-31T23:00:00Z",
+                "2026-03-31T23:00:00Z",
+                "2026-03-31T23:00:00Z",
+                "2026-03-31T23:00:00Z",
+                "2026-03-31T22:00:00Z",
+                "2026-03-31T18:00:00Z",
+                "2026-03-31T00:00:00Z",
+            ],
+        );
+        assert_eq!(
+            Granularity::OneHour.bucket_end(t("2026-03-31T23:00:00Z")),
+            t("2026-04-01T00:00:00Z")
+        );
+        check(
+            "2026-02-28T05:59:59Z",
+            [
+                "2026-02-28T05:59:00Z",
+                "2026-02-28T05:55:00Z",
+                "2026-02-28T05:45:00Z",
+                "2026-02-28T05:30:00Z",
+                "2026-02-28T05:00:00Z",
+                "2026-02-28T04:00:00Z",
+                "2026-02-28T00:00:00Z",
+                "2026-02-28T00:00:00Z",
+            ],
+        );
+    }
+
     #[test]
     fn index_matches_position_in_all() {
         for (i, g) in Granularity::ALL.iter().enumerate() {

@@ -59,6 +59,8 @@ pub enum FrameBody {
 pub enum FrameError {
     #[error("malformed JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("frame is not UTF-8 (invalid byte at {0})")]
+    Utf8(usize),
     #[error("frame has neither a `channel` nor a `type` field")]
     NoChannel,
     #[error("{channel} frame is missing `{field}`")]
@@ -74,20 +76,101 @@ pub enum FrameError {
     BadValue { field: &'static str, value: String },
 }
 
-#[derive(Deserialize)]
+/// A frame's envelope. When `channel` comes before `events` (as Coinbase sends them), the
+/// events are parsed straight into the channel's type in the same pass; otherwise they are
+/// kept raw and parsed once the channel is known.
+#[derive(Default)]
 struct RawFrame<'a> {
-    #[serde(borrow, default)]
     channel: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "type")]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     message: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     timestamp: Option<Cow<'a, str>>,
-    #[serde(default)]
     sequence_num: Option<u64>,
-    #[serde(borrow, default)]
-    events: Option<&'a RawValue>,
+    events: Option<RawEvents<'a>>,
+}
+
+enum RawEvents<'a> {
+    Trades(Vec<RawTradesEvent<'a>>),
+    Candles(Vec<RawCandlesEvent<'a>>),
+    Heartbeats(Vec<RawHeartbeatEvent<'a>>),
+    Subscriptions(Vec<RawSubscriptionsEvent>),
+    Skipped,
+    Raw(&'a RawValue),
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Channel,
+    Type,
+    Message,
+    Timestamp,
+    SequenceNum,
+    Events,
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for RawFrame<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FrameVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for FrameVisitor {
+            type Value = RawFrame<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a Coinbase frame object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut frame = RawFrame::default();
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::Channel => {
+                            frame.channel = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0);
+                        }
+                        Field::Type => {
+                            frame.kind = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0)
+                        }
+                        Field::Message => {
+                            frame.message = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0);
+                        }
+                        Field::Timestamp => {
+                            frame.timestamp = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0);
+                        }
+                        Field::SequenceNum => frame.sequence_num = map.next_value()?,
+                        Field::Events => {
+                            frame.events = Some(match frame.channel.as_deref() {
+                                Some("market_trades") => RawEvents::Trades(map.next_value()?),
+                                Some("candles") => RawEvents::Candles(map.next_value()?),
+                                Some("heartbeats") => RawEvents::Heartbeats(map.next_value()?),
+                                Some("subscriptions") => {
+                                    RawEvents::Subscriptions(map.next_value()?)
+                                }
+                                Some(_) => {
+                                    map.next_value::<serde::de::IgnoredAny>()?;
+                                    RawEvents::Skipped
+                                }
+                                None => RawEvents::Raw(map.next_value()?),
+                            });
+                        }
+                        Field::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(frame)
+            }
+        }
+
+        deserializer.deserialize_map(FrameVisitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -162,7 +245,9 @@ struct RawSubscriptionsEvent {
 
 /// Parses one frame read at `received`.
 pub fn parse_frame(bytes: &[u8], received: DateTime<Utc>) -> Result<Frame, FrameError> {
-    let raw: RawFrame<'_> = serde_json::from_slice(bytes)?;
+    // One UTF-8 check of the whole frame is cheaper than one per string.
+    let text = std::str::from_utf8(bytes).map_err(|e| FrameError::Utf8(e.valid_up_to()))?;
+    let raw: RawFrame<'_> = serde_json::from_str(text)?;
     let Some(channel) = raw.channel.as_deref() else {
         return match raw.kind.as_deref() {
             Some("error") => Ok(Frame {
@@ -192,19 +277,31 @@ pub fn parse_frame(bytes: &[u8], received: DateTime<Utc>) -> Result<Frame, Frame
         .transpose()?;
     let body = match channel {
         "market_trades" => {
-            let events = events_of::<RawTradesEvent<'_>>("market_trades", raw.events)?;
+            let events = events_of("market_trades", raw.events, |e| match e {
+                RawEvents::Trades(events) => Some(events),
+                _ => None,
+            })?;
             trades_body(events, received)?
         }
         "candles" => {
-            let events = events_of::<RawCandlesEvent<'_>>("candles", raw.events)?;
+            let events = events_of("candles", raw.events, |e| match e {
+                RawEvents::Candles(events) => Some(events),
+                _ => None,
+            })?;
             candles_body(events)?
         }
         "heartbeats" => {
-            let events = events_of::<RawHeartbeatEvent<'_>>("heartbeats", raw.events)?;
+            let events = events_of("heartbeats", raw.events, |e| match e {
+                RawEvents::Heartbeats(events) => Some(events),
+                _ => None,
+            })?;
             heartbeat_body(events)?
         }
         "subscriptions" => {
-            let events = events_of::<RawSubscriptionsEvent>("subscriptions", raw.events)?;
+            let events = events_of("subscriptions", raw.events, |e| match e {
+                RawEvents::Subscriptions(events) => Some(events),
+                _ => None,
+            })?;
             let mut subscriptions = BTreeMap::new();
             for event in events {
                 subscriptions.extend(event.subscriptions);
@@ -251,15 +348,22 @@ fn count_skipped(what: &'static str, name: &str) {
     tracing::trace!(what, name, "skipping unsupported frame part");
 }
 
+/// The events of a `channel` frame: parsed in the envelope's pass, or now from the raw text
+/// when `events` came before `channel`.
 fn events_of<'a, T: Deserialize<'a>>(
     channel: &'static str,
-    events: Option<&'a RawValue>,
+    events: Option<RawEvents<'a>>,
+    typed: impl FnOnce(RawEvents<'a>) -> Option<Vec<T>>,
 ) -> Result<Vec<T>, FrameError> {
-    let events = events.ok_or(FrameError::MissingField {
+    let missing = FrameError::MissingField {
         channel,
         field: "events",
-    })?;
-    Ok(serde_json::from_str(events.get())?)
+    };
+    match events {
+        None => Err(missing),
+        Some(RawEvents::Raw(raw)) => Ok(serde_json::from_str(raw.get())?),
+        Some(events) => typed(events).ok_or(missing),
+    }
 }
 
 fn trades_body(
@@ -386,14 +490,58 @@ fn parse_positive_decimal(field: &'static str, value: &str) -> Result<Decimal, F
     Ok(d)
 }
 
-/// Parses an RFC 3339 time such as `2026-09-30T02:39:59.4104Z`.
+/// Parses an RFC 3339 time such as `2026-09-30T02:39:59.4104Z`. Coinbase's UTC form takes a
+/// fast path; anything else (offsets, leap seconds, lower case) goes through chrono.
 pub fn parse_time(field: &'static str, value: &str) -> Result<DateTime<Utc>, FrameError> {
+    if let Some(time) = parse_utc_fast(value.as_bytes()) {
+        return Ok(time);
+    }
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| FrameError::BadTime {
             field,
             value: value.to_owned(),
         })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` with 1 to 9 fraction digits; `None` for anything else.
+fn parse_utc_fast(b: &[u8]) -> Option<DateTime<Utc>> {
+    fn digits(b: &[u8]) -> Option<u32> {
+        b.iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    }
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let year = digits(&b[0..4])? as i32;
+    let month = digits(&b[5..7])?;
+    let day = digits(&b[8..10])?;
+    let (hour, minute, second) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let rest = &b[19..];
+    let nanos = match rest {
+        [b'Z'] => 0,
+        [b'.', fraction @ .., b'Z'] if (1..=9).contains(&fraction.len()) => {
+            digits(fraction)? * 10u32.pow(9 - fraction.len() as u32)
+        }
+        _ => return None,
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(year, month, day)?;
+    let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
+    Some(date.and_time(time).and_utc())
 }
 
 /// Parses a string of Unix seconds such as a candle's `start`.
@@ -406,4 +554,44 @@ pub fn parse_unix_seconds(field: &'static str, value: &str) -> Result<DateTime<U
             field,
             value: value.to_owned(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_time_path_agrees_with_chrono() {
+        for text in [
+            "2026-09-30T02:39:59.4104Z",
+            "2026-09-30T02:39:59Z",
+            "2026-09-30T02:39:53.788655130Z",
+            "2024-02-29T23:59:59.999999999Z",
+            "2000-01-01T00:00:00.1Z",
+        ] {
+            let chrono = DateTime::parse_from_rfc3339(text)
+                .expect("valid")
+                .with_timezone(&Utc);
+            assert_eq!(parse_utc_fast(text.as_bytes()), Some(chrono), "{text}");
+        }
+        for slow in [
+            "2026-09-30T02:39:59+00:00",
+            "2026-09-30t02:39:59z",
+            "2026-12-31T23:59:60Z",
+            "2026-09-30T02:39:59.1234567890Z",
+        ] {
+            assert_eq!(parse_utc_fast(slow.as_bytes()), None, "{slow}");
+        }
+        for bad in [
+            "2026-02-30T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-09-30T24:00:00Z",
+        ] {
+            assert!(parse_time("time", bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_time("time", "2026-09-30T04:39:59+02:00").expect("offset"),
+            parse_time("time", "2026-09-30T02:39:59Z").expect("utc")
+        );
+    }
 }

@@ -1,0 +1,97 @@
+//! The engine's counters for `/health` and logs: updates and completions per granularity,
+//! revisions, duplicates, trades too late to apply, reconnects and gaps seen.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use super::BatchOutcome;
+use crate::model::{CandleUpdate, Granularity};
+
+/// Counters shared by the engine's shards.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    trades: AtomicU64,
+    duplicates: AtomicU64,
+    too_late: AtomicU64,
+    reconnects: AtomicU64,
+    gaps: AtomicU64,
+    updates: [AtomicU64; 8],
+    completed: [AtomicU64; 8],
+    revisions: [AtomicU64; 8],
+}
+
+/// Per-granularity counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct GranularityCounts {
+    pub granularity: Granularity,
+    pub updates: u64,
+    pub completed: u64,
+    pub revisions: u64,
+}
+
+/// What `/health` shows of the engine.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineReport {
+    pub trades: u64,
+    pub duplicates: u64,
+    pub too_late: u64,
+    pub reconnects_seen: u64,
+    pub gaps_seen: u64,
+    pub granularities: Vec<GranularityCounts>,
+}
+
+impl EngineStats {
+    pub fn record_batch(&self, outcome: BatchOutcome) {
+        self.trades.fetch_add(outcome.applied, Ordering::Relaxed);
+        self.duplicates
+            .fetch_add(outcome.duplicates, Ordering::Relaxed);
+        self.too_late.fetch_add(outcome.too_late, Ordering::Relaxed);
+        metrics::counter!("spot_canvas_engine_trades_total").increment(outcome.applied);
+        metrics::counter!("spot_canvas_engine_duplicates_total").increment(outcome.duplicates);
+        metrics::counter!("spot_canvas_engine_too_late_total").increment(outcome.too_late);
+    }
+
+    pub fn record_updates(&self, updates: &[CandleUpdate]) {
+        for u in updates {
+            let i = u.candle.granularity.index();
+            self.updates[i].fetch_add(1, Ordering::Relaxed);
+            if u.complete {
+                if u.revision == 0 {
+                    self.completed[i].fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.revisions[i].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        metrics::counter!("spot_canvas_engine_updates_total").increment(updates.len() as u64);
+    }
+
+    pub fn record_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_gap(&self) {
+        self.gaps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn report(&self) -> EngineReport {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        EngineReport {
+            trades: load(&self.trades),
+            duplicates: load(&self.duplicates),
+            too_late: load(&self.too_late),
+            reconnects_seen: load(&self.reconnects),
+            gaps_seen: load(&self.gaps),
+            granularities: Granularity::ALL
+                .iter()
+                .map(|&g| GranularityCounts {
+                    granularity: g,
+                    updates: load(&self.updates[g.index()]),
+                    completed: load(&self.completed[g.index()]),
+                    revisions: load(&self.revisions[g.index()]),
+                })
+                .collect(),
+        }
+    }
+}

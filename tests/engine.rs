@@ -1,0 +1,470 @@
+//! The candle engine's core against an aggregation written separately here (it reuses none of
+//! the engine's bucket or aggregation code): completion, revisions, duplicates, the window,
+//! memory, a property test, and the production recording replayed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+use spot_canvas::candles::{Aggregator, Timing};
+use spot_canvas::feed::coinbase::{FrameBody, parse_frame};
+use spot_canvas::model::{CandleUpdate, Granularity, Side, Trade, TradeId};
+
+/// Bucket widths in seconds, written out here rather than taken from the engine.
+const WIDTHS: [(Granularity, i64); 8] = [
+    (Granularity::OneMinute, 60),
+    (Granularity::FiveMinutes, 300),
+    (Granularity::FifteenMinutes, 900),
+    (Granularity::ThirtyMinutes, 1800),
+    (Granularity::OneHour, 3600),
+    (Granularity::TwoHours, 7200),
+    (Granularity::SixHours, 21600),
+    (Granularity::OneDay, 86400),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Expected {
+    open: Decimal,
+    high: Decimal,
+    low: Decimal,
+    close: Decimal,
+    volume: Decimal,
+    buy_volume: Decimal,
+    count: u64,
+}
+
+type Key = (String, Granularity, i64);
+
+/// The straightforward aggregation: unique trades, sorted by (time, numeric id), folded per
+/// bucket.
+fn aggregate(trades: &[Trade]) -> BTreeMap<Key, Expected> {
+    let mut unique: HashMap<(String, u64), &Trade> = HashMap::new();
+    for t in trades {
+        unique
+            .entry((t.product_id.clone(), t.trade_id.0))
+            .or_insert(t);
+    }
+    let mut sorted: Vec<&Trade> = unique.into_values().collect();
+    sorted.sort_by(|a, b| (a.time, a.trade_id.0).cmp(&(b.time, b.trade_id.0)));
+    let mut out: BTreeMap<Key, Expected> = BTreeMap::new();
+    for t in sorted {
+        let secs = t.time.timestamp();
+        for (g, width) in WIDTHS {
+            let bucket = secs - secs.rem_euclid(width);
+            let buy = if t.side == Side::Sell {
+                t.size
+            } else {
+                Decimal::ZERO
+            };
+            let e = out
+                .entry((t.product_id.clone(), g, bucket))
+                .or_insert(Expected {
+                    open: t.price,
+                    high: t.price,
+                    low: t.price,
+                    close: t.price,
+                    volume: Decimal::ZERO,
+                    buy_volume: Decimal::ZERO,
+                    count: 0,
+                });
+            e.high = e.high.max(t.price);
+            e.low = e.low.min(t.price);
+            e.close = t.price;
+            e.volume += t.size;
+            e.buy_volume += buy;
+            e.count += 1;
+        }
+    }
+    out
+}
+
+/// The newest update of every candle, by version.
+fn latest(updates: &[CandleUpdate]) -> BTreeMap<Key, CandleUpdate> {
+    let mut out: BTreeMap<Key, CandleUpdate> = BTreeMap::new();
+    for u in updates {
+        let key = (
+            u.candle.product_id.clone(),
+            u.candle.granularity,
+            u.candle.start.timestamp(),
+        );
+        match out.get(&key) {
+            Some(existing) if existing.version >= u.version => {}
+            _ => {
+                out.insert(key, u.clone());
+            }
+        }
+    }
+    out
+}
+
+fn assert_matches(updates: &[CandleUpdate], trades: &[Trade]) {
+    let expected = aggregate(trades);
+    let got = latest(updates);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "the same candles"
+    );
+    for (key, e) in &expected {
+        let u = &got[key];
+        let c = &u.candle;
+        let actual = Expected {
+            open: c.open,
+            high: c.high,
+            low: c.low,
+            close: c.close,
+            volume: c.volume,
+            buy_volume: c.buy_volume.expect("buy volume"),
+            count: c.trade_count.expect("count"),
+        };
+        assert_eq!(&actual, e, "{key:?}");
+        assert!(u.complete, "{key:?} ends complete");
+    }
+    // Exactly one complete update per revision of every candle.
+    let mut completes: HashMap<(Key, u32), usize> = HashMap::new();
+    for u in updates.iter().filter(|u| u.complete) {
+        let key = (
+            u.candle.product_id.clone(),
+            u.candle.granularity,
+            u.candle.start.timestamp(),
+        );
+        *completes.entry((key, u.revision)).or_default() += 1;
+    }
+    for (key, n) in completes {
+        assert_eq!(n, 1, "complete updates of {key:?}");
+    }
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+fn trade(id: u64, time: &str, price: &str, size: &str, side: Side) -> Trade {
+    Trade {
+        product_id: "BTC-USD".into(),
+        trade_id: TradeId(id),
+        price: price.parse().expect("price"),
+        size: size.parse().expect("size"),
+        side,
+        time: at(time),
+        received: at(time),
+    }
+}
+
+fn one_minute(updates: &[CandleUpdate]) -> Vec<&CandleUpdate> {
+    updates
+        .iter()
+        .filter(|u| u.candle.granularity == Granularity::OneMinute)
+        .collect()
+}
+
+#[test]
+fn a_batch_emits_one_update_per_touched_candle() {
+    let mut engine = Aggregator::new(Timing::default());
+    let trades: Vec<Trade> = (0..10)
+        .map(|i| trade(100 + i, "2026-09-30T12:00:30Z", "100", "1", Side::Buy))
+        .collect();
+    let mut out = Vec::new();
+    let outcome = engine.apply(&trades, at("2026-09-30T12:00:31Z"), &mut out);
+    assert_eq!(outcome.applied, 10);
+    assert_eq!(out.len(), 8, "one per granularity");
+    assert!(out.iter().all(|u| !u.complete && u.revision == 0));
+    assert!(out.iter().all(|u| u.candle.trade_count == Some(10)));
+}
+
+#[test]
+fn candles_complete_on_the_clock_without_further_trades() {
+    let mut engine = Aggregator::new(Timing::default());
+    let mut out = Vec::new();
+    engine.apply(
+        &[trade(1, "2026-09-30T12:00:30Z", "100", "1", Side::Buy)],
+        at("2026-09-30T12:00:31Z"),
+        &mut out,
+    );
+    out.clear();
+    engine.tick(at("2026-09-30T12:01:01.999Z"), &mut out);
+    assert!(out.is_empty(), "within the 2 s grace");
+    engine.tick(at("2026-09-30T12:01:02Z"), &mut out);
+    let done = one_minute(&out);
+    assert_eq!(done.len(), 1);
+    assert!(done[0].complete);
+    assert_eq!(done[0].revision, 0);
+    assert_eq!(out.len(), 1, "only the minute is over");
+    out.clear();
+    engine.tick(at("2026-09-30T12:01:30Z"), &mut out);
+    assert!(out.is_empty(), "complete is emitted once");
+    engine.tick(at("2026-09-30T12:05:02Z"), &mut out);
+    assert_eq!(
+        out.iter().map(|u| u.candle.granularity).collect::<Vec<_>>(),
+        vec![Granularity::FiveMinutes]
+    );
+}
+
+#[test]
+fn a_late_trade_revises_a_complete_candle() {
+    let mut engine = Aggregator::new(Timing::default());
+    let mut out = Vec::new();
+    engine.apply(
+        &[trade(10, "2026-09-30T12:00:30Z", "100", "1", Side::Buy)],
+        at("2026-09-30T12:00:31Z"),
+        &mut out,
+    );
+    engine.tick(at("2026-09-30T12:01:05Z"), &mut out);
+    out.clear();
+    // A trade earlier in the same minute, arriving two minutes later: new open.
+    engine.apply(
+        &[trade(9, "2026-09-30T12:00:10Z", "90", "2", Side::Sell)],
+        at("2026-09-30T12:03:00Z"),
+        &mut out,
+    );
+    let revised = one_minute(&out);
+    assert_eq!(revised.len(), 1);
+    let u = revised[0];
+    assert!(u.complete);
+    assert_eq!(u.revision, 1);
+    assert_eq!(u.candle.open, Decimal::from(90));
+    assert_eq!(u.candle.close, Decimal::from(100));
+    assert_eq!(u.candle.low, Decimal::from(90));
+    assert_eq!(u.candle.volume, Decimal::from(3));
+    assert_eq!(
+        u.candle.buy_volume,
+        Some(Decimal::from(2)),
+        "maker sold: taker bought"
+    );
+    assert_eq!(u.last_trade_time, at("2026-09-30T12:00:30Z"));
+    out.clear();
+    engine.tick(at("2026-09-30T12:03:30Z"), &mut out);
+    assert!(
+        one_minute(&out).is_empty(),
+        "no second emission of revision 1"
+    );
+    engine.apply(
+        &[trade(11, "2026-09-30T12:00:50Z", "101", "1", Side::Buy)],
+        at("2026-09-30T12:04:00Z"),
+        &mut out,
+    );
+    assert_eq!(one_minute(&out)[0].revision, 2);
+}
+
+#[test]
+fn trades_older_than_the_revision_window_are_counted_not_applied() {
+    let mut engine = Aggregator::new(Timing::default());
+    let mut out = Vec::new();
+    let outcome = engine.apply(
+        &[trade(1, "2026-09-30T12:00:30Z", "100", "1", Side::Buy)],
+        at("2026-09-30T12:06:01Z"),
+        &mut out,
+    );
+    assert_eq!((outcome.applied, outcome.too_late), (0, 1));
+    assert!(out.is_empty());
+    // At exactly the window's edge it still counts.
+    let outcome = engine.apply(
+        &[trade(2, "2026-09-30T12:00:30Z", "100", "1", Side::Buy)],
+        at("2026-09-30T12:06:00Z"),
+        &mut out,
+    );
+    assert_eq!(outcome.applied, 1);
+}
+
+#[test]
+fn duplicate_trades_change_nothing() {
+    let mut engine = Aggregator::new(Timing::default());
+    let mut out = Vec::new();
+    let t = trade(5, "2026-09-30T12:00:30Z", "100", "1", Side::Buy);
+    engine.apply(
+        std::slice::from_ref(&t),
+        at("2026-09-30T12:00:31Z"),
+        &mut out,
+    );
+    out.clear();
+    let outcome = engine.apply(&[t.clone(), t], at("2026-09-30T12:00:40Z"), &mut out);
+    assert_eq!((outcome.applied, outcome.duplicates), (0, 2));
+    assert!(out.is_empty(), "nothing to emit");
+}
+
+#[test]
+fn trade_ids_order_numerically_within_one_timestamp() {
+    let mut engine = Aggregator::new(Timing::default());
+    let mut out = Vec::new();
+    engine.apply(
+        &[
+            trade(1000, "2026-09-30T12:00:30Z", "2", "1", Side::Buy),
+            trade(999, "2026-09-30T12:00:30Z", "1", "1", Side::Buy),
+        ],
+        at("2026-09-30T12:00:31Z"),
+        &mut out,
+    );
+    let u = one_minute(&out)[0];
+    assert_eq!(u.candle.open, Decimal::from(1), "999 comes before 1000");
+    assert_eq!(u.candle.close, Decimal::from(2));
+}
+
+#[test]
+fn memory_stays_flat_for_500_products_running_for_days() {
+    let mut engine = Aggregator::new(Timing::default());
+    let products: Vec<String> = (0..500).map(|i| format!("P{i}-USD")).collect();
+    let start = at("2026-09-01T00:00:00Z");
+    let mut out = Vec::new();
+    let mut footprints = Vec::new();
+    let mut id = 0u64;
+    // Three days, one trade per product every 5 minutes, ticking every 5 minutes.
+    for step in 0..(3 * 288) {
+        let now = start + TimeDelta::minutes(5 * step);
+        let trades: Vec<Trade> = products
+            .iter()
+            .map(|p| {
+                id += 1;
+                Trade {
+                    product_id: p.clone(),
+                    trade_id: TradeId(id),
+                    price: Decimal::ONE,
+                    size: Decimal::ONE,
+                    side: Side::Buy,
+                    time: now,
+                    received: now,
+                }
+            })
+            .collect();
+        engine.apply(&trades, now, &mut out);
+        engine.tick(now + TimeDelta::seconds(1), &mut out);
+        out.clear();
+        if step % 288 == 287 {
+            footprints.push(engine.footprint());
+        }
+    }
+    let (products_held, candles, ids) = footprints[2];
+    assert_eq!(products_held, 500);
+    assert!(candles <= 500 * 16, "{candles} candles held");
+    assert!(ids <= 500 * 3, "{ids} trade ids held");
+    assert_eq!(footprints[1], footprints[2], "flat from day to day");
+}
+
+fn arb_trades() -> impl Strategy<Value = (Vec<Trade>, Vec<(u64, bool)>)> {
+    let trade = (
+        0u64..20_000_000,  // microseconds after the previous trade
+        1u32..1_000_000,   // price mantissa
+        0u32..8,           // price scale
+        1u32..100_000,     // size mantissa
+        0u32..8,           // size scale
+        any::<bool>(),     // maker side
+        1u64..3,           // id step
+        0u64..200_000_000, // arrival delay in microseconds
+        proptest::option::weighted(0.2, 0u64..200_000_000), // a duplicate's delay
+    );
+    (
+        proptest::collection::vec(trade, 1..120),
+        0i64..(3 * 365 * 86_400),
+        1u64..u64::MAX / 2,
+    )
+        .prop_map(|(raw, offset, first_id)| {
+            let mut time = at("2025-01-01T00:00:00Z") + TimeDelta::seconds(offset);
+            let mut id = first_id;
+            let mut trades = Vec::new();
+            let mut arrivals = Vec::new();
+            for (gap, pm, ps, sm, ss, buy, step, delay, dup) in raw {
+                time += TimeDelta::microseconds(gap as i64);
+                id += step;
+                trades.push(Trade {
+                    product_id: if id % 3 == 0 { "ETH-USD" } else { "BTC-USD" }.into(),
+                    trade_id: TradeId(id),
+                    price: Decimal::new(i64::from(pm), ps),
+                    size: Decimal::new(i64::from(sm), ss),
+                    side: if buy { Side::Buy } else { Side::Sell },
+                    time,
+                    received: time,
+                });
+                arrivals.push((delay, false));
+                if let Some(d) = dup {
+                    arrivals.push((d, true));
+                }
+            }
+            (trades, arrivals)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn every_candle_equals_a_separate_aggregation_of_the_same_trades(
+        (trades, delays) in arb_trades(),
+        batch_sizes in proptest::collection::vec(1usize..12, 1..50),
+    ) {
+        // Arrivals: every trade once, some twice, each after its own delay (≤ 200 s).
+        let mut arrivals: Vec<(DateTime<Utc>, Trade)> = Vec::new();
+        let mut d = delays.iter();
+        for t in &trades {
+            let (delay, _) = d.next().copied().unwrap_or((0, false));
+            arrivals.push((t.time + TimeDelta::microseconds(delay as i64), t.clone()));
+            if let Some(&(dup_delay, true)) = d.clone().next() {
+                d.next();
+                arrivals.push((t.time + TimeDelta::microseconds(dup_delay as i64), t.clone()));
+            }
+        }
+        arrivals.sort_by_key(|(arrival, t)| (*arrival, t.trade_id));
+        let mut engine = Aggregator::new(Timing::default());
+        let mut updates = Vec::new();
+        let mut sizes = batch_sizes.iter().cycle();
+        let mut i = 0;
+        while i < arrivals.len() {
+            // A frame: consecutive arrivals within 60 s, delivered at the last one's time.
+            let mut j = (i + sizes.next().copied().unwrap_or(1)).min(arrivals.len());
+            while j > i + 1 && arrivals[j - 1].0 - arrivals[i].0 > TimeDelta::seconds(60) {
+                j -= 1;
+            }
+            let now = arrivals[j - 1].0;
+            engine.tick(now, &mut updates);
+            let batch: Vec<Trade> = arrivals[i..j].iter().map(|(_, t)| t.clone()).collect();
+            let outcome = engine.apply(&batch, now, &mut updates);
+            prop_assert_eq!(outcome.too_late, 0);
+            i = j;
+        }
+        let end = arrivals.last().map(|a| a.0).unwrap_or_default() + TimeDelta::days(2);
+        engine.tick(end, &mut updates);
+        assert_matches(&updates, &trades);
+    }
+}
+
+#[test]
+fn the_production_recording_replays_to_the_separate_aggregation() {
+    let recording = include_str!("fixtures/coinbase/production-market-data-2026-09-30.jsonl");
+    let mut engine = Aggregator::new(Timing::default());
+    let mut updates = Vec::new();
+    let mut all = Vec::new();
+    let mut last = None;
+    for line in recording.lines() {
+        let frame = line.split_once('\t').map_or(line, |(_, f)| f);
+        let parsed = parse_frame(frame.as_bytes(), Utc::now()).expect("parses");
+        let now = parsed.timestamp.expect("timestamp");
+        engine.tick(now, &mut updates);
+        if let FrameBody::MarketTrades { trades, .. } = parsed.body {
+            let outcome = engine.apply(&trades, now, &mut updates);
+            assert_eq!(outcome.too_late, 0);
+            assert_eq!(outcome.duplicates, 0);
+            all.extend(trades);
+        }
+        last = Some(now);
+    }
+    assert_eq!(all.len(), 307);
+    engine.tick(last.expect("frames") + TimeDelta::days(1), &mut updates);
+    assert_matches(&updates, &all);
+    // BTC-USD trades all fall in 02:39; ETH-USD's snapshot reaches back into 02:38.
+    let minutes: Vec<(String, i64)> = latest(&updates)
+        .keys()
+        .filter(|(_, g, _)| *g == Granularity::OneMinute)
+        .map(|(p, _, start)| (p.clone(), *start))
+        .collect();
+    let m38 = at("2026-09-30T02:38:00Z").timestamp();
+    let m39 = at("2026-09-30T02:39:00Z").timestamp();
+    assert_eq!(
+        minutes,
+        vec![
+            ("BTC-USD".into(), m39),
+            ("ETH-USD".into(), m38),
+            ("ETH-USD".into(), m39)
+        ]
+    );
+}
