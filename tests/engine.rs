@@ -46,7 +46,7 @@ fn aggregate(trades: &[Trade]) -> BTreeMap<Key, Expected> {
             .or_insert(t);
     }
     let mut sorted: Vec<&Trade> = unique.into_values().collect();
-    sorted.sort_by(|a, b| (a.time, a.trade_id.0).cmp(&(b.time, b.trade_id.0)));
+    sorted.sort_by_key(|t| (t.time, t.trade_id.0));
     let mut out: BTreeMap<Key, Expected> = BTreeMap::new();
     for t in sorted {
         let secs = t.time.timestamp();
