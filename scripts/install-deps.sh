@@ -9,3 +9,24 @@ if ! command -v task >/dev/null 2>&1; then
   say "installing the task runner (PyPI go-task-bin)"
   python3 -m pip install --quiet --disable-pip-version-check go-task-bin
 fi
+
+apt_updated=false
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "cannot install $*: no apt-get; install it by hand"
+    return 1
+  fi
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ "$apt_updated" = false ]; then
+    $sudo apt-get update -qq
+    apt_updated=true
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+}
+
+# PostgreSQL server binaries for the embedded database and the storage tests.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  say "installing PostgreSQL (Debian package postgresql)"
+  apt_install postgresql
+fi

@@ -1,9 +1,11 @@
 //! The service: builds the stages from the configuration, serves HTTP, and supervises them
 //! until a stop signal.
 //!
-//! In: the [`Config`] and a cancellation token. Out: a running feed, the candle engine it
-//! feeds, a consumer of the engine's updates, and the HTTP server (`GET /health`); on cancel,
-//! every stage stops in order (feed, engine, consumer, HTTP) and sockets close politely.
+//! In: the [`Config`] and a cancellation token. Out: the running pipeline
+//! feed → engine → fan-out → batch writer (PostgreSQL), and the HTTP server (`GET /health`).
+//! On cancel, the stages stop in order: the feed closes its sockets politely, the engine
+//! finishes what it holds, the writer flushes everything to the database, then the embedded
+//! database (if any) and the HTTP server stop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,15 +25,23 @@ use crate::candles::{Engine, EngineSettings, EngineStats};
 use crate::config::Config;
 use crate::feed::{Feed, FeedHealth, FeedSettings};
 use crate::model::{CandleUpdate, SystemClock};
+use crate::store::{
+    BatchWriter, EmbeddedPostgres, Repository, TableKind, WriterSettings, WriterStats,
+};
 
 /// How long stages get to finish after a stop signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// Capacity of the channels between engine, fan-out and writer (batches of updates).
+const UPDATE_CHANNEL: usize = 1024;
 
 /// State the HTTP handlers read.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub feed: Arc<FeedHealth>,
     pub engine: Arc<EngineStats>,
+    pub writer: Arc<WriterStats>,
+    pub table: Option<TableKind>,
+    pub repository: Repository,
     /// The feed is the exchange simulator, not Coinbase.
     pub simulated: bool,
     pub ws_url: String,
@@ -43,12 +53,16 @@ pub struct App {
     listener: TcpListener,
     feed: Feed,
     engine: Engine,
+    writer: BatchWriter,
+    /// Engine output; the fan-out hands it to the writer (and later publishers).
     updates: mpsc::Receiver<Vec<CandleUpdate>>,
+    to_writer: mpsc::Sender<Vec<CandleUpdate>>,
+    embedded: Option<Arc<EmbeddedPostgres>>,
     state: AppState,
 }
 
 impl App {
-    /// Binds the port and builds the stages.
+    /// Binds the port, opens (or starts) the database and builds the stages.
     pub async fn build(config: &Config) -> anyhow::Result<App> {
         install_tls_provider();
         Self::build_with(config, FeedSettings::from_config(config)).await
@@ -60,18 +74,49 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let (pool, embedded) = open_database(config).await?;
+        let table = if config.migrate_on_start {
+            match crate::store::migrate_up(&pool).await {
+                Ok(kind) => Some(kind),
+                Err(e) => {
+                    if let Some(pg) = &embedded
+                        && let Err(stop) = pg.stop().await
+                    {
+                        tracing::error!(error = %stop, "cannot stop embedded PostgreSQL");
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            tracing::info!("MIGRATE_ON_START=false: not applying migrations");
+            None
+        };
         let (tx, events) = mpsc::channel(settings.channel_capacity);
         let feed = Feed::new(settings, tx);
-        let (updates_tx, updates) = mpsc::channel(1024);
+        let (updates_tx, updates) = mpsc::channel(UPDATE_CHANNEL);
         let engine = Engine::new(
             EngineSettings::default(),
             Arc::new(SystemClock),
             events,
             updates_tx,
         );
+        let (to_writer, writer_rx) = mpsc::channel(UPDATE_CHANNEL);
+        let repository = Repository::new(pool);
+        let writer = BatchWriter::new(
+            repository.clone(),
+            WriterSettings {
+                max_rows: config.writer_batch_rows,
+                flush_interval: Duration::from_millis(config.writer_flush_ms),
+                ..WriterSettings::default()
+            },
+            writer_rx,
+        );
         let state = AppState {
             feed: feed.health(),
             engine: engine.stats(),
+            writer: writer.stats(),
+            table,
+            repository,
             simulated: !config.is_production_feed(),
             ws_url: config.coinbase_ws_url.clone(),
         };
@@ -79,7 +124,10 @@ impl App {
             listener,
             feed,
             engine,
+            writer,
             updates,
+            to_writer,
+            embedded: embedded.map(Arc::new),
             state,
         })
     }
@@ -92,27 +140,37 @@ impl App {
         self.state.clone()
     }
 
-    /// Runs until `cancel`, then stops the feed (closing sockets politely), drains what it
-    /// sent, and stops the HTTP server.
+    /// Runs until `cancel`, then stops the stages in order (see the module docs).
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let App {
             listener,
             feed,
             engine,
+            writer,
             updates,
+            to_writer,
+            embedded,
             state,
         } = self;
         if state.simulated {
             tracing::warn!(ws_url = %state.ws_url, "running on a SIMULATED feed, not Coinbase");
         }
-        let feed_cancel = cancel.child_token();
-        let feed_task = tokio::spawn(feed.run(feed_cancel.clone()));
-        // The engine stops when the feed's channel closes, after the batches it holds.
+        let supervisor_cancel = CancellationToken::new();
+        let supervisor = embedded.clone().map(|pg| {
+            let cancel = supervisor_cancel.clone();
+            tokio::spawn(async move { pg.supervise(cancel).await })
+        });
+        let catalog_task = tokio::spawn(keep_products(feed.catalog(), state.repository.clone()));
+        let feed_task = tokio::spawn(feed.run(cancel.child_token()));
+        // The engine, fan-out and writer stop when their input closes, after what they hold.
         let engine_task = tokio::spawn(engine.run(CancellationToken::new()));
-        let consumer = tokio::spawn(summarize(updates, state.engine.clone()));
+        let fanout_task = tokio::spawn(fan_out(updates, to_writer));
+        let writer_task = tokio::spawn(writer.run());
+        let summary_cancel = CancellationToken::new();
+        let summary = tokio::spawn(summarize(state.clone(), summary_cancel.clone()));
         let http_cancel = CancellationToken::new();
         let server = tokio::spawn(
-            axum::serve(listener, router(state))
+            axum::serve(listener, router(state.clone()))
                 .with_graceful_shutdown(http_cancel.clone().cancelled_owned())
                 .into_future(),
         );
@@ -121,9 +179,27 @@ impl App {
         tracing::info!("stopping");
         let stopped = async {
             report_exit("feed", feed_task.await);
-            // The feed's sender is gone now: the engine and the consumer drain and end.
+            catalog_task.abort();
             report_exit("engine", engine_task.await);
-            report_exit("consumer", consumer.await.map(Ok));
+            report_exit("fan-out", fanout_task.await.map(Ok));
+            report_exit("writer", writer_task.await);
+            let report = state.writer.report();
+            tracing::info!(
+                written = report.written_rows,
+                pending = report.pending,
+                "writer flushed"
+            );
+            summary_cancel.cancel();
+            let _summary = summary.await;
+            supervisor_cancel.cancel();
+            if let Some(supervisor) = supervisor {
+                let _supervisor = supervisor.await;
+            }
+            if let Some(pg) = &embedded
+                && let Err(e) = pg.stop().await
+            {
+                tracing::error!(error = %e, "cannot stop embedded PostgreSQL");
+            }
             http_cancel.cancel();
             report_exit("http", server.await.map(|r| r.map_err(anyhow::Error::from)));
         };
@@ -135,6 +211,20 @@ impl App {
     }
 }
 
+/// `DATABASE_URL`, or the embedded cluster under `DATA_DIR`.
+pub async fn open_database(
+    config: &Config,
+) -> anyhow::Result<(sqlx::PgPool, Option<EmbeddedPostgres>)> {
+    match &config.database_url {
+        Some(url) => Ok((crate::store::connect(url).await?, None)),
+        None => {
+            let pg = EmbeddedPostgres::start(&config.data_dir).await?;
+            let pool = crate::store::connect(&pg.url()).await?;
+            Ok((pool, Some(pg)))
+        }
+    }
+}
+
 fn report_exit(name: &str, outcome: Result<anyhow::Result<()>, tokio::task::JoinError>) {
     match outcome {
         Ok(Ok(())) => tracing::info!(stage = name, "stage stopped"),
@@ -143,27 +233,64 @@ fn report_exit(name: &str, outcome: Result<anyhow::Result<()>, tokio::task::Join
     }
 }
 
-/// Until storage and NATS consume the engine's output: takes the updates and logs a summary.
-async fn summarize(mut updates: mpsc::Receiver<Vec<CandleUpdate>>, stats: Arc<EngineStats>) {
+/// Keeps `trading_pairs` in step with the feed's product list.
+async fn keep_products(
+    mut catalog: tokio::sync::watch::Receiver<Vec<crate::model::Product>>,
+    repository: Repository,
+) {
+    while catalog.changed().await.is_ok() {
+        let products = catalog.borrow_and_update().clone();
+        match repository.upsert_products(&products).await {
+            Ok(n) => tracing::info!(products = n, "trading pairs updated"),
+            // The next refresh (every 10 minutes) tries again.
+            Err(e) => tracing::warn!(error = %e, "cannot update trading pairs"),
+        }
+    }
+}
+
+/// Hands every batch of the engine's output to the writer. The writer never blocks on the
+/// database (it coalesces while writing), so this never holds up the engine for long.
+async fn fan_out(
+    mut updates: mpsc::Receiver<Vec<CandleUpdate>>,
+    to_writer: mpsc::Sender<Vec<CandleUpdate>>,
+) {
+    while let Some(batch) = updates.recv().await {
+        if to_writer.send(batch).await.is_err() {
+            tracing::error!("the writer stopped; candle updates are no longer stored");
+            break;
+        }
+    }
+}
+
+/// Logs what the pipeline did, every 30 seconds.
+async fn summarize(state: AppState, cancel: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(30));
     every.reset();
     loop {
         tokio::select! {
-            batch = updates.recv() => if batch.is_none() { break },
-            _ = every.tick() => {
-                let report = stats.report();
-                let completed: u64 = report.granularities.iter().map(|g| g.completed).sum();
-                let updates: u64 = report.granularities.iter().map(|g| g.updates).sum();
-                tracing::info!(
-                    trades = report.trades,
-                    updates,
-                    completed,
-                    duplicates = report.duplicates,
-                    too_late = report.too_late,
-                    "engine summary (since start)"
-                );
-            }
+            () = cancel.cancelled() => return,
+            _ = every.tick() => {}
         }
+        let engine = state.engine.report();
+        let writer = state.writer.report();
+        let feed = state.feed.report();
+        tracing::info!(
+            connected = feed.connected,
+            products = feed.products,
+            trades = engine.trades,
+            updates = engine.granularities.iter().map(|g| g.updates).sum::<u64>(),
+            completed = engine
+                .granularities
+                .iter()
+                .map(|g| g.completed)
+                .sum::<u64>(),
+            duplicates = engine.duplicates,
+            too_late = engine.too_late,
+            rows_written = writer.written_rows,
+            write_failures = writer.failures,
+            pending = writer.pending,
+            "pipeline summary (since start)"
+        );
     }
 }
 
@@ -173,7 +300,8 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `GET /health`: the feed's connections and authentication; 503 while no connection is up.
+/// `GET /health`: the feed's connections, the engine's and the writer's counts; 503 while no
+/// feed connection is up.
 async fn health(State(state): State<AppState>) -> Response {
     let feed = state.feed.report();
     let ok = feed.connected > 0;
@@ -184,6 +312,10 @@ async fn health(State(state): State<AppState>) -> Response {
         "feed_url": state.ws_url,
         "feed": feed,
         "engine": state.engine.report(),
+        "store": {
+            "table": state.table,
+            "writer": state.writer.report(),
+        },
     });
     let status = if ok {
         StatusCode::OK
@@ -197,6 +329,48 @@ async fn health(State(state): State<AppState>) -> Response {
 fn install_tls_provider() {
     // Already installed (a second app in one process) is fine.
     let _already = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// `spot-canvas migrate up|down|status`.
+pub async fn migrate(config: Config, action: crate::cli::MigrateAction) -> anyhow::Result<()> {
+    use crate::cli::MigrateAction;
+    let (pool, embedded) = open_database(&config).await?;
+    let result = async {
+        match action {
+            MigrateAction::Up => {
+                let kind = crate::store::migrate_up(&pool).await?;
+                println!("migrations applied; live_candles is a {kind:?} table");
+            }
+            MigrateAction::Down { to } => {
+                let status = crate::store::migration_status(&pool).await?;
+                let applied: Vec<i64> = status
+                    .iter()
+                    .filter(|m| m.applied)
+                    .map(|m| m.version)
+                    .collect();
+                let target = match to {
+                    Some(target) => target,
+                    // The newest applied one goes: back to the one before it (0 if none).
+                    None => applied.iter().rev().nth(1).copied().unwrap_or(0),
+                };
+                crate::store::migrate_down(&pool, target).await?;
+                println!("reverted migrations above version {target}");
+            }
+            MigrateAction::Status => {
+                for m in crate::store::migration_status(&pool).await? {
+                    let state = if m.applied { "applied" } else { "pending" };
+                    println!("{:>16}  {state:8} {}", m.version, m.description);
+                }
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    pool.close().await;
+    if let Some(pg) = embedded {
+        pg.stop().await?;
+    }
+    result
 }
 
 /// `spot-canvas serve`.

@@ -5,6 +5,7 @@
 //! - [`model`]: granularities, trades, candles, updates, products, the clock.
 //! - [`feed`]: Coinbase market data: connections, parsers, auth, discovery.
 //! - [`candles`]: the candle engine.
+//! - [`store`]: PostgreSQL storage, the batch writer, the embedded database.
 //! - [`sim`]: the exchange simulator (`spot-canvas sim`).
 //! - [`shutdown`]: the stop signal.
 //! - [`telemetry`]: logging setup.
@@ -18,4 +19,5 @@ pub mod feed;
 pub mod model;
 pub mod shutdown;
 pub mod sim;
+pub mod store;
 pub mod telemetry;

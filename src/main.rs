@@ -40,6 +40,10 @@ fn main() -> ExitCode {
             spot_canvas::telemetry::init(&config.log_filter, config.log_format);
             run_async(spot_canvas::app::serve(config))
         }
+        Command::Migrate { action } => {
+            spot_canvas::telemetry::init(&config.log_filter, config.log_format);
+            run_async(spot_canvas::app::migrate(config, action))
+        }
         Command::Sim(_) => ExitCode::SUCCESS,
     }
 }

@@ -1,14 +1,13 @@
 //! The feed and the engine together against the simulator: a reconnect's snapshot repeats
 //! trades already applied (they change nothing) and brings the missed ones; every candle then
-//! equals an aggregation of the simulator's trade log written separately here.
+//! equals an aggregation of the simulator's trade log written separately (tests/common).
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
-use serde_json::Value;
 use spot_canvas::candles::{Engine, EngineSettings};
 use spot_canvas::feed::{Feed, FeedEvent, FeedSettings, ReconnectPolicy};
 use spot_canvas::model::{CandleUpdate, Granularity, SystemClock};
@@ -16,27 +15,6 @@ use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope, ScopeName};
 use spot_canvas::sim::{SimConfig, Simulator};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-const WIDTHS: [(Granularity, i64); 8] = [
-    (Granularity::OneMinute, 60),
-    (Granularity::FiveMinutes, 300),
-    (Granularity::FifteenMinutes, 900),
-    (Granularity::ThirtyMinutes, 1800),
-    (Granularity::OneHour, 3600),
-    (Granularity::TwoHours, 7200),
-    (Granularity::SixHours, 21600),
-    (Granularity::OneDay, 86400),
-];
-
-#[derive(Debug, PartialEq)]
-struct Ohlcv {
-    open: Decimal,
-    high: Decimal,
-    low: Decimal,
-    close: Decimal,
-    volume: Decimal,
-    count: u64,
-}
 
 #[tokio::test]
 async fn a_reconnect_snapshot_is_deduplicated_and_candles_match_the_trade_log() {
@@ -158,55 +136,22 @@ async fn a_reconnect_snapshot_is_deduplicated_and_candles_match_the_trade_log() 
     let first_seen = first_min.expect("a snapshot");
 
     // The aggregation of the log over the ids the engine could have seen.
-    let text = std::fs::read_to_string(&log).expect("log");
-    let mut trades: Vec<(DateTime<Utc>, u64, Decimal, Decimal)> = text
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
-        .map(|v| {
-            (
-                DateTime::parse_from_rfc3339(v["time"].as_str().expect("t"))
-                    .expect("time")
-                    .with_timezone(&Utc),
-                v["trade_id"]
-                    .as_str()
-                    .expect("id")
-                    .parse::<u64>()
-                    .expect("n"),
-                v["price"].as_str().expect("p").parse().expect("d"),
-                v["size"].as_str().expect("s").parse().expect("d"),
-            )
-        })
-        .filter(|t| t.1 >= first_seen && t.1 <= last_seen)
+    let log = common::read_trade_log(&log);
+    let seen: Vec<&common::LoggedTrade> = log
+        .iter()
+        .filter(|t| (first_seen..=last_seen).contains(&t.trade_id))
         .collect();
-    trades.sort_by_key(|t| (t.0, t.1));
-    let mut expected: BTreeMap<(Granularity, i64), Ohlcv> = BTreeMap::new();
-    for (time, _, price, size) in &trades {
-        for (g, width) in WIDTHS {
-            let secs = time.timestamp();
-            let e = expected
-                .entry((g, secs - secs.rem_euclid(width)))
-                .or_insert(Ohlcv {
-                    open: *price,
-                    high: *price,
-                    low: *price,
-                    close: *price,
-                    volume: Decimal::ZERO,
-                    count: 0,
-                });
-            e.high = e.high.max(*price);
-            e.low = e.low.min(*price);
-            e.close = *price;
-            e.volume += *size;
-            e.count += 1;
-        }
-    }
+    let expected = common::aggregate(&seen);
     assert_eq!(
-        latest.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>()
+        latest.keys().copied().collect::<Vec<_>>(),
+        expected
+            .keys()
+            .map(|(_, g, s)| (*g, *s))
+            .collect::<Vec<_>>()
     );
-    for (key, e) in &expected {
-        let c = &latest[key].candle;
-        let got = Ohlcv {
+    for ((_, g, start), e) in &expected {
+        let c = &latest[&(*g, *start)].candle;
+        let got = common::Ohlcv {
             open: c.open,
             high: c.high,
             low: c.low,
@@ -214,6 +159,6 @@ async fn a_reconnect_snapshot_is_deduplicated_and_candles_match_the_trade_log() 
             volume: c.volume,
             count: c.trade_count.expect("count"),
         };
-        assert_eq!(&got, e, "{key:?}");
+        assert_eq!(&got, e, "{g} {start}");
     }
 }

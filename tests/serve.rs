@@ -13,6 +13,8 @@ struct Service {
     child: Child,
     port: u16,
     lines: mpsc::Receiver<String>,
+    /// Log lines up to the one that gave the port.
+    startup: Vec<String>,
 }
 
 /// Starts `spot-canvas serve` with JSON logs and waits for its port.
@@ -38,17 +40,24 @@ fn start_service(envs: &[(&str, String)]) -> Service {
             }
         }
     });
+    let mut seen = Vec::new();
     let port = loop {
         let line = lines
             .recv_timeout(Duration::from_secs(20))
-            .expect("the service logs its port");
+            .unwrap_or_else(|e| panic!("the service logs its port ({e}); it said: {seen:#?}"));
+        seen.push(line.clone());
         if let Ok(v) = serde_json::from_str::<Value>(&line)
             && v["message"] == "listening"
         {
             break v["port"].as_u64().expect("port") as u16;
         }
     };
-    Service { child, port, lines }
+    Service {
+        child,
+        port,
+        lines,
+        startup: seen,
+    }
 }
 
 fn terminate(child: &Child) {
@@ -69,15 +78,20 @@ async fn serve_reports_health_on_a_simulated_feed_and_stops_on_sigterm() {
     })
     .await
     .expect("sim");
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    // As root the database runs as `postgres`, which must reach the directory.
+    std::fs::set_permissions(
+        data_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
     let mut service = start_service(&[
         ("COINBASE_WS_URL", sim.ws_url()),
         ("COINBASE_REST_URL", sim.rest_url()),
         ("COINBASE_API_KEY", "organizations/o/apiKeys/k".into()),
         ("COINBASE_PRIVATE_KEY", "bm90LWEtcmVhbC1rZXk=".into()),
-        (
-            "DATABASE_URL",
-            "postgres://spot:hunter2pw@127.0.0.1:1/spot".into(),
-        ),
+        // No DATABASE_URL: the embedded PostgreSQL under DATA_DIR.
+        ("DATA_DIR", data_dir.path().display().to_string()),
     ]);
     let url = format!("http://127.0.0.1:{}/health", service.port);
     let mut health = Value::Null;
@@ -101,6 +115,47 @@ async fn serve_reports_health_on_a_simulated_feed_and_stops_on_sigterm() {
     for field in ["last_frame", "frames", "reconnects", "gaps"] {
         assert!(!connection[field].is_null(), "{field} in {connection}");
     }
+    assert_eq!(health["store"]["table"], "plain", "{health}");
+    // trading_pairs follows the feed's product list, statuses included.
+    let pg_port = service
+        .startup
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "embedded PostgreSQL running")
+        .and_then(|v| v["port"].as_u64())
+        .expect("the embedded database logs its port");
+    let password =
+        std::fs::read_to_string(data_dir.path().join("postgres.password")).expect("password file");
+    let pool = sqlx::PgPool::connect(&format!(
+        "postgres://spot:{}@127.0.0.1:{pg_port}/spot_canvas",
+        password.trim()
+    ))
+    .await
+    .expect("connects to the embedded database");
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for _ in 0..50 {
+        pairs = sqlx::query_as("SELECT product_id, status FROM trading_pairs ORDER BY product_id")
+            .fetch_all(&pool)
+            .await
+            .expect("query");
+        if !pairs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        pairs.contains(&("BTC-USD".into(), "online".into())),
+        "{pairs:?}"
+    );
+    assert!(
+        pairs.contains(&("OLD-USD".into(), "delisted".into())),
+        "{pairs:?}"
+    );
+    assert!(
+        !pairs.iter().any(|(p, _)| p == "BTC-USDC"),
+        "aliases are not pairs: {pairs:?}"
+    );
+    pool.close().await;
     // The engine's counts per granularity.
     let granularities = health["engine"]["granularities"]
         .as_array()
@@ -164,4 +219,19 @@ fn an_invalid_variable_stops_the_binary_with_a_message_naming_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("SHARD_COUNT"), "{stderr}");
     assert!(stderr.contains("accepted"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_database_is_a_clear_error_without_the_password() {
+    let output = Command::new(env!("CARGO_BIN_EXE_spot-canvas"))
+        .arg("serve")
+        .env_clear()
+        .env("PORT", "0")
+        .env("DATABASE_URL", "postgres://spot:hunter2pw@127.0.0.1:1/spot")
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");
+    assert!(!stderr.contains("hunter2pw"), "{stderr}");
 }

@@ -43,6 +43,21 @@ pub const VARIABLES: &[Variable] = &[
         description: "PostgreSQL URL; unset starts an embedded local cluster under DATA_DIR (secret: holds the password)",
     },
     Variable {
+        name: "MIGRATE_ON_START",
+        default: "true",
+        description: "Apply pending database migrations when `serve` starts (`true` or `false`)",
+    },
+    Variable {
+        name: "WRITER_BATCH_ROWS",
+        default: "50",
+        description: "The batch writer flushes once this many candles are pending (1–10000)",
+    },
+    Variable {
+        name: "WRITER_FLUSH_MS",
+        default: "100",
+        description: "The batch writer flushes at least this often, in milliseconds (1–60000)",
+    },
+    Variable {
         name: "NATS_URL",
         default: "",
         description: "NATS server or cluster URL(s), comma-separated; unset starts an embedded nats-server",
@@ -131,6 +146,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `None`: start an embedded PostgreSQL cluster.
     pub database_url: Option<SecretString>,
+    pub migrate_on_start: bool,
+    pub writer_batch_rows: usize,
+    pub writer_flush_ms: u64,
     /// `None`: start an embedded nats-server.
     pub nats_url: Option<String>,
     pub coinbase_ws_url: String,
@@ -157,6 +175,9 @@ impl fmt::Debug for Config {
                     .as_ref()
                     .map(|u| redact_url(u.expose_secret())),
             )
+            .field("migrate_on_start", &self.migrate_on_start)
+            .field("writer_batch_rows", &self.writer_batch_rows)
+            .field("writer_flush_ms", &self.writer_flush_ms)
             .field("nats_url", &self.nats_url.as_deref().map(redact_url))
             .field("coinbase_ws_url", &self.coinbase_ws_url)
             .field("coinbase_rest_url", &self.coinbase_rest_url)

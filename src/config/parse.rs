@@ -31,6 +31,23 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(default_of("DATA_DIR"))),
         database_url: database_url(lookup)?,
+        migrate_on_start: boolean(lookup, "MIGRATE_ON_START", true)?,
+        writer_batch_rows: number(
+            lookup,
+            "WRITER_BATCH_ROWS",
+            50,
+            1,
+            10_000,
+            "an integer 1-10000",
+        )?,
+        writer_flush_ms: number(
+            lookup,
+            "WRITER_FLUSH_MS",
+            100,
+            1,
+            60_000,
+            "an integer 1-60000",
+        )?,
         nats_url: nats_url(lookup)?,
         coinbase_ws_url: url(
             lookup,
@@ -98,6 +115,22 @@ where
         });
     }
     Ok(value)
+}
+
+fn boolean(lookup: Lookup<'_>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match lookup(var)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None => Ok(default),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off") => Ok(false),
+        Some(other) => Err(ConfigError {
+            var,
+            problem: format!("{other:?} is not a boolean"),
+            accepted: "true or false (also 1/0, yes/no, on/off)",
+        }),
+    }
 }
 
 fn url(

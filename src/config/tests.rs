@@ -26,6 +26,11 @@ fn defaults_apply_when_nothing_is_set() {
     assert_eq!((config.shard_index, config.shard_count), (0, 1));
     assert_eq!(config.products_per_connection, 20);
     assert_eq!(config.log_format, LogFormat::Pretty);
+    assert!(config.migrate_on_start);
+    assert_eq!(
+        (config.writer_batch_rows, config.writer_flush_ms),
+        (50, 100)
+    );
     assert!(config.is_production_feed());
 }
 
@@ -82,6 +87,17 @@ fn every_invalid_value_names_its_variable_and_what_is_accepted() {
         (&[("PRODUCTS", "BTCUSD")], "PRODUCTS", "BTC-USD"),
         (&[("PRODUCTS", "BTC-USD;DROP")], "PRODUCTS", "BTC-USD"),
         (&[("LOG_FORMAT", "xml")], "LOG_FORMAT", "json or pretty"),
+        (
+            &[("MIGRATE_ON_START", "maybe")],
+            "MIGRATE_ON_START",
+            "true or false",
+        ),
+        (
+            &[("WRITER_BATCH_ROWS", "0")],
+            "WRITER_BATCH_ROWS",
+            "1-10000",
+        ),
+        (&[("WRITER_FLUSH_MS", "soon")], "WRITER_FLUSH_MS", "1-60000"),
         (&[("RUST_LOG", "info,[bad")], "RUST_LOG", "EnvFilter"),
         (
             &[("COINBASE_API_KEY", "organizations/o/apiKeys/k")],

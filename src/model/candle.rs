@@ -58,6 +58,45 @@ pub struct Version {
     pub last_trade_id: TradeId,
 }
 
+impl Version {
+    /// Encoded length of [`Version::to_bytes`].
+    pub const BYTES: usize = 29;
+
+    /// A byte string whose bytewise order is the version order (for PostgreSQL `bytea`
+    /// comparisons and the KV): bucket start (sign bit flipped), revision, completeness,
+    /// trade count and last trade id, all big-endian.
+    pub fn to_bytes(&self) -> [u8; Self::BYTES] {
+        let mut out = [0u8; Self::BYTES];
+        out[0..8].copy_from_slice(&((self.bucket_start as u64) ^ (1 << 63)).to_be_bytes());
+        out[8..12].copy_from_slice(&self.revision.to_be_bytes());
+        out[12] = u8::from(self.complete);
+        out[13..21].copy_from_slice(&self.trade_count.to_be_bytes());
+        out[21..29].copy_from_slice(&self.last_trade_id.0.to_be_bytes());
+        out
+    }
+
+    /// Decodes [`Version::to_bytes`]; `None` for anything else.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Version> {
+        if bytes.len() != Self::BYTES || bytes[12] > 1 {
+            return None;
+        }
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        let mut revision = [0u8; 4];
+        revision.copy_from_slice(&bytes[8..12]);
+        Some(Version {
+            bucket_start: (u64_at(0) ^ (1 << 63)) as i64,
+            revision: u32::from_be_bytes(revision),
+            complete: bytes[12] == 1,
+            trade_count: u64_at(13),
+            last_trade_id: TradeId(u64_at(21)),
+        })
+    }
+}
+
 /// One change of one candle, as the engine emits it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CandleUpdate {
@@ -74,6 +113,29 @@ pub struct CandleUpdate {
 }
 
 impl CandleUpdate {
+    /// The candle this update is of: product, granularity, bucket start (Unix seconds).
+    pub fn candle_key(&self) -> (&str, Granularity, i64) {
+        (
+            &self.candle.product_id,
+            self.candle.granularity,
+            self.candle.start.timestamp(),
+        )
+    }
+
+    /// Puts `update` under `key` in `map` unless the update there has a version as high.
+    pub fn keep_newest<K, U>(map: &mut std::collections::HashMap<K, U>, key: K, update: U)
+    where
+        K: std::hash::Hash + Eq,
+        U: std::borrow::Borrow<CandleUpdate>,
+    {
+        match map.get(&key) {
+            Some(existing) if existing.borrow().version >= update.borrow().version => {}
+            _ => {
+                map.insert(key, update);
+            }
+        }
+    }
+
     /// The element and key id of the newest bucket of this product and granularity,
     /// `<product>-<granularity>`.
     pub fn key_id(&self) -> String {
@@ -107,6 +169,21 @@ mod tests {
         ];
         for pair in ordered.windows(2) {
             assert!(pair[0] < pair[1], "{:?} < {:?}", pair[0], pair[1]);
+            assert!(
+                pair[0].to_bytes() < pair[1].to_bytes(),
+                "bytes keep the order"
+            );
         }
+    }
+
+    #[test]
+    fn version_bytes_round_trip_and_order_negative_starts() {
+        let early = v(-86_400, 0, false, 1, 1);
+        let late = v(0, 0, false, 1, 1);
+        assert!(early.to_bytes() < late.to_bytes());
+        for version in [early, late, v(i64::MAX, u32::MAX, true, u64::MAX, u64::MAX)] {
+            assert_eq!(Version::from_bytes(&version.to_bytes()), Some(version));
+        }
+        assert_eq!(Version::from_bytes(&[0; 3]), None);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,6 +22,7 @@ use crate::feed::health::{AuthState, FeedHealth};
 use crate::feed::pacer::Pacer;
 use crate::feed::shard::products_for_instance;
 use crate::feed::{FeedEvent, FeedSettings};
+use crate::model::Product;
 
 /// Commands a connection may have queued.
 const COMMAND_CAPACITY: usize = 64;
@@ -43,6 +44,9 @@ pub struct Feed {
     http: reqwest::Client,
     handles: Vec<Handle>,
     next_id: usize,
+    /// The exchange's product list (spot, aliases left out, any status) as last fetched, for
+    /// storage to keep `trading_pairs` in step.
+    catalog: watch::Sender<Vec<Product>>,
 }
 
 impl Feed {
@@ -81,7 +85,30 @@ impl Feed {
             http: reqwest::Client::new(),
             handles: Vec::new(),
             next_id: 0,
+            catalog: watch::Sender::new(Vec::new()),
         }
+    }
+
+    /// The product list as last fetched from REST; updated at start and on every refresh.
+    pub fn catalog(&self) -> watch::Receiver<Vec<Product>> {
+        self.catalog.subscribe()
+    }
+
+    fn publish_catalog(&self, products: &[Product]) {
+        let aliases: BTreeSet<&str> = products
+            .iter()
+            .flat_map(|p| p.alias_to.iter().map(String::as_str))
+            .collect();
+        let catalog: Vec<Product> = products
+            .iter()
+            .filter(|p| {
+                p.product_type.eq_ignore_ascii_case("SPOT")
+                    && p.alias.is_empty()
+                    && !aliases.contains(p.product_id.as_str())
+            })
+            .cloned()
+            .collect();
+        self.catalog.send_replace(catalog);
     }
 
     pub fn health(&self) -> Arc<FeedHealth> {
@@ -125,12 +152,20 @@ impl Feed {
     /// cancelled first.
     async fn initial_products(&self, cancel: &CancellationToken) -> Option<Vec<String>> {
         if let Some(products) = &self.shared.settings.products {
+            // Metadata for `trading_pairs` is welcome but not needed to ingest.
+            match fetch_products(&self.http, &self.shared.settings.rest_url).await {
+                Ok(all) => self.publish_catalog(&all),
+                Err(e) => tracing::info!(error = %e, "no product metadata from REST"),
+            }
             return Some(products.clone());
         }
         let mut delay = DISCOVERY_RETRY;
         loop {
             match fetch_products(&self.http, &self.shared.settings.rest_url).await {
-                Ok(products) => return Some(ingestible_ids(&products)),
+                Ok(products) => {
+                    self.publish_catalog(&products);
+                    return Some(ingestible_ids(&products));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot list products");
                 }
@@ -145,7 +180,10 @@ impl Feed {
 
     async fn refresh(&mut self, tracker: &TaskTracker, cancel: &CancellationToken) {
         let all = match fetch_products(&self.http, &self.shared.settings.rest_url).await {
-            Ok(products) => ingestible_ids(&products),
+            Ok(products) => {
+                self.publish_catalog(&products);
+                ingestible_ids(&products)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot refresh the products list, keeping the current one");
                 return;

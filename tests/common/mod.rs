@@ -1,0 +1,198 @@
+//! Helpers shared by integration tests: a throwaway PostgreSQL cluster and a fresh database.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::os::unix::fs::PermissionsExt;
+
+use rand::Rng;
+use secrecy::SecretString;
+use spot_canvas::store::EmbeddedPostgres;
+use sqlx::PgPool;
+
+/// A real PostgreSQL cluster in a temporary directory, stopped on drop, with one fresh
+/// database for the test.
+pub struct TestDb {
+    pub pg: EmbeddedPostgres,
+    pub pool: PgPool,
+    pub url: SecretString,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let dir = tempfile::Builder::new()
+            .prefix("spot-canvas-pg-")
+            .tempdir()
+            .expect("tempdir");
+        // The server runs as `postgres` when the tests run as root: let it in.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let pg = EmbeddedPostgres::start(dir.path())
+            .await
+            .expect("a throwaway PostgreSQL cluster starts");
+        let name: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(12)
+            .map(|c| char::from(c).to_ascii_lowercase())
+            .collect();
+        let database = format!("test_{name}");
+        let admin = spot_canvas::store::connect(&pg.url())
+            .await
+            .expect("connects");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&admin)
+            .await
+            .expect("creates the test database");
+        admin.close().await;
+        let url = pg.url_of(&database);
+        let pool = spot_canvas::store::connect(&url).await.expect("connects");
+        TestDb {
+            pg,
+            pool,
+            url,
+            _dir: dir,
+        }
+    }
+
+    /// A fresh database with the schema applied.
+    pub async fn migrated() -> TestDb {
+        let db = TestDb::new().await;
+        spot_canvas::store::migrate_up(&db.pool)
+            .await
+            .expect("migrates");
+        db
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        self.pg.stop_blocking("immediate");
+    }
+}
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use spot_canvas::model::Granularity;
+
+/// Bucket widths in seconds, written out here rather than taken from the engine.
+pub const WIDTHS: [(Granularity, i64); 8] = [
+    (Granularity::OneMinute, 60),
+    (Granularity::FiveMinutes, 300),
+    (Granularity::FifteenMinutes, 900),
+    (Granularity::ThirtyMinutes, 1800),
+    (Granularity::OneHour, 3600),
+    (Granularity::TwoHours, 7200),
+    (Granularity::SixHours, 21600),
+    (Granularity::OneDay, 86400),
+];
+
+/// A trade from the simulator's JSON-lines log.
+#[derive(Debug, Clone)]
+pub struct LoggedTrade {
+    pub product_id: String,
+    pub trade_id: u64,
+    pub price: Decimal,
+    pub size: Decimal,
+    pub time: DateTime<Utc>,
+}
+
+pub fn read_trade_log(path: &std::path::Path) -> Vec<LoggedTrade> {
+    std::fs::read_to_string(path)
+        .expect("trade log")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            LoggedTrade {
+                product_id: v["product_id"].as_str().expect("product").to_owned(),
+                trade_id: v["trade_id"]
+                    .as_str()
+                    .expect("id")
+                    .parse()
+                    .expect("numeric"),
+                price: v["price"]
+                    .as_str()
+                    .expect("price")
+                    .parse()
+                    .expect("decimal"),
+                size: v["size"].as_str().expect("size").parse().expect("decimal"),
+                time: DateTime::parse_from_rfc3339(v["time"].as_str().expect("time"))
+                    .expect("time")
+                    .with_timezone(&Utc),
+            }
+        })
+        .collect()
+}
+
+/// OHLCV and trade count of a bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ohlcv {
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub close: Decimal,
+    pub volume: Decimal,
+    pub count: u64,
+}
+
+/// The straightforward aggregation: sort by (time, numeric id), fold per bucket.
+pub fn aggregate(trades: &[&LoggedTrade]) -> BTreeMap<(String, Granularity, i64), Ohlcv> {
+    let mut sorted: Vec<&LoggedTrade> = trades.to_vec();
+    sorted.sort_by_key(|t| (t.time, t.trade_id));
+    let mut out = BTreeMap::new();
+    for t in sorted {
+        let secs = t.time.timestamp();
+        for (g, width) in WIDTHS {
+            let e = out
+                .entry((t.product_id.clone(), g, secs - secs.rem_euclid(width)))
+                .or_insert(Ohlcv {
+                    open: t.price,
+                    high: t.price,
+                    low: t.price,
+                    close: t.price,
+                    volume: Decimal::ZERO,
+                    count: 0,
+                });
+            e.high = e.high.max(t.price);
+            e.low = e.low.min(t.price);
+            e.close = t.price;
+            e.volume += t.size;
+            e.count += 1;
+        }
+    }
+    out
+}
+
+/// Every row of `live_candles`, keyed like [`aggregate`].
+pub async fn stored_candles(pool: &PgPool) -> BTreeMap<(String, Granularity, i64), Ohlcv> {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT product_id, granularity::text AS g, \"timestamp\", open, high, low, close, volume, trade_count FROM live_candles",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("rows");
+    rows.iter()
+        .map(|r| {
+            let g: String = r.get("g");
+            let start: DateTime<Utc> = r.get("timestamp");
+            let count: Option<i64> = r.get("trade_count");
+            (
+                (
+                    r.get("product_id"),
+                    g.parse().expect("granularity"),
+                    start.timestamp(),
+                ),
+                Ohlcv {
+                    open: r.get("open"),
+                    high: r.get("high"),
+                    low: r.get("low"),
+                    close: r.get("close"),
+                    volume: r.get("volume"),
+                    count: count.expect("count") as u64,
+                },
+            )
+        })
+        .collect()
+}
