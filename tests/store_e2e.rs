@@ -185,6 +185,7 @@ async fn sigterm_with_updates_in_flight_loses_nothing() {
         .env("PORT", "0")
         .env("LOG_FORMAT", "json")
         .env("DATABASE_URL", db.url.expose_secret())
+        .env("DATA_DIR", dir.path().join("data"))
         .env("COINBASE_WS_URL", sim.ws_url())
         .env("COINBASE_REST_URL", sim.rest_url())
         .env(

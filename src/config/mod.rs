@@ -63,6 +63,16 @@ pub const VARIABLES: &[Variable] = &[
         description: "NATS server or cluster URL(s), comma-separated; unset starts an embedded nats-server",
     },
     Variable {
+        name: "NATS_KV_REPLICAS",
+        default: "1",
+        description: "Replicas of the JetStream KV bucket `live-candles` (1–5; 3 on a 3-node cluster)",
+    },
+    Variable {
+        name: "NATS_SERVER_BIN",
+        default: "",
+        description: "The `nats-server` binary for the embedded default; unset looks on PATH",
+    },
+    Variable {
         name: "COINBASE_WS_URL",
         default: PRODUCTION_WS_URL,
         description: "Coinbase Advanced Trade market-data WebSocket (point at `spot-canvas sim` for demos and tests)",
@@ -151,6 +161,8 @@ pub struct Config {
     pub writer_flush_ms: u64,
     /// `None`: start an embedded nats-server.
     pub nats_url: Option<String>,
+    pub nats_kv_replicas: usize,
+    pub nats_server_bin: Option<PathBuf>,
     pub coinbase_ws_url: String,
     pub coinbase_rest_url: String,
     pub coinbase_credentials: Option<CoinbaseCredentials>,
@@ -179,6 +191,8 @@ impl fmt::Debug for Config {
             .field("writer_batch_rows", &self.writer_batch_rows)
             .field("writer_flush_ms", &self.writer_flush_ms)
             .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("nats_kv_replicas", &self.nats_kv_replicas)
+            .field("nats_server_bin", &self.nats_server_bin)
             .field("coinbase_ws_url", &self.coinbase_ws_url)
             .field("coinbase_rest_url", &self.coinbase_rest_url)
             .field("coinbase_credentials", &self.coinbase_credentials)

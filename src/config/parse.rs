@@ -49,6 +49,8 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
             "an integer 1-60000",
         )?,
         nats_url: nats_url(lookup)?,
+        nats_kv_replicas: number(lookup, "NATS_KV_REPLICAS", 1, 1, 5, "an integer 1-5")?,
+        nats_server_bin: lookup("NATS_SERVER_BIN").map(PathBuf::from),
         coinbase_ws_url: url(
             lookup,
             "COINBASE_WS_URL",

@@ -87,6 +87,7 @@ fn every_invalid_value_names_its_variable_and_what_is_accepted() {
         (&[("PRODUCTS", "BTCUSD")], "PRODUCTS", "BTC-USD"),
         (&[("PRODUCTS", "BTC-USD;DROP")], "PRODUCTS", "BTC-USD"),
         (&[("LOG_FORMAT", "xml")], "LOG_FORMAT", "json or pretty"),
+        (&[("NATS_KV_REPLICAS", "7")], "NATS_KV_REPLICAS", "1-5"),
         (
             &[("MIGRATE_ON_START", "maybe")],
             "MIGRATE_ON_START",

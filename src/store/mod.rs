@@ -18,7 +18,7 @@ use sqlx::postgres::PgPoolOptions;
 
 pub use embedded::EmbeddedPostgres;
 pub use repository::{Repository, StoredCandle};
-pub use writer::{BatchWriter, WriterReport, WriterSettings, WriterStats};
+pub use writer::{BatchWriter, WriterSettings, WriterStats};
 
 /// The schema migrations, embedded at compile time (no database needed to build).
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

@@ -1,0 +1,350 @@
+//! NATS with a real `nats-server`: the message format (golden sample), publish/subscribe, the
+//! KV keeping the newest version whatever the order, a killed server restarted with the live
+//! state and KV whole again, and the live state's initial-then-updates contract.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use chrono::DateTime;
+use futures_util::StreamExt;
+use rust_decimal::Decimal;
+use spot_canvas::bus::{CandleMessage, EmbeddedNats, LiveState, Publisher, kv_key};
+use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId, Version};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const START: i64 = 1_790_000_040;
+
+fn update(product: &str, bucket: i64, count: u64) -> CandleUpdate {
+    let start = START + 60 * bucket;
+    let time = DateTime::from_timestamp(start, 0).expect("time");
+    CandleUpdate {
+        candle: Candle {
+            product_id: product.into(),
+            granularity: Granularity::OneMinute,
+            start: time,
+            open: "0.0000123456789".parse().expect("d"),
+            high: "0.0000123456790".parse().expect("d"),
+            low: "0.0000123456788".parse().expect("d"),
+            close: Decimal::new(count as i64, 10),
+            volume: "1234567890123.123456789".parse().expect("d"),
+            buy_volume: Some("617283945061.5".parse().expect("d")),
+            trade_count: Some(count),
+        },
+        complete: false,
+        revision: 0,
+        version: Version {
+            bucket_start: start,
+            revision: 0,
+            complete: false,
+            trade_count: count,
+            last_trade_id: TradeId(1_000 + count),
+        },
+        last_trade_time: time + chrono::TimeDelta::milliseconds(1500),
+        last_received: time + chrono::TimeDelta::milliseconds(1600),
+    }
+}
+
+struct Nats {
+    server: EmbeddedNats,
+    client: async_nats::Client,
+    kv: async_nats::jetstream::kv::Store,
+    _dir: tempfile::TempDir,
+}
+
+async fn nats() -> Nats {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let server = EmbeddedNats::start(None, dir.path())
+        .await
+        .expect("nats-server starts");
+    let client = spot_canvas::bus::connect(&server.url(), "test", |_| async {})
+        .await
+        .expect("connects");
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = spot_canvas::bus::ensure_bucket(&js, 1)
+        .await
+        .expect("bucket");
+    Nats {
+        server,
+        client,
+        kv,
+        _dir: dir,
+    }
+}
+
+async fn kv_version(kv: &async_nats::jetstream::kv::Store, key: &str) -> Option<Version> {
+    let bytes = kv.get(key).await.expect("kv get")?;
+    Some(
+        CandleMessage::parse(&bytes)
+            .expect("a candle message")
+            .parsed_version()
+            .expect("version"),
+    )
+}
+
+#[test]
+fn the_message_matches_the_golden_sample() {
+    let message = CandleMessage::from_update(&update("PEPE-USD", 0, 42));
+    let golden: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/candle-message.json")).expect("golden json");
+    let actual: serde_json::Value = serde_json::from_slice(&message.to_json()).expect("json");
+    assert_eq!(actual, golden);
+    let back = CandleMessage::parse(&message.to_json()).expect("parses");
+    assert_eq!(back.to_update().expect("update"), update("PEPE-USD", 0, 42));
+    let mut other_schema = golden.clone();
+    other_schema["schema"] = 2.into();
+    assert!(CandleMessage::parse(other_schema.to_string().as_bytes()).is_err());
+}
+
+#[tokio::test]
+async fn published_updates_arrive_on_their_subject_and_in_the_kv() {
+    let n = nats().await;
+    let mut sub = n.client.subscribe("candles.>").await.expect("subscribe");
+    n.client.flush().await.expect("flush");
+    let (tx, rx) = mpsc::channel(8);
+    let publisher = Publisher::new(n.client.clone(), n.kv.clone(), rx);
+    let task = tokio::spawn(publisher.run());
+    let sent = update("BTC-USD", 0, 7);
+    tx.send(vec![sent.clone()]).await.expect("send");
+    let message = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("in time")
+        .expect("a message");
+    assert_eq!(
+        message.subject.as_str(),
+        "candles.coinbase.BTC-USD.ONE_MINUTE"
+    );
+    let got = CandleMessage::parse(&message.payload).expect("parses");
+    assert_eq!(got.to_update().expect("update"), sent);
+    drop(tx);
+    task.await.expect("join").expect("publisher");
+    assert_eq!(
+        kv_version(&n.kv, &kv_key("BTC-USD", Granularity::OneMinute)).await,
+        Some(sent.version)
+    );
+    n.server.stop().await;
+}
+
+#[tokio::test]
+async fn the_kv_keeps_the_newest_version_whatever_the_order_and_the_producers() {
+    let n = nats().await;
+    // One producer, updates out of order across flushes.
+    let (tx, rx) = mpsc::channel(8);
+    let task = tokio::spawn(Publisher::new(n.client.clone(), n.kv.clone(), rx).run());
+    for count in [3u64, 1, 2] {
+        tx.send(vec![update("ETH-USD", 0, count)])
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // An older bucket's late revision does not replace the newer bucket either.
+    tx.send(vec![update("ETH-USD", 5, 1)]).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut late = update("ETH-USD", 4, 99);
+    late.revision = 1;
+    late.version.revision = 1;
+    tx.send(vec![late]).await.expect("send");
+    drop(tx);
+    task.await.expect("join").expect("publisher");
+    let key = kv_key("ETH-USD", Granularity::OneMinute);
+    assert_eq!(
+        kv_version(&n.kv, &key).await,
+        Some(update("ETH-USD", 5, 1).version)
+    );
+
+    // Two producers (a rolling deploy) racing over the same series in shuffled order.
+    let mut tasks = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = mpsc::channel(64);
+        tasks.push(tokio::spawn(
+            Publisher::new(n.client.clone(), n.kv.clone(), rx).run(),
+        ));
+        senders.push(tx);
+    }
+    for round in 0..40u64 {
+        for (i, tx) in senders.iter().enumerate() {
+            let count = if (round + i as u64).is_multiple_of(2) {
+                200 - round
+            } else {
+                100 + round
+            };
+            let batch: Vec<CandleUpdate> = (0..10)
+                .map(|p| update(&format!("P{p}-USD"), 0, count))
+                .collect();
+            tx.send(batch).await.expect("send");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(senders);
+    for t in tasks {
+        t.await.expect("join").expect("publisher");
+    }
+    for p in 0..10 {
+        let key = kv_key(&format!("P{p}-USD"), Granularity::OneMinute);
+        assert_eq!(
+            kv_version(&n.kv, &key).await.map(|v| v.trade_count),
+            Some(200),
+            "{key}"
+        );
+    }
+    n.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_nats_server_is_restarted_and_state_and_kv_become_whole_again() {
+    let n = nats().await;
+    let cancel = CancellationToken::new();
+    let supervisor = tokio::spawn({
+        let (server, cancel) = (n.server.clone(), cancel.clone());
+        async move { server.supervise(cancel).await }
+    });
+    let live = LiveState::new();
+    let resync = live.resync_trigger();
+    // A second client for the live state, as the service has one, hearing reconnects.
+    let live_client = spot_canvas::bus::connect(&n.server.url(), "live", move |event| {
+        let resync = resync.clone();
+        async move {
+            if matches!(event, async_nats::Event::Connected) {
+                resync.notify_one();
+            }
+        }
+    })
+    .await
+    .expect("connects");
+    let live_task = tokio::spawn(live.clone().run(live_client, n.kv.clone(), cancel.clone()));
+    let (tx, rx) = mpsc::channel(64);
+    let publisher = tokio::spawn(Publisher::new(n.client.clone(), n.kv.clone(), rx).run());
+    let products: Vec<String> = (0..20).map(|i| format!("P{i:02}-USD")).collect();
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    let pid = n.server.pid().await.expect("running");
+    for round in 1..=120u64 {
+        let batch: Vec<CandleUpdate> = products.iter().map(|p| update(p, 0, round)).collect();
+        for p in &products {
+            last.insert(p.clone(), round);
+        }
+        tx.send(batch).await.expect("send");
+        if round == 30 {
+            let killed = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .expect("kill");
+            assert!(killed.success());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(60), publisher)
+        .await
+        .expect("the publisher catches up once NATS is back")
+        .expect("join")
+        .expect("publisher");
+    let restarted = n.server.pid().await.expect("running again");
+    assert_ne!(restarted, pid, "a new nats-server process");
+    for (product, round) in &last {
+        let key = kv_key(product, Granularity::OneMinute);
+        assert_eq!(
+            kv_version(&n.kv, &key).await.map(|v| v.trade_count),
+            Some(*round),
+            "KV {key}"
+        );
+    }
+    // The live state converges (through live messages, or the KV after the reconnect).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let whole = last.iter().all(|(p, round)| {
+            live.current(p, Granularity::OneMinute)
+                .is_some_and(|u| u.version.trade_count == *round)
+        });
+        if whole {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            live.report()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    live_task.await.expect("join").expect("live state");
+    supervisor.await.expect("supervisor");
+    n.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_the_current_candle_then_every_newer_update_without_gap_or_duplicate() {
+    let live = LiveState::new();
+    const N: u64 = 20_000;
+    let producer = {
+        let live = live.clone();
+        tokio::spawn(async move {
+            for count in 1..=N {
+                // Out of order now and then: older versions must never reach anyone.
+                if count % 97 == 0 {
+                    live.apply(update("BTC-USD", 0, count - 5));
+                }
+                live.apply(update("BTC-USD", 0, count));
+                if count % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let mut clients = Vec::new();
+    for i in 0..8u64 {
+        let live = live.clone();
+        clients.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(300 * i)).await;
+            let mut sub = live.subscribe(
+                Some(vec![("BTC-USD".to_owned(), Granularity::OneMinute)]),
+                N as usize,
+            );
+            let mut seen: Vec<u64> = sub.initial.iter().map(|u| u.version.trade_count).collect();
+            while let Ok(Some(u)) =
+                tokio::time::timeout(Duration::from_millis(500), sub.updates.recv()).await
+            {
+                seen.push(u.version.trade_count);
+                if u.version.trade_count == N {
+                    break;
+                }
+            }
+            seen
+        }));
+    }
+    producer.await.expect("producer");
+    for client in clients {
+        let seen = client.await.expect("client");
+        assert_eq!(seen.last(), Some(&N), "reaches the end");
+        let first = seen[0];
+        let expected: Vec<u64> = (first..=N).collect();
+        assert_eq!(
+            seen, expected,
+            "contiguous from the initial state, no duplicate"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_drain_its_queue_is_cut_off_and_others_are_not() {
+    let live = LiveState::new();
+    let slow = live.subscribe(None, 4);
+    let mut fast = live.subscribe(None, 1_000);
+    for count in 1..=100 {
+        live.apply(update("SOL-USD", 0, count));
+    }
+    assert_eq!(live.report().clients_cut_off, 1);
+    let mut slow = slow;
+    let mut got = 0;
+    while slow.updates.recv().await.is_some() {
+        got += 1;
+    }
+    assert_eq!(got, 4, "the queue it had, then the end of its stream");
+    let mut fast_count = 0;
+    while let Ok(u) = fast.updates.try_recv() {
+        fast_count = u.version.trade_count;
+    }
+    assert_eq!(fast_count, 100);
+}
