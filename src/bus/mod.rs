@@ -80,7 +80,11 @@ where
     Ok(client)
 }
 
-/// Creates the KV bucket, or updates its settings, with `replicas` copies.
+/// How long a starting service waits for JetStream (a fresh cluster elects its leader).
+const BUCKET_WAIT: Duration = Duration::from_secs(60);
+
+/// Creates the KV bucket, or updates its settings, with `replicas` copies; retries while
+/// JetStream is not ready yet.
 pub async fn ensure_bucket(
     js: &async_nats::jetstream::Context,
     replicas: usize,
@@ -92,9 +96,17 @@ pub async fn ensure_bucket(
         num_replicas: replicas,
         ..Default::default()
     };
-    js.create_or_update_key_value(config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create the KV bucket {KV_BUCKET}: {e}"))
+    let deadline = tokio::time::Instant::now() + BUCKET_WAIT;
+    loop {
+        match js.create_or_update_key_value(config.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "JetStream not ready for the KV bucket yet, retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => anyhow::bail!("cannot create the KV bucket {KV_BUCKET}: {e}"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,178 @@
+//! Clustered mode: a 3-node NATS cluster on loopback, the KV bucket with 3 replicas, two
+//! `serve` instances sharing the products (`SHARD_COUNT=2`), fed by the simulator. Each
+//! instance serves every product; stopping the NATS node an instance is connected to keeps
+//! its stream going.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::TestDb;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use spot_canvas::sim::{SimConfig, Simulator};
+
+struct Node {
+    child: Child,
+    client_port: u16,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
+    let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes = route_ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (0..3)
+        .map(|i| {
+            let store = dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&store).expect("store dir");
+            let child = Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &client_ports[i].to_string(), "-js"])
+                .arg("-sd")
+                .arg(&store)
+                .args(["--server_name", &format!("n{i}"), "--cluster_name", "spot"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", route_ports[i])])
+                .args(["--routes", &routes])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server starts");
+            Node {
+                child,
+                client_port: client_ports[i],
+            }
+        })
+        .collect()
+}
+
+struct Instance {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+async fn health(port: u16) -> Option<Value> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+        .await
+        .ok()?;
+    response.json().await.ok()
+}
+
+#[tokio::test]
+async fn two_shards_on_a_nats_cluster_each_serve_every_product() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = start_cluster(dir.path());
+    let db = TestDb::migrated().await;
+    let sim = Simulator::start(SimConfig {
+        products: 8,
+        trades_per_second: 4.0,
+        history_minutes: 3,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let node_url = |i: usize| format!("nats://127.0.0.1:{}", nodes[i].client_port);
+    let mut instances = Vec::new();
+    for shard in 0..2u32 {
+        let port = free_port();
+        let data = dir.path().join(format!("data{shard}"));
+        let child = Command::new(env!("CARGO_BIN_EXE_spot-canvas"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", port.to_string())
+            .env("DATA_DIR", &data)
+            .env("DATABASE_URL", db.url.expose_secret())
+            // Each instance knows one node; the cluster tells it about the others.
+            .env("NATS_URL", node_url(shard as usize))
+            .env("NATS_KV_REPLICAS", "3")
+            .env("SHARD_INDEX", shard.to_string())
+            .env("SHARD_COUNT", "2")
+            .env("COINBASE_WS_URL", sim.ws_url())
+            .env("COINBASE_REST_URL", sim.rest_url())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve starts");
+        instances.push(Instance { child, port });
+    }
+
+    // Both instances come up and each sees all 8 products in its live state.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut reports = Vec::new();
+    loop {
+        reports.clear();
+        for instance in &instances {
+            reports.push(health(instance.port).await.unwrap_or(Value::Null));
+        }
+        let ready = reports
+            .iter()
+            .all(|h| h["bus"]["live"]["products"].as_u64() == Some(8) && h["status"] == "ok");
+        if ready {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{reports:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Each ingests its own share, and together all of them.
+    let shares: Vec<u64> = reports
+        .iter()
+        .map(|h| h["feed"]["products"].as_u64().expect("products"))
+        .collect();
+    assert_eq!(shares.iter().sum::<u64>(), 8, "{shares:?}");
+    assert!(shares.iter().all(|&s| s > 0 && s < 8), "{shares:?}");
+
+    // The bucket has 3 replicas.
+    let client = async_nats::connect(node_url(2)).await.expect("connects");
+    let js = async_nats::jetstream::new(client);
+    let kv = js.get_key_value("live-candles").await.expect("bucket");
+    let status = kv.status().await.expect("status");
+    assert_eq!(status.info.config.num_replicas, 3);
+
+    // Stop the node instance 0 is connected to: its stream keeps going.
+    let applied_before = reports[0]["bus"]["live"]["applied"]
+        .as_u64()
+        .expect("applied");
+    let mut nodes = nodes;
+    drop(nodes.remove(0));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = health(instances[0].port).await.expect("instance 0 answers");
+    let applied_after = after["bus"]["live"]["applied"].as_u64().expect("applied");
+    assert!(
+        applied_after > applied_before + 20,
+        "live updates keep arriving: {applied_before} → {applied_after}"
+    );
+    assert_eq!(after["bus"]["live"]["products"], 8);
+    // And what it publishes keeps getting out: the other instance sees instance 0's products.
+    let other = health(instances[1].port).await.expect("instance 1 answers");
+    assert_eq!(other["bus"]["live"]["products"], 8);
+    drop(instances);
+    sim.stop().await;
+}
