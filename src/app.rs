@@ -466,7 +466,11 @@ pub async fn migrate(config: Config, action: crate::cli::MigrateAction) -> anyho
         match action {
             MigrateAction::Up => {
                 let kind = crate::store::migrate_up(&pool).await?;
-                println!("migrations applied; live_candles is a {kind:?} table");
+                let kind = match kind {
+                    TableKind::Hypertable => "a TimescaleDB hypertable",
+                    TableKind::Plain => "a plain table (TimescaleDB not available)",
+                };
+                println!("migrations applied; live_candles is {kind}");
             }
             MigrateAction::Down { to } => {
                 let status = crate::store::migration_status(&pool).await?;

@@ -73,6 +73,9 @@ impl EmbeddedNats {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
+            // Its own process group: a Ctrl-C in the terminal reaches the service, which then
+            // stops the server after the last publish, instead of both at once.
+            .process_group(0)
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", self.binary.display()))?;
         *self.child.lock().await = Some(child);
