@@ -85,6 +85,24 @@ async fn health(port: u16) -> Option<Value> {
     response.json().await.ok()
 }
 
+/// Polls instance `port` until its live state applied at least `target` updates.
+async fn wait_for_applied(port: u16, target: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(h) = health(port).await
+            && h["bus"]["live"]["applied"].as_u64() >= Some(target)
+        {
+            return h;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "live updates stopped short of {target}: {:?}",
+            health(port).await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test]
 async fn two_shards_on_a_nats_cluster_each_serve_every_product() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -125,7 +143,7 @@ async fn two_shards_on_a_nats_cluster_each_serve_every_product() {
     }
 
     // Both instances come up and each sees all 8 products in its live state.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     let mut reports = Vec::new();
     loop {
         reports.clear();
@@ -157,18 +175,13 @@ async fn two_shards_on_a_nats_cluster_each_serve_every_product() {
     assert_eq!(status.info.config.num_replicas, 3);
 
     // Stop the node instance 0 is connected to: its stream keeps going.
-    let applied_before = reports[0]["bus"]["live"]["applied"]
-        .as_u64()
-        .expect("applied");
+    let applied = |h: &Value| h["bus"]["live"]["applied"].as_u64().unwrap_or(0);
+    let flowing = applied(&reports[0]);
+    wait_for_applied(instances[0].port, flowing + 50).await;
     let mut nodes = nodes;
     drop(nodes.remove(0));
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let after = health(instances[0].port).await.expect("instance 0 answers");
-    let applied_after = after["bus"]["live"]["applied"].as_u64().expect("applied");
-    assert!(
-        applied_after > applied_before + 20,
-        "live updates keep arriving: {applied_before} → {applied_after}"
-    );
+    let at_kill = applied(&health(instances[0].port).await.expect("instance 0 answers"));
+    let after = wait_for_applied(instances[0].port, at_kill + 50).await;
     assert_eq!(after["bus"]["live"]["products"], 8);
     // And what it publishes keeps getting out: the other instance sees instance 0's products.
     let other = health(instances[1].port).await.expect("instance 1 answers");
