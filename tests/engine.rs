@@ -2,6 +2,8 @@
 //! the engine's bucket or aggregation code): completion, revisions, duplicates, the window,
 //! memory, a property test, and the production recording replayed.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -10,18 +12,6 @@ use rust_decimal::Decimal;
 use spot_canvas::candles::{Aggregator, Timing};
 use spot_canvas::feed::coinbase::{FrameBody, parse_frame};
 use spot_canvas::model::{CandleUpdate, Granularity, Side, Trade, TradeId};
-
-/// Bucket widths in seconds, written out here rather than taken from the engine.
-const WIDTHS: [(Granularity, i64); 8] = [
-    (Granularity::OneMinute, 60),
-    (Granularity::FiveMinutes, 300),
-    (Granularity::FifteenMinutes, 900),
-    (Granularity::ThirtyMinutes, 1800),
-    (Granularity::OneHour, 3600),
-    (Granularity::TwoHours, 7200),
-    (Granularity::SixHours, 21600),
-    (Granularity::OneDay, 86400),
-];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Expected {
@@ -50,7 +40,7 @@ fn aggregate(trades: &[Trade]) -> BTreeMap<Key, Expected> {
     let mut out: BTreeMap<Key, Expected> = BTreeMap::new();
     for t in sorted {
         let secs = t.time.timestamp();
-        for (g, width) in WIDTHS {
+        for (g, width) in common::WIDTHS {
             let bucket = secs - secs.rem_euclid(width);
             let buy = if t.side == Side::Sell {
                 t.size
