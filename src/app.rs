@@ -50,6 +50,14 @@ pub struct AppState {
     pub ws_url: String,
 }
 
+/// Where NATS is, and the embedded servers started for this process (stopped with it).
+#[derive(Debug)]
+struct Servers {
+    nats_url: String,
+    embedded: Option<EmbeddedPostgres>,
+    embedded_nats: Option<EmbeddedNats>,
+}
+
 /// A built, not yet running, service.
 #[derive(Debug)]
 pub struct App {
@@ -82,12 +90,12 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let (pool, embedded) = open_database(config).await?;
-        let embedded_nats = match &config.nats_url {
-            Some(_) => None,
+        let (nats_url, embedded_nats) = match &config.nats_url {
+            Some(url) => (url.clone(), None),
             None => {
                 match EmbeddedNats::start(config.nats_server_bin.as_deref(), &config.data_dir).await
                 {
-                    Ok(nats) => Some(nats),
+                    Ok(nats) => (nats.url(), Some(nats)),
                     Err(e) => {
                         stop_embedded(embedded.as_ref(), None).await;
                         return Err(e);
@@ -95,10 +103,15 @@ impl App {
                 }
             }
         };
-        match Self::assemble(config, settings, listener, pool, embedded, embedded_nats).await {
+        let servers = Servers {
+            nats_url,
+            embedded,
+            embedded_nats,
+        };
+        match Self::assemble(config, settings, listener, pool, servers).await {
             Ok(app) => Ok(app),
-            Err((e, embedded, embedded_nats)) => {
-                stop_embedded(embedded.as_ref(), embedded_nats.as_ref()).await;
+            Err((e, servers)) => {
+                stop_embedded(servers.embedded.as_ref(), servers.embedded_nats.as_ref()).await;
                 Err(e)
             }
         }
@@ -106,40 +119,26 @@ impl App {
 
     /// The stages, once the database and NATS are up. On error, hands the embedded servers
     /// back so the caller stops them.
-    #[allow(clippy::type_complexity)]
     async fn assemble(
         config: &Config,
         settings: FeedSettings,
         listener: TcpListener,
         pool: sqlx::PgPool,
-        embedded: Option<EmbeddedPostgres>,
-        embedded_nats: Option<EmbeddedNats>,
-    ) -> Result<
-        App,
-        (
-            anyhow::Error,
-            Option<EmbeddedPostgres>,
-            Option<EmbeddedNats>,
-        ),
-    > {
+        servers: Servers,
+    ) -> Result<App, (anyhow::Error, Servers)> {
         let table = if config.migrate_on_start {
             match crate::store::migrate_up(&pool).await {
                 Ok(kind) => Some(kind),
-                Err(e) => return Err((e, embedded, embedded_nats)),
+                Err(e) => return Err((e, servers)),
             }
         } else {
             tracing::info!("MIGRATE_ON_START=false: not applying migrations");
             None
         };
-        let nats_url = match (&config.nats_url, &embedded_nats) {
-            (Some(url), _) => url.clone(),
-            (None, Some(nats)) => nats.url(),
-            (None, None) => unreachable!("the embedded server starts when NATS_URL is unset"),
-        };
         let live = LiveState::new();
-        let nats = match connect_bus(&nats_url, &live, config.nats_kv_replicas).await {
+        let nats = match connect_bus(&servers.nats_url, &live, config.nats_kv_replicas).await {
             Ok(nats) => nats,
-            Err(e) => return Err((e, embedded, embedded_nats)),
+            Err(e) => return Err((e, servers)),
         };
         let (tx, events) = mpsc::channel(settings.channel_capacity);
         let feed = Feed::new(settings, tx);
@@ -184,8 +183,8 @@ impl App {
             to_writer,
             to_publisher,
             nats,
-            embedded: embedded.map(Arc::new),
-            embedded_nats,
+            embedded: servers.embedded.map(Arc::new),
+            embedded_nats: servers.embedded_nats,
             state,
         })
     }

@@ -13,38 +13,40 @@ fn main() -> ExitCode {
         eprintln!("error: .env: {e}");
         return ExitCode::FAILURE;
     }
-    let command = cli.command.unwrap_or(Command::Serve);
-    if let Command::Sim(sim) = command {
-        // The simulator needs none of the service's configuration.
-        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-        let format = match std::env::var("LOG_FORMAT").as_deref() {
-            Ok("json") => LogFormat::Json,
-            _ => LogFormat::Pretty,
-        };
-        spot_canvas::telemetry::init(&filter, format);
-        return run_async(spot_canvas::sim::run(sim));
-    }
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Sim(sim) => {
+            // The simulator needs none of the service's configuration.
+            let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+            let format = match std::env::var("LOG_FORMAT").as_deref() {
+                Ok("json") => LogFormat::Json,
+                _ => LogFormat::Pretty,
+            };
+            spot_canvas::telemetry::init(&filter, format);
+            run_async(spot_canvas::sim::run(sim))
         }
-    };
-    match command {
-        Command::Config => {
+        Command::Config => with_config(|config| {
             println!("{config:#?}");
             ExitCode::SUCCESS
-        }
-        Command::Serve => {
+        }),
+        Command::Serve => with_config(|config| {
             spot_canvas::telemetry::init(&config.log_filter, config.log_format);
             run_async(spot_canvas::app::serve(config))
-        }
-        Command::Migrate { action } => {
+        }),
+        Command::Migrate { action } => with_config(|config| {
             spot_canvas::telemetry::init(&config.log_filter, config.log_format);
             run_async(spot_canvas::app::migrate(config, action))
+        }),
+    }
+}
+
+/// Loads the configuration and runs `command` with it; an invalid value exits with code 2.
+fn with_config(command: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    match Config::from_env() {
+        Ok(config) => command(config),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
-        Command::Sim(_) => ExitCode::SUCCESS,
     }
 }
 

@@ -193,9 +193,10 @@ fn coalesce(pending: &mut HashMap<Key, CandleUpdate>, update: CandleUpdate) {
 }
 
 fn backoff(settings: &SinkSettings, failures: u32) -> Duration {
-    let full = settings
-        .retry_base
-        .saturating_mul(2u32.saturating_pow(failures.min(16)))
-        .min(settings.retry_cap);
-    full / 2 + (full / 2).mul_f64(rand::rng().random::<f64>())
+    crate::feed::equal_jitter(
+        settings.retry_base,
+        settings.retry_cap,
+        failures,
+        rand::rng().random::<f64>(),
+    )
 }

@@ -83,11 +83,18 @@ impl ReconnectPolicy {
     /// The delay before reconnect attempt `attempt` (0-based): "equal jitter", half fixed and
     /// half random, so delays grow monotonically while spreading reconnects out.
     pub fn delay(&self, attempt: u32, unit_random: f64) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.min(16));
-        let full = self.base.saturating_mul(factor).min(self.cap);
-        let half = full / 2;
-        half + half.mul_f64(unit_random.clamp(0.0, 1.0))
+        equal_jitter(self.base, self.cap, attempt, unit_random)
     }
+}
+
+/// Exponential backoff with "equal jitter": `base · 2^attempt` capped at `cap`, half of it
+/// fixed and half random (`unit_random` in 0..=1). Shared by reconnects and sink retries.
+pub fn equal_jitter(base: Duration, cap: Duration, attempt: u32, unit_random: f64) -> Duration {
+    let full = base
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(cap);
+    let half = full / 2;
+    half + half.mul_f64(unit_random.clamp(0.0, 1.0))
 }
 
 /// Everything the feed needs to run.
