@@ -1,13 +1,17 @@
 //! The candle engine: exact OHLCV candles in 8 granularities from trades.
 //!
-//! In: [`FeedEvent`]s from the feed (trade batches; reconnects and gaps are logged). Out:
-//! batches of [`CandleUpdate`] on one bounded channel, one update per candle a frame or a
-//! completion tick touched. 16 shards, chosen by FNV-1a of the product id, each own their
+//! In: [`FeedEvent`]s from the feed (trade batches, Coinbase's 5-minute candles for the
+//! cross-check) and [`Backfill`]s from the reconciler. Out: batches of [`CandleUpdate`] on one
+//! bounded channel, one update per candle a frame, a backfill or a completion tick touched;
+//! and the feed's subscribes, reconnects and gaps, passed on to the reconciler (which answers
+//! with backfills). 16 shards, chosen by FNV-1a of the product id, each own their
 //! products' [`Aggregator`] and a bounded input queue. Nothing is dropped: a full queue makes
 //! the dispatcher wait, which makes the feed wait, which stops reading the socket.
 
 pub mod aggregator;
+pub mod crosscheck;
 mod stats;
+mod tally;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +20,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::feed::FeedEvent;
-use crate::model::{CandleUpdate, Clock, Trade};
+use chrono::{DateTime, Utc};
 
-pub use aggregator::{Aggregator, BatchOutcome, Timing};
+use crate::model::{Candle, CandleUpdate, Clock, Trade};
+
+pub use aggregator::{Aggregator, Backfill, BackfillOutcome, BatchOutcome, Timing};
 pub use stats::{EngineReport, EngineStats};
 
 /// Number of engine shards.
@@ -68,6 +74,11 @@ pub struct Engine {
     input: mpsc::Receiver<FeedEvent>,
     /// Candle updates out, one batch per frame or tick per shard.
     output: mpsc::Sender<Vec<CandleUpdate>>,
+    /// Backfills from the reconciler (none: the engine runs without one).
+    backfills: Option<mpsc::Receiver<Backfill>>,
+    /// Where subscribes, reconnects and gaps go (unbounded: they are rare, and the
+    /// reconciler also sends to the engine, so a bounded pair could wait on each other).
+    notices: Option<mpsc::UnboundedSender<FeedEvent>>,
     stats: Arc<EngineStats>,
 }
 
@@ -83,8 +94,21 @@ impl Engine {
             clock,
             input,
             output,
+            backfills: None,
+            notices: None,
             stats: Arc::new(EngineStats::default()),
         }
+    }
+
+    /// Connects the engine to a reconciler: feed windows out, backfills in.
+    pub fn with_reconciler(
+        mut self,
+        backfills: mpsc::Receiver<Backfill>,
+        notices: mpsc::UnboundedSender<FeedEvent>,
+    ) -> Self {
+        self.backfills = Some(backfills);
+        self.notices = Some(notices);
+        self
     }
 
     pub fn stats(&self) -> Arc<EngineStats> {
@@ -110,9 +134,23 @@ impl Engine {
             };
             tasks.push(tokio::spawn(shard.run()));
         }
+        let mut backfills = self.backfills.take();
         loop {
             let event = tokio::select! {
                 () = cancel.cancelled() => break,
+                backfill = recv_backfill(&mut backfills) => match backfill {
+                    Some(backfill) => {
+                        let shard = shard_of(&backfill.product_id);
+                        if shards[shard].send(ShardInput::Backfill(Box::new(backfill))).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    None => {
+                        backfills = None;
+                        continue;
+                    }
+                },
                 event = self.input.recv() => match event {
                     Some(event) => event,
                     None => break,
@@ -124,30 +162,53 @@ impl Engine {
                         break;
                     }
                 }
-                FeedEvent::Reconnected {
-                    connection,
-                    products,
-                    disconnected_at,
-                    ..
+                FeedEvent::ExchangeCandles {
+                    candles, received, ..
                 } => {
-                    self.stats.record_reconnect();
-                    tracing::info!(
-                        connection,
-                        products = products.len(),
-                        since = %disconnected_at,
-                        "feed reconnected: trades since then may be missing"
-                    );
+                    if !self.dispatch_candles(&shards, candles, received).await {
+                        break;
+                    }
                 }
-                FeedEvent::Gap {
-                    connection,
-                    expected,
-                    got,
-                    ..
-                } => {
-                    self.stats.record_gap();
-                    tracing::info!(connection, expected, got, "feed gap: trades may be missing");
+                FeedEvent::Heartbeat { .. } => {}
+                notice => {
+                    match &notice {
+                        FeedEvent::Reconnected {
+                            connection,
+                            products,
+                            disconnected_at,
+                            ..
+                        } => {
+                            self.stats.record_reconnect();
+                            tracing::info!(
+                                connection,
+                                products = products.len(),
+                                since = %disconnected_at,
+                                "feed reconnected: trades since then may be missing"
+                            );
+                        }
+                        FeedEvent::Gap {
+                            connection,
+                            expected,
+                            got,
+                            ..
+                        } => {
+                            self.stats.record_gap();
+                            tracing::info!(
+                                connection,
+                                expected,
+                                got,
+                                "feed gap: trades may be missing"
+                            );
+                        }
+                        _ => {}
+                    }
+                    if let Some(notices) = &self.notices
+                        && notices.send(notice).is_err()
+                    {
+                        tracing::warn!("the reconciler stopped: windows are no longer backfilled");
+                        self.notices = None;
+                    }
                 }
-                FeedEvent::ExchangeCandles { .. } | FeedEvent::Heartbeat { .. } => {}
             }
         }
         drop(shards);
@@ -158,20 +219,44 @@ impl Engine {
     }
 
     /// Splits a batch by shard and queues each part; false when the shards are gone.
-    async fn dispatch(&self, shards: &[mpsc::Sender<Vec<Trade>>], trades: Vec<Trade>) -> bool {
+    async fn dispatch(&self, shards: &[mpsc::Sender<ShardInput>], trades: Vec<Trade>) -> bool {
         let first = trades.first().map(|t| shard_of(&t.product_id));
         // A frame almost always holds one product: send it whole.
         if let Some(first) = first
             && trades.iter().all(|t| shard_of(&t.product_id) == first)
         {
-            return shards[first].send(trades).await.is_ok();
+            return shards[first].send(ShardInput::Trades(trades)).await.is_ok();
         }
         let mut parts: Vec<Vec<Trade>> = vec![Vec::new(); SHARDS];
         for t in trades {
             parts[shard_of(&t.product_id)].push(t);
         }
         for (index, part) in parts.into_iter().enumerate() {
-            if !part.is_empty() && shards[index].send(part).await.is_err() {
+            if !part.is_empty() && shards[index].send(ShardInput::Trades(part)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Queues Coinbase's candles with the shards of their products; false when they are gone.
+    async fn dispatch_candles(
+        &self,
+        shards: &[mpsc::Sender<ShardInput>],
+        candles: Vec<Candle>,
+        received: DateTime<Utc>,
+    ) -> bool {
+        let mut parts: Vec<Vec<Candle>> = vec![Vec::new(); SHARDS];
+        for c in candles {
+            parts[shard_of(&c.product_id)].push(c);
+        }
+        for (index, part) in parts.into_iter().enumerate() {
+            if !part.is_empty()
+                && shards[index]
+                    .send(ShardInput::ExchangeCandles(part, received))
+                    .await
+                    .is_err()
+            {
                 return false;
             }
         }
@@ -179,12 +264,29 @@ impl Engine {
     }
 }
 
+/// The next backfill, or never when there is no reconciler.
+async fn recv_backfill(backfills: &mut Option<mpsc::Receiver<Backfill>>) -> Option<Backfill> {
+    match backfills {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a shard receives.
+#[derive(Debug)]
+enum ShardInput {
+    Trades(Vec<Trade>),
+    ExchangeCandles(Vec<Candle>, DateTime<Utc>),
+    Backfill(Box<Backfill>),
+}
+
 struct Shard {
     index: usize,
     aggregator: Aggregator,
     clock: Arc<dyn Clock>,
-    /// Trade batches from the dispatcher; closed when the engine stops.
-    input: mpsc::Receiver<Vec<Trade>>,
+    /// Trade batches, Coinbase's candles and backfills from the dispatcher; closed when the
+    /// engine stops.
+    input: mpsc::Receiver<ShardInput>,
     /// Candle updates to the sinks.
     output: mpsc::Sender<Vec<CandleUpdate>>,
     stats: Arc<EngineStats>,
@@ -198,14 +300,36 @@ impl Shard {
         loop {
             let mut updates = Vec::new();
             tokio::select! {
-                batch = self.input.recv() => match batch {
-                    Some(trades) => {
+                input = self.input.recv() => match input {
+                    Some(ShardInput::Trades(trades)) => {
                         let outcome = self.aggregator.apply(&trades, self.clock.now(), &mut updates);
                         self.stats.record_batch(outcome);
                     }
+                    Some(ShardInput::ExchangeCandles(candles, received)) => {
+                        self.aggregator.exchange_candles(&candles, received);
+                    }
+                    Some(ShardInput::Backfill(backfill)) => {
+                        let outcome = self.aggregator.backfill(&backfill, self.clock.now(), &mut updates);
+                        tracing::info!(
+                            shard = self.index,
+                            product = %backfill.product_id,
+                            from = backfill.from,
+                            to = backfill.to,
+                            replaced = outcome.replaced,
+                            kept = outcome.kept,
+                            recomputed = outcome.recomputed,
+                            "backfill merged"
+                        );
+                        self.stats.record_backfill(outcome);
+                    }
                     None => break,
                 },
-                _ = ticks.tick() => self.aggregator.tick(self.clock.now(), &mut updates),
+                _ = ticks.tick() => {
+                    self.aggregator.tick(self.clock.now(), &mut updates);
+                    for check in self.aggregator.take_checks() {
+                        self.stats.exchange_5m.record("ws_candles_5m", &check);
+                    }
+                }
             }
             if updates.is_empty() {
                 continue;

@@ -1,11 +1,13 @@
 //! The engine's counters for `/health` and logs: updates and completions per granularity,
-//! revisions, duplicates, trades too late to apply, reconnects and gaps seen.
+//! revisions, duplicates, trades too late to apply, reconnects and gaps seen, backfills merged
+//! and the cross-check with Coinbase's 5-minute candles.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use super::BatchOutcome;
+use super::crosscheck::{CheckCounts, CheckReport};
+use super::{BackfillOutcome, BatchOutcome};
 use crate::model::{CandleUpdate, Granularity};
 
 /// Counters shared by the engine's shards.
@@ -14,11 +16,17 @@ pub struct EngineStats {
     trades: AtomicU64,
     duplicates: AtomicU64,
     too_late: AtomicU64,
+    superseded: AtomicU64,
+    backfills: AtomicU64,
+    backfilled_minutes: AtomicU64,
+    recomputed: AtomicU64,
     reconnects: AtomicU64,
     gaps: AtomicU64,
     updates: [AtomicU64; 8],
     completed: [AtomicU64; 8],
     revisions: [AtomicU64; 8],
+    /// Completed 5-minute candles compared with the `candles` channel's.
+    pub exchange_5m: CheckCounts,
 }
 
 /// Per-granularity counts.
@@ -36,6 +44,13 @@ pub struct EngineReport {
     pub trades: u64,
     pub duplicates: u64,
     pub too_late: u64,
+    /// Trades for minutes already replaced by REST candles.
+    pub superseded: u64,
+    pub backfills: u64,
+    pub backfilled_minutes: u64,
+    /// Larger candles recomputed after backfills.
+    pub recomputed: u64,
+    pub crosscheck_ws_5m: CheckReport,
     pub reconnects_seen: u64,
     pub gaps_seen: u64,
     pub granularities: Vec<GranularityCounts>,
@@ -47,6 +62,8 @@ impl EngineStats {
         self.duplicates
             .fetch_add(outcome.duplicates, Ordering::Relaxed);
         self.too_late.fetch_add(outcome.too_late, Ordering::Relaxed);
+        self.superseded
+            .fetch_add(outcome.superseded, Ordering::Relaxed);
         metrics::counter!("spot_canvas_engine_trades_total").increment(outcome.applied);
         metrics::counter!("spot_canvas_engine_duplicates_total").increment(outcome.duplicates);
         metrics::counter!("spot_canvas_engine_too_late_total").increment(outcome.too_late);
@@ -67,6 +84,16 @@ impl EngineStats {
         metrics::counter!("spot_canvas_engine_updates_total").increment(updates.len() as u64);
     }
 
+    pub fn record_backfill(&self, outcome: BackfillOutcome) {
+        self.backfills.fetch_add(1, Ordering::Relaxed);
+        self.backfilled_minutes
+            .fetch_add(outcome.replaced, Ordering::Relaxed);
+        self.recomputed
+            .fetch_add(outcome.recomputed, Ordering::Relaxed);
+        metrics::counter!("spot_canvas_engine_backfilled_minutes_total")
+            .increment(outcome.replaced);
+    }
+
     pub fn record_reconnect(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
@@ -81,6 +108,11 @@ impl EngineStats {
             trades: load(&self.trades),
             duplicates: load(&self.duplicates),
             too_late: load(&self.too_late),
+            superseded: load(&self.superseded),
+            backfills: load(&self.backfills),
+            backfilled_minutes: load(&self.backfilled_minutes),
+            recomputed: load(&self.recomputed),
+            crosscheck_ws_5m: self.exchange_5m.report(),
             reconnects_seen: load(&self.reconnects),
             gaps_seen: load(&self.gaps),
             granularities: Granularity::ALL

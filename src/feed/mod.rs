@@ -2,8 +2,8 @@
 //!
 //! In: Coinbase's WebSocket frames (and its REST products list for discovery). Out:
 //! [`FeedEvent`]s on one bounded channel: trade batches for the candle engine, Coinbase's own
-//! 5-minute candles for the cross-check, heartbeats, and the reconnects and sequence gaps
-//! after which a window of trades may be missing. Sending waits when the channel is full, so
+//! 5-minute candles for the cross-check, heartbeats, and the first subscribes, reconnects and
+//! sequence gaps before or during which a window of trades may be missing. Sending waits when the channel is full, so
 //! a slow engine slows the socket reads instead of losing trades.
 
 pub mod coinbase;
@@ -29,12 +29,20 @@ pub enum FeedEvent {
     /// Coinbase's own 5-minute candles (`candles` channel), for cross-checks.
     ExchangeCandles {
         connection: usize,
+        received: DateTime<Utc>,
         candles: Vec<Candle>,
     },
     /// A heartbeat: the connection is alive; `time` is the exchange's envelope time.
     Heartbeat {
         connection: usize,
         time: Option<DateTime<Utc>>,
+    },
+    /// `products` were subscribed for the first time (a connection's first subscribe, or
+    /// products added later): their trades before `at` were not seen.
+    Subscribed {
+        connection: usize,
+        products: Vec<String>,
+        at: DateTime<Utc>,
     },
     /// A connection came back after a close or silence: trades of `products` between
     /// `disconnected_at` and now may be missing.
@@ -44,12 +52,14 @@ pub enum FeedEvent {
         disconnected_at: DateTime<Utc>,
         reconnected_at: DateTime<Utc>,
     },
-    /// Frames were lost on a connection (a `sequence_num` jump); it resubscribes.
+    /// Frames were lost on a connection (a `sequence_num` jump) between the frame received at
+    /// `since` and the one received at `at`; it resubscribes.
     Gap {
         connection: usize,
         products: Vec<String>,
         expected: u64,
         got: u64,
+        since: DateTime<Utc>,
         at: DateTime<Utc>,
     },
 }

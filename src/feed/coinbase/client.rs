@@ -220,6 +220,14 @@ impl Connection {
                 products = self.products.len(),
                 "feed connected"
             );
+            let event = FeedEvent::Subscribed {
+                connection: self.id,
+                products: self.products.iter().cloned().collect(),
+                at: now,
+            };
+            if self.shared.events.send(event).await.is_err() {
+                return End::Stop;
+            }
         }
 
         let silence = settings.silence_timeout;
@@ -234,8 +242,19 @@ impl Connection {
                 }
                 command = self.commands.recv() => match command {
                     Some(command) => {
-                        if let Err(e) = self.on_command(&mut ws, command).await {
-                            return End::Retry(format!("send failed: {e}"));
+                        let added = match self.on_command(&mut ws, command).await {
+                            Ok(added) => added,
+                            Err(e) => return End::Retry(format!("send failed: {e}")),
+                        };
+                        if !added.is_empty() {
+                            let event = FeedEvent::Subscribed {
+                                connection: self.id,
+                                products: added,
+                                at: Utc::now(),
+                            };
+                            if let Err(end) = self.emit(event).await {
+                                return end;
+                            }
                         }
                     }
                     None => {
@@ -278,6 +297,7 @@ impl Connection {
         last_seq: &mut Option<u64>,
     ) -> Result<(), End> {
         let received = Utc::now();
+        let previous_frame = self.shared.health.last_frame(self.id).unwrap_or(received);
         let frame = match parse_frame(bytes, received) {
             Ok(frame) => frame,
             Err(e) => {
@@ -306,7 +326,8 @@ impl Connection {
                 }
                 Some(last) if seq > last + 1 => {
                     *last_seq = Some(seq);
-                    self.on_gap(ws, last + 1, seq, received).await?;
+                    self.on_gap(ws, last + 1, seq, previous_frame, received)
+                        .await?;
                 }
                 _ => *last_seq = Some(seq),
             }
@@ -328,6 +349,7 @@ impl Connection {
             }
             FrameBody::Candles { candles } => FeedEvent::ExchangeCandles {
                 connection: self.id,
+                received,
                 candles,
             },
             FrameBody::Heartbeat { .. } => FeedEvent::Heartbeat {
@@ -366,6 +388,7 @@ impl Connection {
         ws: &mut Socket,
         expected: u64,
         got: u64,
+        since: DateTime<Utc>,
         at: DateTime<Utc>,
     ) -> Result<(), End> {
         metrics::counter!("spot_canvas_feed_gaps_total").increment(1);
@@ -381,6 +404,7 @@ impl Connection {
             products: self.products.iter().cloned().collect(),
             expected,
             got,
+            since,
             at,
         })
         .await?;
@@ -423,11 +447,12 @@ impl Connection {
         Ok(())
     }
 
+    /// Changes the subscriptions; returns the products newly subscribed.
     async fn on_command(
         &mut self,
         ws: &mut Socket,
         command: Command,
-    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    ) -> Result<Vec<String>, tokio_tungstenite::tungstenite::Error> {
         let (kind, products) = match command {
             Command::Subscribe(products) => {
                 let new: Vec<String> = products
@@ -447,14 +472,18 @@ impl Connection {
         let all: Vec<String> = self.products.iter().cloned().collect();
         self.shared.health.register(self.id, all);
         if products.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         tracing::info!(conn = self.id, kind, ?products, "changing subscriptions");
         for channel in PRODUCT_CHANNELS {
             self.send(ws, kind, channel, &products, Priority::Low)
                 .await?;
         }
-        Ok(())
+        Ok(if kind == "subscribe" {
+            products
+        } else {
+            Vec::new()
+        })
     }
 
     async fn subscribe_all(

@@ -1,0 +1,135 @@
+//! OHLCV tallies: the running sums of a set of trades (or of whole candles) that merge in any
+//! order, and their conversion to [`Candle`]s.
+//!
+//! In: trades and candles (REST or stored minutes). Out: merged tallies and the candles they
+//! describe. A tally built from a candle without a trade count (a REST candle) is `partial`:
+//! its trade count and buy volume are unknown, and so are those of every merge it is part of.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rust_decimal::Decimal;
+
+use crate::model::{Candle, Granularity, Side, Trade, TradeId};
+
+/// OHLCV and counts of a set of trades, with the order keys of its first and last trade so
+/// trades and partial tallies merge in any order.
+#[derive(Debug, Clone)]
+pub(crate) struct Tally {
+    pub(crate) open: Decimal,
+    pub(crate) high: Decimal,
+    pub(crate) low: Decimal,
+    pub(crate) close: Decimal,
+    pub(crate) volume: Decimal,
+    /// Buy volume of the trades known one by one.
+    pub(crate) buy_volume: Decimal,
+    /// Trades known one by one.
+    pub(crate) trade_count: u64,
+    /// Part of this tally comes from a candle whose trade count is unknown.
+    pub(crate) partial: bool,
+    pub(crate) first: (DateTime<Utc>, TradeId),
+    pub(crate) last: (DateTime<Utc>, TradeId),
+    pub(crate) last_received: DateTime<Utc>,
+}
+
+impl Tally {
+    pub(crate) fn of(t: &Trade) -> Tally {
+        Tally {
+            open: t.price,
+            high: t.price,
+            low: t.price,
+            close: t.price,
+            volume: t.size,
+            buy_volume: if t.side.taker() == Side::Buy {
+                t.size
+            } else {
+                Decimal::ZERO
+            },
+            trade_count: 1,
+            partial: false,
+            first: t.order_key(),
+            last: t.order_key(),
+            last_received: t.received,
+        }
+    }
+
+    /// A whole candle as a tally. Its first and last trades are placed at the first and last
+    /// instant of its bucket, so it merges in the right order with candles of other buckets.
+    pub(crate) fn of_candle(c: &Candle, received: DateTime<Utc>) -> Tally {
+        let end = c.end() - TimeDelta::nanoseconds(1);
+        let known = c.trade_count.zip(c.buy_volume);
+        Tally {
+            open: c.open,
+            high: c.high,
+            low: c.low,
+            close: c.close,
+            volume: c.volume,
+            buy_volume: known.map_or(Decimal::ZERO, |(_, buy)| buy),
+            trade_count: known.map_or(0, |(count, _)| count),
+            partial: known.is_none(),
+            first: (c.start, TradeId(0)),
+            last: (end, TradeId(0)),
+            last_received: received,
+        }
+    }
+
+    pub(crate) fn add(&mut self, t: &Trade) {
+        let key = t.order_key();
+        if key < self.first {
+            self.first = key;
+            self.open = t.price;
+        }
+        if key > self.last {
+            self.last = key;
+            self.close = t.price;
+            self.last_received = t.received;
+        }
+        if t.price > self.high {
+            self.high = t.price;
+        }
+        if t.price < self.low {
+            self.low = t.price;
+        }
+        self.volume += t.size;
+        if t.side.taker() == Side::Buy {
+            self.buy_volume += t.size;
+        }
+        self.trade_count += 1;
+    }
+
+    pub(crate) fn merge(&mut self, other: &Tally) {
+        if other.first < self.first {
+            self.first = other.first;
+            self.open = other.open;
+        }
+        if other.last > self.last {
+            self.last = other.last;
+            self.close = other.close;
+            self.last_received = other.last_received;
+        }
+        if other.high > self.high {
+            self.high = other.high;
+        }
+        if other.low < self.low {
+            self.low = other.low;
+        }
+        self.volume += other.volume;
+        self.buy_volume += other.buy_volume;
+        self.trade_count += other.trade_count;
+        self.partial |= other.partial;
+    }
+
+    /// The candle of `product_id` at `granularity` this tally describes.
+    pub(crate) fn candle(&self, product_id: &str, granularity: Granularity, start: i64) -> Candle {
+        Candle {
+            product_id: product_id.to_owned(),
+            granularity,
+            start: DateTime::from_timestamp(start, 0).unwrap_or_default(),
+            open: self.open,
+            high: self.high,
+            low: self.low,
+            close: self.close,
+            volume: self.volume,
+            buy_volume: (!self.partial).then_some(self.buy_volume),
+            trade_count: (!self.partial).then_some(self.trade_count),
+        }
+    }
+}
