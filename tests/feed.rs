@@ -156,8 +156,13 @@ async fn snapshots_updates_candles_and_heartbeats_reach_the_channel() {
     let mut feed = Running::start(settings(&sim, Some(&["BTC-USD", "ETH-USD"])));
     let mut snapshots = BTreeSet::new();
     let (mut updates, mut heartbeats, mut candles) = (0, 0, 0);
+    let mut subscribed = BTreeSet::new();
     feed.until(Duration::from_secs(10), |e| {
         match e {
+            FeedEvent::Subscribed { products, .. } => {
+                assert!(snapshots.is_empty(), "announced before the first snapshot");
+                subscribed.extend(products.iter().cloned());
+            }
             FeedEvent::Trades(b) if b.snapshot => {
                 assert_eq!(b.trades.len(), 100);
                 snapshots.insert(b.trades[0].product_id.clone());
@@ -176,6 +181,10 @@ async fn snapshots_updates_candles_and_heartbeats_reach_the_channel() {
         snapshots.len() == 2 && updates >= 4 && heartbeats >= 2 && candles >= 1
     })
     .await;
+    assert_eq!(
+        subscribed, snapshots,
+        "every product's first subscribe is announced"
+    );
     let report = feed.health.report();
     assert_eq!(report.connected, 1);
     assert_eq!(report.auth, AuthState::Unauthenticated);
@@ -290,12 +299,15 @@ async fn a_sequence_gap_is_reported_and_answered_with_a_fresh_snapshot() {
         expected,
         got,
         products,
+        since,
+        at,
         ..
     }) = events.last()
     else {
         unreachable!()
     };
     assert_eq!(*got, *expected + 5);
+    assert!(since <= at, "the window of lost frames: {since} .. {at}");
     assert_eq!(products, &vec!["BTC-USD".to_owned()]);
     feed.until(Duration::from_secs(10), is_snapshot).await;
     feed.until(Duration::from_secs(10), is_update).await;
