@@ -2,7 +2,9 @@
 //! until a stop signal.
 //!
 //! In: the [`Config`] and a cancellation token. Out: the running pipeline
-//! feed → engine → fan-out → batch writer (PostgreSQL), and the HTTP server (`GET /health`).
+//! feed → engine → fan-out → batch writer (PostgreSQL) and publisher (NATS), the reconciler
+//! beside the engine (feed windows in, REST backfills out), and the HTTP server (`GET /health`,
+//! `GET /api/v1/candles`).
 //! On cancel, the stages stop in order: the feed closes its sockets politely, the engine
 //! finishes what it holds, the writer flushes everything to the database, then the embedded
 //! database (if any) and the HTTP server stop.
@@ -25,7 +27,8 @@ use crate::bus::{EmbeddedNats, LiveState, Publisher, PublisherStats};
 use crate::candles::{Engine, EngineSettings, EngineStats};
 use crate::config::Config;
 use crate::feed::{Feed, FeedHealth, FeedSettings};
-use crate::model::{CandleUpdate, SystemClock};
+use crate::model::{CandleUpdate, Clock, SystemClock};
+use crate::reconcile::{ReconcileSettings, ReconcileStats, Reconciler};
 use crate::store::{
     BatchWriter, EmbeddedPostgres, Repository, TableKind, WriterSettings, WriterStats,
 };
@@ -42,6 +45,8 @@ pub struct AppState {
     pub engine: Arc<EngineStats>,
     pub writer: Arc<WriterStats>,
     pub publisher: Arc<PublisherStats>,
+    pub reconcile: Arc<ReconcileStats>,
+    pub backfill_enabled: bool,
     pub live: LiveState,
     pub table: Option<TableKind>,
     pub repository: Repository,
@@ -64,6 +69,7 @@ pub struct App {
     listener: TcpListener,
     feed: Feed,
     engine: Engine,
+    reconciler: Reconciler,
     writer: BatchWriter,
     publisher: Publisher,
     /// Engine output; the fan-out hands it to the writer and the publisher.
@@ -143,14 +149,23 @@ impl App {
         let (tx, events) = mpsc::channel(settings.channel_capacity);
         let feed = Feed::new(settings, tx);
         let (updates_tx, updates) = mpsc::channel(UPDATE_CHANNEL);
-        let engine = Engine::new(
-            EngineSettings::default(),
-            Arc::new(SystemClock),
-            events,
-            updates_tx,
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let engine_settings = EngineSettings::default();
+        let (backfills_tx, backfills) = mpsc::channel(64);
+        let (notices_tx, notices) = mpsc::unbounded_channel();
+        let engine = Engine::new(engine_settings, clock.clone(), events, updates_tx)
+            .with_reconciler(backfills, notices_tx);
+        let repository = Repository::new(pool);
+        let reconcile_settings = ReconcileSettings::from_config(config, engine_settings.timing);
+        let backfill_enabled = reconcile_settings.horizon > chrono::TimeDelta::zero();
+        let reconciler = Reconciler::new(
+            reconcile_settings,
+            clock,
+            repository.clone(),
+            notices,
+            backfills_tx,
         );
         let (to_writer, writer_rx) = mpsc::channel(UPDATE_CHANNEL);
-        let repository = Repository::new(pool);
         let writer = BatchWriter::new(
             repository.clone(),
             WriterSettings {
@@ -167,6 +182,8 @@ impl App {
             engine: engine.stats(),
             writer: writer.stats(),
             publisher: publisher.stats(),
+            reconcile: reconciler.stats(),
+            backfill_enabled,
             live,
             table,
             repository,
@@ -177,6 +194,7 @@ impl App {
             listener,
             feed,
             engine,
+            reconciler,
             writer,
             publisher,
             updates,
@@ -203,6 +221,7 @@ impl App {
             listener,
             feed,
             engine,
+            reconciler,
             writer,
             publisher,
             updates,
@@ -235,6 +254,8 @@ impl App {
         let feed_task = tokio::spawn(feed.run(cancel.child_token()));
         // The engine, fan-out and writer stop when their input closes, after what they hold.
         let engine_task = tokio::spawn(engine.run(CancellationToken::new()));
+        // The reconciler stops when the engine does (its notices close).
+        let reconciler_task = tokio::spawn(reconciler.run(CancellationToken::new()));
         let fanout_task = tokio::spawn(fan_out(updates, to_writer, to_publisher));
         let writer_task = tokio::spawn(writer.run());
         let publisher_task = tokio::spawn(publisher.run());
@@ -253,6 +274,7 @@ impl App {
             report_exit("feed", feed_task.await);
             catalog_task.abort();
             report_exit("engine", engine_task.await);
+            report_exit("reconciler", reconciler_task.await);
             report_exit("fan-out", fanout_task.await.map(Ok));
             report_exit("writer", writer_task.await);
             report_exit("publisher", publisher_task.await);
@@ -419,6 +441,7 @@ async fn summarize(state: AppState, cancel: CancellationToken) {
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/api/v1/candles", get(crate::web::api::candles))
         .with_state(state)
 }
 
@@ -438,6 +461,7 @@ async fn health(State(state): State<AppState>) -> Response {
             "table": state.table,
             "writer": state.writer.report(),
         },
+        "reconcile": state.reconcile.report(state.backfill_enabled),
         "bus": {
             "publisher": state.publisher.report(),
             "live": state.live.report(),

@@ -113,6 +113,26 @@ pub const VARIABLES: &[Variable] = &[
         description: "Products per Coinbase WebSocket connection (1–1000)",
     },
     Variable {
+        name: "BACKFILL_HORIZON_HOURS",
+        default: "48",
+        description: "How far back (hours, 0–720) a start reaches to fill the gap since the newest stored minute from REST; 0 turns backfill off",
+    },
+    Variable {
+        name: "HISTORY_BUCKETS",
+        default: "300",
+        description: "Buckets of each granularity a product without recent stored history gets from REST (0–5000)",
+    },
+    Variable {
+        name: "REST_REQUESTS_PER_SECOND",
+        default: "5",
+        description: "Most Coinbase REST candle requests per second (1–100; Coinbase allows about 10 per IP)",
+    },
+    Variable {
+        name: "CROSSCHECK_INTERVAL_SECS",
+        default: "60",
+        description: "Seconds between rounds comparing stored one-minute candles with REST (0–86400; 0 turns it off)",
+    },
+    Variable {
         name: "RUST_LOG",
         default: "info",
         description: "Log filter (tracing EnvFilter syntax)",
@@ -171,6 +191,10 @@ pub struct Config {
     pub shard_index: u32,
     pub shard_count: u32,
     pub products_per_connection: usize,
+    pub backfill_horizon_hours: u32,
+    pub history_buckets: u32,
+    pub rest_requests_per_second: u32,
+    pub crosscheck_interval_secs: u64,
     pub log_filter: String,
     pub log_format: LogFormat,
 }
@@ -200,6 +224,10 @@ impl fmt::Debug for Config {
             .field("shard_index", &self.shard_index)
             .field("shard_count", &self.shard_count)
             .field("products_per_connection", &self.products_per_connection)
+            .field("backfill_horizon_hours", &self.backfill_horizon_hours)
+            .field("history_buckets", &self.history_buckets)
+            .field("rest_requests_per_second", &self.rest_requests_per_second)
+            .field("crosscheck_interval_secs", &self.crosscheck_interval_secs)
             .field("log_filter", &self.log_filter)
             .field("log_format", &self.log_format)
             .finish()

@@ -78,6 +78,15 @@ const LIVE_CANDLE: &str = concat!(
 ORDER BY "timestamp" DESC LIMIT 1"#
 );
 
+const CANDLES_BETWEEN: &str = concat!(
+    select_candle!(),
+    r#"WHERE exchange = $1 AND product_id = $2 AND "timestamp" >= $3 AND "timestamp" < $4
+ORDER BY granularity, "timestamp""#
+);
+
+const NEWEST_MINUTE: &str = r#"SELECT max("timestamp") FROM live_candles
+WHERE exchange = $1 AND product_id = $2 AND granularity = 'ONE_MINUTE'"#;
+
 const CANDLES_IN_RANGE: &str = concat!(
     "SELECT * FROM (",
     select_candle!(),
@@ -151,9 +160,10 @@ impl Repository {
             revision.push(i32::try_from(u.revision).unwrap_or(i32::MAX));
             version.push(u.version.to_bytes().to_vec());
             complete.push(u.complete);
-            // Candles without a trade count come from REST backfill.
+            // Candles without a trade count come (at least partly) from REST backfill; the
+            // time of their last trade is unknown.
             backfilled.push(c.trade_count.is_none());
-            last_trade_time.push(u.last_trade_time);
+            last_trade_time.push(c.trade_count.map(|_| u.last_trade_time));
         }
         let result = sqlx::query(UPSERT_CANDLES)
             .bind(&exchange)
@@ -212,6 +222,35 @@ impl Repository {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(stored_candle).collect()
+    }
+
+    /// Every stored candle of a product (all granularities) starting in `[from, to)`.
+    pub async fn candles_between(
+        &self,
+        product_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<StoredCandle>, sqlx::Error> {
+        let rows = sqlx::query(CANDLES_BETWEEN)
+            .bind(EXCHANGE)
+            .bind(product_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(stored_candle).collect()
+    }
+
+    /// The start of the newest stored one-minute candle of a product.
+    pub async fn newest_minute(
+        &self,
+        product_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        sqlx::query_scalar(NEWEST_MINUTE)
+            .bind(EXCHANGE)
+            .bind(product_id)
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// Inserts or updates products (trading pairs), keeping them in step with the feed.

@@ -1,0 +1,239 @@
+//! Coinbase's public REST candles, fetched politely.
+//!
+//! In: a product, a granularity and a span `[from, to)` of bucket starts. Out: the candles
+//! Coinbase has for it (no candle means no trades), oldest first, fetched in pages of at most
+//! [`PAGE_BUCKETS`] buckets at no more than the configured request rate (one [`Pacer`] shared
+//! by every caller). Transient failures (network errors, 429, 5xx) are retried with backoff;
+//! the rest are returned as errors naming the request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::feed::coinbase::rest::{parse_candles, parse_error};
+use crate::feed::equal_jitter;
+use crate::feed::pacer::{Pacer, Priority};
+use crate::model::{Candle, Granularity};
+
+/// Buckets per request: Coinbase rejects windows of 350 or more (it was 300 in 2023).
+pub const PAGE_BUCKETS: i64 = 300;
+/// Time allowed for one request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Attempts per page before giving up.
+const ATTEMPTS: u32 = 6;
+
+/// Why candles could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum RestError {
+    #[error("candles request for {product} failed: {source}")]
+    Http {
+        product: String,
+        source: reqwest::Error,
+    },
+    #[error("candles request for {product} answered {status}: {message}")]
+    Status {
+        product: String,
+        status: u16,
+        message: String,
+    },
+    #[error("candles answer for {product} is malformed: {source}")]
+    Parse {
+        product: String,
+        source: crate::feed::coinbase::FrameError,
+    },
+}
+
+impl RestError {
+    /// Worth another attempt: the network, rate limiting or the server's own trouble.
+    fn is_transient(&self) -> bool {
+        match self {
+            RestError::Http { .. } => true,
+            RestError::Status { status, .. } => *status == 429 || *status >= 500,
+            RestError::Parse { .. } => false,
+        }
+    }
+}
+
+/// The pages `[start, end)` of bucket starts covering the starts in `[from, to)`, oldest
+/// first; each page starts on a bucket.
+pub fn pages(from: i64, to: i64, granularity: Granularity) -> Vec<(i64, i64)> {
+    let width = granularity.seconds();
+    let mut start = granularity.bucket_start_secs(from.saturating_add(width - 1));
+    let mut out = Vec::new();
+    while start < to {
+        let end = (start + PAGE_BUCKETS * width).min(to);
+        out.push((start, end));
+        start = end;
+    }
+    out
+}
+
+/// Counts of requests, for `/health`.
+#[derive(Debug, Default)]
+pub struct RestStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub failures: AtomicU64,
+    pub candles: AtomicU64,
+}
+
+/// The REST candles client.
+#[derive(Debug, Clone)]
+pub struct CandleClient {
+    http: reqwest::Client,
+    rest_url: String,
+    pacer: Arc<Pacer>,
+    stats: Arc<RestStats>,
+}
+
+impl CandleClient {
+    /// A client for `rest_url` making at most `requests_per_second` requests.
+    pub fn new(rest_url: &str, requests_per_second: u32) -> Self {
+        CandleClient {
+            http: reqwest::Client::new(),
+            rest_url: rest_url.trim_end_matches('/').to_owned(),
+            pacer: Arc::new(Pacer::new(
+                Duration::from_secs(1) / requests_per_second.max(1),
+            )),
+            stats: Arc::new(RestStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<RestStats> {
+        self.stats.clone()
+    }
+
+    /// Coinbase's candles of `product_id` with starts in `[from, to)`, oldest first.
+    pub async fn candles(
+        &self,
+        product_id: &str,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+        priority: Priority,
+    ) -> Result<Vec<Candle>, RestError> {
+        let mut out = Vec::new();
+        for (start, end) in pages(from, to, granularity) {
+            let mut page = self
+                .page(product_id, granularity, start, end, priority)
+                .await?;
+            page.retain(|c| (start..end).contains(&c.start.timestamp()));
+            page.reverse();
+            out.extend(page);
+        }
+        self.stats
+            .candles
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// One page, retried while the failure is transient.
+    async fn page(
+        &self,
+        product_id: &str,
+        granularity: Granularity,
+        start: i64,
+        end: i64,
+        priority: Priority,
+    ) -> Result<Vec<Candle>, RestError> {
+        let mut attempt = 0;
+        loop {
+            self.pacer.acquire(priority).await;
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("spot_canvas_rest_requests_total").increment(1);
+            match self.request(product_id, granularity, start, end).await {
+                Ok(candles) => return Ok(candles),
+                Err(e) if e.is_transient() && attempt + 1 < ATTEMPTS => {
+                    let delay = equal_jitter(
+                        Duration::from_secs(1),
+                        Duration::from_secs(30),
+                        attempt,
+                        rand::rng().random::<f64>(),
+                    );
+                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "REST candles: retrying");
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        product_id: &str,
+        granularity: Granularity,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<Candle>, RestError> {
+        let url = format!("{}/market/products/{product_id}/candles", self.rest_url);
+        let http = |source| RestError::Http {
+            product: product_id.to_owned(),
+            source,
+        };
+        // `end` is inclusive at Coinbase: ask up to the last second before the next page.
+        let response = self
+            .http
+            .get(&url)
+            .query(&[
+                ("start", start.to_string()),
+                ("end", (end - 1).to_string()),
+                ("granularity", granularity.rest_name().to_owned()),
+                ("limit", PAGE_BUCKETS.to_string()),
+            ])
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(http)?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(http)?;
+        if !status.is_success() {
+            let message = parse_error(&body).map_or_else(
+                || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+                |e| format!("{}: {}", e.error, e.message),
+            );
+            return Err(RestError::Status {
+                product: product_id.to_owned(),
+                status: status.as_u16(),
+                message,
+            });
+        }
+        parse_candles(&body, product_id, granularity).map_err(|source| RestError::Parse {
+            product: product_id.to_owned(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_hold_at_most_300_buckets_and_cover_the_span() {
+        let g = Granularity::OneMinute;
+        let from = 1_800_000_000 + 17; // not aligned to the minute
+        let to = from + 1_000 * 60;
+        let pages = pages(from, to, g);
+        assert_eq!(
+            pages.first().map(|p| p.0),
+            Some(from - 17 + 60),
+            "the first start after from"
+        );
+        assert_eq!(pages.last().map(|p| p.1), Some(to));
+        for (start, end) in &pages {
+            assert!((end - start) / 60 <= PAGE_BUCKETS, "{start}..{end}");
+        }
+        for pair in pages.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0, "contiguous");
+        }
+        assert_eq!(pages.len(), 4);
+        assert!(super::pages(100, 100, g).is_empty());
+    }
+}

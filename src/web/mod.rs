@@ -1,0 +1,3 @@
+//! HTTP endpoints besides `/health`.
+
+pub mod api;
