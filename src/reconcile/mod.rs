@@ -89,7 +89,11 @@ impl ReconcileSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WindowKind {
+    /// From the stored history (or a day boundary) up to the minute of a first subscribe:
+    /// fetched at once.
     Start,
+    /// The minute of a first subscribe, once it is complete.
+    StartEdge,
     Reconnect,
     Gap,
 }
@@ -314,10 +318,33 @@ impl Reconciler {
     }
 }
 
-/// The windows a feed notice opens, one per product.
+/// The windows a feed notice opens, per product.
 fn jobs_of(notice: &FeedEvent) -> Vec<Job> {
     let (kind, products, from, to) = match notice {
-        FeedEvent::Subscribed { products, at, .. } => (WindowKind::Start, products, *at, *at),
+        FeedEvent::Subscribed { products, at, .. } => {
+            // The complete minutes before the subscribe can be fetched now (a chart gets its
+            // history at once); the minute of the subscribe once it is over.
+            let minute = self::at(Granularity::OneMinute.bucket_start_secs(at.timestamp()));
+            return products
+                .iter()
+                .flat_map(|product| {
+                    [
+                        Job {
+                            product: product.clone(),
+                            kind: WindowKind::Start,
+                            from: minute,
+                            to: minute,
+                        },
+                        Job {
+                            product: product.clone(),
+                            kind: WindowKind::StartEdge,
+                            from: minute,
+                            to: *at,
+                        },
+                    ]
+                })
+                .collect();
+        }
         FeedEvent::Reconnected {
             products,
             disconnected_at,
@@ -348,18 +375,16 @@ fn jobs_of(notice: &FeedEvent) -> Vec<Job> {
         .collect()
 }
 
-/// Adds a job, merging it into a waiting job of the same product (one wider window).
+/// Adds a job, merging it into a waiting window of the same product (one wider window).
+/// A start window stays apart: it decides its own beginning from the store.
 fn queue(pending: &mut Vec<Job>, job: Job) {
-    match pending.iter_mut().find(|j| j.product == job.product) {
-        Some(waiting) => {
-            // A start decides its own beginning from the store: keep that.
-            if job.kind == WindowKind::Start {
-                waiting.kind = WindowKind::Start;
-            }
+    let mergeable = |j: &Job| j.product == job.product && j.kind != WindowKind::Start;
+    match pending.iter_mut().find(|j| mergeable(j)) {
+        Some(waiting) if job.kind != WindowKind::Start => {
             waiting.from = waiting.from.min(job.from);
             waiting.to = waiting.to.max(job.to);
         }
-        None => pending.push(job),
+        _ => pending.push(job),
     }
 }
 
@@ -445,10 +470,13 @@ impl Worker {
         let minute = Granularity::OneMinute;
         let (from, history) = match job.kind {
             WindowKind::Start => self.start_of(&job.product, job.to).await?,
-            WindowKind::Reconnect | WindowKind::Gap => (job.from, false),
+            WindowKind::StartEdge | WindowKind::Reconnect | WindowKind::Gap => (job.from, false),
         };
         let from = minute.bucket_start_secs(from.timestamp());
-        let to = ceil_minute(job.to).max(from + 60);
+        let to = ceil_minute(job.to);
+        if to <= from {
+            return Ok(());
+        }
         let minutes = self
             .client
             .candles(&job.product, minute, from, to, Priority::High)
@@ -508,10 +536,11 @@ impl Worker {
         product: &str,
         subscribed: DateTime<Utc>,
     ) -> anyhow::Result<(DateTime<Utc>, bool)> {
-        let newest = self.repository.newest_minute(product).await?;
         let now = self.clock.now();
-        // The subscribe snapshot may carry trades this old.
+        // The subscribe snapshot may carry trades this old: minutes from here on may already
+        // hold this process's own (partial) candles, so they do not count as stored history.
         let reach = subscribed - self.settings.timing.revision_window - TimeDelta::minutes(1);
+        let newest = self.repository.newest_minute(product, reach).await?;
         Ok(match newest {
             Some(newest) if newest >= now - self.settings.horizon => (newest.min(reach), false),
             _ => {
@@ -682,6 +711,36 @@ mod tests {
             })
             .is_empty()
         );
+    }
+
+    #[test]
+    fn a_first_subscribe_opens_a_start_window_now_and_its_minute_later() {
+        let jobs = jobs_of(&FeedEvent::Subscribed {
+            connection: 1,
+            products: vec!["A-USD".into()],
+            at: t("2026-11-23T10:00:30Z"),
+        });
+        let kinds: Vec<_> = jobs.iter().map(|j| (j.kind, j.from, j.to)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (
+                    WindowKind::Start,
+                    t("2026-11-23T10:00:00Z"),
+                    t("2026-11-23T10:00:00Z")
+                ),
+                (
+                    WindowKind::StartEdge,
+                    t("2026-11-23T10:00:00Z"),
+                    t("2026-11-23T10:00:30Z")
+                ),
+            ]
+        );
+        let mut pending = Vec::new();
+        for job in jobs {
+            queue(&mut pending, job);
+        }
+        assert_eq!(pending.len(), 2, "a start window is not merged");
     }
 
     #[test]

@@ -119,3 +119,14 @@ pub(super) async fn late_trades(
         StatusCode::NOT_FOUND.into_response()
     }
 }
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Pause {
+    paused: bool,
+}
+
+/// `POST /sim/pause` with `{"paused": true|false}`: halts or resumes all trading.
+pub(super) async fn pause(State(sim): State<Arc<SimState>>, Json(pause): Json<Pause>) -> Response {
+    sim.exchange.set_paused(pause.paused);
+    Json(json!({ "paused": pause.paused })).into_response()
+}

@@ -206,6 +206,8 @@ pub struct Exchange {
     trades_per_second: f64,
     log: Option<Mutex<BufWriter<File>>>,
     started: DateTime<Utc>,
+    /// No trades happen while paused (a market-wide halt).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -254,6 +256,7 @@ impl Exchange {
             trades_per_second,
             log,
             started: now,
+            paused: std::sync::atomic::AtomicBool::new(false),
         };
         for id in product_ids {
             exchange.add_product(id, None);
@@ -397,9 +400,18 @@ impl Exchange {
         Some(buckets.into_values().rev().collect())
     }
 
+    /// Halts (or resumes) all trading: while paused, ticks generate no trades.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused
+            .store(paused, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Generates the trades of `[from, to)` for every trading product, records them, and
     /// broadcasts them as one tick.
     pub fn tick(&self, from: DateTime<Utc>, to: DateTime<Utc>) {
+        if self.paused.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let tick = self.generate(from, to);
         if !tick.batches.is_empty() {
             // No receiver (no connection) is fine: the trades are recorded either way.

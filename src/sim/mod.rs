@@ -183,7 +183,8 @@ impl SimState {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn connections(&self) -> Value {
+    /// The open connections: id, peer, opened, subscriptions (channel → products).
+    pub fn connections(&self) -> Value {
         let connections = self.lock_connections();
         Value::Array(
             connections
@@ -311,6 +312,7 @@ fn router(state: Arc<SimState>) -> Router {
         .route("/sim/products", post(admin::add_product))
         .route("/sim/products/{id}/listing", put(admin::set_listing))
         .route("/sim/late-trades", post(admin::late_trades))
+        .route("/sim/pause", post(admin::pause))
         .with_state(state)
 }
 

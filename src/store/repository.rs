@@ -85,7 +85,7 @@ ORDER BY granularity, "timestamp""#
 );
 
 const NEWEST_MINUTE: &str = r#"SELECT max("timestamp") FROM live_candles
-WHERE exchange = $1 AND product_id = $2 AND granularity = 'ONE_MINUTE'"#;
+WHERE exchange = $1 AND product_id = $2 AND granularity = 'ONE_MINUTE' AND "timestamp" < $3"#;
 
 const CANDLES_IN_RANGE: &str = concat!(
     "SELECT * FROM (",
@@ -241,14 +241,17 @@ impl Repository {
         rows.iter().map(stored_candle).collect()
     }
 
-    /// The start of the newest stored one-minute candle of a product.
+    /// The start of the newest stored one-minute candle of a product starting before
+    /// `before`.
     pub async fn newest_minute(
         &self,
         product_id: &str,
+        before: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         sqlx::query_scalar(NEWEST_MINUTE)
             .bind(EXCHANGE)
             .bind(product_id)
+            .bind(before)
             .fetch_one(&self.pool)
             .await
     }
