@@ -1,16 +1,17 @@
 //! From raw frame bytes to candles: JSON, decimal and timestamp parsing, deduplication and
-//! aggregation into all 8 granularities, on one core. Prints trades per second.
+//! aggregation into all 8 granularities, on one core. Prints trades per second. And the cost
+//! of merging a REST backfill into a product holding a whole day of minutes.
 //!
 //! `cargo bench --bench engine`
 
 use std::hint::black_box;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rust_decimal::Decimal;
-use spot_canvas::candles::{Aggregator, Timing};
+use spot_canvas::candles::{Aggregator, Backfill, Timing};
 use spot_canvas::feed::coinbase::{FrameBody, parse_frame};
-use spot_canvas::model::{Side, Trade, TradeId};
+use spot_canvas::model::{Candle, Granularity, Side, Trade, TradeId};
 use spot_canvas::sim::format;
 
 const PRODUCTS: usize = 100;
@@ -101,5 +102,73 @@ fn frames_to_candles(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frames_to_candles);
+/// An engine holding one product that traded every second minute of a day, up to 23:58.
+fn day_of_minutes(start: DateTime<Utc>) -> Aggregator {
+    let mut engine = Aggregator::new(Timing::default());
+    let mut out = Vec::new();
+    for m in (0..1440).step_by(2) {
+        let time = start + TimeDelta::minutes(m) + TimeDelta::seconds(7);
+        let trade = Trade {
+            product_id: "BTC-USD".into(),
+            trade_id: TradeId(m as u64 + 1),
+            price: Decimal::new(8_327_725 + m, 2),
+            size: Decimal::new(84_275_842, 8),
+            side: Side::Buy,
+            time,
+            received: time,
+        };
+        engine.apply(&[trade], time, &mut out);
+        engine.tick(time + TimeDelta::seconds(60), &mut out);
+        out.clear();
+    }
+    engine
+}
+
+fn backfill(c: &mut Criterion) {
+    let mut group = c.benchmark_group("backfill");
+    let start = DateTime::parse_from_rfc3339("2026-09-30T00:00:00Z")
+        .expect("time")
+        .with_timezone(&Utc);
+    let now = start + TimeDelta::minutes(1439) + TimeDelta::seconds(30);
+    for window in [5i64, 60] {
+        let from = (start + TimeDelta::minutes(1438 - window)).timestamp();
+        let to = from + window * 60;
+        let minutes: Vec<Candle> = (0..window)
+            .map(|m| Candle {
+                product_id: "BTC-USD".into(),
+                granularity: Granularity::OneMinute,
+                start: DateTime::from_timestamp(from + m * 60, 0).expect("start"),
+                open: Decimal::new(8_327_700, 2),
+                high: Decimal::new(8_337_700, 2),
+                low: Decimal::new(8_317_700, 2),
+                close: Decimal::new(8_327_800, 2),
+                volume: Decimal::new(123_456_789, 8),
+                buy_volume: None,
+                trade_count: None,
+            })
+            .collect();
+        let request = Backfill {
+            product_id: "BTC-USD".into(),
+            from,
+            to,
+            minutes,
+            context: Vec::new(),
+            stored: Vec::new(),
+        };
+        group.bench_function(format!("merge_{window}_minutes_into_a_day"), |b| {
+            b.iter_batched(
+                || day_of_minutes(start),
+                |mut engine| {
+                    let mut out = Vec::new();
+                    let outcome = engine.backfill(&request, now, &mut out);
+                    black_box((outcome, out.len()))
+                },
+                BatchSize::LargeInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, frames_to_candles, backfill);
 criterion_main!(benches);

@@ -429,7 +429,7 @@ async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check() {
     )
     .await;
     let judged = |h: &Value, f: &str| h["reconcile"]["crosscheck_rest_1m"][f].as_u64();
-    app.wait_for("a live minute checked", Duration::from_secs(150), |h| {
+    app.wait_for("a live minute checked", Duration::from_secs(240), |h| {
         judged(h, "matched") >= Some(1)
     })
     .await;

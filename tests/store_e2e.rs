@@ -188,6 +188,9 @@ async fn sigterm_with_updates_in_flight_loses_nothing() {
         .env("DATA_DIR", dir.path().join("data"))
         .env("COINBASE_WS_URL", sim.ws_url())
         .env("COINBASE_REST_URL", sim.rest_url())
+        // Only what the feed delivered, so the table's trade counts tell the window each
+        // product saw (backfill has its own tests in tests/reconcile.rs).
+        .env("BACKFILL_HORIZON_HOURS", "0")
         .env(
             "PRODUCTS",
             spot_canvas::sim::market::MarketSpec::product_ids(10).join(","),
