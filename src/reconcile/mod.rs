@@ -212,8 +212,9 @@ impl Reconciler {
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let settings = self.worker.settings.clone();
         let mut pending: Vec<Job> = Vec::new();
-        let mut running: JoinSet<String> = JoinSet::new();
+        let mut running: JoinSet<()> = JoinSet::new();
         let mut busy: BTreeSet<String> = BTreeSet::new();
+        let mut tasks: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
         let mut products: BTreeSet<String> = BTreeSet::new();
         let mut checked_until: BTreeMap<String, i64> = BTreeMap::new();
         let mut rotation = 0usize;
@@ -262,22 +263,24 @@ impl Reconciler {
                         let job = pending.remove(i);
                         busy.insert(job.product.clone());
                         let worker = self.worker.clone();
-                        running.spawn(async move {
-                            let product = job.product.clone();
-                            worker.run_job(job).await;
-                            product
-                        });
+                        let product = job.product.clone();
+                        let task = running.spawn(async move { worker.run_job(job).await });
+                        tasks.insert(task.id(), product);
                     }
                 }
-                Some(done) = running.join_next(), if !running.is_empty() => match done {
-                    Ok(product) => {
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(e) => {
+                            self.worker.stats.windows_failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %e, "backfill task failed");
+                            e.id()
+                        }
+                    };
+                    if let Some(product) = tasks.remove(&id) {
                         busy.remove(&product);
                     }
-                    Err(e) => {
-                        // A panicked window: its product stays busy (not retried), loudly.
-                        tracing::error!(error = %e, "backfill task failed");
-                    }
-                },
+                }
                 _ = tick_or_never(&mut check_timer), if checking.is_none() => {
                     let list: Vec<String> = products
                         .iter()
