@@ -3,7 +3,7 @@
 //! on a fresh database, a restart after a gap, a sequence gap and a reconnect after more than
 //! a minute, each filled from REST and compared candle by candle, every granularity, with an
 //! aggregation of the simulator's trade log; and a deliberately wrong stored candle caught by
-//! the REST cross-check.
+//! the REST cross-check, counted and repaired.
 
 mod common;
 
@@ -414,7 +414,7 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
 }
 
 #[tokio::test]
-async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check() {
+async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check_and_repaired() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = sim(dir.path(), &["BTC-USD"], 20).await;
     let db = TestDb::migrated().await;
@@ -473,6 +473,30 @@ async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check() {
     );
     let rate = check["match_rate"].as_f64().expect("a match rate");
     assert!(rate < 1.0 && rate > 0.0, "{check}");
+    // The wrong minute is taken again from REST.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (close, backfilled) = loop {
+        let row: (Decimal, bool) = sqlx::query_as(
+            "SELECT close, backfilled FROM live_candles WHERE product_id = 'BTC-USD' \
+             AND granularity = 'ONE_MINUTE' AND \"timestamp\" = to_timestamp($1)",
+        )
+        .bind(corrupted as f64)
+        .fetch_one(&db.pool)
+        .await
+        .expect("row");
+        if row.1 || tokio::time::Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(backfilled, "minute {corrupted} repaired from REST");
+    let log = read_trade_log(&dir.path().join("trades.jsonl"));
+    let trades: Vec<&LoggedTrade> = log.iter().collect();
+    let expected = &aggregate(&trades)[&("BTC-USD".to_owned(), Granularity::OneMinute, corrupted)];
+    assert_eq!(
+        close, expected.close,
+        "the repaired close is the exchange's"
+    );
     app.stop().await;
     sim.stop().await;
 }

@@ -43,7 +43,7 @@ const CHECK_PRODUCTS_PER_ROUND: usize = 10;
 /// Minutes compared per product at most (the first round of a product).
 const CHECK_MINUTES: i64 = 30;
 /// Attempts of a whole window (REST pages retry on their own) before it is given up.
-const JOB_ATTEMPTS: u32 = 5;
+const JOB_ATTEMPTS: u32 = 10;
 
 /// Reconciler tunables.
 #[derive(Debug, Clone)]
@@ -96,6 +96,18 @@ pub enum WindowKind {
     StartEdge,
     Reconnect,
     Gap,
+    /// Minutes the REST cross-check found wrong.
+    Repair,
+}
+
+/// What a cross-check round found for one product.
+#[derive(Debug)]
+struct Checked {
+    product: String,
+    /// Minutes before this were compared.
+    until: i64,
+    /// Starts of the minutes that did not match REST.
+    wrong: Vec<i64>,
 }
 
 /// A window of one product to backfill.
@@ -218,7 +230,7 @@ impl Reconciler {
         let mut products: BTreeSet<String> = BTreeSet::new();
         let mut checked_until: BTreeMap<String, i64> = BTreeMap::new();
         let mut rotation = 0usize;
-        let mut checking: Option<tokio::task::JoinHandle<Vec<(String, i64)>>> = None;
+        let mut checking: Option<tokio::task::JoinHandle<Vec<Checked>>> = None;
         let mut check_timer = settings.check_interval.map(|every| {
             let mut timer = tokio::time::interval(every);
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -303,7 +315,23 @@ impl Reconciler {
                 done = join_or_never(&mut checking) => {
                     checking = None;
                     match done {
-                        Ok(checked) => checked_until.extend(checked),
+                        Ok(checked) => {
+                            for c in checked {
+                                // A wrong minute is taken again from REST.
+                                for &minute in &c.wrong {
+                                    if settings.backfill_enabled() {
+                                        self.worker.stats.windows_queued.fetch_add(1, Ordering::Relaxed);
+                                        queue(&mut pending, Job {
+                                            product: c.product.clone(),
+                                            kind: WindowKind::Repair,
+                                            from: at(minute),
+                                            to: at(minute + 60),
+                                        });
+                                    }
+                                }
+                                checked_until.insert(c.product, c.until);
+                            }
+                        }
                         Err(e) => tracing::error!(error = %e, "cross-check round failed"),
                     }
                 }
@@ -473,7 +501,10 @@ impl Worker {
         let minute = Granularity::OneMinute;
         let (from, history) = match job.kind {
             WindowKind::Start => self.start_of(&job.product, job.to).await?,
-            WindowKind::StartEdge | WindowKind::Reconnect | WindowKind::Gap => (job.from, false),
+            WindowKind::StartEdge
+            | WindowKind::Reconnect
+            | WindowKind::Gap
+            | WindowKind::Repair => (job.from, false),
         };
         let from = minute.bucket_start_secs(from.timestamp());
         let to = ceil_minute(job.to);
@@ -601,8 +632,8 @@ impl Worker {
     }
 
     /// Compares the complete one-minute candles stored since the last check of each product
-    /// with REST's. Returns how far each product was checked.
-    async fn check_round(self, round: Vec<(String, Option<i64>)>) -> Vec<(String, i64)> {
+    /// with REST's. Returns how far each product was checked, and the wrong minutes.
+    async fn check_round(self, round: Vec<(String, Option<i64>)>) -> Vec<Checked> {
         let minute = Granularity::OneMinute;
         let lag = self.settings.timing.grace
             + TimeDelta::from_std(self.settings.settle * 2).unwrap_or_default();
@@ -614,14 +645,19 @@ impl Worker {
                 continue;
             }
             match self.check(&product, from, to).await {
-                Ok(()) => out.push((product, to)),
+                Ok(wrong) => out.push(Checked {
+                    product,
+                    until: to,
+                    wrong,
+                }),
                 Err(e) => tracing::warn!(product, error = %e, "cross-check with REST failed"),
             }
         }
         out
     }
 
-    async fn check(&self, product: &str, from: i64, to: i64) -> anyhow::Result<()> {
+    /// Compares one product's minutes in `[from, to)`; returns the starts of the wrong ones.
+    async fn check(&self, product: &str, from: i64, to: i64) -> anyhow::Result<Vec<i64>> {
         let minute = Granularity::OneMinute;
         let ours = self
             .repository
@@ -636,6 +672,7 @@ impl Worker {
             .map(|c| (c.start.timestamp(), c))
             .collect();
         let mut ours_at = BTreeSet::new();
+        let mut wrong = Vec::new();
         for stored in ours {
             ours_at.insert(stored.candle.start.timestamp());
             // Ours from REST are REST's: nothing to compare.
@@ -661,6 +698,9 @@ impl Worker {
                 }
             };
             self.stats.rest_1m.record("rest_1m", &check);
+            if check.verdict == crate::candles::crosscheck::Verdict::Mismatch {
+                wrong.push(start);
+            }
         }
         let missing = theirs.keys().filter(|s| !ours_at.contains(s)).count() as u64;
         if missing > 0 {
@@ -673,7 +713,7 @@ impl Worker {
                 .rest_1m_missing
                 .fetch_add(missing, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(wrong)
     }
 }
 
