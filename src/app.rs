@@ -46,7 +46,6 @@ pub struct AppState {
     pub writer: Arc<WriterStats>,
     pub publisher: Arc<PublisherStats>,
     pub reconcile: Arc<ReconcileStats>,
-    pub backfill_enabled: bool,
     pub live: LiveState,
     pub table: Option<TableKind>,
     pub repository: Repository,
@@ -157,7 +156,6 @@ impl App {
             .with_reconciler(backfills, notices_tx);
         let repository = Repository::new(pool);
         let reconcile_settings = ReconcileSettings::from_config(config, engine_settings.timing);
-        let backfill_enabled = reconcile_settings.horizon > chrono::TimeDelta::zero();
         let reconciler = Reconciler::new(
             reconcile_settings,
             clock,
@@ -183,7 +181,6 @@ impl App {
             writer: writer.stats(),
             publisher: publisher.stats(),
             reconcile: reconciler.stats(),
-            backfill_enabled,
             live,
             table,
             repository,
@@ -461,7 +458,7 @@ async fn health(State(state): State<AppState>) -> Response {
             "table": state.table,
             "writer": state.writer.report(),
         },
-        "reconcile": state.reconcile.report(state.backfill_enabled),
+        "reconcile": state.reconcile.report(),
         "bus": {
             "publisher": state.publisher.report(),
             "live": state.live.report(),

@@ -122,6 +122,7 @@ struct Job {
 /// Counters for `/health`.
 #[derive(Debug, Default)]
 pub struct ReconcileStats {
+    backfill_enabled: bool,
     windows_queued: AtomicU64,
     windows_done: AtomicU64,
     windows_failed: AtomicU64,
@@ -153,10 +154,10 @@ pub struct ReconcileReport {
 }
 
 impl ReconcileStats {
-    pub fn report(&self, backfill_enabled: bool) -> ReconcileReport {
+    pub fn report(&self) -> ReconcileReport {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ReconcileReport {
-            backfill_enabled,
+            backfill_enabled: self.backfill_enabled,
             windows_queued: load(&self.windows_queued),
             windows_done: load(&self.windows_done),
             windows_failed: load(&self.windows_failed),
@@ -200,6 +201,7 @@ impl Reconciler {
     ) -> Self {
         let client = CandleClient::new(&settings.rest_url, settings.requests_per_second);
         let stats = Arc::new(ReconcileStats {
+            backfill_enabled: settings.backfill_enabled(),
             rest: client.stats(),
             ..ReconcileStats::default()
         });
