@@ -18,9 +18,10 @@ use serde_json::Value;
 use spot_canvas::app::App;
 use spot_canvas::config::Config;
 use spot_canvas::feed::FeedSettings;
-use spot_canvas::model::Granularity;
+use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId, Version};
 use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope};
 use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas::store::Repository;
 use sqlx::Row;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -177,8 +178,50 @@ fn width(g: Granularity) -> i64 {
 #[tokio::test]
 async fn a_fresh_database_serves_a_full_history_right_after_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sim = sim(dir.path(), &["BTC-USD", "ETH-USD"], 330).await;
+    // History back to an hour and a half before today (UTC) began, at least 330 minutes.
+    let now = Utc::now();
+    let day = now.timestamp() - now.timestamp().rem_euclid(86_400);
+    let history = ((now.timestamp() - day) / 60 + 90).max(330) as u32;
+    let sim = sim(dir.path(), &["BTC-USD", "ETH-USD"], history).await;
     let db = TestDb::migrated().await;
+    // BTC-USD was last stored an hour before today began, beyond the 1-hour horizon, and the
+    // service stopped inside that minute and hour: their candles are partial (here: wrong).
+    let stale_minute = day - 3_600;
+    let partial = |g: Granularity| {
+        let candle = Candle {
+            product_id: "BTC-USD".into(),
+            granularity: g,
+            start: DateTime::from_timestamp(stale_minute, 0).expect("start"),
+            open: Decimal::ONE,
+            high: Decimal::ONE,
+            low: Decimal::ONE,
+            close: Decimal::ONE,
+            volume: Decimal::ONE,
+            buy_volume: Some(Decimal::ONE),
+            trade_count: Some(1),
+        };
+        CandleUpdate {
+            complete: true,
+            revision: 0,
+            version: Version {
+                bucket_start: stale_minute,
+                revision: 0,
+                complete: true,
+                trade_count: 1,
+                last_trade_id: TradeId(1),
+            },
+            last_trade_time: candle.start,
+            last_received: candle.start,
+            candle,
+        }
+    };
+    Repository::new(db.pool.clone())
+        .upsert_candles(&[
+            partial(Granularity::OneMinute),
+            partial(Granularity::OneHour),
+        ])
+        .await
+        .expect("stale rows");
     let data = tempfile::tempdir().expect("data dir");
     let started = std::time::Instant::now();
     let app = Running::start(
@@ -186,7 +229,7 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
         &db,
         data.path(),
         &["BTC-USD", "ETH-USD"],
-        &[("HISTORY_BUCKETS", "300")],
+        &[("HISTORY_BUCKETS", "300"), ("BACKFILL_HORIZON_HOURS", "1")],
         Duration::from_secs(10),
     )
     .await;
@@ -255,6 +298,35 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
                 "{g} {start}"
             );
         }
+    }
+    // The stale product's partial candles were replaced by REST's, where the history span
+    // (300 buckets back from now) reaches them.
+    app.wait_for(
+        "the stale product's history",
+        Duration::from_secs(45),
+        |h| reconcile(h, "windows_done") >= 2,
+    )
+    .await;
+    let btc: Vec<&LoggedTrade> = log.iter().filter(|t| t.product_id == "BTC-USD").collect();
+    let btc_expected = aggregate(&btc);
+    let rows = stored(&db).await;
+    for g in [
+        Granularity::OneMinute,
+        Granularity::FiveMinutes,
+        Granularity::OneHour,
+    ] {
+        if stale_minute < now.timestamp() - 299 * width(g) {
+            continue;
+        }
+        let key = ("BTC-USD".to_owned(), g, stale_minute);
+        let (got, count, backfilled) = &rows[&key];
+        let e = &btc_expected[&key];
+        assert_eq!(
+            (got.open, got.high, got.low, got.close, got.volume),
+            (e.open, e.high, e.low, e.close, e.volume),
+            "{key:?} replaced"
+        );
+        assert!(*backfilled && count.is_none(), "{key:?} from REST");
     }
     let bad = reqwest::get(format!(
         "http://127.0.0.1:{}/api/v1/candles?product=ETH-USD&granularity=7m",

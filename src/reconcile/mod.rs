@@ -100,6 +100,18 @@ pub enum WindowKind {
     Repair,
 }
 
+/// The history a start fills in before its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum History {
+    /// The store holds recent minutes: the window bridges to them.
+    None,
+    /// Nothing stored: fill holes.
+    Fresh,
+    /// The newest stored minute is older than the horizon: fill holes, and replace the
+    /// buckets from that minute's on (they may be partial).
+    Stale { newest: i64 },
+}
+
 /// What a cross-check round found for one product.
 #[derive(Debug)]
 struct Checked {
@@ -506,7 +518,7 @@ impl Worker {
             WindowKind::StartEdge
             | WindowKind::Reconnect
             | WindowKind::Gap
-            | WindowKind::Repair => (job.from, false),
+            | WindowKind::Repair => (job.from, History::None),
         };
         let from = minute.bucket_start_secs(from.timestamp());
         let to = ceil_minute(job.to);
@@ -560,38 +572,54 @@ impl Worker {
         self.stats
             .minutes_fetched
             .fetch_add(fetched, Ordering::Relaxed);
-        if history {
-            self.fill_history(&job.product, from).await?;
+        if history != History::None {
+            self.fill_history(&job.product, from, history).await?;
         }
         Ok(())
     }
 
-    /// Where a start window begins, and whether the product needs history before it.
+    /// Where a start window begins, and what history the product needs before it.
     async fn start_of(
         &self,
         product: &str,
         subscribed: DateTime<Utc>,
-    ) -> anyhow::Result<(DateTime<Utc>, bool)> {
+    ) -> anyhow::Result<(DateTime<Utc>, History)> {
         let now = self.clock.now();
         // The subscribe snapshot may carry trades this old: minutes from here on may already
         // hold this process's own (partial) candles, so they do not count as stored history.
         let reach = subscribed - self.settings.timing.revision_window - TimeDelta::minutes(1);
         let newest = self.repository.newest_minute(product, reach).await?;
         Ok(match newest {
-            Some(newest) if newest >= now - self.settings.horizon => (newest.min(reach), false),
+            Some(newest) if newest >= now - self.settings.horizon => {
+                (newest.min(reach), History::None)
+            }
             _ => {
                 // Nothing recent stored: start at a day boundary, so every larger candle
                 // over the window is built from whole minutes.
                 let day = Granularity::OneDay.bucket_start(reach);
-                (day, self.settings.history_buckets > 0)
+                let history = match (self.settings.history_buckets, newest) {
+                    (0, _) => History::None,
+                    (_, None) => History::Fresh,
+                    (_, Some(newest)) => History::Stale {
+                        newest: newest.timestamp(),
+                    },
+                };
+                (day, history)
             }
         })
     }
 
     /// Writes REST candles of every granularity for the buckets before `until` (which the
-    /// engine does not hold) among the newest `history_buckets` of each. Existing rows win:
-    /// a history candle has the lowest version its bucket can have.
-    async fn fill_history(&self, product: &str, until: i64) -> anyhow::Result<()> {
+    /// engine does not hold) among the newest `history_buckets` of each. Elsewhere existing
+    /// rows win (a history candle has the lowest version its bucket can have), but from the
+    /// bucket of a stale product's newest stored minute on, where the stored candles may be
+    /// partial (the service stopped in them), REST replaces them with a higher revision.
+    async fn fill_history(
+        &self,
+        product: &str,
+        until: i64,
+        history: History,
+    ) -> anyhow::Result<()> {
         let now = self.clock.now();
         let n = i64::from(self.settings.history_buckets);
         let mut written = 0u64;
@@ -604,16 +632,37 @@ impl Worker {
                 .client
                 .candles(product, g, from, until, Priority::Low)
                 .await?;
+            let replace_from = match history {
+                History::Stale { newest } => Some(g.bucket_start_secs(newest).max(from)),
+                History::None | History::Fresh => None,
+            };
+            let mut stored: BTreeMap<i64, u32> = BTreeMap::new();
+            if let Some(replace_from) = replace_from.filter(|&r| r < until) {
+                let rows = self
+                    .repository
+                    .candles(product, g, at(replace_from), at(until), n as u32 + 1)
+                    .await?;
+                stored.extend(
+                    rows.iter()
+                        .map(|r| (r.candle.start.timestamp(), r.revision)),
+                );
+            }
             let updates: Vec<CandleUpdate> = candles
                 .into_iter()
                 .map(|candle| {
                     let start = candle.start.timestamp();
+                    let revision = match replace_from {
+                        Some(r) if start >= r => {
+                            stored.get(&start).map_or(0, |r| r.saturating_add(1))
+                        }
+                        _ => 0,
+                    };
                     CandleUpdate {
                         complete: true,
-                        revision: 0,
+                        revision,
                         version: Version {
                             bucket_start: start,
-                            revision: 0,
+                            revision,
                             complete: true,
                             trade_count: 0,
                             last_trade_id: TradeId(0),
@@ -629,7 +678,7 @@ impl Worker {
         self.stats
             .history_candles
             .fetch_add(written, Ordering::Relaxed);
-        tracing::info!(product, written, "history filled from REST");
+        tracing::info!(product, written, ?history, "history filled from REST");
         Ok(())
     }
 
