@@ -42,6 +42,8 @@ pub use rest::{CandleClient, RestError};
 const CHECK_PRODUCTS_PER_ROUND: usize = 10;
 /// Minutes compared per product at most (the first round of a product).
 const CHECK_MINUTES: i64 = 30;
+/// How far before the last frame received a reconnect or gap window begins.
+const WINDOW_MARGIN: TimeDelta = TimeDelta::seconds(5);
 /// Attempts of a whole window (REST pages retry on their own) before it is given up.
 const JOB_ATTEMPTS: u32 = 10;
 
@@ -409,6 +411,9 @@ fn jobs_of(notice: &FeedEvent) -> Vec<Job> {
         } => (WindowKind::Gap, products, *since, *at),
         _ => return Vec::new(),
     };
+    // A lost frame carries trades from up to a batch interval before it was sent, which may
+    // be before the last frame received (of another product or channel): reach back a little.
+    let from = from - WINDOW_MARGIN;
     products
         .iter()
         .map(|product| Job {
@@ -797,7 +802,7 @@ mod tests {
             since: t("2026-11-23T10:00:30Z"),
             at: t("2026-11-23T10:00:31Z"),
         });
-        assert_eq!(gap[0].from, t("2026-11-23T10:00:30Z"));
+        assert_eq!(gap[0].from, t("2026-11-23T10:00:25Z"), "with the margin");
         assert!(
             jobs_of(&FeedEvent::Heartbeat {
                 connection: 1,

@@ -297,7 +297,6 @@ impl Connection {
         last_seq: &mut Option<u64>,
     ) -> Result<(), End> {
         let received = Utc::now();
-        let previous_frame = self.shared.health.last_frame(self.id).unwrap_or(received);
         let frame = match parse_frame(bytes, received) {
             Ok(frame) => frame,
             Err(e) => {
@@ -312,7 +311,10 @@ impl Connection {
                 return Ok(());
             }
         };
+        // The frame before this one: where lost frames would begin.
+        let mut previous_frame = received;
         self.shared.health.update(self.id, |h| {
+            previous_frame = h.last_frame.unwrap_or(received);
             h.frames += 1;
             h.last_frame = Some(received);
         });
