@@ -95,7 +95,8 @@ impl CheckCounts {
             }
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("spot_canvas_crosscheck_total", "source" => source, "verdict" => verdict_name(check.verdict))
+        let verdict = verdict_name(check.verdict);
+        metrics::counter!("spot_canvas_crosscheck_total", "source" => source, "verdict" => verdict)
             .increment(1);
     }
 

@@ -141,7 +141,8 @@ impl Engine {
                 backfill = recv_backfill(&mut backfills) => match backfill {
                     Some(backfill) => {
                         let shard = shard_of(&backfill.product_id);
-                        if shards[shard].send(ShardInput::Backfill(Box::new(backfill))).await.is_err() {
+                        let input = ShardInput::Backfill(Box::new(backfill));
+                        if shards[shard].send(input).await.is_err() {
                             break;
                         }
                         continue;
@@ -302,14 +303,16 @@ impl Shard {
             tokio::select! {
                 input = self.input.recv() => match input {
                     Some(ShardInput::Trades(trades)) => {
-                        let outcome = self.aggregator.apply(&trades, self.clock.now(), &mut updates);
+                        let now = self.clock.now();
+                        let outcome = self.aggregator.apply(&trades, now, &mut updates);
                         self.stats.record_batch(outcome);
                     }
                     Some(ShardInput::ExchangeCandles(candles, received)) => {
                         self.aggregator.exchange_candles(&candles, received);
                     }
                     Some(ShardInput::Backfill(backfill)) => {
-                        let outcome = self.aggregator.backfill(&backfill, self.clock.now(), &mut updates);
+                        let now = self.clock.now();
+                        let outcome = self.aggregator.backfill(&backfill, now, &mut updates);
                         tracing::info!(
                             shard = self.index,
                             product = %backfill.product_id,

@@ -316,7 +316,8 @@ impl Reconciler {
                         .cloned()
                         .collect();
                     if !list.is_empty() {
-                        let round: Vec<(String, Option<i64>)> = (0..CHECK_PRODUCTS_PER_ROUND.min(list.len()))
+                        let size = CHECK_PRODUCTS_PER_ROUND.min(list.len());
+                        let round: Vec<(String, Option<i64>)> = (0..size)
                             .map(|k| {
                                 let p = list[(rotation + k) % list.len()].clone();
                                 let since = checked_until.get(&p).copied();
@@ -325,7 +326,7 @@ impl Reconciler {
                             .collect();
                         rotation = rotation.wrapping_add(round.len());
                         let worker = self.worker.clone();
-                        checking = Some(tokio::spawn(async move { worker.check_round(round).await }));
+                        checking = Some(tokio::spawn(worker.check_round(round)));
                     }
                 }
                 done = join_or_never(&mut checking) => {
@@ -336,7 +337,8 @@ impl Reconciler {
                                 // A wrong minute is taken again from REST.
                                 for &minute in &c.wrong {
                                     if settings.backfill_enabled() {
-                                        self.worker.stats.windows_queued.fetch_add(1, Ordering::Relaxed);
+                                        let queued = &self.worker.stats.windows_queued;
+                                        queued.fetch_add(1, Ordering::Relaxed);
                                         queue(&mut pending, Job {
                                             product: c.product.clone(),
                                             kind: WindowKind::Repair,
@@ -495,7 +497,13 @@ impl Worker {
                         attempt,
                         rand::rng().random::<f64>(),
                     );
-                    tracing::warn!(product = %job.product, kind = ?job.kind, error = %e, attempt, "backfill failed, retrying");
+                    tracing::warn!(
+                        product = %job.product,
+                        kind = ?job.kind,
+                        error = %e,
+                        attempt,
+                        "backfill failed, retrying"
+                    );
                     attempt += 1;
                     tokio::time::sleep(delay).await;
                 }

@@ -152,7 +152,12 @@ impl CandleClient {
                         attempt,
                         rand::rng().random::<f64>(),
                     );
-                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "REST candles: retrying");
+                    tracing::warn!(
+                        error = %e,
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        "REST candles: retrying"
+                    );
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     attempt += 1;
                     tokio::time::sleep(delay).await;
