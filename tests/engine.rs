@@ -533,12 +533,7 @@ fn assert_whole(updates: &[CandleUpdate], truth: &[Trade], backfilled: std::ops:
             (e.open, e.high, e.low, e.close, e.volume),
             "{key:?}"
         );
-        let width = common::WIDTHS
-            .iter()
-            .find(|(g, _)| *g == key.1)
-            .expect("width")
-            .1;
-        let touches = key.2 < backfilled.end && key.2 + width > backfilled.start;
+        let touches = key.2 < backfilled.end && key.2 + common::width(key.1) > backfilled.start;
         if touches {
             assert_eq!(c.trade_count, None, "{key:?}: count unknown");
             assert_eq!(c.buy_volume, None, "{key:?}: buy volume unknown");
@@ -664,16 +659,9 @@ fn a_restart_seeded_from_stored_minutes_and_rest_builds_the_whole_day() {
     // Every candle ending after 12:06 comes out whole (those before were stored whole).
     let expected = aggregate(&truth);
     let got = latest(&out);
-    let width = |g: Granularity| {
-        common::WIDTHS
-            .iter()
-            .find(|(w, _)| *w == g)
-            .expect("width")
-            .1
-    };
     for (key, e) in expected
         .iter()
-        .filter(|(k, _)| k.2 + width(k.1) > stored_until)
+        .filter(|(k, _)| k.2 + common::width(k.1) > stored_until)
     {
         let c = &got
             .get(key)

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
-use common::{LoggedTrade, Ohlcv, TestDb, aggregate, read_trade_log};
+use common::{LoggedTrade, StoredRow, TestDb, aggregate, read_trade_log, stored_rows, width};
 use rust_decimal::Decimal;
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -22,11 +22,8 @@ use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId, Version};
 use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope};
 use spot_canvas::sim::{SimConfig, Simulator};
 use spot_canvas::store::Repository;
-use sqlx::Row;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-type Key = (String, Granularity, i64);
 
 async fn sim(dir: &std::path::Path, products: &[&str], history_minutes: u32) -> Simulator {
     // Logs show with `--nocapture`.
@@ -128,51 +125,6 @@ async fn get_json(url: &str) -> Value {
 
 fn reconcile(h: &Value, field: &str) -> u64 {
     h["reconcile"][field].as_u64().unwrap_or(0)
-}
-
-/// A stored row: OHLCV (count unset), the stored trade count, backfilled.
-async fn stored(db: &TestDb) -> BTreeMap<Key, (Ohlcv, Option<u64>, bool)> {
-    let rows = sqlx::query(
-        "SELECT product_id, granularity::text AS g, \"timestamp\", open, high, low, close, \
-         volume, trade_count, backfilled FROM live_candles",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("rows");
-    rows.iter()
-        .map(|r| {
-            let g: String = r.get("g");
-            let start: DateTime<Utc> = r.get("timestamp");
-            let count: Option<i64> = r.get("trade_count");
-            (
-                (
-                    r.get("product_id"),
-                    g.parse().expect("granularity"),
-                    start.timestamp(),
-                ),
-                (
-                    Ohlcv {
-                        open: r.get("open"),
-                        high: r.get("high"),
-                        low: r.get("low"),
-                        close: r.get("close"),
-                        volume: r.get("volume"),
-                        count: 0,
-                    },
-                    count.map(|n| n as u64),
-                    r.get("backfilled"),
-                ),
-            )
-        })
-        .collect()
-}
-
-fn width(g: Granularity) -> i64 {
-    common::WIDTHS
-        .iter()
-        .find(|(w, _)| *w == g)
-        .expect("width")
-        .1
 }
 
 #[tokio::test]
@@ -309,7 +261,7 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
     .await;
     let btc: Vec<&LoggedTrade> = log.iter().filter(|t| t.product_id == "BTC-USD").collect();
     let btc_expected = aggregate(&btc);
-    let rows = stored(&db).await;
+    let rows = stored_rows(&db.pool).await;
     for g in [
         Granularity::OneMinute,
         Granularity::FiveMinutes,
@@ -319,7 +271,11 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
             continue;
         }
         let key = ("BTC-USD".to_owned(), g, stale_minute);
-        let (got, count, backfilled) = &rows[&key];
+        let StoredRow {
+            ohlcv: got,
+            trade_count: count,
+            backfilled,
+        } = &rows[&key];
         let e = &btc_expected[&key];
         assert_eq!(
             (got.open, got.high, got.low, got.close, got.volume),
@@ -439,7 +395,7 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
     let log = read_trade_log(&dir.path().join("trades.jsonl"));
     let all: Vec<&LoggedTrade> = log.iter().collect();
     let expected = aggregate(&all);
-    let rows = stored(&db).await;
+    let rows = stored_rows(&db.pool).await;
     assert_eq!(
         rows.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>(),
@@ -447,7 +403,11 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
     );
     let mut unknown_counts = 0;
     for (key, e) in &expected {
-        let (got, count, backfilled) = &rows[key];
+        let StoredRow {
+            ohlcv: got,
+            trade_count: count,
+            backfilled,
+        } = &rows[key];
         assert_eq!(
             (got.open, got.high, got.low, got.close, got.volume),
             (e.open, e.high, e.low, e.close, e.volume),
@@ -469,7 +429,15 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
     let lost = (stalled_at + TimeDelta::seconds(3)).timestamp()
         ..(stalled_at + TimeDelta::seconds(60)).timestamp();
     for product in products {
-        for ((p, g, start), (_, count, backfilled)) in &rows {
+        for (
+            (p, g, start),
+            StoredRow {
+                trade_count: count,
+                backfilled,
+                ..
+            },
+        ) in &rows
+        {
             if p == product
                 && *g == Granularity::OneMinute
                 && start + 60 > lost.start

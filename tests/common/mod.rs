@@ -164,11 +164,29 @@ pub fn aggregate(trades: &[&LoggedTrade]) -> BTreeMap<(String, Granularity, i64)
     out
 }
 
+/// Bucket width of `g` in seconds, from [`WIDTHS`].
+pub fn width(g: Granularity) -> i64 {
+    WIDTHS
+        .iter()
+        .find(|(w, _)| *w == g)
+        .map(|(_, secs)| *secs)
+        .expect("every granularity has a width")
+}
+
+/// A stored row: OHLCV (with `count` 0), the stored trade count and whether it is backfilled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRow {
+    pub ohlcv: Ohlcv,
+    pub trade_count: Option<u64>,
+    pub backfilled: bool,
+}
+
 /// Every row of `live_candles`, keyed like [`aggregate`].
-pub async fn stored_candles(pool: &PgPool) -> BTreeMap<(String, Granularity, i64), Ohlcv> {
+pub async fn stored_rows(pool: &PgPool) -> BTreeMap<(String, Granularity, i64), StoredRow> {
     use sqlx::Row;
     let rows = sqlx::query(
-        "SELECT product_id, granularity::text AS g, \"timestamp\", open, high, low, close, volume, trade_count FROM live_candles",
+        "SELECT product_id, granularity::text AS g, \"timestamp\", open, high, low, close, \
+         volume, trade_count, backfilled FROM live_candles",
     )
     .fetch_all(pool)
     .await
@@ -184,15 +202,32 @@ pub async fn stored_candles(pool: &PgPool) -> BTreeMap<(String, Granularity, i64
                     g.parse().expect("granularity"),
                     start.timestamp(),
                 ),
-                Ohlcv {
-                    open: r.get("open"),
-                    high: r.get("high"),
-                    low: r.get("low"),
-                    close: r.get("close"),
-                    volume: r.get("volume"),
-                    count: count.expect("count") as u64,
+                StoredRow {
+                    ohlcv: Ohlcv {
+                        open: r.get("open"),
+                        high: r.get("high"),
+                        low: r.get("low"),
+                        close: r.get("close"),
+                        volume: r.get("volume"),
+                        count: 0,
+                    },
+                    trade_count: count.map(|n| n as u64),
+                    backfilled: r.get("backfilled"),
                 },
             )
+        })
+        .collect()
+}
+
+/// Every row of `live_candles`, keyed like [`aggregate`], with its trade count (which every
+/// row must have: no backfill).
+pub async fn stored_candles(pool: &PgPool) -> BTreeMap<(String, Granularity, i64), Ohlcv> {
+    stored_rows(pool)
+        .await
+        .into_iter()
+        .map(|(key, row)| {
+            let count = row.trade_count.expect("count");
+            (key, Ohlcv { count, ..row.ohlcv })
         })
         .collect()
 }
