@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rust_decimal::Decimal;
 use spot_canvas::candles::{Aggregator, Backfill, Timing};
-use spot_canvas::feed::coinbase::{FrameBody, parse_frame};
+use spot_canvas::coinbase::{FrameBody, parse_frame};
 use spot_canvas::model::{Candle, Granularity, Side, Trade, TradeId};
 use spot_canvas::sim::format;
 

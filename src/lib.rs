@@ -3,20 +3,26 @@
 //! # Layout
 //! - [`config`]: typed configuration from the environment.
 //! - [`model`]: granularities, trades, candles, updates, products, the clock.
-//! - [`feed`]: Coinbase market data: connections, parsers, auth, discovery.
+//! - [`coinbase`]: Coinbase's protocol: frame and REST parsers, auth, pacing, URLs.
+//! - [`feed`]: Coinbase market data: connections, discovery, health.
+//! - [`backoff`]: retry delays shared by the feed, the sinks and the reconciler.
 //! - [`candles`]: the candle engine.
 //! - [`sink`]: the coalescing sink shared by the writer and the publisher.
 //! - [`bus`]: NATS: publisher, KV, live state, embedded nats-server.
 //! - [`store`]: PostgreSQL storage, the batch writer, the embedded database.
 //! - [`sim`]: the exchange simulator (`spot-canvas sim`).
 //! - [`shutdown`]: the stop signal.
+//! - [`supervise`]: stage supervision (restart or ordered stop on an early end).
+//! - [`web`]: HTTP: router, `/health`, the history API.
 //! - [`telemetry`]: logging setup.
 //! - [`cli`]: the command line.
 
 pub mod app;
+pub mod backoff;
 pub mod bus;
 pub mod candles;
 pub mod cli;
+pub mod coinbase;
 pub mod config;
 pub mod feed;
 pub mod model;
@@ -25,5 +31,6 @@ pub mod shutdown;
 pub mod sim;
 pub mod sink;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 pub mod web;

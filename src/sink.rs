@@ -193,7 +193,7 @@ fn coalesce(pending: &mut HashMap<Key, CandleUpdate>, update: CandleUpdate) {
 }
 
 fn backoff(settings: &SinkSettings, failures: u32) -> Duration {
-    crate::feed::equal_jitter(
+    crate::backoff::equal_jitter(
         settings.retry_base,
         settings.retry_cap,
         failures,

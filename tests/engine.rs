@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use spot_canvas::candles::crosscheck::Verdict;
 use spot_canvas::candles::{Aggregator, Backfill, Timing};
-use spot_canvas::feed::coinbase::{FrameBody, parse_frame};
+use spot_canvas::coinbase::{FrameBody, parse_frame};
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, Side, Trade, TradeId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

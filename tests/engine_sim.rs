@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spot_canvas::candles::{Engine, EngineSettings};
-use spot_canvas::feed::{Feed, FeedEvent, FeedSettings, ReconnectPolicy};
+use spot_canvas::feed::{Feed, FeedSettings, ReconnectPolicy};
+use spot_canvas::model::FeedEvent;
 use spot_canvas::model::{CandleUpdate, Granularity, SystemClock};
 use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope, ScopeName};
 use spot_canvas::sim::{SimConfig, Simulator};

@@ -6,8 +6,8 @@ use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use p256::pkcs8::{EncodePublicKey, LineEnding};
 use secrecy::SecretString;
+use spot_canvas::coinbase::auth::{Claims, JwtSigner};
 use spot_canvas::config::{CoinbaseCredentials, Config};
-use spot_canvas::feed::coinbase::auth::{Claims, JwtSigner};
 
 const KEY_NAME: &str = "organizations/org-1234/apiKeys/key-5678";
 const NOW: i64 = 1_790_000_000;

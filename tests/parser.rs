@@ -6,10 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::Value;
-use spot_canvas::feed::coinbase::rest::{
-    parse_candles, parse_error, parse_product, parse_products,
-};
-use spot_canvas::feed::coinbase::{FrameBody, FrameError, parse_frame};
+use spot_canvas::coinbase::rest::{parse_candles, parse_error, parse_product, parse_products};
+use spot_canvas::coinbase::{FrameBody, FrameError, parse_frame};
 use spot_canvas::model::{Granularity, Side, Trade, TradeId};
 
 const STREAM: &str = include_str!("fixtures/coinbase/production-stream-2026-09-30.jsonl");

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use spot_canvas::feed::pacer::Priority;
+use spot_canvas::coinbase::pacer::Priority;
 use spot_canvas::model::Granularity;
 use spot_canvas::reconcile::{CandleClient, RestError};
 

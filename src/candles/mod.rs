@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::feed::FeedEvent;
+use crate::model::FeedEvent;
 use chrono::{DateTime, Utc};
 
 use crate::model::{Candle, CandleUpdate, Clock, Trade};

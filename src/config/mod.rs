@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::feed::coinbase::{PRODUCTION_REST_URL, PRODUCTION_WS_URL};
+use crate::coinbase::{PRODUCTION_REST_URL, PRODUCTION_WS_URL};
 
 /// Documentation of one environment variable the service reads.
 #[derive(Debug, Clone, Copy)]

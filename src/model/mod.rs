@@ -3,12 +3,14 @@
 
 mod candle;
 mod clock;
+mod event;
 mod granularity;
 mod product;
 mod trade;
 
 pub use candle::{Candle, CandleUpdate, EXCHANGE, Version};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use event::{FeedEvent, TradeBatch};
 pub use granularity::{ACCEPTED_GRANULARITIES, Granularity, UnknownGranularity};
 pub use product::Product;
 pub use trade::{BadTradeId, Side, Trade, TradeId};

@@ -28,11 +28,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::equal_jitter;
 use crate::candles::crosscheck::{CheckCounts, CheckReport, CrossCheck, compare};
 use crate::candles::{Backfill, Timing};
+use crate::coinbase::pacer::Priority;
 use crate::config::Config;
-use crate::feed::pacer::Priority;
-use crate::feed::{FeedEvent, equal_jitter};
+use crate::model::FeedEvent;
 use crate::model::{Candle, CandleUpdate, Clock, Granularity, TradeId, Version};
 use crate::store::Repository;
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::feed::coinbase::rest::{parse_candles, parse_error};
-use crate::feed::equal_jitter;
-use crate::feed::pacer::{Pacer, Priority};
+use crate::backoff::equal_jitter;
+use crate::coinbase::pacer::{Pacer, Priority};
+use crate::coinbase::rest::{parse_candles, parse_error};
 use crate::model::{Candle, Granularity};
 
 /// Buckets per request: Coinbase rejects windows of 350 or more (it was 300 in 2023).
@@ -41,7 +41,7 @@ pub enum RestError {
     #[error("candles answer for {product} is malformed: {source}")]
     Parse {
         product: String,
-        source: crate::feed::coinbase::FrameError,
+        source: crate::coinbase::FrameError,
     },
 }
 

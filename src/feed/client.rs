@@ -26,11 +26,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use super::auth::JwtSigner;
-use super::frame::{FrameBody, parse_frame};
+use crate::coinbase::auth::JwtSigner;
+use crate::coinbase::pacer::{Pacer, Priority};
+use crate::coinbase::{FrameBody, parse_frame};
+use crate::feed::FeedSettings;
 use crate::feed::health::{AuthState, ConnectionState, FeedHealth};
-use crate::feed::pacer::{Pacer, Priority};
-use crate::feed::{FeedEvent, FeedSettings, TradeBatch};
+use crate::model::{FeedEvent, TradeBatch};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

@@ -15,13 +15,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::auth::JwtSigner;
 use super::client::{Command, Connection, Shared};
 use super::discovery::{fetch_products, ingestible_ids};
+use crate::coinbase::auth::JwtSigner;
+use crate::coinbase::pacer::Pacer;
+use crate::feed::FeedSettings;
 use crate::feed::health::{AuthState, FeedHealth};
-use crate::feed::pacer::Pacer;
 use crate::feed::shard::products_for_instance;
-use crate::feed::{FeedEvent, FeedSettings};
+use crate::model::FeedEvent;
 use crate::model::Product;
 
 /// Commands a connection may have queued.

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::rest::{parse_error, parse_products};
+use crate::coinbase::rest::{parse_error, parse_products};
 use crate::model::Product;
 
 /// Time allowed for one REST request.
@@ -20,7 +20,7 @@ pub enum DiscoveryError {
     #[error("products request answered {status}: {message}")]
     Status { status: u16, message: String },
     #[error("products answer is malformed: {0}")]
-    Parse(#[from] super::FrameError),
+    Parse(#[from] crate::coinbase::FrameError),
 }
 
 /// Fetches the products list.

@@ -13,46 +13,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{EmbeddedNats, LiveState, Publisher, PublisherStats};
-use crate::candles::{Engine, EngineSettings, EngineStats};
+use crate::bus::{EmbeddedNats, LiveState, Publisher};
+use crate::candles::{Engine, EngineSettings};
 use crate::config::Config;
-use crate::feed::{Feed, FeedHealth, FeedSettings};
+use crate::feed::{Feed, FeedSettings};
 use crate::model::{CandleUpdate, Clock, SystemClock};
-use crate::reconcile::{ReconcileSettings, ReconcileStats, Reconciler};
-use crate::store::{
-    BatchWriter, EmbeddedPostgres, Repository, TableKind, WriterSettings, WriterStats,
-};
+use crate::reconcile::{ReconcileSettings, Reconciler};
+use crate::store::{BatchWriter, EmbeddedPostgres, Repository, TableKind, WriterSettings};
+use crate::supervise::Stages;
+use crate::web::AppState;
+
+mod run;
 
 /// How long stages get to finish after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// Capacity of the channels between engine, fan-out and writer (batches of updates).
 const UPDATE_CHANNEL: usize = 1024;
-
-/// State the HTTP handlers read.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub feed: Arc<FeedHealth>,
-    pub engine: Arc<EngineStats>,
-    pub writer: Arc<WriterStats>,
-    pub publisher: Arc<PublisherStats>,
-    pub reconcile: Arc<ReconcileStats>,
-    pub live: LiveState,
-    pub table: Option<TableKind>,
-    pub repository: Repository,
-    /// The feed is the exchange simulator, not Coinbase.
-    pub simulated: bool,
-    pub ws_url: String,
-}
 
 /// Where NATS is, and the embedded servers started for this process (stopped with it).
 #[derive(Debug)]
@@ -79,6 +59,7 @@ pub struct App {
     embedded: Option<Arc<EmbeddedPostgres>>,
     embedded_nats: Option<EmbeddedNats>,
     state: AppState,
+    stages: Arc<Stages>,
 }
 
 impl App {
@@ -175,6 +156,7 @@ impl App {
         );
         let (to_publisher, publisher_rx) = mpsc::channel(UPDATE_CHANNEL);
         let publisher = Publisher::new(nats.0.clone(), nats.1.clone(), publisher_rx);
+        let stages = Stages::new();
         let state = AppState {
             feed: feed.health(),
             engine: engine.stats(),
@@ -184,6 +166,7 @@ impl App {
             live,
             table,
             repository,
+            stages: stages.clone(),
             simulated: !config.is_production_feed(),
             ws_url: config.coinbase_ws_url.clone(),
         };
@@ -201,6 +184,7 @@ impl App {
             embedded: servers.embedded.map(Arc::new),
             embedded_nats: servers.embedded_nats,
             state,
+            stages,
         })
     }
 
@@ -212,93 +196,9 @@ impl App {
         self.state.clone()
     }
 
-    /// Runs until `cancel`, then stops the stages in order (see the module docs).
-    pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let App {
-            listener,
-            feed,
-            engine,
-            reconciler,
-            writer,
-            publisher,
-            updates,
-            to_writer,
-            to_publisher,
-            nats,
-            embedded,
-            embedded_nats,
-            state,
-        } = self;
-        if state.simulated {
-            tracing::warn!(ws_url = %state.ws_url, "running on a SIMULATED feed, not Coinbase");
-        }
-        let supervisor_cancel = CancellationToken::new();
-        let supervisor = embedded.clone().map(|pg| {
-            let cancel = supervisor_cancel.clone();
-            tokio::spawn(async move { pg.supervise(cancel).await })
-        });
-        let nats_supervisor = embedded_nats.clone().map(|n| {
-            let cancel = supervisor_cancel.clone();
-            tokio::spawn(async move { n.supervise(cancel).await })
-        });
-        let live_cancel = CancellationToken::new();
-        let live_task = tokio::spawn(state.live.clone().run(
-            nats.0.clone(),
-            nats.1.clone(),
-            live_cancel.clone(),
-        ));
-        let catalog_task = tokio::spawn(keep_products(feed.catalog(), state.repository.clone()));
-        let feed_task = tokio::spawn(feed.run(cancel.child_token()));
-        // The engine, fan-out and writer stop when their input closes, after what they hold.
-        let engine_task = tokio::spawn(engine.run(CancellationToken::new()));
-        // The reconciler stops when the engine does (its notices close).
-        let reconciler_task = tokio::spawn(reconciler.run(CancellationToken::new()));
-        let fanout_task = tokio::spawn(fan_out(updates, to_writer, to_publisher));
-        let writer_task = tokio::spawn(writer.run());
-        let publisher_task = tokio::spawn(publisher.run());
-        let summary_cancel = CancellationToken::new();
-        let summary = tokio::spawn(summarize(state.clone(), summary_cancel.clone()));
-        let http_cancel = CancellationToken::new();
-        let server = tokio::spawn(
-            axum::serve(listener, router(state.clone()))
-                .with_graceful_shutdown(http_cancel.clone().cancelled_owned())
-                .into_future(),
-        );
-        tracing::info!("serving");
-        cancel.cancelled().await;
-        tracing::info!("stopping");
-        let stopped = async {
-            report_exit("feed", feed_task.await);
-            catalog_task.abort();
-            report_exit("engine", engine_task.await);
-            report_exit("reconciler", reconciler_task.await);
-            report_exit("fan-out", fanout_task.await.map(Ok));
-            report_exit("writer", writer_task.await);
-            report_exit("publisher", publisher_task.await);
-            live_cancel.cancel();
-            report_exit("live state", live_task.await);
-            let _drained = nats.0.flush().await;
-            let report = state.writer.report();
-            tracing::info!(
-                written = report.written_rows,
-                pending = report.pending,
-                "writer flushed"
-            );
-            summary_cancel.cancel();
-            let _summary = summary.await;
-            supervisor_cancel.cancel();
-            for supervisor in [supervisor, nats_supervisor].into_iter().flatten() {
-                let _supervisor = supervisor.await;
-            }
-            stop_embedded(embedded.as_deref(), embedded_nats.as_ref()).await;
-            http_cancel.cancel();
-            report_exit("http", server.await.map(|r| r.map_err(anyhow::Error::from)));
-        };
-        if tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_err() {
-            anyhow::bail!("stages did not stop within {SHUTDOWN_GRACE:?}");
-        }
-        tracing::info!("stopped");
-        Ok(())
+    /// The stage registry (what `/health` reports; tests end a stage through it).
+    pub fn stages(&self) -> Arc<Stages> {
+        self.stages.clone()
     }
 }
 
@@ -360,118 +260,6 @@ pub async fn open_database(
     }
 }
 
-fn report_exit(name: &str, outcome: Result<anyhow::Result<()>, tokio::task::JoinError>) {
-    match outcome {
-        Ok(Ok(())) => tracing::info!(stage = name, "stage stopped"),
-        Ok(Err(e)) => tracing::error!(stage = name, error = ?e, "stage failed"),
-        Err(e) => tracing::error!(stage = name, error = %e, "stage panicked or was aborted"),
-    }
-}
-
-/// Keeps `trading_pairs` in step with the feed's product list.
-async fn keep_products(
-    mut catalog: tokio::sync::watch::Receiver<Vec<crate::model::Product>>,
-    repository: Repository,
-) {
-    while catalog.changed().await.is_ok() {
-        let products = catalog.borrow_and_update().clone();
-        match repository.upsert_products(&products).await {
-            Ok(n) => tracing::info!(products = n, "trading pairs updated"),
-            // The next refresh (every 10 minutes) tries again.
-            Err(e) => tracing::warn!(error = %e, "cannot update trading pairs"),
-        }
-    }
-}
-
-/// Hands every batch of the engine's output to the publisher and the writer. Neither blocks
-/// on NATS or the database (they coalesce while writing), so this never holds up the engine.
-async fn fan_out(
-    mut updates: mpsc::Receiver<Vec<CandleUpdate>>,
-    to_writer: mpsc::Sender<Vec<CandleUpdate>>,
-    to_publisher: mpsc::Sender<Vec<CandleUpdate>>,
-) {
-    let (mut storing, mut publishing) = (true, true);
-    while let Some(batch) = updates.recv().await {
-        if publishing && to_publisher.send(batch.clone()).await.is_err() {
-            tracing::error!("the publisher stopped; candle updates are no longer published");
-            publishing = false;
-        }
-        if storing && to_writer.send(batch).await.is_err() {
-            tracing::error!("the writer stopped; candle updates are no longer stored");
-            storing = false;
-        }
-    }
-}
-
-/// Logs what the pipeline did, every 30 seconds.
-async fn summarize(state: AppState, cancel: CancellationToken) {
-    let mut every = tokio::time::interval(Duration::from_secs(30));
-    every.reset();
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let engine = state.engine.report();
-        let writer = state.writer.report();
-        let feed = state.feed.report();
-        tracing::info!(
-            connected = feed.connected,
-            products = feed.products,
-            trades = engine.trades,
-            updates = engine.granularities.iter().map(|g| g.updates).sum::<u64>(),
-            completed = engine
-                .granularities
-                .iter()
-                .map(|g| g.completed)
-                .sum::<u64>(),
-            duplicates = engine.duplicates,
-            too_late = engine.too_late,
-            rows_written = writer.written_rows,
-            write_failures = writer.failures,
-            pending = writer.pending,
-            "pipeline summary (since start)"
-        );
-    }
-}
-
-fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/api/v1/candles", get(crate::web::api::candles))
-        .with_state(state)
-}
-
-/// `GET /health`: the feed's connections, the engine's and the writer's counts; 503 while no
-/// feed connection is up.
-async fn health(State(state): State<AppState>) -> Response {
-    let feed = state.feed.report();
-    let ok = feed.connected > 0;
-    let body = json!({
-        "status": if ok { "ok" } else { "degraded" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "simulated": state.simulated,
-        "feed_url": state.ws_url,
-        "feed": feed,
-        "engine": state.engine.report(),
-        "store": {
-            "table": state.table,
-            "writer": state.writer.report(),
-        },
-        "reconcile": state.reconcile.report(),
-        "bus": {
-            "publisher": state.publisher.report(),
-            "live": state.live.report(),
-        },
-    });
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
-}
-
 /// rustls needs one process-wide crypto provider for `wss://` and `https://`.
 fn install_tls_provider() {
     // Already installed (a second app in one process) is fine.
@@ -524,16 +312,24 @@ pub async fn migrate(config: Config, action: crate::cli::MigrateAction) -> anyho
     result
 }
 
-/// `spot-canvas serve`.
+/// `spot-canvas serve`. The stop signal is watched before anything starts: a SIGTERM while
+/// the database is still being created or migrated drops the build, and the embedded servers'
+/// guards stop them.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    tracing::info!(?config, "starting");
-    let app = App::build(&config).await?;
-    tracing::info!(port = app.port(), "listening");
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {
         crate::shutdown::signal().await;
         stop.cancel();
     });
+    tracing::info!(?config, "starting");
+    let app = tokio::select! {
+        app = App::build(&config) => app?,
+        () = cancel.cancelled() => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
+    tracing::info!(port = app.port(), "listening");
     app.run_until_stopped(cancel).await
 }

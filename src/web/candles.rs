@@ -16,7 +16,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::app::AppState;
+use super::AppState;
 use crate::model::Granularity;
 
 /// Most candles one request returns.

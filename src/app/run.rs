@@ -1,0 +1,260 @@
+//! Running the built service: every stage spawned through the [`Supervisor`], the first
+//! early end of a fatal stage or the stop signal answered by the ordered stop.
+//!
+//! The stop signal reaches every stage in order: the feed is cancelled and closes its sockets;
+//! its channel closing stops the engine after the events it holds; the engine's output closing
+//! stops the fan-out, then the writer and the publisher after their last flush; then the live
+//! state, the embedded servers' watchdogs and the HTTP server. Stages that stop on a closed input
+//! also get a token that is cancelled when the grace period runs out, so that nothing outlives
+//! it. Whatever happens, the embedded servers are stopped at the end.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{App, SHUTDOWN_GRACE, stop_embedded};
+use crate::model::CandleUpdate;
+use crate::store::Repository;
+use crate::supervise::Supervisor;
+use crate::web::{AppState, router};
+
+/// Awaits a stage's end, for the ordered stop.
+async fn joined(handle: JoinHandle<()>) {
+    // A panic is caught inside the stage's task; an abort only happens at runtime shutdown.
+    let _ended = handle.await;
+}
+
+/// Runs `future` until it ends or `token` is cancelled (then `Ok`): for stages that stop on a
+/// closed input and have no token of their own.
+async fn until(
+    token: CancellationToken,
+    future: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        result = future => result,
+        () = token.cancelled() => Ok(()),
+    }
+}
+
+impl App {
+    /// Runs until `cancel` or until a fatal stage ends early, then stops the stages in order
+    /// (see the module docs). Returns an error when a stage ended early or the stop overran its
+    /// grace period, so that the process exits non-zero.
+    pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let App {
+            listener,
+            feed,
+            engine,
+            reconciler,
+            writer,
+            publisher,
+            updates,
+            to_writer,
+            to_publisher,
+            nats,
+            embedded,
+            embedded_nats,
+            state,
+            stages,
+        } = self;
+        if state.simulated {
+            tracing::warn!(ws_url = %state.ws_url, "running on a SIMULATED feed, not Coinbase");
+        }
+        let mut supervisor = Supervisor::new(stages.clone());
+        // Cancelled in stop order.
+        let feed_stop = CancellationToken::new();
+        let catalog_stop = CancellationToken::new();
+        let live_stop = CancellationToken::new();
+        let watchdog_stop = CancellationToken::new();
+        let http_stop = CancellationToken::new();
+        // Cancelled only when the grace period runs out.
+        let overdue = CancellationToken::new();
+
+        let pg_watchdog = embedded.clone().map(|pg| {
+            supervisor.spawn_fatal("postgres", &watchdog_stop, move |token| async move {
+                pg.supervise(token).await;
+                Ok(())
+            })
+        });
+        let nats_watchdog = embedded_nats.clone().map(|n| {
+            supervisor.spawn_fatal("nats-server", &watchdog_stop, move |token| async move {
+                n.supervise(token).await;
+                Ok(())
+            })
+        });
+        let live_task = {
+            let (live, client, kv) = (state.live.clone(), nats.0.clone(), nats.1.clone());
+            supervisor.spawn_restarting("live-state", &live_stop, move |token| {
+                live.clone().run(client.clone(), kv.clone(), token)
+            })
+        };
+        let catalog_task = {
+            let (catalog, repository) = (feed.catalog(), state.repository.clone());
+            supervisor.spawn_restarting("catalog", &catalog_stop, move |token| {
+                until(token, keep_products(catalog.clone(), repository.clone()))
+            })
+        };
+        let summary_task = {
+            let state = state.clone();
+            supervisor.spawn_restarting("summary", &catalog_stop, move |token| {
+                summarize(state.clone(), token)
+            })
+        };
+        let feed_task = supervisor.spawn_fatal("feed", &feed_stop, |token| feed.run(token));
+        let engine_task = supervisor.spawn_fatal("engine", &overdue, |token| engine.run(token));
+        let reconciler_task =
+            supervisor.spawn_fatal("reconciler", &overdue, |token| reconciler.run(token));
+        let fanout_task = supervisor.spawn_fatal("fan-out", &overdue, |token| {
+            until(token, fan_out(updates, to_writer, to_publisher))
+        });
+        let writer_task =
+            supervisor.spawn_fatal("writer", &overdue, |token| until(token, writer.run()));
+        let publisher_task =
+            supervisor.spawn_fatal("publisher", &overdue, |token| until(token, publisher.run()));
+        let routes = router(state.clone());
+        let http_task = supervisor.spawn_fatal("http", &http_stop, |token| async move {
+            axum::serve(listener, routes)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        tracing::info!("serving");
+
+        let early = tokio::select! {
+            () = cancel.cancelled() => None,
+            end = supervisor.early_end() => Some(end),
+        };
+        stages.begin_stop();
+        tracing::info!("stopping");
+        let writer_report = state.writer.clone();
+        let stopped = async {
+            feed_stop.cancel();
+            catalog_stop.cancel();
+            joined(feed_task).await;
+            joined(catalog_task).await;
+            joined(engine_task).await;
+            joined(reconciler_task).await;
+            joined(fanout_task).await;
+            joined(writer_task).await;
+            joined(publisher_task).await;
+            live_stop.cancel();
+            joined(live_task).await;
+            if tokio::time::timeout(Duration::from_secs(5), nats.0.flush())
+                .await
+                .is_err()
+            {
+                tracing::warn!("NATS flush timed out at stop");
+            }
+            let report = writer_report.report();
+            tracing::info!(
+                written = report.written_rows,
+                pending = report.pending,
+                "writer flushed"
+            );
+            joined(summary_task).await;
+            watchdog_stop.cancel();
+            for watchdog in [pg_watchdog, nats_watchdog].into_iter().flatten() {
+                joined(watchdog).await;
+            }
+        };
+        let in_time = tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_ok();
+        if !in_time {
+            tracing::error!(grace = ?SHUTDOWN_GRACE, "stages did not stop in time; forcing them");
+            overdue.cancel();
+            feed_stop.cancel();
+            live_stop.cancel();
+            watchdog_stop.cancel();
+        }
+        // The servers go last, whatever happened above.
+        stop_embedded(embedded.as_deref(), embedded_nats.as_ref()).await;
+        http_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), joined(http_task))
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP server did not stop within 5 s");
+        }
+        if let Some((stage, why)) = early {
+            anyhow::bail!("stage {stage} ended before the stop signal: {why}");
+        }
+        if !in_time {
+            anyhow::bail!("stages did not stop within {SHUTDOWN_GRACE:?}");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Keeps `trading_pairs` in step with the feed's product list; ends when the feed does.
+async fn keep_products(
+    mut catalog: tokio::sync::watch::Receiver<Vec<crate::model::Product>>,
+    repository: Repository,
+) -> anyhow::Result<()> {
+    // A restart re-reads the current list.
+    catalog.mark_changed();
+    while catalog.changed().await.is_ok() {
+        let products = catalog.borrow_and_update().clone();
+        if products.is_empty() {
+            continue;
+        }
+        match repository.upsert_products(&products).await {
+            Ok(n) => tracing::info!(products = n, "trading pairs updated"),
+            // The next refresh (every 10 minutes) tries again.
+            Err(e) => tracing::warn!(error = %e, "cannot update trading pairs"),
+        }
+    }
+    anyhow::bail!("the feed's product list closed")
+}
+
+/// Hands every batch of the engine's output to the publisher and the writer. Neither blocks
+/// on NATS or the database (they coalesce while writing), so this never holds up the engine.
+/// A sink that stopped is an error: the fan-out ends, and the service with it.
+async fn fan_out(
+    mut updates: mpsc::Receiver<Vec<CandleUpdate>>,
+    to_writer: mpsc::Sender<Vec<CandleUpdate>>,
+    to_publisher: mpsc::Sender<Vec<CandleUpdate>>,
+) -> anyhow::Result<()> {
+    while let Some(batch) = updates.recv().await {
+        if to_publisher.send(batch.clone()).await.is_err() {
+            anyhow::bail!("the publisher stopped; candle updates can no longer be published");
+        }
+        if to_writer.send(batch).await.is_err() {
+            anyhow::bail!("the writer stopped; candle updates can no longer be stored");
+        }
+    }
+    Ok(())
+}
+
+/// Logs what the pipeline did, every 30 seconds, until `cancel`.
+async fn summarize(state: AppState, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    every.reset();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            _ = every.tick() => {}
+        }
+        let engine = state.engine.report();
+        let writer = state.writer.report();
+        let feed = state.feed.report();
+        tracing::info!(
+            connected = feed.connected,
+            products = feed.products,
+            trades = engine.trades,
+            updates = engine.granularities.iter().map(|g| g.updates).sum::<u64>(),
+            completed = engine
+                .granularities
+                .iter()
+                .map(|g| g.completed)
+                .sum::<u64>(),
+            duplicates = engine.duplicates,
+            too_late = engine.too_late,
+            rows_written = writer.written_rows,
+            write_failures = writer.failures,
+            pending = writer.pending,
+            "pipeline summary (since start)"
+        );
+    }
+}
