@@ -1,6 +1,9 @@
 //! Helpers shared by integration tests: a throwaway PostgreSQL cluster and a fresh database.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
+
+mod wait;
+pub use wait::{eventually, wait_for};
 
 use std::os::unix::fs::PermissionsExt;
 
