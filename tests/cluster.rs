@@ -68,7 +68,11 @@ fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
 }
 
 async fn health(service: &Service) -> Value {
-    service.health().await.map(|(_, h)| h).unwrap_or(Value::Null)
+    service
+        .health()
+        .await
+        .map(|(_, h)| h)
+        .unwrap_or(Value::Null)
 }
 
 fn applied(h: &Value) -> u64 {

@@ -42,10 +42,7 @@ fn secret_pieces(text: &str) -> Vec<String> {
 fn assert_no_secret(place: &str, text: &str, secrets: &[(&str, Vec<String>)]) {
     for (name, pieces) in secrets {
         for piece in pieces {
-            assert!(
-                !text.contains(piece.as_str()),
-                "{name} appears in {place}"
-            );
+            assert!(!text.contains(piece.as_str()), "{name} appears in {place}");
         }
     }
 }
@@ -76,9 +73,9 @@ async fn serve_reports_health_on_a_simulated_feed_and_stops_on_sigterm() {
                 status == 200
                     && h["status"] == "ok"
                     && h["engine"]["trades"].as_u64() > Some(0)
-                    && h["engine"]["granularities"]
-                        .as_array()
-                        .is_some_and(|g| g.len() == 8 && g.iter().all(|g| g["updates"].as_u64() > Some(0)))
+                    && h["engine"]["granularities"].as_array().is_some_and(|g| {
+                        g.len() == 8 && g.iter().all(|g| g["updates"].as_u64() > Some(0))
+                    })
             },
         )
         .await;

@@ -219,11 +219,9 @@ async fn sigterm_with_updates_in_flight_loses_nothing() {
     // Candles are being written, and then updates wait in the writer: the last `/health`
     // before the signal tells how many trades the engine had taken by then.
     let written = service
-        .wait_for_health(
-            "candles written",
-            Duration::from_secs(60),
-            |_, h| h["store"]["writer"]["written_rows"].as_u64() > Some(0),
-        )
+        .wait_for_health("candles written", Duration::from_secs(60), |_, h| {
+            h["store"]["writer"]["written_rows"].as_u64() > Some(0)
+        })
         .await;
     let trades_then = written["engine"]["trades"].as_u64().expect("trades");
     let at_signal = service

@@ -32,13 +32,17 @@ fn failed_stages(h: &Value) -> Vec<&str> {
 
 /// `/health` is 200 and every stage, embedded servers' watchdogs included, runs.
 async fn wait_until_healthy(app: &TestApp) -> Value {
-    app.wait_for_health("the service to be up", Duration::from_secs(90), |status, h| {
-        status == 200
-            && h["status"] == "ok"
-            && ["postgres", "nats-server", "engine", "live-state"]
-                .iter()
-                .all(|s| h["stages"][s]["state"] == "running")
-    })
+    app.wait_for_health(
+        "the service to be up",
+        Duration::from_secs(90),
+        |status, h| {
+            status == 200
+                && h["status"] == "ok"
+                && ["postgres", "nats-server", "engine", "live-state"]
+                    .iter()
+                    .all(|s| h["stages"][s]["state"] == "running")
+        },
+    )
     .await
 }
 
@@ -111,7 +115,10 @@ async fn an_ended_engine_stops_the_service_with_an_error_naming_it() {
             |status, h| status == 503 && failed_stages(h).contains(&"engine"),
         )
         .await;
-    assert_eq!(stopping["stages"]["engine"]["state"], "failed", "{stopping:#}");
+    assert_eq!(
+        stopping["stages"]["engine"]["state"], "failed",
+        "{stopping:#}"
+    );
 
     let error = app
         .finished(common::STOP_WITHIN)
