@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{AppEnv, Service, environment_of};
+use common::{AppEnv, Service, environment_of, processes_mentioning};
 use p256::pkcs8::LineEnding;
 use spot_canvas::sim::{SimConfig, Simulator};
 
@@ -142,19 +142,37 @@ async fn serve_reports_health_on_a_simulated_feed_and_stops_on_sigterm() {
     ];
     let (_, body) = service.health().await.expect("/health answers");
     assert_no_secret("/health", &body.to_string(), &secrets);
-    // Nor do the embedded servers (runuser, postgres, nats-server) get them in their
-    // environment.
-    let children = service.descendants();
-    assert!(!children.is_empty(), "the embedded servers run as children");
-    for pid in children {
-        for entry in environment_of(pid) {
+    // Nor do the embedded servers get them in their environment: nats-server is a child;
+    // PostgreSQL (started through pg_ctl, so not a child) runs with DATA_DIR in its command line.
+    let mut servers = service.descendants();
+    let postgres: Vec<u32> = processes_mentioning(data_dir.path())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    assert!(!postgres.is_empty(), "PostgreSQL runs for the DATA_DIR");
+    servers.extend(postgres);
+    let mut read = 0;
+    for pid in servers {
+        // A short-lived helper (pg_ctl status) may be gone by now: nothing to read then.
+        let environment = environment_of(pid);
+        read += usize::from(!environment.is_empty());
+        for entry in environment {
+            let name = entry.split('=').next().unwrap_or_default();
             assert!(
-                !entry.starts_with("COINBASE_PRIVATE_KEY="),
-                "child {pid} inherited COINBASE_PRIVATE_KEY"
+                !["COINBASE_PRIVATE_KEY", "COINBASE_API_KEY", "DATABASE_URL"].contains(&name),
+                "process {pid} inherited {name}"
             );
-            assert_no_secret(&format!("the environment of child {pid}"), &entry, &secrets);
+            assert_no_secret(
+                &format!("the environment of process {pid}"),
+                &entry,
+                &secrets,
+            );
         }
     }
+    assert!(
+        read >= 2,
+        "the environments of nats-server and PostgreSQL were read"
+    );
 
     let status = service.stop().await;
     assert!(status.success(), "exit status {status}");
