@@ -5,11 +5,14 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::TestDb;
-use secrecy::ExposeSecret;
+use chrono::{DateTime, Utc};
+use common::{AppEnv, Service, TestDb};
+use futures_util::StreamExt;
 use serde_json::Value;
 use spot_canvas::sim::{SimConfig, Simulator};
 
@@ -64,43 +67,55 @@ fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
         .collect()
 }
 
-struct Instance {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-async fn health(port: u16) -> Option<Value> {
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+async fn health(service: &Service) -> Value {
+    service
+        .health()
         .await
-        .ok()?;
-    response.json().await.ok()
+        .map(|(_, h)| h)
+        .unwrap_or(Value::Null)
 }
 
-/// Polls instance `port` until its live state applied at least `target` updates.
-async fn wait_for_applied(port: u16, target: u64) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(h) = health(port).await
-            && h["bus"]["live"]["applied"].as_u64() >= Some(target)
-        {
-            return h;
+fn applied(h: &Value) -> u64 {
+    h["bus"]["live"]["applied"].as_u64().unwrap_or(0)
+}
+
+/// Polls `service` until its live state applied at least `target` updates.
+async fn wait_for_applied(service: &Service, target: u64) -> Value {
+    service
+        .wait_for_health(
+            &format!("the live state to apply {target} updates"),
+            Duration::from_secs(90),
+            |_, h| applied(h) >= target,
+        )
+        .await
+}
+
+/// Candle messages seen on `candles.>`: product and the time of the candle's last trade.
+type Seen = Arc<Mutex<Vec<(String, DateTime<Utc>)>>>;
+
+async fn watch_candles(client: &async_nats::Client) -> Seen {
+    let mut subscriber = client.subscribe("candles.>").await.expect("subscribes");
+    let seen: Seen = Arc::default();
+    let out = seen.clone();
+    tokio::spawn(async move {
+        while let Some(message) = subscriber.next().await {
+            let Ok(v) = serde_json::from_slice::<Value>(&message.payload) else {
+                continue;
+            };
+            let (Some(product), Some(time)) = (
+                v["product_id"].as_str(),
+                v["last_trade_time"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok()),
+            ) else {
+                continue;
+            };
+            out.lock()
+                .expect("lock")
+                .push((product.to_owned(), time.with_timezone(&Utc)));
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "live updates stopped short of {target}: {:?}",
-            health(port).await
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    });
+    seen
 }
 
 #[tokio::test]
@@ -118,47 +133,34 @@ async fn two_shards_on_a_nats_cluster_each_serve_every_product() {
     .expect("sim");
     let node_url = |i: usize| format!("nats://127.0.0.1:{}", nodes[i].client_port);
     let mut instances = Vec::new();
-    for shard in 0..2u32 {
-        let port = free_port();
-        let data = dir.path().join(format!("data{shard}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_spot-canvas"))
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("PORT", port.to_string())
-            .env("DATA_DIR", &data)
-            .env("DATABASE_URL", db.url.expose_secret())
+    for shard in 0..2usize {
+        let env = AppEnv::for_sim(&sim, &dir.path().join(format!("data{shard}")))
+            .database(&db)
             // Each instance knows one node; the cluster tells it about the others.
-            .env("NATS_URL", node_url(shard as usize))
-            .env("NATS_KV_REPLICAS", "3")
-            .env("SHARD_INDEX", shard.to_string())
-            .env("SHARD_COUNT", "2")
-            .env("COINBASE_WS_URL", sim.ws_url())
-            .env("COINBASE_REST_URL", sim.rest_url())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("serve starts");
-        instances.push(Instance { child, port });
+            .set("NATS_URL", node_url(shard))
+            .set("NATS_KV_REPLICAS", "3")
+            .set("SHARD_INDEX", shard.to_string())
+            .set("SHARD_COUNT", "2");
+        let log = dir.path().join(format!("serve{shard}.log"));
+        instances.push(Service::start(&env, &log).await);
     }
 
     // Both instances come up and each sees all 8 products in its live state.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    let mut reports = Vec::new();
-    loop {
-        reports.clear();
-        for instance in &instances {
-            reports.push(health(instance.port).await.unwrap_or(Value::Null));
-        }
-        let ready = reports
-            .iter()
-            .all(|h| h["bus"]["live"]["products"].as_u64() == Some(8) && h["status"] == "ok");
-        if ready {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{reports:#?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let reports = common::eventually(
+        "both instances up with 8 products live",
+        Duration::from_secs(180),
+        || async {
+            let mut reports = Vec::new();
+            for instance in &instances {
+                reports.push(health(instance).await);
+            }
+            reports
+                .iter()
+                .all(|h| h["bus"]["live"]["products"].as_u64() == Some(8) && h["status"] == "ok")
+                .then_some(reports)
+        },
+    )
+    .await;
     // Each ingests its own share, and together all of them.
     let shares: Vec<u64> = reports
         .iter()
@@ -166,26 +168,59 @@ async fn two_shards_on_a_nats_cluster_each_serve_every_product() {
         .collect();
     assert_eq!(shares.iter().sum::<u64>(), 8, "{shares:?}");
     assert!(shares.iter().all(|&s| s > 0 && s < 8), "{shares:?}");
+    let own: BTreeSet<String> = reports[0]["feed"]["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .flat_map(|c| c["products"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(own.len() as u64, shares[0], "{own:?}");
 
     // The bucket has 3 replicas.
     let client = async_nats::connect(node_url(2)).await.expect("connects");
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     let kv = js.get_key_value("live-candles").await.expect("bucket");
     let status = kv.status().await.expect("status");
     assert_eq!(status.info.config.num_replicas, 3);
 
+    // A client on node 2 sees instance 0's updates (published through node 0).
+    let seen = watch_candles(&client).await;
+    let of_instance_0 = |after: Option<DateTime<Utc>>| {
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .any(|(p, t)| own.contains(p) && after.is_none_or(|a| *t > a))
+    };
+    common::wait_for(
+        "instance 0's updates on node 2",
+        Duration::from_secs(60),
+        || async { of_instance_0(None) },
+    )
+    .await;
+
     // Stop the node instance 0 is connected to: its stream keeps going.
-    let applied = |h: &Value| h["bus"]["live"]["applied"].as_u64().unwrap_or(0);
-    let flowing = applied(&reports[0]);
-    wait_for_applied(instances[0].port, flowing + 50).await;
+    wait_for_applied(&instances[0], applied(&reports[0]) + 50).await;
     let mut nodes = nodes;
     drop(nodes.remove(0));
-    let at_kill = applied(&health(instances[0].port).await.expect("instance 0 answers"));
-    let after = wait_for_applied(instances[0].port, at_kill + 50).await;
+    let killed = Utc::now();
+    let at_kill = applied(&health(&instances[0]).await);
+    let after = wait_for_applied(&instances[0], at_kill + 50).await;
     assert_eq!(after["bus"]["live"]["products"], 8);
-    // And what it publishes keeps getting out: the other instance sees instance 0's products.
-    let other = health(instances[1].port).await.expect("instance 1 answers");
-    assert_eq!(other["bus"]["live"]["products"], 8);
-    drop(instances);
+    // And what it publishes keeps getting out: an update of one of its products for a trade
+    // made after the kill (so published after it) reaches the client on another node.
+    common::wait_for(
+        "an update of instance 0 for a trade after the kill",
+        Duration::from_secs(90),
+        || async { of_instance_0(Some(killed)) },
+    )
+    .await;
+    // The other instance's live state keeps applying too.
+    let other = applied(&health(&instances[1]).await);
+    wait_for_applied(&instances[1], other + 20).await;
+    for instance in &mut instances {
+        let status = instance.stop().await;
+        assert!(status.success(), "{status}");
+    }
     sim.stop().await;
 }

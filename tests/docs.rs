@@ -32,18 +32,24 @@ fn env_example_names_every_variable() {
 }
 
 #[test]
+#[ignore = "deploy/ does not exist yet (operations issue)"]
 fn deployment_files_name_every_variable() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        // No deployment files yet: nothing to check.
-        return;
-    };
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}: no deployment files to check", dir.display()));
     let mut text = String::new();
-    for entry in entries.flatten() {
-        if let Ok(body) = std::fs::read_to_string(entry.path()) {
-            text.push_str(&body);
+    let mut files = 0;
+    for entry in entries {
+        let path = entry.expect("a directory entry").path();
+        if path.is_file() {
+            text.push_str(
+                &std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            );
+            files += 1;
         }
     }
+    assert!(files > 0, "{} holds no files", dir.display());
     for var in VARIABLES {
         assert!(
             text.contains(var.name),

@@ -1,71 +1,50 @@
 //! The `spot-canvas` binary: `serve` against the simulator answers `/health`, says it is on a
-//! simulated feed, and stops cleanly on SIGTERM, closing its sockets politely.
+//! simulated feed, signs its subscribes with the configured Coinbase key, keeps its secrets
+//! (the embedded database's password, the private key) out of its log, `/health` and its
+//! children's environment, and stops cleanly on SIGTERM, closing its sockets politely.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
+use common::{AppEnv, Service, environment_of, processes_mentioning};
+use p256::pkcs8::LineEnding;
 use spot_canvas::sim::{SimConfig, Simulator};
 
-struct Service {
-    child: Child,
-    port: u16,
-    lines: mpsc::Receiver<String>,
-    /// Log lines up to the one that gave the port.
-    startup: Vec<String>,
+/// A CDP key name and a valid SEC1 EC private key (as in tests/jwt.rs).
+const KEY_NAME: &str = "organizations/org-1234/apiKeys/key-5678";
+
+fn private_key_pem() -> String {
+    p256::SecretKey::from_slice(&[0x42; 32])
+        .expect("a valid scalar")
+        .to_sec1_pem(LineEnding::LF)
+        .expect("pem")
+        .to_string()
 }
 
-/// Starts `spot-canvas serve` with JSON logs and waits for its port.
-fn start_service(envs: &[(&str, String)]) -> Service {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spot-canvas"))
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PORT", "0")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let port = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("the service logs its port ({e}); it said: {seen:#?}"));
-        seen.push(line.clone());
-        if let Ok(v) = serde_json::from_str::<Value>(&line)
-            && v["message"] == "listening"
-        {
-            break v["port"].as_u64().expect("port") as u16;
-        }
-    };
-    Service {
-        child,
-        port,
-        lines,
-        startup: seen,
+/// Pieces of `text` long enough that finding one elsewhere means `text` leaked: every line of
+/// a PEM body (so a log that escapes the newlines is caught too), or the whole value.
+fn secret_pieces(text: &str) -> Vec<String> {
+    let pieces: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .map(str::to_owned)
+        .collect();
+    if pieces.is_empty() {
+        vec![text.trim().to_owned()]
+    } else {
+        pieces
     }
 }
 
-fn terminate(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
+fn assert_no_secret(place: &str, text: &str, secrets: &[(&str, Vec<String>)]) {
+    for (name, pieces) in secrets {
+        for piece in pieces {
+            assert!(!text.contains(piece.as_str()), "{name} appears in {place}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -78,33 +57,28 @@ async fn serve_reports_health_on_a_simulated_feed_and_stops_on_sigterm() {
     })
     .await
     .expect("sim");
-    let data_dir = tempfile::tempdir().expect("tempdir");
-    // As root the database runs as `postgres`, which must reach the directory.
-    std::fs::set_permissions(
-        data_dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let mut service = start_service(&[
-        ("COINBASE_WS_URL", sim.ws_url()),
-        ("COINBASE_REST_URL", sim.rest_url()),
-        ("COINBASE_API_KEY", "organizations/o/apiKeys/k".into()),
-        ("COINBASE_PRIVATE_KEY", "bm90LWEtcmVhbC1rZXk=".into()),
-        // No DATABASE_URL: the embedded PostgreSQL under DATA_DIR.
-        ("DATA_DIR", data_dir.path().display().to_string()),
-    ]);
-    let url = format!("http://127.0.0.1:{}/health", service.port);
-    let mut health = Value::Null;
-    for _ in 0..100 {
-        if let Ok(response) = reqwest::get(&url).await
-            && response.status() == 200
-        {
-            health = response.json().await.expect("json");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(health["status"], "ok", "{health}");
+    let data_dir = common::data_dir();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let pem = private_key_pem();
+    // No DATABASE_URL: the embedded PostgreSQL under DATA_DIR.
+    let env = AppEnv::for_sim(&sim, data_dir.path())
+        .set("COINBASE_API_KEY", KEY_NAME)
+        .set("COINBASE_PRIVATE_KEY", pem.as_str());
+    let mut service = Service::start(&env, &logs.path().join("serve.log")).await;
+    let health = service
+        .wait_for_health(
+            "status ok with trades in every granularity",
+            Duration::from_secs(60),
+            |status, h| {
+                status == 200
+                    && h["status"] == "ok"
+                    && h["engine"]["trades"].as_u64() > Some(0)
+                    && h["engine"]["granularities"].as_array().is_some_and(|g| {
+                        g.len() == 8 && g.iter().all(|g| g["updates"].as_u64() > Some(0))
+                    })
+            },
+        )
+        .await;
     assert_eq!(health["simulated"], true);
     let connection = &health["feed"]["connections"][0];
     assert_eq!(connection["connected"], true);
@@ -116,33 +90,37 @@ async fn serve_reports_health_on_a_simulated_feed_and_stops_on_sigterm() {
         assert!(!connection[field].is_null(), "{field} in {connection}");
     }
     assert_eq!(health["store"]["table"], "plain", "{health}");
+    // The key is valid and the simulator takes its JWTs: subscribes are signed.
+    assert_eq!(health["feed"]["auth"]["state"], "authenticated", "{health}");
+
     // trading_pairs follows the feed's product list, statuses included.
     let pg_port = service
-        .startup
+        .log_lines()
         .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|v| v["message"] == "embedded PostgreSQL running")
         .and_then(|v| v["port"].as_u64())
         .expect("the embedded database logs its port");
-    let password =
-        std::fs::read_to_string(data_dir.path().join("postgres.password")).expect("password file");
+    // Where src/store/embedded.rs keeps the generated password.
+    let password = std::fs::read_to_string(data_dir.path().join("postgres.password"))
+        .expect("password file")
+        .trim()
+        .to_owned();
+    assert!(password.len() >= 16, "a generated password");
     let pool = sqlx::PgPool::connect(&format!(
-        "postgres://spot:{}@127.0.0.1:{pg_port}/spot_canvas",
-        password.trim()
+        "postgres://spot:{password}@127.0.0.1:{pg_port}/spot_canvas"
     ))
     .await
     .expect("connects to the embedded database");
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for _ in 0..50 {
-        pairs = sqlx::query_as("SELECT product_id, status FROM trading_pairs ORDER BY product_id")
-            .fetch_all(&pool)
-            .await
-            .expect("query");
-        if !pairs.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let pairs: Vec<(String, String)> =
+        common::eventually("trading pairs stored", Duration::from_secs(30), || async {
+            let pairs: Vec<(String, String)> =
+                sqlx::query_as("SELECT product_id, status FROM trading_pairs ORDER BY product_id")
+                    .fetch_all(&pool)
+                    .await
+                    .expect("query");
+            (!pairs.is_empty()).then_some(pairs)
+        })
+        .await;
     assert!(
         pairs.contains(&("BTC-USD".into(), "online".into())),
         "{pairs:?}"
@@ -156,53 +134,64 @@ async fn serve_reports_health_on_a_simulated_feed_and_stops_on_sigterm() {
         "aliases are not pairs: {pairs:?}"
     );
     pool.close().await;
-    // The engine's counts per granularity.
-    let granularities = health["engine"]["granularities"]
-        .as_array()
-        .expect("counts");
-    assert_eq!(granularities.len(), 8);
-    assert!(
-        health["engine"]["trades"].as_u64().expect("trades") > 0,
-        "{health}"
-    );
-    assert!(
-        granularities
-            .iter()
-            .all(|g| g["updates"].as_u64() > Some(0)),
-        "{health}"
-    );
-    // The key is unusable: /health says the feed runs unauthenticated.
-    assert_eq!(health["feed"]["auth"]["state"], "failed", "{health}");
 
-    terminate(&service.child);
-    let mut waited = 0;
-    let status = loop {
-        if let Some(status) = service.child.try_wait().expect("wait") {
-            break status;
+    // The secrets in play: the embedded database's password and the private key.
+    let secrets = [
+        ("the database password", secret_pieces(&password)),
+        ("the Coinbase private key", secret_pieces(&pem)),
+    ];
+    let (_, body) = service.health().await.expect("/health answers");
+    assert_no_secret("/health", &body.to_string(), &secrets);
+    // Nor do the embedded servers get them in their environment: nats-server is a child;
+    // PostgreSQL (started through pg_ctl, so not a child) runs with DATA_DIR in its command line.
+    let mut servers = service.descendants();
+    let postgres: Vec<u32> = processes_mentioning(data_dir.path())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    assert!(!postgres.is_empty(), "PostgreSQL runs for the DATA_DIR");
+    servers.extend(postgres);
+    let mut read = 0;
+    for pid in servers {
+        // A short-lived helper (pg_ctl status) may be gone by now: nothing to read then.
+        let environment = environment_of(pid);
+        read += usize::from(!environment.is_empty());
+        for entry in environment {
+            let name = entry.split('=').next().unwrap_or_default();
+            assert!(
+                !["COINBASE_PRIVATE_KEY", "COINBASE_API_KEY", "DATABASE_URL"].contains(&name),
+                "process {pid} inherited {name}"
+            );
+            assert_no_secret(
+                &format!("the environment of process {pid}"),
+                &entry,
+                &secrets,
+            );
         }
-        assert!(waited < 150, "the service stops within 15 s of SIGTERM");
-        waited += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    assert!(
+        read >= 2,
+        "the environments of nats-server and PostgreSQL were read"
+    );
+
+    let status = service.stop().await;
     assert!(status.success(), "exit status {status}");
-    let logs: Vec<String> = service.lines.try_iter().collect();
-    let all = logs.join("\n");
+    let all = service.log();
     assert!(
         all.contains("SIMULATED"),
         "the logs say the feed is simulated"
     );
-    assert!(
-        !all.contains("hunter2pw"),
-        "the database password never reaches the logs"
-    );
-    assert!(
-        !all.contains("bm90LWEtcmVhbC1rZXk"),
-        "the key never reaches the logs"
-    );
+    assert_no_secret("the log", &all, &secrets);
+    // A JWT is a credential for two minutes: none in the log either (its header starts `eyJ`).
+    assert!(!all.contains("eyJ"), "a JWT appears in the log");
+    common::wait_for("the close frame", Duration::from_secs(30), || async {
+        sim.state.stats.client_close_frames.get() > 0
+    })
+    .await;
     assert_eq!(
         sim.state.stats.client_close_frames.get(),
         1,
-        "closed politely"
+        "closed politely, once"
     );
     sim.stop().await;
 }

@@ -6,13 +6,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{LoggedTrade, TestDb, aggregate, read_trade_log, stored_candles};
-use secrecy::ExposeSecret;
+use common::{AppEnv, LoggedTrade, Service, TestDb, aggregate, read_trade_log, stored_candles};
 use spot_canvas::candles::{Engine, EngineSettings};
 use spot_canvas::feed::{Feed, FeedSettings};
 use spot_canvas::model::FeedEvent;
@@ -130,24 +128,49 @@ async fn candles_survive_a_database_crash_while_trades_flow() {
         last
     });
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    common::wait_for(
+        "the writer to store candles",
+        Duration::from_secs(60),
+        || async { writer_stats.report().written_rows > 0 },
+    )
+    .await;
     db.pg
         .stop_with("immediate")
         .await
         .expect("PostgreSQL stops abruptly");
     let before = emitted.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let during = emitted.load(Ordering::Relaxed) - before;
-    assert!(
-        during > 50,
-        "the engine's output keeps flowing while the database is down: {during}"
-    );
-    assert!(
-        writer_stats.report().failures > 0,
-        "the writer saw the outage"
-    );
+    common::wait_for(
+        "the writer to see the outage",
+        Duration::from_secs(60),
+        || async { writer_stats.report().failures > 0 },
+    )
+    .await;
+    // The engine does not wait for the database: its output keeps flowing during the outage
+    // (3 products at 10 trades/s give dozens of updates a second).
+    common::wait_for(
+        "50 more engine updates while the database is down",
+        Duration::from_secs(60),
+        || async { emitted.load(Ordering::Relaxed) >= before + 50 },
+    )
+    .await;
+    let pending = writer_stats.report().pending;
+    assert!(pending > 0, "the writer holds what it could not store");
+    let written_down = writer_stats.report().written_rows;
     db.pg.restart().await.expect("PostgreSQL starts again");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Writes succeed again, and trades keep flowing after the restart.
+    common::wait_for(
+        "the writer to store rows after the restart",
+        Duration::from_secs(60),
+        || async { writer_stats.report().written_rows > written_down },
+    )
+    .await;
+    let after_restart = emitted.load(Ordering::Relaxed);
+    common::wait_for(
+        "updates after the restart",
+        Duration::from_secs(60),
+        || async { emitted.load(Ordering::Relaxed) > after_restart + 20 },
+    )
+    .await;
 
     cancel.cancel();
     feed_task.await.expect("feed").expect("feed ok");
@@ -178,62 +201,54 @@ async fn candles_survive_a_database_crash_while_trades_flow() {
 async fn sigterm_with_updates_in_flight_loses_nothing() {
     let db = TestDb::migrated().await;
     let dir = tempfile::tempdir().expect("tempdir");
+    let data = common::data_dir();
     let sim = sim_with_log(dir.path(), 10, 20.0).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spot-canvas"))
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PORT", "0")
-        .env("LOG_FORMAT", "json")
-        .env("DATABASE_URL", db.url.expose_secret())
-        .env("DATA_DIR", dir.path().join("data"))
-        .env("COINBASE_WS_URL", sim.ws_url())
-        .env("COINBASE_REST_URL", sim.rest_url())
+    let env = AppEnv::for_sim(&sim, data.path())
+        .database(&db)
         // Only what the feed delivered, so the table's trade counts tell the window each
         // product saw (backfill has its own tests in tests/reconcile.rs).
-        .env("BACKFILL_HORIZON_HOURS", "0")
-        .env(
+        .set("BACKFILL_HORIZON_HOURS", "0")
+        // Updates wait in the writer for up to 2 s: the signal finds some there.
+        .set("WRITER_FLUSH_MS", "2000")
+        .set("WRITER_BATCH_ROWS", "10000")
+        .set(
             "PRODUCTS",
             spot_canvas::sim::market::MarketSpec::product_ids(10).join(","),
+        );
+    let mut service = Service::start(&env, &dir.path().join("serve.log")).await;
+    // Candles are being written, and then updates wait in the writer: the last `/health`
+    // before the signal tells how many trades the engine had taken by then.
+    let written = service
+        .wait_for_health("candles written", Duration::from_secs(60), |_, h| {
+            h["store"]["writer"]["written_rows"].as_u64() > Some(0)
+        })
+        .await;
+    let trades_then = written["engine"]["trades"].as_u64().expect("trades");
+    let at_signal = service
+        .wait_for_health(
+            "more trades, with updates pending in the writer",
+            Duration::from_secs(60),
+            |_, h| {
+                h["engine"]["trades"].as_u64() > Some(trades_then + 200)
+                    && h["store"]["writer"]["pending"].as_u64() > Some(0)
+            },
         )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("serve.log")).expect("log file"))
-        .spawn()
-        .expect("starts");
-    // Wait until candles are being written, then a little more.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM live_candles")
-            .fetch_one(&db.pool)
-            .await
-            .expect("count");
-        if rows > 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no candles written");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+        .await;
+    service.terminate();
+    let taken = at_signal["engine"]["trades"].as_u64().expect("trades");
+    let exit = service.wait_exit(common::STOP_WITHIN).await;
     assert!(exit.success(), "{exit}");
     sim.stop().await;
-    let logs = std::fs::read_to_string(dir.path().join("serve.log")).expect("logs");
-    let flushed = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let logs = service.log();
+    let flushed = service
+        .log_lines()
+        .into_iter()
         .find(|v| v["message"] == "writer flushed")
         .expect("the writer reports its final flush");
     assert_eq!(flushed["pending"], 0, "nothing left unwritten");
     assert!(flushed["written"].as_u64() > Some(0));
     assert!(!logs.contains("stage failed"), "{logs}");
+    assert!(!logs.contains("before the stop signal"), "{logs}");
     // The engine saw each product's trades from its first snapshot on, contiguously: the
     // 1-minute trade counts tell how many, the highest stored id where they end.
     let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
@@ -250,14 +265,27 @@ async fn sigterm_with_updates_in_flight_loses_nothing() {
         let w = windows.entry(product).or_insert((0, 0));
         w.1 = w.1.max(v.last_trade_id.0);
     }
+    // Every trade the engine had taken before the signal is stored: updates lost at the
+    // signal would leave fewer (the stored windows alone would just be shorter).
+    let stored: u64 = counts.values().sum();
+    assert!(
+        stored >= taken,
+        "{stored} trades stored, {taken} taken before the signal"
+    );
     for (product, w) in &mut windows {
         w.0 = w.1 + 1 - counts[product];
     }
     assert_eq!(windows.len(), 10);
-    assert_table_matches_log(
-        &db,
-        &read_trade_log(&dir.path().join("trades.jsonl")),
-        &windows,
-    )
-    .await;
+    // And what is stored is exactly the simulator's trades of those windows: each a
+    // contiguous run of the log from the first snapshot on.
+    let log = read_trade_log(&dir.path().join("trades.jsonl"));
+    for (product, (first, last)) in &windows {
+        assert!(
+            log.iter()
+                .any(|t| &t.product_id == product && t.trade_id == *last),
+            "{product}: the last stored trade {last} is one the simulator made"
+        );
+        assert!(*first <= *last, "{product}");
+    }
+    assert_table_matches_log(&db, &log, &windows).await;
 }

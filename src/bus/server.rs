@@ -59,7 +59,12 @@ impl EmbeddedNats {
     }
 
     async fn spawn(&self) -> anyhow::Result<()> {
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        // It needs none of the service's variables, secrets among them.
+        for var in crate::config::VARIABLES {
+            command.env_remove(var.name);
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",

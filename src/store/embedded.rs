@@ -138,6 +138,10 @@ impl EmbeddedPostgres {
             Command::new(binary)
         };
         command.stdin(Stdio::null()).kill_on_drop(false);
+        // The server needs none of the service's variables, secrets among them.
+        for var in crate::config::VARIABLES {
+            command.env_remove(var.name);
+        }
         command
     }
 

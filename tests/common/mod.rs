@@ -1,8 +1,16 @@
-//! Helpers shared by integration tests: a throwaway PostgreSQL cluster and a fresh database.
+//! Helpers shared by integration tests: a throwaway PostgreSQL cluster and a fresh database,
+//! waiting for conditions, the whole service in-process ([`TestApp`]) or as the binary
+//! ([`Service`]), and the simulator's trade log with a plain aggregation of it.
 
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+mod app;
+mod service;
 mod wait;
+pub use app::{
+    AppEnv, STOP_WITHIN, TestApp, data_dir, health, processes_mentioning, wait_for_health,
+};
+pub use service::{READY_WITHIN, Service, environment_of, signal};
 pub use wait::{eventually, wait_for};
 
 use std::os::unix::fs::PermissionsExt;
