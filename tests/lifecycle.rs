@@ -100,7 +100,8 @@ fn processes_of(dir: &Path) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != std::process::id() && alive(pid))
         .filter(|&pid| {
-            let in_dir = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+            let in_dir = std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(dir));
             in_dir || cmdline(pid).iter().any(|a| a.contains(&text))
         })
         .collect()
@@ -279,7 +280,11 @@ async fn stop_cleanly(mut serve: Serve, data: &DataDir) {
     signal(serve.pid(), "-TERM");
     let status = serve.wait_exit().await;
     assert!(status.success(), "exit {status}: {}", serve.log());
-    assert_eq!(processes_of(&data.path), Vec::<u32>::new(), "nothing left running");
+    assert_eq!(
+        processes_of(&data.path),
+        Vec::<u32>::new(),
+        "nothing left running"
+    );
 }
 
 #[tokio::test]
@@ -301,7 +306,10 @@ async fn sigterm_while_waiting_for_nats_stops_the_database_and_the_next_start_wo
     let status = serve.wait_exit().await;
     assert!(status.success(), "exit {status}: {}", serve.log());
     // The service stops its children before it exits: nothing to wait for.
-    assert!(!alive(postmaster), "the postmaster {postmaster} was left running");
+    assert!(
+        !alive(postmaster),
+        "the postmaster {postmaster} was left running"
+    );
     assert_eq!(processes_of(&data.path), Vec::<u32>::new());
     assert_eq!(postmaster_pid(&data.cluster()), None, "a clean shutdown");
 
@@ -317,11 +325,10 @@ async fn sigterm_while_the_cluster_is_created_leaves_nothing_and_the_next_start_
     let data = DataDir::new();
     let nats = format!("nats://127.0.0.1:{}", silent_port());
     let mut serve = Serve::start(&data, &[("NATS_URL", nats)]);
-    // The password file is written just before initdb runs.
-    let password = data.path.join("postgres.password");
-    wait_for("the cluster to be created", START, || {
-        let exists = password.exists();
-        async move { exists }
+    // initdb (or whatever it started) runs in the directory.
+    wait_for("initdb to run", START, || {
+        let running = !processes_of(&data.path).is_empty();
+        async move { running }
     })
     .await;
     signal(serve.pid(), "-TERM");
@@ -381,6 +388,21 @@ fn write_pid_file(cluster: &Path, pid: u32) {
     std::fs::write(cluster.join("postmaster.pid"), text).expect("pid file");
 }
 
+/// The `postgres` user's ids when we are root (the server then runs as that user).
+fn server_user() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("passwd");
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.first() == Some(&"postgres") && fields.len() > 3)
+            .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+            .flatten()
+    })
+}
+
 fn migrate(data: &DataDir, action: &str) {
     let output = Command::new(env!("CARGO_BIN_EXE_spot-canvas"))
         .args(["migrate", action])
@@ -402,11 +424,16 @@ fn a_stale_postmaster_pid_does_not_block_the_start() {
     migrate(&data, "up");
     assert_eq!(postmaster_pid(&data.cluster()), None, "stopped cleanly");
 
-    // The pid of a running process that is no PostgreSQL server (pids are reused).
-    let mut other = Command::new("sleep")
-        .arg("600")
-        .spawn()
-        .expect("sleep starts");
+    // The pid of a running process that is no PostgreSQL server (pids are reused), of the
+    // server's user (another user's process cannot be signalled, which PostgreSQL takes as
+    // not running).
+    let mut sleep = Command::new("sleep");
+    sleep.arg("600");
+    if let Some((uid, gid)) = server_user() {
+        std::os::unix::process::CommandExt::uid(&mut sleep, uid);
+        std::os::unix::process::CommandExt::gid(&mut sleep, gid);
+    }
+    let mut other = sleep.spawn().expect("sleep starts");
     write_pid_file(&data.cluster(), other.id());
     migrate(&data, "status");
     assert!(alive(other.id()), "an unrelated process is left alone");
@@ -496,7 +523,10 @@ async fn dropping_the_last_owner_of_an_embedded_postgres_stops_its_server() {
 
     drop(other);
     // Drop stops it synchronously: gone by the time drop returns.
-    assert!(!alive(postmaster), "the postmaster {postmaster} was left running");
+    assert!(
+        !alive(postmaster),
+        "the postmaster {postmaster} was left running"
+    );
     assert_eq!(processes_of(&data.path), Vec::<u32>::new());
     assert_eq!(postmaster_pid(&data.cluster()), None, "a clean shutdown");
 }
@@ -537,7 +567,13 @@ async fn a_panic_while_holding_the_embedded_servers_stops_them() {
     });
     let (postmaster, nats_pid) = rx.await.expect("both started");
     assert!(task.await.is_err(), "the task panicked");
-    assert!(!alive(postmaster), "the postmaster {postmaster} was left running");
-    assert!(!alive(nats_pid), "the nats-server {nats_pid} was left running");
+    assert!(
+        !alive(postmaster),
+        "the postmaster {postmaster} was left running"
+    );
+    assert!(
+        !alive(nats_pid),
+        "the nats-server {nats_pid} was left running"
+    );
     assert_eq!(processes_of(&data.path), Vec::<u32>::new());
 }

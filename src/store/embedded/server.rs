@@ -94,7 +94,8 @@ impl EmbeddedPostgres {
                     })
                 });
             }
-            if ready_pid(&self.cluster) == Some(child.id()) && self.connect("postgres").await.is_ok()
+            if ready_pid(&self.cluster) == Some(child.id())
+                && self.connect("postgres").await.is_ok()
             {
                 break;
             }
