@@ -237,3 +237,75 @@ pub fn append_log(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
     let offset = file.metadata()?.len();
     Ok((file, offset))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUICK: StopPlan = &[(Signal::TERM, Duration::from_secs(5))];
+    const SHORT: StopPlan = &[(Signal::TERM, Duration::from_millis(200))];
+
+    #[test]
+    fn a_dropped_child_and_its_process_group_are_stopped() {
+        // A shell that ignores SIGTERM and keeps a grandchild in its group: only the final
+        // SIGKILL to the group ends both.
+        let mut command = Command::new("sh");
+        command.args(["-c", "trap '' TERM; sleep 600 & echo $!; wait"]);
+        command.stdout(std::process::Stdio::piped());
+        let mut child = OwnedChild::spawn(&mut command, "sh", SHORT).expect("sh starts");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("the grandchild's pid");
+        let grandchild: u32 = line.trim().parse().expect("pid");
+        let pid = child.id();
+        assert!(is_running(pid) && is_running(grandchild));
+        drop(child);
+        assert!(!is_running(pid), "the child was left running");
+        // The grandchild is not ours to reap: it may linger as a zombie of init, not running.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_running(grandchild) && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
+        assert!(!is_running(grandchild), "its group was left running");
+    }
+
+    #[test]
+    fn a_child_stopped_in_order_is_not_stopped_again_and_the_environment_is_minimal() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "env; exec sleep 600"]);
+        minimal_env(&mut command).stdout(std::process::Stdio::piped());
+        let mut child = OwnedChild::spawn(&mut command, "sh", QUICK).expect("sh starts");
+        let mut env = String::new();
+        let mut out = std::io::BufReader::new(child.child.stdout.take().expect("stdout"));
+        while !env.contains("LANG=") {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut out, &mut line).expect("env") == 0 {
+                break;
+            }
+            env.push_str(&line);
+        }
+        let names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+        for name in &names {
+            assert!(
+                ["PATH", "LANG", "PWD", "SHLVL", "_"].contains(name),
+                "unexpected variable {name}"
+            );
+        }
+        let status = child.stop_blocking(QUICK).expect("it ends on SIGTERM");
+        assert!(!status.success());
+        assert!(child.exited().is_some());
+        drop(child);
+    }
+
+    #[test]
+    fn a_reaped_process_does_not_count_as_running() {
+        assert!(is_running(std::process::id()));
+        let mut done = Command::new("true").spawn().expect("true starts");
+        let pid = done.id();
+        done.wait().expect("reaped");
+        assert!(!is_running(pid));
+    }
+}
