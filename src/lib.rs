@@ -10,6 +10,7 @@
 //! - [`sink`]: the coalescing sink shared by the writer and the publisher.
 //! - [`bus`]: NATS: publisher, KV, live state, embedded nats-server.
 //! - [`store`]: PostgreSQL storage, the batch writer, the embedded database.
+//! - [`children`]: child processes (embedded servers): minimal environment, stopped on drop.
 //! - [`sim`]: the exchange simulator (`spot-canvas sim`).
 //! - [`shutdown`]: the stop signal.
 //! - [`supervise`]: stage supervision (restart or ordered stop on an early end).
@@ -21,6 +22,7 @@ pub mod app;
 pub mod backoff;
 pub mod bus;
 pub mod candles;
+pub mod children;
 pub mod cli;
 pub mod coinbase;
 pub mod config;

@@ -36,7 +36,20 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
+/// Starts a 3-node cluster. The ports are chosen free but another program may take one before
+/// a node binds it: then that node exits, and the whole cluster starts again on fresh ports.
+async fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
+    let mut failures = Vec::new();
+    for attempt in 1..=5 {
+        match try_start_cluster(&dir.join(format!("attempt{attempt}"))).await {
+            Ok(nodes) => return nodes,
+            Err(why) => failures.push(why),
+        }
+    }
+    panic!("the NATS cluster does not start: {failures:#?}");
+}
+
+async fn try_start_cluster(dir: &std::path::Path) -> Result<Vec<Node>, String> {
     let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let routes = route_ports
@@ -44,10 +57,13 @@ fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
         .map(|p| format!("nats://127.0.0.1:{p}"))
         .collect::<Vec<_>>()
         .join(",");
-    (0..3)
+    let ports_dir = dir.join("ports");
+    std::fs::create_dir_all(&ports_dir).expect("ports dir");
+    let mut nodes: Vec<Node> = (0..3)
         .map(|i| {
             let store = dir.join(format!("n{i}"));
             std::fs::create_dir_all(&store).expect("store dir");
+            let log = std::fs::File::create(dir.join(format!("n{i}.log"))).expect("log");
             let child = Command::new("nats-server")
                 .args(["-a", "127.0.0.1", "-p", &client_ports[i].to_string(), "-js"])
                 .arg("-sd")
@@ -55,8 +71,10 @@ fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
                 .args(["--server_name", &format!("n{i}"), "--cluster_name", "spot"])
                 .args(["--cluster", &format!("nats://127.0.0.1:{}", route_ports[i])])
                 .args(["--routes", &routes])
+                .arg("--ports_file_dir")
+                .arg(&ports_dir)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .expect("nats-server starts");
             Node {
@@ -64,7 +82,41 @@ fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
                 client_port: client_ports[i],
             }
         })
-        .collect()
+        .collect();
+    // Ready: each node (this very process: the file is named with its pid) says it listens on
+    // both of its ports. A node that could not bind one exits.
+    let outcome = common::eventually("the NATS nodes to listen", Duration::from_secs(60), || {
+        let state = cluster_state(&mut nodes, &route_ports, &ports_dir, dir);
+        async move { state }
+    })
+    .await;
+    outcome.map(|()| nodes)
+}
+
+/// `Some(Ok)` once every node listens on its ports, `Some(Err)` when one exited, else `None`.
+fn cluster_state(
+    nodes: &mut [Node],
+    route_ports: &[u16],
+    ports_dir: &std::path::Path,
+    dir: &std::path::Path,
+) -> Option<Result<(), String>> {
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if let Ok(Some(status)) = node.child.try_wait() {
+            let log = std::fs::read_to_string(dir.join(format!("n{i}.log"))).unwrap_or_default();
+            let last: Vec<&str> = log.lines().rev().take(2).collect();
+            return Some(Err(format!("node n{i} exited ({status}): {last:?}")));
+        }
+    }
+    let ready = nodes.iter().zip(route_ports).all(|(node, route)| {
+        let file = ports_dir.join(format!("nats-server_{}.ports", node.child.id()));
+        let Ok(text) = std::fs::read_to_string(file) else {
+            return false;
+        };
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        value["nats"][0] == format!("nats://127.0.0.1:{}", node.client_port)
+            && value["cluster"][0] == format!("nats://127.0.0.1:{route}")
+    });
+    ready.then_some(Ok(()))
 }
 
 async fn health(service: &Service) -> Value {
@@ -121,7 +173,7 @@ async fn watch_candles(client: &async_nats::Client) -> Seen {
 #[tokio::test]
 async fn two_shards_on_a_nats_cluster_each_serve_every_product() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let nodes = start_cluster(dir.path());
+    let nodes = start_cluster(dir.path()).await;
     let db = TestDb::migrated().await;
     let sim = Simulator::start(SimConfig {
         products: 8,

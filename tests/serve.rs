@@ -100,7 +100,7 @@ async fn serve_reports_health_on_a_simulated_feed_and_stops_on_sigterm() {
         .find(|v| v["message"] == "embedded PostgreSQL running")
         .and_then(|v| v["port"].as_u64())
         .expect("the embedded database logs its port");
-    // Where src/store/embedded.rs keeps the generated password.
+    // Where src/store/embedded/ keeps the generated password.
     let password = std::fs::read_to_string(data_dir.path().join("postgres.password"))
         .expect("password file")
         .trim()

