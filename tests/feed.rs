@@ -950,3 +950,163 @@ async fn a_full_event_channel_slows_the_reader_and_loses_nothing() {
     feed.stop().await;
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn multi_product_frames_through_the_engine_match_the_trade_log() {
+    use spot_canvas::candles::{Engine, EngineSettings};
+    use spot_canvas::model::{CandleUpdate, Granularity, SystemClock};
+
+    let products = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD"];
+    let (sim, _dir, log) = logged_sim(SimConfig {
+        products: 4,
+        trades_per_second: 10.0,
+        history_minutes: 2,
+        multi_product_frames: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let (feed_tx, mut feed_rx) = mpsc::channel(64);
+    let (engine_tx, engine_rx) = mpsc::channel(64);
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<CandleUpdate>>(64);
+    let feed = Feed::new(settings(&sim, Some(&products)), feed_tx);
+    let engine = Engine::new(
+        EngineSettings::default(),
+        Arc::new(SystemClock),
+        engine_rx,
+        out_tx,
+    );
+    let cancel = CancellationToken::new();
+    let feed_task = tokio::spawn(feed.run(cancel.clone()));
+    let engine_task = tokio::spawn(engine.run(CancellationToken::new()));
+    // A tap between feed and engine: what the engine was given.
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<FeedEvent>();
+    let tap = tokio::spawn(async move {
+        while let Some(event) = feed_rx.recv().await {
+            if seen_tx.send(event.clone()).is_err() || engine_tx.send(event).await.is_err() {
+                break;
+            }
+        }
+    });
+    let collector = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(batch) = out_rx.recv().await {
+            all.extend(batch);
+        }
+        all
+    });
+    let mut delivered = Delivered::default();
+    common::wait_for("multi-product frames", Duration::from_secs(30), || {
+        while let Ok(event) = seen_rx.try_recv() {
+            no_window(&event);
+            delivered.take(&event);
+        }
+        let done = delivered.multi_product_batches >= 10
+            && products
+                .iter()
+                .all(|p| delivered.ids.get(*p).is_some_and(|ids| ids.len() > 120));
+        async move { done }
+    })
+    .await;
+    cancel.cancel();
+    feed_task.await.expect("feed").expect("feed ok");
+    tap.await.expect("tap");
+    while let Ok(event) = seen_rx.try_recv() {
+        delivered.take(&event);
+    }
+    engine_task.await.expect("engine").expect("engine ok");
+    let updates = collector.await.expect("collector");
+    sim.stop().await;
+
+    // The newest update of each candle, and per product the newest trade the engine applied.
+    let mut latest: BTreeMap<(String, Granularity, i64), CandleUpdate> = BTreeMap::new();
+    for u in updates {
+        let key = (
+            u.candle.product_id.clone(),
+            u.candle.granularity,
+            u.candle.start.timestamp(),
+        );
+        if latest.get(&key).is_none_or(|e| e.version < u.version) {
+            latest.insert(key, u);
+        }
+    }
+    let mut last_seen: BTreeMap<&str, u64> = BTreeMap::new();
+    for u in latest.values() {
+        let e = last_seen.entry(u.candle.product_id.as_str()).or_default();
+        *e = (*e).max(u.version.last_trade_id.0);
+    }
+    // The shared aggregation of the log over the trades the engine was given.
+    let log = common::read_trade_log(&log);
+    let given: Vec<&common::LoggedTrade> = log
+        .iter()
+        .filter(|t| {
+            let first = delivered.ids.get(&t.product_id).and_then(|ids| ids.first());
+            let last = last_seen.get(t.product_id.as_str());
+            matches!((first, last), (Some(f), Some(l)) if (*f..=*l).contains(&t.trade_id))
+        })
+        .collect();
+    let expected = common::aggregate(&given);
+    assert_eq!(
+        latest.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (key, e) in &expected {
+        let c = &latest[key].candle;
+        let got = common::Ohlcv {
+            open: c.open,
+            high: c.high,
+            low: c.low,
+            close: c.close,
+            volume: c.volume,
+            count: c.trade_count.expect("count"),
+        };
+        assert_eq!(&got, e, "{key:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_stalls_neither_the_connection_nor_the_shutdown() {
+    // A WebSocket server that completes the handshake, then never reads nor answers: neither
+    // the subscribes nor the close frame get a reply.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    held.push(ws);
+                }
+            }
+        }
+    });
+    let sim = sim(1).await;
+    let mut s = settings(&sim, Some(&["BTC-USD"]));
+    s.ws_url = format!("ws://{addr}");
+    let mut feed = Running::start(s);
+    // The silence timeout abandons the mute peer: the connection goes on with a new one.
+    feed.health_until(Duration::from_secs(20), |r| {
+        r.connections.first().is_some_and(|c| {
+            c.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no frame"))
+        })
+    })
+    .await;
+    common::wait_for("a second connect", Duration::from_secs(20), || {
+        let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        async move { n >= 2 }
+    })
+    .await;
+    feed.health_until(Duration::from_secs(10), |r| r.connected == 1)
+        .await;
+    // Stopping closes politely; the peer never answers, and the close times out instead of
+    // hanging (`stop` fails after 10 s).
+    feed.stop().await;
+    server.abort();
+    sim.stop().await;
+}
