@@ -102,6 +102,7 @@ impl Connection {
                 time: frame.timestamp,
             },
             FrameBody::Subscriptions { subscriptions } => {
+                self.pending_subscribe = None;
                 tracing::debug!(conn = self.id, ?subscriptions, "subscriptions acknowledged");
                 return Ok(());
             }
@@ -309,12 +310,16 @@ impl Connection {
             return Ok(());
         }
         let next = last_seq.map_or(0, |s| s.saturating_add(1));
+        let since = self
+            .pending_subscribe
+            .take()
+            .map_or(previous_frame, |sent| sent.min(previous_frame));
         self.emit(FeedEvent::Gap {
             connection: self.id,
             products: rest.clone(),
             expected: next,
             got: next,
-            since: self.last_subscribe.min(previous_frame),
+            since,
             at,
         })
         .await?;

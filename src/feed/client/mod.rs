@@ -82,8 +82,9 @@ pub struct Connection {
     shared: Arc<Shared>,
     /// Commands from the manager; closed when the manager drops the connection.
     commands: mpsc::Receiver<Command>,
-    /// When a subscribe was last sent: a refused subscribe loses trades from then on.
-    last_subscribe: DateTime<Utc>,
+    /// When the oldest subscribe not yet acknowledged was sent: a refused subscribe loses the
+    /// trades of its products from then on.
+    pending_subscribe: Option<DateTime<Utc>>,
     /// When malformed trades were last logged, per product (at most once a minute each).
     bad_trades_logged: HashMap<String, Instant>,
 }
@@ -103,7 +104,7 @@ impl Connection {
             products,
             shared,
             commands,
-            last_subscribe: Utc::now(),
+            pending_subscribe: None,
             bad_trades_logged: HashMap::new(),
         }
     }
@@ -194,6 +195,7 @@ impl Connection {
             Ok(Err(e)) => return End::Retry(format!("connect failed: {e}")),
             Err(_) => return End::Retry("connect timed out".into()),
         };
+        self.pending_subscribe = None;
         if let Err(e) = self.subscribe_all(&mut ws, Priority::High).await {
             return End::Retry(format!("subscribe failed: {e}"));
         }

@@ -123,7 +123,7 @@ impl Connection {
         }
         self.shared.message_pacer.acquire(priority).await;
         if kind == "subscribe" && channel != "heartbeats" {
-            self.last_subscribe = Utc::now();
+            self.pending_subscribe.get_or_insert_with(Utc::now);
         }
         match timeout(
             SEND_TIMEOUT,
