@@ -1076,4 +1076,41 @@ mod tokens {
         assert_eq!(sim.state.stats.jwt_rejected.get(), 7);
         sim.stop().await;
     }
+
+    #[tokio::test]
+    async fn ed25519_tokens_are_verified_too() {
+        use base64::Engine as _;
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let public =
+            base64::engine::general_purpose::STANDARD.encode(signing.verifying_key().as_bytes());
+        let sim = start(SimConfig {
+            jwt_public_key: Some(public),
+            jwt_key_name: Some(KEY_NAME.into()),
+            ..quick(1)
+        })
+        .await;
+        let der = signing.to_pkcs8_der().expect("der");
+        let sign = |key: &EncodingKey| {
+            let now = Utc::now().timestamp();
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some(KEY_NAME.into());
+            header.nonce = Some("0123456789abcdef".into());
+            let claims = json!({"iss": "cdp", "sub": KEY_NAME, "nbf": now, "exp": now + 120});
+            jsonwebtoken::encode(&header, &claims, key).expect("signs")
+        };
+        let ok = answer(&sim, sign(&EncodingKey::from_ed_der(der.as_bytes()))).await;
+        assert_eq!(ok["channel"], "subscriptions", "{ok}");
+        let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32])
+            .to_pkcs8_der()
+            .expect("der");
+        let refused = answer(&sim, sign(&EncodingKey::from_ed_der(other.as_bytes()))).await;
+        assert_eq!(refused["type"], "error", "{refused}");
+        // An ES256 token is refused by an Ed25519 key whatever its signature.
+        let now = Utc::now().timestamp();
+        let es = answer(&sim, token(0x42, "cdp", KEY_NAME, now, now + 120)).await;
+        assert_eq!(es["type"], "error", "{es}");
+        assert_eq!(sim.state.stats.jwt_accepted.get(), 1);
+        sim.stop().await;
+    }
 }
