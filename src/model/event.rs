@@ -36,8 +36,10 @@ pub enum FeedEvent {
         disconnected_at: DateTime<Utc>,
         reconnected_at: DateTime<Utc>,
     },
-    /// Frames were lost on a connection (a `sequence_num` jump) between the frame received at
-    /// `since` and the one received at `at`; it resubscribes.
+    /// Frames may be missing on a connection between the frame received at `since` and the
+    /// one received at `at`: a `sequence_num` jump (`got > expected`), a sequence going
+    /// backwards (`got < expected`, a new sequence), or a refused subscribe of some of its
+    /// products (`got == expected`: the others are subscribed again). It resubscribes.
     Gap {
         connection: usize,
         products: Vec<String>,
