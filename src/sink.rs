@@ -3,12 +3,15 @@
 //! In: batches of [`CandleUpdate`]. Out: calls of a flush function with the newest update of
 //! every candle received since the last flush, at `max_rows` pending candles or every
 //! `flush_interval`, one flush at a time. It keeps receiving while a flush is under way, so
-//! it never holds up its sender; a failed flush is retried with backoff, its rows merged back
-//! under any newer update received meanwhile. Memory is bounded by the number of candles.
-//! When the input closes, everything held is flushed before `run` returns.
+//! it never holds up its sender. A flush that fails, panics, or does not finish within
+//! `flush_timeout` (it is then abandoned) is retried with backoff, its rows merged back under
+//! any newer update received meanwhile: no row is dropped. Memory is bounded by the number of
+//! candles. When the input closes, everything held is flushed before `run` returns; if `run`
+//! is dropped first (a forced stop), the rows it still held are counted in an error log.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -31,6 +34,9 @@ pub struct SinkSettings {
     /// Retry backoff after a failed write: doubles from `retry_base` up to `retry_cap`.
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// A flush still running after this long is abandoned and counted as failed; its rows are
+    /// retried. Bounds how long a hung database or NATS server can hold the sink (and its stop).
+    pub flush_timeout: Duration,
 }
 
 impl Default for SinkSettings {
@@ -40,6 +46,7 @@ impl Default for SinkSettings {
             flush_interval: Duration::from_millis(100),
             retry_base: Duration::from_millis(200),
             retry_cap: Duration::from_secs(10),
+            flush_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -50,7 +57,12 @@ pub struct SinkStats {
     received: AtomicU64,
     written_rows: AtomicU64,
     batches: AtomicU64,
+    /// Failed flushes of any kind (errors, timeouts, panics).
     failures: AtomicU64,
+    /// Of the failures: flushes abandoned after `flush_timeout`.
+    timeouts: AtomicU64,
+    /// Of the failures: flushes whose task panicked.
+    panics: AtomicU64,
     pending: AtomicU64,
     /// Batches by size class: 1, 2–9, 10–49, 50–99, 100–999, ≥ 1000 rows.
     batch_sizes: [AtomicU64; 6],
@@ -63,6 +75,8 @@ pub struct SinkReport {
     pub written_rows: u64,
     pub batches: u64,
     pub failures: u64,
+    pub timeouts: u64,
+    pub panics: u64,
     pub pending: u64,
     pub batch_sizes: [(&'static str, u64); 6],
 }
@@ -91,6 +105,8 @@ impl SinkStats {
             written_rows: load(&self.written_rows),
             batches: load(&self.batches),
             failures: load(&self.failures),
+            timeouts: load(&self.timeouts),
+            panics: load(&self.panics),
             pending: load(&self.pending),
             batch_sizes: std::array::from_fn(|i| (SIZE_CLASSES[i], load(&self.batch_sizes[i]))),
         }
@@ -99,14 +115,52 @@ impl SinkStats {
 
 type Key = (String, Granularity, i64);
 
-/// A write under way: it hands back its rows (to retry them) with its outcome.
-type InFlight = JoinHandle<Flushed>;
+/// The rows of one flush, shared with the flush task: the sink keeps them until the flush
+/// succeeds, so a flush that fails, panics or is abandoned loses none.
+pub type Rows = Arc<Vec<CandleUpdate>>;
 
-/// What a flush hands back: its rows (to retry them) and its outcome.
-pub type Flushed = (Vec<CandleUpdate>, Result<(), String>);
+/// A flush under way: its rows, its task (aborted if dropped) and its deadline.
+struct InFlight {
+    rows: Rows,
+    task: JoinHandle<Result<(), String>>,
+    deadline: Instant,
+}
+
+/// How a flush ended.
+enum Outcome {
+    Written,
+    Failed(String),
+    TimedOut,
+    Panicked(String),
+}
+
+/// What the sink holds; on drop (a forced stop) it aborts the flush under way and says how
+/// many rows were never written.
+struct Held {
+    name: &'static str,
+    pending: HashMap<Key, CandleUpdate>,
+    in_flight: Option<InFlight>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut unwritten = self.pending.len();
+        if let Some(flight) = self.in_flight.take() {
+            flight.task.abort();
+            unwritten += flight.rows.len();
+        }
+        if unwritten > 0 {
+            tracing::error!(
+                sink = self.name,
+                rows = unwritten,
+                "sink stopped before writing these rows"
+            );
+        }
+    }
+}
 
 /// Runs the sink until `input` closes and everything received is flushed. `flush` gets the
-/// rows to write and hands them back with the outcome. `name` labels logs.
+/// rows to write (each key once) and says whether they were written. `name` labels logs.
 pub async fn run<F, Fut>(
     name: &'static str,
     mut input: mpsc::Receiver<Vec<CandleUpdate>>,
@@ -114,75 +168,136 @@ pub async fn run<F, Fut>(
     stats: Arc<SinkStats>,
     flush: F,
 ) where
-    F: Fn(Vec<CandleUpdate>) -> Fut,
-    Fut: Future<Output = Flushed> + Send + 'static,
+    F: Fn(Rows) -> Fut,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
-    let mut pending: HashMap<Key, CandleUpdate> = HashMap::new();
-    let mut in_flight: Option<InFlight> = None;
+    let mut held = Held {
+        name,
+        pending: HashMap::new(),
+        in_flight: None,
+    };
     let mut failures_in_row: u32 = 0;
     let mut retry_at: Option<Instant> = None;
     let mut flush_at = Instant::now() + settings.flush_interval;
     let mut input_open = true;
     loop {
-        let due = !pending.is_empty()
-            && in_flight.is_none()
+        let due = !held.pending.is_empty()
+            && held.in_flight.is_none()
             && retry_at.is_none_or(|t| Instant::now() >= t)
-            && (pending.len() >= settings.max_rows || Instant::now() >= flush_at || !input_open);
+            && (held.pending.len() >= settings.max_rows
+                || Instant::now() >= flush_at
+                || !input_open);
         if due {
-            let rows: Vec<CandleUpdate> = pending.drain().map(|(_, u)| u).collect();
-            in_flight = Some(tokio::spawn(flush(rows)));
+            let rows: Rows = Arc::new(held.pending.drain().map(|(_, u)| u).collect());
+            held.in_flight = Some(start_flush(&flush, rows, settings.flush_timeout));
             flush_at = Instant::now() + settings.flush_interval;
         }
-        stats.pending.store(pending.len() as u64, Ordering::Relaxed);
-        if !input_open && pending.is_empty() && in_flight.is_none() {
+        stats
+            .pending
+            .store(held.pending.len() as u64, Ordering::Relaxed);
+        if !input_open && held.pending.is_empty() && held.in_flight.is_none() {
             return;
         }
         let wake_at = retry_at.unwrap_or(flush_at).max(Instant::now());
+        let idle = held.in_flight.is_none();
         tokio::select! {
             batch = input.recv(), if input_open => match batch {
                 Some(batch) => {
                     stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     for update in batch {
-                        coalesce(&mut pending, update);
+                        coalesce(&mut held.pending, update);
                     }
                 }
                 None => input_open = false,
             },
-            done = async { in_flight.as_mut().expect("guarded by the if").await }, if in_flight.is_some() => {
-                in_flight = None;
-                match done {
-                    Ok((rows, Ok(()))) => {
-                        stats.record_batch(rows.len());
-                        failures_in_row = 0;
-                        retry_at = None;
-                    }
-                    Ok((rows, Err(e))) => {
-                        stats.failures.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("spot_canvas_sink_failures_total", "sink" => name).increment(1);
-                        let delay = backoff(&settings, failures_in_row);
-                        failures_in_row = failures_in_row.saturating_add(1);
-                        tracing::warn!(
-                            error = %e,
-                            rows = rows.len(),
-                            retry_in_ms = delay.as_millis() as u64,
-                            sink = name,
-                            "flush failed, keeping the rows and retrying"
-                        );
-                        // Back into pending, unless a newer update of the key came meanwhile.
-                        for update in rows {
-                            coalesce(&mut pending, update);
-                        }
-                        retry_at = Some(Instant::now() + delay);
-                    }
-                    Err(e) => {
-                        // The flush task panicked: its rows are lost to it. Say so loudly.
-                        tracing::error!(sink = name, error = %e, "flush task failed");
-                        failures_in_row = failures_in_row.saturating_add(1);
-                    }
+            outcome = finished(held.in_flight.as_mut()), if !idle => {
+                let Some(flight) = held.in_flight.take() else { continue };
+                if matches!(outcome, Outcome::TimedOut) {
+                    flight.task.abort();
                 }
+                if let Outcome::Written = outcome {
+                    stats.record_batch(flight.rows.len());
+                    failures_in_row = 0;
+                    retry_at = None;
+                    continue;
+                }
+                let error = match outcome {
+                    Outcome::Written => String::new(),
+                    Outcome::Failed(e) => e,
+                    Outcome::TimedOut => {
+                        stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                        format!("no answer within {:?}, abandoned", settings.flush_timeout)
+                    }
+                    Outcome::Panicked(e) => {
+                        stats.panics.fetch_add(1, Ordering::Relaxed);
+                        format!("the flush task panicked: {e}")
+                    }
+                };
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("spot_canvas_sink_failures_total", "sink" => name).increment(1);
+                let delay = backoff(&settings, failures_in_row);
+                failures_in_row = failures_in_row.saturating_add(1);
+                tracing::warn!(
+                    error = %error,
+                    rows = flight.rows.len(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    sink = name,
+                    "flush failed, keeping the rows and retrying"
+                );
+                // Back into pending, unless a newer update of the key came meanwhile.
+                let rows = Arc::try_unwrap(flight.rows).unwrap_or_else(|shared| (*shared).clone());
+                for update in rows {
+                    coalesce(&mut held.pending, update);
+                }
+                retry_at = Some(Instant::now() + delay);
             },
-            () = tokio::time::sleep_until(wake_at), if !pending.is_empty() && in_flight.is_none() => {}
+            () = tokio::time::sleep_until(wake_at), if !held.pending.is_empty() && idle => {}
         }
+    }
+}
+
+/// Spawns a flush of `rows`. A flush function that panics while building its future counts as
+/// a panicked flush, like one whose task panics.
+fn start_flush<F, Fut>(flush: &F, rows: Rows, timeout: Duration) -> InFlight
+where
+    F: Fn(Rows) -> Fut,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let task = match std::panic::catch_unwind(AssertUnwindSafe(|| flush(rows.clone()))) {
+        Ok(future) => tokio::spawn(future),
+        Err(panic) => {
+            let message = panic_message(panic.as_ref());
+            tokio::spawn(async move { std::panic::panic_any(message) })
+        }
+    };
+    InFlight {
+        rows,
+        task,
+        deadline: Instant::now() + timeout,
+    }
+}
+
+/// Waits for the flush under way to end or to run out of time.
+async fn finished(flight: Option<&mut InFlight>) -> Outcome {
+    let Some(flight) = flight else {
+        return std::future::pending().await;
+    };
+    match tokio::time::timeout_at(flight.deadline, &mut flight.task).await {
+        Err(_elapsed) => Outcome::TimedOut,
+        Ok(Ok(Ok(()))) => Outcome::Written,
+        Ok(Ok(Err(e))) => Outcome::Failed(e),
+        Ok(Err(e)) if e.is_panic() => Outcome::Panicked(panic_message(e.into_panic().as_ref())),
+        Ok(Err(e)) => Outcome::Failed(e.to_string()),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }
 
@@ -199,4 +314,213 @@ fn backoff(settings: &SinkSettings, failures: u32) -> Duration {
         failures,
         rand::rng().random::<f64>(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use chrono::DateTime;
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::model::{Candle, TradeId, Version};
+
+    fn update(key: i64, count: u64) -> CandleUpdate {
+        let start = 1_790_000_040 + 60 * key;
+        let time = DateTime::from_timestamp(start, 0).expect("time");
+        CandleUpdate {
+            candle: Candle {
+                product_id: "BTC-USD".into(),
+                granularity: Granularity::OneMinute,
+                start: time,
+                open: Decimal::ONE,
+                high: Decimal::ONE,
+                low: Decimal::ONE,
+                close: Decimal::ONE,
+                volume: Decimal::from(count),
+                buy_volume: None,
+                trade_count: Some(count),
+            },
+            complete: false,
+            revision: 0,
+            version: Version {
+                bucket_start: start,
+                revision: 0,
+                complete: false,
+                trade_count: count,
+                last_trade_id: TradeId(count),
+            },
+            last_trade_time: time,
+            last_received: time,
+        }
+    }
+
+    fn settings() -> SinkSettings {
+        SinkSettings {
+            max_rows: 1_000,
+            flush_interval: Duration::from_millis(10),
+            retry_base: Duration::from_millis(10),
+            retry_cap: Duration::from_millis(50),
+            flush_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Runs a sink over 100 keys (sent as 10 batches, then the input closes) with `flush`, and
+    /// returns what was written, by key, and the stats.
+    async fn run_with<F, Fut>(flush: F, written: Arc<Mutex<HashMap<i64, u64>>>) -> SinkReport
+    where
+        F: Fn(Rows) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(4);
+        let stats = Arc::new(SinkStats::default());
+        let sink = tokio::spawn(run("test", rx, settings(), stats.clone(), flush));
+        for batch in 0..10 {
+            let rows = (0..10).map(|k| update(batch * 10 + k, 1)).collect();
+            tx.send(rows).await.expect("send");
+        }
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(60), sink)
+            .await
+            .expect("the sink ends once everything is written")
+            .expect("join");
+        let written = written.lock().expect("lock");
+        assert_eq!(written.len(), 100, "every key written");
+        assert!(written.values().all(|count| *count == 1));
+        stats.report()
+    }
+
+    fn record(written: &Mutex<HashMap<i64, u64>>, rows: &[CandleUpdate]) {
+        let mut written = written.lock().expect("lock");
+        for u in rows {
+            let key = (u.candle.start.timestamp() - 1_790_000_040) / 60;
+            written.insert(key, u.version.trade_count);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_task_that_panics_keeps_its_rows_and_they_are_retried() {
+        let written = Arc::new(Mutex::new(HashMap::new()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let report = run_with(
+            {
+                let (written, calls) = (written.clone(), calls.clone());
+                move |rows: Rows| {
+                    let (written, calls) = (written.clone(), calls.clone());
+                    async move {
+                        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                            panic!("a bug in the first flush");
+                        }
+                        record(&written, &rows);
+                        Ok(())
+                    }
+                }
+            },
+            written,
+        )
+        .await;
+        assert_eq!(report.panics, 1, "{report:?}");
+        assert_eq!(report.failures, 1, "{report:?}");
+        assert_eq!(report.written_rows, 100, "{report:?}");
+        assert_eq!(report.pending, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_fn_that_panics_before_its_future_is_retried_too() {
+        let written = Arc::new(Mutex::new(HashMap::new()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let report = run_with(
+            {
+                let (written, calls) = (written.clone(), calls.clone());
+                move |rows: Rows| {
+                    assert_ne!(calls.fetch_add(1, Ordering::SeqCst), 0, "first call panics");
+                    let written = written.clone();
+                    async move {
+                        record(&written, &rows);
+                        Ok(())
+                    }
+                }
+            },
+            written,
+        )
+        .await;
+        assert_eq!(report.panics, 1, "{report:?}");
+        assert_eq!(report.written_rows, 100, "{report:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_that_hangs_is_abandoned_after_the_timeout_and_retried() {
+        let written = Arc::new(Mutex::new(HashMap::new()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let report = run_with(
+            {
+                let (written, calls) = (written.clone(), calls.clone());
+                move |rows: Rows| {
+                    let (written, calls) = (written.clone(), calls.clone());
+                    async move {
+                        if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                            // A database that never answers.
+                            std::future::pending::<()>().await;
+                        }
+                        record(&written, &rows);
+                        Ok(())
+                    }
+                }
+            },
+            written,
+        )
+        .await;
+        assert_eq!(report.timeouts, 2, "{report:?}");
+        assert_eq!(report.failures, 2, "{report:?}");
+        assert_eq!(report.written_rows, 100, "{report:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_flush_keeps_newer_updates_received_meanwhile() {
+        let (tx, rx) = mpsc::channel(4);
+        let stats = Arc::new(SinkStats::default());
+        let written = Arc::new(Mutex::new(HashMap::new()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let flush = {
+            let (written, calls) = (written.clone(), calls.clone());
+            move |rows: Rows| {
+                let (written, calls) = (written.clone(), calls.clone());
+                let mut release = release_rx.clone();
+                async move {
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        // Fails, but only once the newer update has been received.
+                        let _released = release.wait_for(|r| *r).await;
+                        return Err("the database is away".to_owned());
+                    }
+                    record(&written, &rows);
+                    Ok(())
+                }
+            }
+        };
+        let sink = tokio::spawn(run("test", rx, settings(), stats.clone(), flush));
+        tx.send(vec![update(0, 1)]).await.expect("send");
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            while calls.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        waited.await.expect("the first flush starts");
+        tx.send(vec![update(0, 2)]).await.expect("send");
+        let received = tokio::time::timeout(Duration::from_secs(5), async {
+            while stats.report().received < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        received.await.expect("the newer update is received");
+        release_tx.send(true).expect("release");
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(60), sink)
+            .await
+            .expect("ends")
+            .expect("join");
+        assert_eq!(written.lock().expect("lock").get(&0), Some(&2), "newest kept");
+    }
 }

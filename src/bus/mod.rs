@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use live::{LiveState, LiveSubscription};
 pub use message::CandleMessage;
-pub use publisher::{Publisher, PublisherStats};
+pub use publisher::{Publisher, PublisherReport, PublisherStats};
 pub use server::EmbeddedNats;
 
 use crate::model::{EXCHANGE, Granularity};
