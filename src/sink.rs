@@ -521,6 +521,10 @@ mod tests {
             .await
             .expect("ends")
             .expect("join");
-        assert_eq!(written.lock().expect("lock").get(&0), Some(&2), "newest kept");
+        assert_eq!(
+            written.lock().expect("lock").get(&0),
+            Some(&2),
+            "newest kept"
+        );
     }
 }

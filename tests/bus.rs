@@ -13,8 +13,8 @@ use chrono::DateTime;
 use futures_util::StreamExt;
 use rust_decimal::Decimal;
 use spot_canvas::bus::{CandleMessage, EmbeddedNats, LiveState, Publisher, PublisherStats, kv_key};
-use spot_canvas::sink::SinkSettings;
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId, Version};
+use spot_canvas::sink::SinkSettings;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -194,11 +194,15 @@ async fn the_kv_keeps_the_newest_version_whatever_the_order_and_the_producers() 
             tx.send(batch).await.expect("send");
         }
         // Both take each round before the next comes, so their flushes interleave.
-        wait_for("both producers took the round", Duration::from_secs(20), || async {
-            all_stats
-                .iter()
-                .all(|s| s.report().sink.received >= (round + 1) * 10)
-        })
+        wait_for(
+            "both producers took the round",
+            Duration::from_secs(20),
+            || async {
+                all_stats
+                    .iter()
+                    .all(|s| s.report().sink.received >= (round + 1) * 10)
+            },
+        )
         .await;
     }
     drop(senders);
@@ -290,12 +294,16 @@ async fn a_killed_nats_server_is_restarted_and_state_and_kv_become_whole_again()
         );
     }
     // The live state converges (through live messages, or the KV after the reconnect).
-    wait_for("the live state whole again", Duration::from_secs(20), || async {
-        last.iter().all(|(p, round)| {
-            live.current(p, Granularity::OneMinute)
-                .is_some_and(|u| u.version.trade_count == *round)
-        })
-    })
+    wait_for(
+        "the live state whole again",
+        Duration::from_secs(20),
+        || async {
+            last.iter().all(|(p, round)| {
+                live.current(p, Granularity::OneMinute)
+                    .is_some_and(|u| u.version.trade_count == *round)
+            })
+        },
+    )
     .await;
     cancel.cancel();
     live_task.await.expect("join").expect("live state");
@@ -457,14 +465,13 @@ fn signal(which: &str, pid: u32) {
 async fn a_nats_server_that_stops_reading_stalls_neither_the_publisher_nor_its_stop() {
     let n = nats().await;
     let (tx, rx) = mpsc::channel(4);
-    let publisher = Publisher::new(n.client.clone(), n.kv.clone(), rx).with_settings(
-        SinkSettings {
+    let publisher =
+        Publisher::new(n.client.clone(), n.kv.clone(), rx).with_settings(SinkSettings {
             flush_timeout: Duration::from_secs(2),
             retry_base: Duration::from_millis(100),
             retry_cap: Duration::from_millis(500),
             ..SinkSettings::default()
-        },
-    );
+        });
     let stats = publisher.stats();
     let task = tokio::spawn(publisher.run());
     tx.send(vec![update("BTC-USD", 0, 1)]).await.expect("send");
@@ -493,17 +500,21 @@ async fn a_nats_server_that_stops_reading_stalls_neither_the_publisher_nor_its_s
     tokio::time::timeout(Duration::from_secs(10), sending)
         .await
         .expect("the publisher never blocks its sender");
-    wait_for("stalled flushes given up", Duration::from_secs(30), || async {
-        stats.report().sink.failures >= 2
-    })
+    wait_for(
+        "stalled flushes given up",
+        Duration::from_secs(30),
+        || async { stats.report().sink.failures >= 2 },
+    )
     .await;
     // The stop: the input closes while the server still does not read; the publisher keeps
     // retrying, each attempt bounded, holding every update.
     drop(tx);
     let before = stats.report().sink.failures;
-    wait_for("retries after the input closed", Duration::from_secs(30), || async {
-        stats.report().sink.failures > before
-    })
+    wait_for(
+        "retries after the input closed",
+        Duration::from_secs(30),
+        || async { stats.report().sink.failures > before },
+    )
     .await;
     assert!(!task.is_finished());
     drop(stopped);

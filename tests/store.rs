@@ -332,9 +332,11 @@ async fn the_writer_keeps_receiving_and_retries_while_the_database_is_down() {
     tokio::time::timeout(Duration::from_secs(5), sending)
         .await
         .expect("the writer never blocks its sender");
-    wait_for("writes failing while down", Duration::from_secs(15), || async {
-        stats.report().failures > 0
-    })
+    wait_for(
+        "writes failing while down",
+        Duration::from_secs(15),
+        || async { stats.report().failures > 0 },
+    )
     .await;
     db.pg.restart().await.expect("start again");
     drop(tx);
@@ -367,7 +369,12 @@ impl Frozen {
     fn stop(db: &TestDb) -> Frozen {
         let pidfile = db.pg.cluster_dir().join("postmaster.pid");
         let postmaster = std::fs::read_to_string(&pidfile).expect("postmaster.pid");
-        let postmaster = postmaster.lines().next().expect("a pid line").trim().to_owned();
+        let postmaster = postmaster
+            .lines()
+            .next()
+            .expect("a pid line")
+            .trim()
+            .to_owned();
         // The postmaster first: once it is stopped it forks no new children.
         signal("-STOP", std::slice::from_ref(&postmaster));
         let mut pids = vec![postmaster.clone()];
@@ -415,12 +422,11 @@ fn signal(which: &str, pids: &[String]) {
 
 /// Rows of `live_candles` per product and their trade counts.
 async fn counts(pool: &sqlx::PgPool) -> std::collections::BTreeMap<(String, i64), i64> {
-    let rows: Vec<(String, DateTime<Utc>, i64)> = sqlx::query_as(
-        r#"SELECT product_id, "timestamp", trade_count FROM live_candles"#,
-    )
-    .fetch_all(pool)
-    .await
-    .expect("rows");
+    let rows: Vec<(String, DateTime<Utc>, i64)> =
+        sqlx::query_as(r#"SELECT product_id, "timestamp", trade_count FROM live_candles"#)
+            .fetch_all(pool)
+            .await
+            .expect("rows");
     rows.into_iter()
         .map(|(p, t, n)| ((p, t.timestamp()), n))
         .collect()
@@ -463,16 +469,20 @@ async fn a_hung_database_hangs_neither_the_writer_nor_its_stop_and_loses_nothing
     tx.send(vec![update("DOT-USD", T0, 0, 2, "2")])
         .await
         .expect("send");
-    wait_for("an upsert waiting on the lock", Duration::from_secs(20), || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+    wait_for(
+        "an upsert waiting on the lock",
+        Duration::from_secs(20),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
              AND query LIKE '%INSERT INTO live_candles%'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .expect("activity");
-        waiting > 0
-    })
+            )
+            .fetch_one(&db.pool)
+            .await
+            .expect("activity");
+            waiting > 0
+        },
+    )
     .await;
     let frozen = Frozen::stop(&db);
     // The writer keeps taking updates (the channel holds 4 batches) while nothing answers.
@@ -488,19 +498,26 @@ async fn a_hung_database_hangs_neither_the_writer_nor_its_stop_and_loses_nothing
         .await
         .expect("the writer never blocks its sender");
     // Flushes are abandoned after their timeout and retried, not waited on forever.
-    wait_for("hung flushes abandoned", Duration::from_secs(30), || async {
-        stats.report().timeouts >= 2
-    })
+    wait_for(
+        "hung flushes abandoned",
+        Duration::from_secs(30),
+        || async { stats.report().timeouts >= 2 },
+    )
     .await;
     // The stop: the input closes while the database still hangs. The writer keeps retrying
     // (each attempt bounded by its timeout) and holds every row.
     drop(tx);
     let before = stats.report().timeouts;
-    wait_for("retries after the input closed", Duration::from_secs(30), || async {
-        stats.report().timeouts > before
-    })
+    wait_for(
+        "retries after the input closed",
+        Duration::from_secs(30),
+        || async { stats.report().timeouts > before },
+    )
     .await;
-    assert!(!task.is_finished(), "nothing is dropped while the database hangs");
+    assert!(
+        !task.is_finished(),
+        "nothing is dropped while the database hangs"
+    );
     assert!(stats.report().pending > 0 || stats.report().failures > 0);
     drop(frozen);
     locker.rollback().await.expect("release the lock");
@@ -512,7 +529,11 @@ async fn a_hung_database_hangs_neither_the_writer_nor_its_stop_and_loses_nothing
     let stored = counts(&db.pool).await;
     assert_eq!(stored.len(), 10, "{stored:?}");
     for k in 0..10 {
-        assert_eq!(stored.get(&("DOT-USD".to_owned(), T0 + 60 * k)), Some(&100), "key {k}");
+        assert_eq!(
+            stored.get(&("DOT-USD".to_owned(), T0 + 60 * k)),
+            Some(&100),
+            "key {k}"
+        );
     }
 }
 
@@ -547,7 +568,15 @@ async fn the_writer_stores_a_flush_of_over_5000_rows_in_several_statements() {
     const ROWS: i64 = 12_000;
     for chunk in 0..12 {
         let batch = (chunk * 1_000..(chunk + 1) * 1_000)
-            .map(|i| update(&format!("P{:03}-USD", i % 100), T0 + 60 * (i / 100), 0, 7, "7"))
+            .map(|i| {
+                update(
+                    &format!("P{:03}-USD", i % 100),
+                    T0 + 60 * (i / 100),
+                    0,
+                    7,
+                    "7",
+                )
+            })
             .collect();
         tx.send(batch).await.expect("send");
     }
@@ -597,16 +626,20 @@ async fn pools_have_a_statement_timeout_and_the_api_pool_is_small_and_separate()
             sqlx::query("SELECT pg_sleep(3)").execute(&api).await
         }));
     }
-    wait_for("three API reads running", Duration::from_secs(20), || async {
-        let sleeping: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3)' \
+    wait_for(
+        "three API reads running",
+        Duration::from_secs(20),
+        || async {
+            let sleeping: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3)' \
              AND state = 'active'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .expect("activity");
-        sleeping == 3
-    })
+            )
+            .fetch_one(&db.pool)
+            .await
+            .expect("activity");
+            sleeping == 3
+        },
+    )
     .await;
     let starved = sqlx::query("SELECT 1").execute(&api).await;
     assert!(
@@ -629,7 +662,9 @@ async fn pools_have_a_statement_timeout_and_the_api_pool_is_small_and_separate()
 fn app_state(repository: Repository) -> spot_canvas::web::AppState {
     use spot_canvas::feed::health::AuthState;
     spot_canvas::web::AppState {
-        feed: std::sync::Arc::new(spot_canvas::feed::FeedHealth::new(AuthState::Unauthenticated)),
+        feed: std::sync::Arc::new(spot_canvas::feed::FeedHealth::new(
+            AuthState::Unauthenticated,
+        )),
         engine: Default::default(),
         writer: Default::default(),
         publisher: Default::default(),
@@ -670,8 +705,7 @@ fn timestamps(body: &serde_json::Value) -> Vec<i64> {
 }
 
 #[tokio::test]
-async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_database_is_away()
-{
+async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_database_is_away() {
     let db = TestDb::migrated().await;
     let repo = Repository::new(db.pool.clone());
     // 1,200 one-minute candles, and one five-minute candle that a minute query never returns.
@@ -698,7 +732,11 @@ async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_da
     assert_eq!(body["candles"][0]["trade_count"], 8);
 
     // The default limit is 300, the cap 1,000 (of the 1,200 stored: the newest).
-    let (_, body) = get(&state, "/api/v1/candles?product=BTC-USD&granularity=ONE_MINUTE").await;
+    let (_, body) = get(
+        &state,
+        "/api/v1/candles?product=BTC-USD&granularity=ONE_MINUTE",
+    )
+    .await;
     assert_eq!(timestamps(&body).len(), 300);
     let (status, body) = get(
         &state,

@@ -106,7 +106,8 @@ impl Publisher {
         let (client, kv, stats) = (self.client, self.kv, self.stats);
         let sink_stats = stats.sink.clone();
         crate::sink::run("nats", self.input, self.settings, sink_stats, move |rows| {
-            let (client, kv, cache, stats) = (client.clone(), kv.clone(), cache.clone(), stats.clone());
+            let (client, kv, cache, stats) =
+                (client.clone(), kv.clone(), cache.clone(), stats.clone());
             async move { publish_all(&client, &kv, &cache, &stats, &rows).await }
         })
         .await;
