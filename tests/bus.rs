@@ -537,3 +537,40 @@ async fn a_nats_server_that_stops_reading_stalls_neither_the_publisher_nor_its_s
     }
     n.server.stop().await;
 }
+
+#[tokio::test]
+async fn credentials_in_the_nats_url_authenticate_the_client() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut server = tokio::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["--user", "spot", "--pass", "s3cr@t"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server runs");
+    let url = format!("nats://spot:s3cr%40t@127.0.0.1:{port}");
+    let client = spot_canvas::bus::connect(&url, "auth-test", |_| async {})
+        .await
+        .expect("connects");
+    // Connected means the server let the client in (a refused client stays disconnected).
+    wait_for("an authenticated connection", Duration::from_secs(30), || async {
+        client.connection_state() == async_nats::connection::State::Connected
+    })
+    .await;
+    let mut sub = client.subscribe("auth.check").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    client
+        .publish("auth.check", "ok".into())
+        .await
+        .expect("publish");
+    let message = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("in time")
+        .expect("a message");
+    assert_eq!(&message.payload[..], b"ok");
+    server.kill().await.expect("stop");
+}
