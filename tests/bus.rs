@@ -557,9 +557,11 @@ async fn credentials_in_the_nats_url_authenticate_the_client() {
         .await
         .expect("connects");
     // Connected means the server let the client in (a refused client stays disconnected).
-    wait_for("an authenticated connection", Duration::from_secs(30), || async {
-        client.connection_state() == async_nats::connection::State::Connected
-    })
+    wait_for(
+        "an authenticated connection",
+        Duration::from_secs(30),
+        || async { client.connection_state() == async_nats::connection::State::Connected },
+    )
     .await;
     let mut sub = client.subscribe("auth.check").await.expect("subscribe");
     client.flush().await.expect("flush");

@@ -66,8 +66,8 @@ where
     Fut: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
     let shown = crate::config::redact_url(url);
-    let (server, credentials) = split_credentials(url)
-        .map_err(|e| anyhow::anyhow!("invalid NATS URL {shown}: {e}"))?;
+    let (server, credentials) =
+        split_credentials(url).map_err(|e| anyhow::anyhow!("invalid NATS URL {shown}: {e}"))?;
     let options = match credentials {
         Credentials::None => async_nats::ConnectOptions::new(),
         Credentials::Token(token) => async_nats::ConnectOptions::with_token(token),
