@@ -37,6 +37,9 @@ pub struct SinkSettings {
     /// A flush still running after this long is abandoned and counted as failed; its rows are
     /// retried. Bounds how long a hung database or NATS server can hold the sink (and its stop).
     pub flush_timeout: Duration,
+    /// Rows one flush takes at most (the rest wait for the next): a backlog after a long
+    /// outage is written in pieces that each fit in `flush_timeout`.
+    pub max_flush_rows: usize,
 }
 
 impl Default for SinkSettings {
@@ -47,6 +50,7 @@ impl Default for SinkSettings {
             retry_base: Duration::from_millis(200),
             retry_cap: Duration::from_secs(10),
             flush_timeout: Duration::from_secs(30),
+            max_flush_rows: 20_000,
         }
     }
 }
@@ -188,7 +192,7 @@ pub async fn run<F, Fut>(
                 || Instant::now() >= flush_at
                 || !input_open);
         if due {
-            let rows: Rows = Arc::new(held.pending.drain().map(|(_, u)| u).collect());
+            let rows: Rows = Arc::new(take_rows(&mut held.pending, settings.max_flush_rows));
             held.in_flight = Some(start_flush(&flush, rows, settings.flush_timeout));
             flush_at = Instant::now() + settings.flush_interval;
         }
@@ -301,6 +305,15 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// At most `limit` (at least one) of the pending rows, removed from `pending`.
+fn take_rows(pending: &mut HashMap<Key, CandleUpdate>, limit: usize) -> Vec<CandleUpdate> {
+    if pending.len() <= limit.max(1) {
+        return pending.drain().map(|(_, u)| u).collect();
+    }
+    let keys: Vec<Key> = pending.keys().take(limit.max(1)).cloned().collect();
+    keys.iter().filter_map(|k| pending.remove(k)).collect()
+}
+
 fn coalesce(pending: &mut HashMap<Key, CandleUpdate>, update: CandleUpdate) {
     let (product, granularity, start) = update.candle_key();
     let key = (product.to_owned(), granularity, start);
@@ -317,214 +330,4 @@ fn backoff(settings: &SinkSettings, failures: u32) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-    use std::sync::atomic::AtomicUsize;
-
-    use chrono::DateTime;
-    use rust_decimal::Decimal;
-
-    use super::*;
-    use crate::model::{Candle, TradeId, Version};
-
-    fn update(key: i64, count: u64) -> CandleUpdate {
-        let start = 1_790_000_040 + 60 * key;
-        let time = DateTime::from_timestamp(start, 0).expect("time");
-        CandleUpdate {
-            candle: Candle {
-                product_id: "BTC-USD".into(),
-                granularity: Granularity::OneMinute,
-                start: time,
-                open: Decimal::ONE,
-                high: Decimal::ONE,
-                low: Decimal::ONE,
-                close: Decimal::ONE,
-                volume: Decimal::from(count),
-                buy_volume: None,
-                trade_count: Some(count),
-            },
-            complete: false,
-            revision: 0,
-            version: Version {
-                bucket_start: start,
-                revision: 0,
-                complete: false,
-                trade_count: count,
-                last_trade_id: TradeId(count),
-            },
-            last_trade_time: time,
-            last_received: time,
-        }
-    }
-
-    fn settings() -> SinkSettings {
-        SinkSettings {
-            max_rows: 1_000,
-            flush_interval: Duration::from_millis(10),
-            retry_base: Duration::from_millis(10),
-            retry_cap: Duration::from_millis(50),
-            flush_timeout: Duration::from_secs(2),
-        }
-    }
-
-    /// Runs a sink over 100 keys (sent as 10 batches, then the input closes) with `flush`, and
-    /// returns what was written, by key, and the stats.
-    async fn run_with<F, Fut>(flush: F, written: Arc<Mutex<HashMap<i64, u64>>>) -> SinkReport
-    where
-        F: Fn(Rows) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
-    {
-        let (tx, rx) = mpsc::channel(4);
-        let stats = Arc::new(SinkStats::default());
-        let sink = tokio::spawn(run("test", rx, settings(), stats.clone(), flush));
-        for batch in 0..10 {
-            let rows = (0..10).map(|k| update(batch * 10 + k, 1)).collect();
-            tx.send(rows).await.expect("send");
-        }
-        drop(tx);
-        tokio::time::timeout(Duration::from_secs(60), sink)
-            .await
-            .expect("the sink ends once everything is written")
-            .expect("join");
-        let written = written.lock().expect("lock");
-        assert_eq!(written.len(), 100, "every key written");
-        assert!(written.values().all(|count| *count == 1));
-        stats.report()
-    }
-
-    fn record(written: &Mutex<HashMap<i64, u64>>, rows: &[CandleUpdate]) {
-        let mut written = written.lock().expect("lock");
-        for u in rows {
-            let key = (u.candle.start.timestamp() - 1_790_000_040) / 60;
-            written.insert(key, u.version.trade_count);
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_flush_task_that_panics_keeps_its_rows_and_they_are_retried() {
-        let written = Arc::new(Mutex::new(HashMap::new()));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let report = run_with(
-            {
-                let (written, calls) = (written.clone(), calls.clone());
-                move |rows: Rows| {
-                    let (written, calls) = (written.clone(), calls.clone());
-                    async move {
-                        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                            panic!("a bug in the first flush");
-                        }
-                        record(&written, &rows);
-                        Ok(())
-                    }
-                }
-            },
-            written,
-        )
-        .await;
-        assert_eq!(report.panics, 1, "{report:?}");
-        assert_eq!(report.failures, 1, "{report:?}");
-        assert_eq!(report.written_rows, 100, "{report:?}");
-        assert_eq!(report.pending, 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_flush_fn_that_panics_before_its_future_is_retried_too() {
-        let written = Arc::new(Mutex::new(HashMap::new()));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let report = run_with(
-            {
-                let (written, calls) = (written.clone(), calls.clone());
-                move |rows: Rows| {
-                    assert_ne!(calls.fetch_add(1, Ordering::SeqCst), 0, "first call panics");
-                    let written = written.clone();
-                    async move {
-                        record(&written, &rows);
-                        Ok(())
-                    }
-                }
-            },
-            written,
-        )
-        .await;
-        assert_eq!(report.panics, 1, "{report:?}");
-        assert_eq!(report.written_rows, 100, "{report:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_flush_that_hangs_is_abandoned_after_the_timeout_and_retried() {
-        let written = Arc::new(Mutex::new(HashMap::new()));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let report = run_with(
-            {
-                let (written, calls) = (written.clone(), calls.clone());
-                move |rows: Rows| {
-                    let (written, calls) = (written.clone(), calls.clone());
-                    async move {
-                        if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                            // A database that never answers.
-                            std::future::pending::<()>().await;
-                        }
-                        record(&written, &rows);
-                        Ok(())
-                    }
-                }
-            },
-            written,
-        )
-        .await;
-        assert_eq!(report.timeouts, 2, "{report:?}");
-        assert_eq!(report.failures, 2, "{report:?}");
-        assert_eq!(report.written_rows, 100, "{report:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failed_flush_keeps_newer_updates_received_meanwhile() {
-        let (tx, rx) = mpsc::channel(4);
-        let stats = Arc::new(SinkStats::default());
-        let written = Arc::new(Mutex::new(HashMap::new()));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-        let flush = {
-            let (written, calls) = (written.clone(), calls.clone());
-            move |rows: Rows| {
-                let (written, calls) = (written.clone(), calls.clone());
-                let mut release = release_rx.clone();
-                async move {
-                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                        // Fails, but only once the newer update has been received.
-                        let _released = release.wait_for(|r| *r).await;
-                        return Err("the database is away".to_owned());
-                    }
-                    record(&written, &rows);
-                    Ok(())
-                }
-            }
-        };
-        let sink = tokio::spawn(run("test", rx, settings(), stats.clone(), flush));
-        tx.send(vec![update(0, 1)]).await.expect("send");
-        let waited = tokio::time::timeout(Duration::from_secs(5), async {
-            while calls.load(Ordering::SeqCst) == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        });
-        waited.await.expect("the first flush starts");
-        tx.send(vec![update(0, 2)]).await.expect("send");
-        let received = tokio::time::timeout(Duration::from_secs(5), async {
-            while stats.report().received < 2 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        });
-        received.await.expect("the newer update is received");
-        release_tx.send(true).expect("release");
-        drop(tx);
-        tokio::time::timeout(Duration::from_secs(60), sink)
-            .await
-            .expect("ends")
-            .expect("join");
-        assert_eq!(
-            written.lock().expect("lock").get(&0),
-            Some(&2),
-            "newest kept"
-        );
-    }
-}
+mod tests;
