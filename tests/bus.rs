@@ -552,7 +552,8 @@ async fn credentials_in_the_nats_url_authenticate_the_client() {
         .kill_on_drop(true)
         .spawn()
         .expect("nats-server runs");
-    let url = format!("nats://spot:s3cr%40t@127.0.0.1:{port}");
+    // A list of servers (here the same one twice); the credentials of one serve for all.
+    let url = format!("nats://spot:s3cr%40t@127.0.0.1:{port}, nats://127.0.0.1:{port}");
     let client = spot_canvas::bus::connect(&url, "auth-test", |_| async {})
         .await
         .expect("connects");

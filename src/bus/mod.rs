@@ -54,8 +54,9 @@ pub fn kv_key(product_id: &str, granularity: Granularity) -> String {
 }
 
 /// Connects to NATS, reconnecting forever with backoff; `on_event` hears reconnects and
-/// slow-consumer events. Credentials in the URL (`nats://user:pass@host`, `nats://token@host`)
-/// are handed to the client as credentials and the URL it keeps (and may log) has none.
+/// slow-consumer events. `url` may list several servers, comma-separated. Credentials in a URL
+/// (`nats://user:pass@host`, `nats://token@host`) are handed to the client as credentials and
+/// the URLs it keeps (and may log) have none.
 pub async fn connect<F, Fut>(
     url: &str,
     name: &str,
@@ -65,9 +66,27 @@ where
     F: Fn(async_nats::Event) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
-    let shown = crate::config::redact_url(url);
-    let (server, credentials) =
-        split_credentials(url).map_err(|e| anyhow::anyhow!("invalid NATS URL {shown}: {e}"))?;
+    let parts: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let shown: Vec<String> = parts.iter().map(|p| crate::config::redact_url(p)).collect();
+    let shown = shown.join(",");
+    let mut servers = Vec::with_capacity(parts.len());
+    let mut credentials = Credentials::None;
+    for part in &parts {
+        let (server, found) = split_credentials(part).map_err(|e| {
+            anyhow::anyhow!("invalid NATS URL {}: {e}", crate::config::redact_url(part))
+        })?;
+        servers.push(server);
+        if credentials == Credentials::None {
+            credentials = found;
+        }
+    }
+    if servers.is_empty() {
+        anyhow::bail!("no NATS server URL given");
+    }
     let options = match credentials {
         Credentials::None => async_nats::ConnectOptions::new(),
         Credentials::Token(token) => async_nats::ConnectOptions::with_token(token),
@@ -85,7 +104,7 @@ where
         })
         .subscription_capacity(65_536)
         .event_callback(on_event)
-        .connect(server)
+        .connect(servers)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {shown}: {e}"))?;
     Ok(client)
