@@ -170,7 +170,7 @@ async fn publisher_and_latency(url: &str, keys: usize, rate: f64, duration: Dura
     drop(live);
     let mut latencies = measuring.await.expect("join");
     latencies.sort();
-    let report = stats.report();
+    let report = stats.report().sink;
     println!(
         "publisher, {keys} series, {:.0} updates/s offered: {:.0} published + KV-CAS updates/s ({} flushes of {:.0} on average); engine output → live-state client: p50 {:?}, p99 {:?} over {} updates",
         sent as f64 / elapsed,

@@ -6,11 +6,15 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+mod common;
+use common::wait_for;
+
 use chrono::DateTime;
 use futures_util::StreamExt;
 use rust_decimal::Decimal;
-use spot_canvas::bus::{CandleMessage, EmbeddedNats, LiveState, Publisher, kv_key};
+use spot_canvas::bus::{CandleMessage, EmbeddedNats, LiveState, Publisher, PublisherStats, kv_key};
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId, Version};
+use spot_canvas::sink::SinkSettings;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +48,14 @@ fn update(product: &str, bucket: i64, count: u64) -> CandleUpdate {
         last_trade_time: time + chrono::TimeDelta::milliseconds(1500),
         last_received: time + chrono::TimeDelta::milliseconds(1600),
     }
+}
+
+/// Waits until the publisher has written `rows` rows (each flush confirmed).
+async fn flushed(stats: &PublisherStats, rows: u64) {
+    wait_for("the publisher's flush", Duration::from_secs(20), || async {
+        stats.report().sink.written_rows >= rows
+    })
+    .await;
 }
 
 struct Nats {
@@ -130,18 +142,22 @@ async fn published_updates_arrive_on_their_subject_and_in_the_kv() {
 #[tokio::test]
 async fn the_kv_keeps_the_newest_version_whatever_the_order_and_the_producers() {
     let n = nats().await;
-    // One producer, updates out of order across flushes.
+    // One producer, updates out of order across flushes (each waits for the one before).
     let (tx, rx) = mpsc::channel(8);
-    let task = tokio::spawn(Publisher::new(n.client.clone(), n.kv.clone(), rx).run());
+    let publisher = Publisher::new(n.client.clone(), n.kv.clone(), rx);
+    let stats = publisher.stats();
+    let task = tokio::spawn(publisher.run());
+    let mut sent = 0;
     for count in [3u64, 1, 2] {
         tx.send(vec![update("ETH-USD", 0, count)])
             .await
             .expect("send");
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        sent += 1;
+        flushed(&stats, sent).await;
     }
     // An older bucket's late revision does not replace the newer bucket either.
     tx.send(vec![update("ETH-USD", 5, 1)]).await.expect("send");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    flushed(&stats, sent + 1).await;
     let mut late = update("ETH-USD", 4, 99);
     late.revision = 1;
     late.version.revision = 1;
@@ -157,11 +173,12 @@ async fn the_kv_keeps_the_newest_version_whatever_the_order_and_the_producers() 
     // Two producers (a rolling deploy) racing over the same series in shuffled order.
     let mut tasks = Vec::new();
     let mut senders = Vec::new();
+    let mut all_stats = Vec::new();
     for _ in 0..2 {
         let (tx, rx) = mpsc::channel(64);
-        tasks.push(tokio::spawn(
-            Publisher::new(n.client.clone(), n.kv.clone(), rx).run(),
-        ));
+        let publisher = Publisher::new(n.client.clone(), n.kv.clone(), rx);
+        all_stats.push(publisher.stats());
+        tasks.push(tokio::spawn(publisher.run()));
         senders.push(tx);
     }
     for round in 0..40u64 {
@@ -176,7 +193,17 @@ async fn the_kv_keeps_the_newest_version_whatever_the_order_and_the_producers() 
                 .collect();
             tx.send(batch).await.expect("send");
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Both take each round before the next comes, so their flushes interleave.
+        wait_for(
+            "both producers took the round",
+            Duration::from_secs(20),
+            || async {
+                all_stats
+                    .iter()
+                    .all(|s| s.report().sink.received >= (round + 1) * 10)
+            },
+        )
+        .await;
     }
     drop(senders);
     for t in tasks {
@@ -216,24 +243,39 @@ async fn a_killed_nats_server_is_restarted_and_state_and_kv_become_whole_again()
     .expect("connects");
     let live_task = tokio::spawn(live.clone().run(live_client, n.kv.clone(), cancel.clone()));
     let (tx, rx) = mpsc::channel(64);
-    let publisher = tokio::spawn(Publisher::new(n.client.clone(), n.kv.clone(), rx).run());
+    let publisher = Publisher::new(n.client.clone(), n.kv.clone(), rx);
+    let stats = publisher.stats();
+    let publisher = tokio::spawn(publisher.run());
     let products: Vec<String> = (0..20).map(|i| format!("P{i:02}-USD")).collect();
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
     let pid = n.server.pid().await.expect("running");
+    let mut sent_rows = 0;
     for round in 1..=120u64 {
         let batch: Vec<CandleUpdate> = products.iter().map(|p| update(p, 0, round)).collect();
         for p in &products {
             last.insert(p.clone(), round);
         }
         tx.send(batch).await.expect("send");
-        if round == 30 {
-            let killed = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status()
-                .expect("kill");
-            assert!(killed.success());
+        sent_rows += products.len() as u64;
+        match round {
+            // Rounds published one flush at a time while the server is up.
+            1..=29 => flushed(&stats, sent_rows).await,
+            30 => {
+                let killed = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status()
+                    .expect("kill");
+                assert!(killed.success());
+            }
+            // Rounds 31-59 come while the server is down; then it is back.
+            60 => {
+                common::wait_for("a new nats-server", Duration::from_secs(30), || async {
+                    n.server.pid().await.is_some_and(|p| p != pid)
+                })
+                .await;
+            }
+            _ => {}
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(tx);
     tokio::time::timeout(Duration::from_secs(60), publisher)
@@ -252,22 +294,17 @@ async fn a_killed_nats_server_is_restarted_and_state_and_kv_become_whole_again()
         );
     }
     // The live state converges (through live messages, or the KV after the reconnect).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let whole = last.iter().all(|(p, round)| {
-            live.current(p, Granularity::OneMinute)
-                .is_some_and(|u| u.version.trade_count == *round)
-        });
-        if whole {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            live.report()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the live state whole again",
+        Duration::from_secs(20),
+        || async {
+            last.iter().all(|(p, round)| {
+                live.current(p, Granularity::OneMinute)
+                    .is_some_and(|u| u.version.trade_count == *round)
+            })
+        },
+    )
+    .await;
     cancel.cancel();
     live_task.await.expect("join").expect("live state");
     supervisor.await.expect("supervisor");
@@ -297,6 +334,7 @@ async fn subscribers_get_the_current_candle_then_every_newer_update_without_gap_
     for i in 0..8u64 {
         let live = live.clone();
         clients.push(tokio::spawn(async move {
+            // Time is the subject: clients join at staggered moments while updates flow.
             tokio::time::sleep(Duration::from_micros(300 * i)).await;
             let mut sub = live.subscribe(
                 Some(vec![("BTC-USD".to_owned(), Granularity::OneMinute)]),
@@ -347,4 +385,195 @@ async fn a_client_that_does_not_drain_its_queue_is_cut_off_and_others_are_not() 
         fast_count = u.version.trade_count;
     }
     assert_eq!(fast_count, 100);
+}
+
+#[tokio::test]
+async fn an_unreadable_kv_value_is_overwritten_and_counted_and_blocks_no_other_key() {
+    let n = nats().await;
+    // Left by another schema version (a rolling deploy) and by something else altogether.
+    let garbage = kv_key("BTC-USD", Granularity::OneMinute);
+    n.kv.put(&garbage, "not a candle".into())
+        .await
+        .expect("put");
+    let other_schema = kv_key("ETH-USD", Granularity::OneMinute);
+    let mut future: serde_json::Value =
+        serde_json::from_slice(&CandleMessage::from_update(&update("ETH-USD", 0, 999)).to_json())
+            .expect("json");
+    future["schema"] = 2.into();
+    n.kv.put(&other_schema, future.to_string().into())
+        .await
+        .expect("put");
+    let (tx, rx) = mpsc::channel(8);
+    let publisher = Publisher::new(n.client.clone(), n.kv.clone(), rx);
+    let stats = publisher.stats();
+    let task = tokio::spawn(publisher.run());
+    let products = ["BTC-USD", "ETH-USD", "SOL-USD"];
+    tx.send(products.iter().map(|p| update(p, 0, 5)).collect())
+        .await
+        .expect("send");
+    flushed(&stats, 3).await;
+    // Later updates land on top, through the cached revisions.
+    tx.send(products.iter().map(|p| update(p, 0, 6)).collect())
+        .await
+        .expect("send");
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the publisher finishes: no key is stuck")
+        .expect("join")
+        .expect("publisher");
+    for p in products {
+        let key = kv_key(p, Granularity::OneMinute);
+        assert_eq!(
+            kv_version(&n.kv, &key).await.map(|v| v.trade_count),
+            Some(6),
+            "{key}"
+        );
+    }
+    let report = stats.report();
+    assert_eq!(report.kv_unreadable_overwritten, 2, "{report:?}");
+    assert_eq!(report.sink.failures, 0, "{report:?}");
+    assert_eq!(report.sink.written_rows, 6, "{report:?}");
+    n.server.stop().await;
+}
+
+/// A stopped (SIGSTOP) nats-server, continued on drop.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        signal("-STOP", pid);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
+
+fn signal(which: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+#[tokio::test]
+async fn a_nats_server_that_stops_reading_stalls_neither_the_publisher_nor_its_stop() {
+    let n = nats().await;
+    let (tx, rx) = mpsc::channel(4);
+    let publisher =
+        Publisher::new(n.client.clone(), n.kv.clone(), rx).with_settings(SinkSettings {
+            flush_timeout: Duration::from_secs(2),
+            retry_base: Duration::from_millis(100),
+            retry_cap: Duration::from_millis(500),
+            ..SinkSettings::default()
+        });
+    let stats = publisher.stats();
+    let task = tokio::spawn(publisher.run());
+    tx.send(vec![update("BTC-USD", 0, 1)]).await.expect("send");
+    flushed(&stats, 1).await;
+    let stopped = Stopped::stop(n.server.pid().await.expect("running"));
+    // Fill the connection (socket buffers and the client's queue): from now on a publish on
+    // this client waits for a server that does not read.
+    let stuffing = tokio::spawn({
+        let client = n.client.clone();
+        async move {
+            for _ in 0..128 {
+                client
+                    .publish("stuffing", vec![0u8; 512 * 1024].into())
+                    .await
+                    .expect("publish");
+            }
+        }
+    });
+    let products: Vec<String> = (0..10).map(|i| format!("P{i}-USD")).collect();
+    let sending = async {
+        for round in 2..=50u64 {
+            let batch = products.iter().map(|p| update(p, 0, round)).collect();
+            tx.send(batch).await.expect("send");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), sending)
+        .await
+        .expect("the publisher never blocks its sender");
+    wait_for(
+        "stalled flushes given up",
+        Duration::from_secs(30),
+        || async { stats.report().sink.failures >= 2 },
+    )
+    .await;
+    // The stop: the input closes while the server still does not read; the publisher keeps
+    // retrying, each attempt bounded, holding every update.
+    drop(tx);
+    let before = stats.report().sink.failures;
+    wait_for(
+        "retries after the input closed",
+        Duration::from_secs(30),
+        || async { stats.report().sink.failures > before },
+    )
+    .await;
+    assert!(!task.is_finished());
+    drop(stopped);
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the publisher finishes once the server reads again")
+        .expect("join")
+        .expect("publisher");
+    tokio::time::timeout(Duration::from_secs(60), stuffing)
+        .await
+        .expect("the stuffing drains")
+        .expect("join");
+    for p in &products {
+        let key = kv_key(p, Granularity::OneMinute);
+        assert_eq!(
+            kv_version(&n.kv, &key).await.map(|v| v.trade_count),
+            Some(50),
+            "{key}"
+        );
+    }
+    n.server.stop().await;
+}
+
+#[tokio::test]
+async fn credentials_in_the_nats_url_authenticate_the_client() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut server = tokio::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["--user", "spot", "--pass", "s3cr@t"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server runs");
+    // A list of servers (here the same one twice); the credentials of one serve for all.
+    let url = format!("nats://spot:s3cr%40t@127.0.0.1:{port}, nats://127.0.0.1:{port}");
+    let client = spot_canvas::bus::connect(&url, "auth-test", |_| async {})
+        .await
+        .expect("connects");
+    // Connected means the server let the client in (a refused client stays disconnected).
+    wait_for(
+        "an authenticated connection",
+        Duration::from_secs(30),
+        || async { client.connection_state() == async_nats::connection::State::Connected },
+    )
+    .await;
+    let mut sub = client.subscribe("auth.check").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    client
+        .publish("auth.check", "ok".into())
+        .await
+        .expect("publish");
+    let message = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("in time")
+        .expect("a message");
+    assert_eq!(&message.payload[..], b"ok");
+    server.kill().await.expect("stop");
 }

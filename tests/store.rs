@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::TestDb;
+use common::{TestDb, wait_for};
 use rust_decimal::Decimal;
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, Product, TradeId, Version};
 use spot_canvas::store::{BatchWriter, Repository, WriterSettings, migrate_down, migration_status};
@@ -309,7 +309,10 @@ async fn the_writer_keeps_receiving_and_retries_while_the_database_is_down() {
     tx.send(vec![update("ADA-USD", T0, 0, 1, "1")])
         .await
         .expect("send");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_for("the first row written", Duration::from_secs(20), || async {
+        stats.report().written_rows == 1
+    })
+    .await;
     db.pg.stop_with("immediate").await.expect("stop");
     // The channel holds 4 batches: sending 200 in quick succession only works if the writer
     // keeps taking them while every write fails.
@@ -329,14 +332,12 @@ async fn the_writer_keeps_receiving_and_retries_while_the_database_is_down() {
     tokio::time::timeout(Duration::from_secs(5), sending)
         .await
         .expect("the writer never blocks its sender");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while stats.report().failures == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "writes fail while down"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "writes failing while down",
+        Duration::from_secs(15),
+        || async { stats.report().failures > 0 },
+    )
+    .await;
     db.pg.restart().await.expect("start again");
     drop(tx);
     tokio::time::timeout(Duration::from_secs(30), task)
@@ -354,4 +355,422 @@ async fn the_writer_keeps_receiving_and_retries_while_the_database_is_down() {
         let last_round = (191..=200u64).find(|r| r % 10 == k as u64).expect("round");
         assert_eq!(s.candle.trade_count, Some(last_round), "key {k}");
     }
+}
+
+/// The PostgreSQL server processes of a test cluster (the postmaster and its children),
+/// stopped with SIGSTOP: a database that hangs without closing anything. Continued on drop,
+/// so a failing test never leaves a frozen cluster behind (nor a `TestDb` drop that waits
+/// on it).
+struct Frozen {
+    pids: Vec<String>,
+}
+
+impl Frozen {
+    fn stop(db: &TestDb) -> Frozen {
+        let pidfile = db.pg.cluster_dir().join("postmaster.pid");
+        let postmaster = std::fs::read_to_string(&pidfile).expect("postmaster.pid");
+        let postmaster = postmaster
+            .lines()
+            .next()
+            .expect("a pid line")
+            .trim()
+            .to_owned();
+        // The postmaster first: once it is stopped it forks no new children.
+        signal("-STOP", std::slice::from_ref(&postmaster));
+        let mut pids = vec![postmaster.clone()];
+        pids.extend(children_of(&postmaster));
+        signal("-STOP", &pids);
+        Frozen { pids }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", &self.pids);
+    }
+}
+
+fn children_of(parent: &str) -> Vec<String> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the command may hold spaces, so read after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        if ppid == Some(parent) {
+            children.push(name);
+        }
+    }
+    children
+}
+
+fn signal(which: &str, pids: &[String]) {
+    let status = std::process::Command::new("kill")
+        .arg(which)
+        .args(pids)
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {which} {pids:?}");
+}
+
+/// Rows of `live_candles` per product and their trade counts.
+async fn counts(pool: &sqlx::PgPool) -> std::collections::BTreeMap<(String, i64), i64> {
+    let rows: Vec<(String, DateTime<Utc>, i64)> =
+        sqlx::query_as(r#"SELECT product_id, "timestamp", trade_count FROM live_candles"#)
+            .fetch_all(pool)
+            .await
+            .expect("rows");
+    rows.into_iter()
+        .map(|(p, t, n)| ((p, t.timestamp()), n))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hung_database_hangs_neither_the_writer_nor_its_stop_and_loses_nothing() {
+    let db = TestDb::migrated().await;
+    // The writer's own pool, as in the service (the test's pool stays free for checks).
+    let pool = spot_canvas::store::connect(&db.url)
+        .await
+        .expect("connects");
+    let (tx, rx) = mpsc::channel(4);
+    let writer = BatchWriter::new(
+        Repository::new(pool),
+        WriterSettings {
+            flush_timeout: Duration::from_secs(1),
+            retry_base: Duration::from_millis(100),
+            retry_cap: Duration::from_millis(500),
+            ..WriterSettings::default()
+        },
+        rx,
+    );
+    let stats = writer.stats();
+    let task = tokio::spawn(writer.run());
+    tx.send(vec![update("DOT-USD", T0, 0, 1, "1")])
+        .await
+        .expect("send");
+    wait_for("the first row written", Duration::from_secs(20), || async {
+        stats.report().written_rows == 1
+    })
+    .await;
+    // A statement in flight when the server hangs: another transaction holds the table, so
+    // the writer's next upsert waits on the lock; then every server process is stopped.
+    let mut locker = db.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE live_candles IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .expect("lock");
+    tx.send(vec![update("DOT-USD", T0, 0, 2, "2")])
+        .await
+        .expect("send");
+    wait_for(
+        "an upsert waiting on the lock",
+        Duration::from_secs(20),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%INSERT INTO live_candles%'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .expect("activity");
+            waiting > 0
+        },
+    )
+    .await;
+    let frozen = Frozen::stop(&db);
+    // The writer keeps taking updates (the channel holds 4 batches) while nothing answers.
+    let sending = async {
+        for round in 3..=100u64 {
+            let batch = (0..10)
+                .map(|k| update("DOT-USD", T0 + 60 * k, 0, round, "3"))
+                .collect();
+            tx.send(batch).await.expect("send");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), sending)
+        .await
+        .expect("the writer never blocks its sender");
+    // Flushes are abandoned after their timeout and retried, not waited on forever.
+    wait_for(
+        "hung flushes abandoned",
+        Duration::from_secs(30),
+        || async { stats.report().timeouts >= 2 },
+    )
+    .await;
+    // The stop: the input closes while the database still hangs. The writer keeps retrying
+    // (each attempt bounded by its timeout) and holds every row.
+    drop(tx);
+    let before = stats.report().timeouts;
+    wait_for(
+        "retries after the input closed",
+        Duration::from_secs(30),
+        || async { stats.report().timeouts > before },
+    )
+    .await;
+    assert!(
+        !task.is_finished(),
+        "nothing is dropped while the database hangs"
+    );
+    assert!(stats.report().pending > 0 || stats.report().failures > 0);
+    drop(frozen);
+    locker.rollback().await.expect("release the lock");
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the writer finishes once the database answers again")
+        .expect("join")
+        .expect("writer");
+    let stored = counts(&db.pool).await;
+    assert_eq!(stored.len(), 10, "{stored:?}");
+    for k in 0..10 {
+        assert_eq!(
+            stored.get(&("DOT-USD".to_owned(), T0 + 60 * k)),
+            Some(&100),
+            "key {k}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_writer_stores_a_flush_of_over_5000_rows_in_several_statements() {
+    let db = TestDb::migrated().await;
+    // Counts the rows each INSERT statement on live_candles inserted.
+    for ddl in [
+        "CREATE TABLE statement_rows (n bigint NOT NULL)",
+        "CREATE FUNCTION count_statement_rows() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO statement_rows SELECT count(*) FROM new_rows; RETURN NULL; END $$",
+        "CREATE TRIGGER count_statement_rows AFTER INSERT ON live_candles \
+         REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT \
+         EXECUTE FUNCTION count_statement_rows()",
+    ] {
+        sqlx::query(ddl).execute(&db.pool).await.expect(ddl);
+    }
+    let repo = Repository::new(db.pool.clone());
+    let (tx, rx) = mpsc::channel(16);
+    // Nothing is flushed before the input closes: then all 12,000 rows in one flush.
+    let writer = BatchWriter::new(
+        repo,
+        WriterSettings {
+            max_rows: 100_000,
+            flush_interval: Duration::from_secs(3600),
+            ..WriterSettings::default()
+        },
+        rx,
+    );
+    let stats = writer.stats();
+    let task = tokio::spawn(writer.run());
+    const ROWS: i64 = 12_000;
+    for chunk in 0..12 {
+        let batch = (chunk * 1_000..(chunk + 1) * 1_000)
+            .map(|i| {
+                update(
+                    &format!("P{:03}-USD", i % 100),
+                    T0 + 60 * (i / 100),
+                    0,
+                    7,
+                    "7",
+                )
+            })
+            .collect();
+        tx.send(batch).await.expect("send");
+    }
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .expect("written in time")
+        .expect("join")
+        .expect("writer");
+    let report = stats.report();
+    assert_eq!(report.batches, 1, "one flush: {report:?}");
+    assert_eq!(report.written_rows, ROWS as u64);
+    let stored = counts(&db.pool).await;
+    assert_eq!(stored.len(), ROWS as usize);
+    assert!(stored.values().all(|n| *n == 7));
+    let mut statements: Vec<i64> = sqlx::query_scalar("SELECT n FROM statement_rows")
+        .fetch_all(&db.pool)
+        .await
+        .expect("statement counts");
+    statements.sort_unstable();
+    assert_eq!(statements, vec![2_000, 5_000, 5_000]);
+}
+
+#[tokio::test]
+async fn pools_have_a_statement_timeout_and_the_api_pool_is_small_and_separate() {
+    let db = TestDb::migrated().await;
+    let service = spot_canvas::store::connect(&db.url)
+        .await
+        .expect("connects");
+    let show = |pool: sqlx::PgPool, name: &'static str| async move {
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("SHOW {name}")))
+            .fetch_one(&pool)
+            .await
+            .expect("show")
+    };
+    assert_eq!(show(service.clone(), "statement_timeout").await, "1min");
+    assert_eq!(show(service.clone(), "tcp_keepalives_idle").await, "30");
+    let api = spot_canvas::store::api_pool(&service);
+    assert_eq!(show(api.clone(), "statement_timeout").await, "5s");
+    assert_eq!(api.options().get_max_connections(), 3);
+    // Every API connection busy: the API waits at most its acquire timeout and the writer's
+    // pool is untouched.
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        let api = api.clone();
+        busy.push(tokio::spawn(async move {
+            sqlx::query("SELECT pg_sleep(3)").execute(&api).await
+        }));
+    }
+    wait_for(
+        "three API reads running",
+        Duration::from_secs(20),
+        || async {
+            let sleeping: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3)' \
+             AND state = 'active'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .expect("activity");
+            sleeping == 3
+        },
+    )
+    .await;
+    let starved = sqlx::query("SELECT 1").execute(&api).await;
+    assert!(
+        matches!(starved, Err(sqlx::Error::PoolTimedOut)),
+        "the fourth API read gives up: {starved:?}"
+    );
+    let repo = Repository::new(service.clone());
+    assert_eq!(
+        repo.upsert_candles(&[update("BTC-USD", T0, 0, 1, "1")])
+            .await
+            .expect("the writer's pool still writes"),
+        1
+    );
+    for read in busy {
+        read.await.expect("join").expect("the long reads end");
+    }
+}
+
+/// The service's HTTP state around `repository` (the rest idle).
+fn app_state(repository: Repository) -> spot_canvas::web::AppState {
+    use spot_canvas::feed::health::AuthState;
+    spot_canvas::web::AppState {
+        feed: std::sync::Arc::new(spot_canvas::feed::FeedHealth::new(
+            AuthState::Unauthenticated,
+        )),
+        engine: Default::default(),
+        writer: Default::default(),
+        publisher: Default::default(),
+        reconcile: Default::default(),
+        live: spot_canvas::bus::LiveState::new(),
+        table: None,
+        repository,
+        stages: spot_canvas::supervise::Stages::new(),
+        simulated: true,
+        ws_url: "ws://127.0.0.1:1".to_owned(),
+    }
+}
+
+/// `GET uri` through the router, in process: status and JSON body.
+async fn get(state: &spot_canvas::web::AppState, uri: &str) -> (u16, serde_json::Value) {
+    use tower::ServiceExt;
+    let request = axum::http::Request::get(uri)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let response = spot_canvas::web::router(state.clone())
+        .oneshot(request)
+        .await
+        .expect("a response");
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .expect("body");
+    (status, serde_json::from_slice(&body).expect("json"))
+}
+
+fn timestamps(body: &serde_json::Value) -> Vec<i64> {
+    body["candles"]
+        .as_array()
+        .expect("candles")
+        .iter()
+        .map(|c| c["timestamp"].as_i64().expect("timestamp"))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_database_is_away() {
+    let db = TestDb::migrated().await;
+    let repo = Repository::new(db.pool.clone());
+    // 1,200 one-minute candles, and one five-minute candle that a minute query never returns.
+    let rows: Vec<CandleUpdate> = (0..1_200)
+        .map(|i| update("BTC-USD", T0 + 60 * i, 0, 1 + i as u64, "5"))
+        .collect();
+    repo.upsert_candles(&rows).await.expect("insert");
+    let mut five = update("BTC-USD", T0, 0, 1, "9");
+    five.candle.granularity = Granularity::FiveMinutes;
+    repo.upsert_candle(&five).await.expect("insert");
+    let state = app_state(Repository::new(spot_canvas::store::api_pool(&db.pool)));
+
+    // `end` is exclusive; the newest `limit` before it come back oldest first.
+    let end = T0 + 60 * 10;
+    let (status, body) = get(
+        &state,
+        &format!("/api/v1/candles?product=BTC-USD&granularity=1m&limit=3&end={end}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["granularity"], "ONE_MINUTE");
+    assert_eq!(timestamps(&body), vec![T0 + 420, T0 + 480, T0 + 540]);
+    assert_eq!(body["candles"][0]["close"], "5");
+    assert_eq!(body["candles"][0]["trade_count"], 8);
+
+    // The default limit is 300, the cap 1,000 (of the 1,200 stored: the newest).
+    let (_, body) = get(
+        &state,
+        "/api/v1/candles?product=BTC-USD&granularity=ONE_MINUTE",
+    )
+    .await;
+    assert_eq!(timestamps(&body).len(), 300);
+    let (status, body) = get(
+        &state,
+        "/api/v1/candles?product=BTC-USD&granularity=ONE_MINUTE&limit=1000",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let got = timestamps(&body);
+    assert_eq!(got.len(), 1_000);
+    assert_eq!(got.first(), Some(&(T0 + 60 * 200)));
+    assert_eq!(got.last(), Some(&(T0 + 60 * 1_199)));
+    let (status, body) = get(
+        &state,
+        "/api/v1/candles?product=BTC-USD&granularity=ONE_MINUTE&limit=1001",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().expect("error").contains("limit"));
+    let (_, body) = get(&state, "/api/v1/candles?product=BTC-USD&granularity=5m").await;
+    assert_eq!(body["granularity"], "FIVE_MINUTES");
+    assert_eq!(timestamps(&body), vec![T0]);
+
+    // The database goes away: 503 with a message that names no connection detail.
+    db.pg.stop_with("immediate").await.expect("stop");
+    let (status, body) = get(&state, "/api/v1/candles?product=BTC-USD&granularity=1m").await;
+    assert_eq!(status, 503, "{body}");
+    let error = body["error"].as_str().expect("error");
+    assert!(error.contains("not available"), "{error}");
+    assert!(!error.contains("postgres://"), "{error}");
+    // And back.
+    db.pg.restart().await.expect("start again");
+    common::eventually("200 again", Duration::from_secs(30), || async {
+        let (status, _) = get(&state, "/api/v1/candles?product=BTC-USD&granularity=1m").await;
+        (status == 200).then_some(())
+    })
+    .await;
 }

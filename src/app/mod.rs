@@ -135,6 +135,8 @@ impl App {
         let (notices_tx, notices) = mpsc::unbounded_channel();
         let engine = Engine::new(engine_settings, clock.clone(), events, updates_tx)
             .with_reconciler(backfills, notices_tx);
+        // The API reads through its own small pool: it cannot take the writer's connections.
+        let api_repository = Repository::new(crate::store::api_pool(&pool));
         let repository = Repository::new(pool);
         let reconcile_settings = ReconcileSettings::from_config(config, engine_settings.timing);
         let reconciler = Reconciler::new(
@@ -165,7 +167,7 @@ impl App {
             reconcile: reconciler.stats(),
             live,
             table,
-            repository,
+            repository: api_repository,
             stages: stages.clone(),
             simulated: !config.is_production_feed(),
             ws_url: config.coinbase_ws_url.clone(),

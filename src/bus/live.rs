@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
 use futures_util::StreamExt;
@@ -20,6 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ALL_CANDLES, CandleMessage};
 use crate::model::{CandleUpdate, Granularity};
+
+/// Longest reload from the KV.
+const KV_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait to unsubscribe at the stop.
+const UNSUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A candle series: product and granularity.
 pub type Series = (String, Granularity);
@@ -255,13 +261,20 @@ impl LiveState {
                 }
             }
         }
-        let _unsubscribed = messages.unsubscribe().await;
+        // A server that stopped reading must not hold up the stop.
+        let _unsubscribed = tokio::time::timeout(UNSUBSCRIBE_TIMEOUT, messages.unsubscribe()).await;
         Ok(())
     }
 
     async fn resync_now(&self, kv: &Store) {
         self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
-        match self.load_from_kv(kv).await {
+        // Bounded: while it runs, live messages and the stop wait.
+        let loaded = tokio::time::timeout(KV_LOAD_TIMEOUT, self.load_from_kv(kv))
+            .await
+            .unwrap_or_else(|_elapsed| {
+                Err(anyhow::anyhow!("no answer within {KV_LOAD_TIMEOUT:?}"))
+            });
+        match loaded {
             Ok(n) => tracing::info!(entries = n, "live state loaded from the KV"),
             // The next reconnect or slow-consumer event tries again; live messages keep coming.
             Err(e) => tracing::warn!(error = %e, "cannot load the live state from the KV"),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use live::{LiveState, LiveSubscription};
 pub use message::CandleMessage;
-pub use publisher::{Publisher, PublisherStats};
+pub use publisher::{Publisher, PublisherReport, PublisherStats};
 pub use server::EmbeddedNats;
 
 use crate::model::{EXCHANGE, Granularity};
@@ -54,7 +54,9 @@ pub fn kv_key(product_id: &str, granularity: Granularity) -> String {
 }
 
 /// Connects to NATS, reconnecting forever with backoff; `on_event` hears reconnects and
-/// slow-consumer events.
+/// slow-consumer events. `url` may list several servers, comma-separated. Credentials in a URL
+/// (`nats://user:pass@host`, `nats://token@host`) are handed to the client as credentials and
+/// the URLs it keeps (and may log) have none.
 pub async fn connect<F, Fut>(
     url: &str,
     name: &str,
@@ -64,7 +66,35 @@ where
     F: Fn(async_nats::Event) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
-    let client = async_nats::ConnectOptions::new()
+    let parts: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let shown: Vec<String> = parts.iter().map(|p| crate::config::redact_url(p)).collect();
+    let shown = shown.join(",");
+    let mut servers = Vec::with_capacity(parts.len());
+    let mut credentials = Credentials::None;
+    for part in &parts {
+        let (server, found) = split_credentials(part).map_err(|e| {
+            anyhow::anyhow!("invalid NATS URL {}: {e}", crate::config::redact_url(part))
+        })?;
+        servers.push(server);
+        if credentials == Credentials::None {
+            credentials = found;
+        }
+    }
+    if servers.is_empty() {
+        anyhow::bail!("no NATS server URL given");
+    }
+    let options = match credentials {
+        Credentials::None => async_nats::ConnectOptions::new(),
+        Credentials::Token(token) => async_nats::ConnectOptions::with_token(token),
+        Credentials::UserPassword(user, password) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+    };
+    let client = options
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -74,10 +104,64 @@ where
         })
         .subscription_capacity(65_536)
         .event_callback(on_event)
-        .connect(url)
+        .connect(servers)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to NATS: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {shown}: {e}"))?;
     Ok(client)
+}
+
+/// Credentials found in a NATS URL.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    None,
+    Token(String),
+    UserPassword(String, String),
+}
+
+/// The server address without user info, and the user info as credentials (percent-decoded).
+fn split_credentials(url: &str) -> Result<(async_nats::ServerAddr, Credentials), String> {
+    let addr: async_nats::ServerAddr = url.parse().map_err(|_| "not a server URL".to_owned())?;
+    let credentials = match (addr.username(), addr.password()) {
+        (None, _) => return Ok((addr, Credentials::None)),
+        (Some(token), None) => Credentials::Token(percent_decode(token)),
+        (Some(user), Some(password)) => {
+            Credentials::UserPassword(percent_decode(user), percent_decode(password))
+        }
+    };
+    let host = addr.host();
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let bare = format!("{}://{host}:{}", addr.scheme(), addr.port());
+    let bare = bare
+        .parse()
+        .map_err(|_| "not a server URL without its user info".to_owned())?;
+    Ok((bare, credentials))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How long a starting service waits for JetStream (a fresh cluster elects its leader).
@@ -124,5 +208,24 @@ mod tests {
         assert_eq!(kv_key("X.Y", Granularity::OneDay), "coinbase.X=2EY.ONE_DAY");
         // Escaping is unambiguous: `=` itself is escaped.
         assert_ne!(token("=2E"), token("."));
+    }
+
+    #[test]
+    fn url_credentials_become_client_credentials_and_leave_the_url() {
+        let (addr, credentials) =
+            split_credentials("nats://spot:s3cr%40t@127.0.0.1:4333").expect("valid");
+        assert_eq!(
+            credentials,
+            Credentials::UserPassword("spot".into(), "s3cr@t".into())
+        );
+        assert_eq!(addr.as_url_str(), "nats://127.0.0.1:4333");
+        assert!(!format!("{addr:?}").contains("s3cr"));
+        let (addr, credentials) = split_credentials("tls://tok3n@nats.example:4222").expect("ok");
+        assert_eq!(credentials, Credentials::Token("tok3n".into()));
+        assert_eq!(addr.as_url_str(), "tls://nats.example:4222");
+        let (addr, credentials) = split_credentials("nats://127.0.0.1:4222").expect("valid");
+        assert_eq!(credentials, Credentials::None);
+        assert_eq!(addr.port(), 4222);
+        assert!(split_credentials("::").is_err());
     }
 }

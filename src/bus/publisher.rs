@@ -6,23 +6,60 @@
 //! bounded memory, newest per candle, retries with backoff while NATS is slow or away). KV
 //! writes are compare-and-set on the KV revision and happen only when the incoming version is
 //! higher than the stored one, so an older update never replaces a newer one, whatever the
-//! order of arrival or the number of producers.
+//! order of arrival or the number of producers. A stored value that does not parse (another
+//! schema version during a rolling deploy, garbage) counts as older than any update: it is
+//! overwritten and counted, and never blocks a key. Every publish, flush and KV operation has
+//! a timeout, so a server that stops reading fails the flush (retried) instead of stalling it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
+use serde::Serialize;
 use tokio::sync::{Mutex, mpsc};
 
 use super::{CandleMessage, kv_key, subject};
 use crate::model::{CandleUpdate, Version};
-use crate::sink::{SinkSettings, SinkStats};
+use crate::sink::{SinkReport, SinkSettings, SinkStats};
 
 /// KV compare-and-set writes under way at once.
 const CONCURRENT_KV_WRITES: usize = 64;
+/// Longest wait for one publish to be queued (the client's buffer is full while the server
+/// does not read).
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the client to hand its buffer to the server.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for one KV operation.
+const KV_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The publisher's counters.
-pub type PublisherStats = SinkStats;
+#[derive(Debug, Default)]
+pub struct PublisherStats {
+    sink: Arc<SinkStats>,
+    /// KV values that did not parse as a candle message (another schema, garbage), treated
+    /// as older than any update and overwritten.
+    kv_unreadable: AtomicU64,
+}
+
+/// What `/health` shows of the publisher.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublisherReport {
+    #[serde(flatten)]
+    pub sink: SinkReport,
+    pub kv_unreadable_overwritten: u64,
+}
+
+impl PublisherStats {
+    pub fn report(&self) -> PublisherReport {
+        PublisherReport {
+            sink: self.sink.report(),
+            kv_unreadable_overwritten: self.kv_unreadable.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// KV key → (KV revision, version stored there), as last seen.
 type KvCache = HashMap<String, (u64, Version)>;
@@ -53,6 +90,12 @@ impl Publisher {
         }
     }
 
+    /// Replaces the sink settings (batching, retries, flush timeout).
+    pub fn with_settings(mut self, settings: SinkSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
     pub fn stats(&self) -> Arc<PublisherStats> {
         self.stats.clone()
     }
@@ -60,16 +103,28 @@ impl Publisher {
     /// Runs until the input closes and everything received is published.
     pub async fn run(self) -> anyhow::Result<()> {
         let cache: Arc<Mutex<KvCache>> = Arc::new(Mutex::new(HashMap::new()));
-        let (client, kv) = (self.client, self.kv);
-        crate::sink::run("nats", self.input, self.settings, self.stats, move |rows| {
-            let (client, kv, cache) = (client.clone(), kv.clone(), cache.clone());
-            async move {
-                let result = publish_all(&client, &kv, &cache, &rows).await;
-                (rows, result)
-            }
+        let (client, kv, stats) = (self.client, self.kv, self.stats);
+        let sink_stats = stats.sink.clone();
+        crate::sink::run("nats", self.input, self.settings, sink_stats, move |rows| {
+            let (client, kv, cache, stats) =
+                (client.clone(), kv.clone(), cache.clone(), stats.clone());
+            async move { publish_all(&client, &kv, &cache, &stats, &rows).await }
         })
         .await;
         Ok(())
+    }
+}
+
+/// `operation` within `limit`, its error and a timeout both as text.
+async fn within<T, E: std::fmt::Display>(
+    what: &str,
+    limit: Duration,
+    operation: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, operation).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_elapsed) => Err(format!("{what}: no progress within {limit:?}")),
     }
 }
 
@@ -77,6 +132,7 @@ async fn publish_all(
     client: &async_nats::Client,
     kv: &Store,
     cache: &Mutex<KvCache>,
+    stats: &PublisherStats,
     rows: &[CandleUpdate],
 ) -> Result<(), String> {
     let mut rows: Vec<&CandleUpdate> = rows.iter().collect();
@@ -86,13 +142,13 @@ async fn publish_all(
     let mut newest: HashMap<String, (&CandleUpdate, Vec<u8>)> = HashMap::new();
     for u in rows {
         let payload = CandleMessage::from_update(u).to_json();
-        client
-            .publish(
-                subject(&u.candle.product_id, u.candle.granularity),
-                payload.clone().into(),
-            )
-            .await
-            .map_err(|e| format!("publish: {e}"))?;
+        let subject = subject(&u.candle.product_id, u.candle.granularity);
+        within(
+            "publish",
+            PUBLISH_TIMEOUT,
+            client.publish(subject, payload.clone().into()),
+        )
+        .await?;
         let key = kv_key(&u.candle.product_id, u.candle.granularity);
         match newest.get(&key) {
             Some((existing, _)) if existing.version >= u.version => {}
@@ -101,9 +157,13 @@ async fn publish_all(
             }
         }
     }
-    client.flush().await.map_err(|e| format!("flush: {e}"))?;
+    within("flush", FLUSH_TIMEOUT, client.flush()).await?;
     let mut cache = cache.lock().await;
     let entries: Vec<(String, (&CandleUpdate, Vec<u8>))> = newest.into_iter().collect();
+    // Every key is tried, whatever happens to the others; the first error fails the flush
+    // (and keys already written are no-ops on the retry: the cache knows them).
+    let mut first_error: Option<String> = None;
+    let mut failed_keys = 0usize;
     for group in entries.chunks(CONCURRENT_KV_WRITES) {
         let mut writes = Vec::with_capacity(group.len());
         for (key, (update, payload)) in group {
@@ -113,17 +173,49 @@ async fn publish_all(
         let results = futures_util::future::join_all(writes).await;
         for ((key, _), result) in group.iter().zip(results) {
             match result {
-                Ok(Some(stored)) => {
-                    cache.insert(key.clone(), stored);
+                Ok(written) => {
+                    if written.overwrote_unreadable {
+                        stats.kv_unreadable.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(key = %key, "the KV held an unreadable value; overwritten");
+                    }
+                    match written.stored {
+                        Some(stored) => cache.insert(key.clone(), stored),
+                        None => cache.remove(key),
+                    };
                 }
-                Ok(None) => {
+                Err(e) => {
                     cache.remove(key);
+                    failed_keys += 1;
+                    first_error.get_or_insert(e);
                 }
-                Err(e) => return Err(e),
             }
         }
     }
-    Ok(())
+    match first_error {
+        None => Ok(()),
+        Some(e) => Err(format!("{failed_keys} KV key(s) not written, first: {e}")),
+    }
+}
+
+/// What a KV key holds after [`put_if_newer`].
+#[derive(Debug)]
+struct KvWritten {
+    /// Its revision and version (`None`: unknown).
+    stored: Option<(u64, Version)>,
+    /// An unreadable value was found there and replaced.
+    overwrote_unreadable: bool,
+}
+
+/// What a read of a KV key found.
+#[derive(Debug, Clone, Copy)]
+enum Found {
+    /// Nothing to compare with: create the key.
+    Absent,
+    /// A readable candle of this version at this revision.
+    Version(u64, Version),
+    /// A deleted key or a value that does not parse (another schema, garbage) at this
+    /// revision: older than any update, overwritten.
+    Replaceable { revision: u64, unreadable: bool },
 }
 
 /// Writes `payload` under `key` if `version` is higher than the stored one, by
@@ -133,44 +225,72 @@ async fn put_if_newer(
     key: &str,
     version: Version,
     payload: &[u8],
-    mut known: Option<(u64, Version)>,
-) -> Result<Option<(u64, Version)>, String> {
+    known: Option<(u64, Version)>,
+) -> Result<KvWritten, String> {
+    let mut found = match known {
+        Some((revision, stored)) => Found::Version(revision, stored),
+        None => Found::Absent,
+    };
+    let mut overwrote_unreadable = false;
     for _attempt in 0..8 {
-        if let Some((_, stored)) = known
-            && stored >= version
-        {
-            return Ok(known);
-        }
-        let written = match known {
-            Some((revision, _)) => kv
-                .update(key, payload.to_vec().into(), revision)
+        let written = match found {
+            Found::Version(revision, stored) if stored >= version => {
+                return Ok(KvWritten {
+                    stored: Some((revision, stored)),
+                    overwrote_unreadable,
+                });
+            }
+            Found::Version(revision, _) | Found::Replaceable { revision, .. } => {
+                within(
+                    "KV update",
+                    KV_TIMEOUT,
+                    kv.update(key, payload.to_vec().into(), revision),
+                )
                 .await
-                .map_err(|e| e.to_string()),
-            None => kv
-                .create(key, payload.to_vec().into())
+            }
+            Found::Absent => {
+                within(
+                    "KV create",
+                    KV_TIMEOUT,
+                    kv.create(key, payload.to_vec().into()),
+                )
                 .await
-                .map_err(|e| e.to_string()),
+            }
         };
         match written {
-            Ok(revision) => return Ok(Some((revision, version))),
+            Ok(revision) => {
+                if let Found::Replaceable {
+                    unreadable: true, ..
+                } = found
+                {
+                    overwrote_unreadable = true;
+                }
+                return Ok(KvWritten {
+                    stored: Some((revision, version)),
+                    overwrote_unreadable,
+                });
+            }
             Err(conflict) => {
                 // Someone else wrote the key (or our cache is stale): read it and decide again.
-                let entry = kv
-                    .entry(key)
+                let entry = within("KV read", KV_TIMEOUT, kv.entry(key))
                     .await
-                    .map_err(|e| format!("KV read after {conflict}: {e}"))?;
-                known = match entry {
+                    .map_err(|e| format!("{e} (after {conflict})"))?;
+                found = match entry {
                     Some(entry) if !entry.value.is_empty() => {
-                        let stored = CandleMessage::parse(&entry.value)
-                            .and_then(|m| m.parsed_version())
-                            .map_err(|e| format!("KV holds a bad value under {key}: {e}"))?;
-                        Some((entry.revision, stored))
+                        match CandleMessage::parse(&entry.value).and_then(|m| m.parsed_version()) {
+                            Ok(stored) => Found::Version(entry.revision, stored),
+                            Err(_unreadable) => Found::Replaceable {
+                                revision: entry.revision,
+                                unreadable: true,
+                            },
+                        }
                     }
-                    Some(entry) => {
-                        // A deleted key: a create is refused, an update on its revision works.
-                        Some((entry.revision, Version::default()))
-                    }
-                    None => None,
+                    // A deleted key: a create is refused, an update on its revision works.
+                    Some(entry) => Found::Replaceable {
+                        revision: entry.revision,
+                        unreadable: false,
+                    },
+                    None => Found::Absent,
                 };
             }
         }

@@ -4,7 +4,9 @@
 //! coalescing [`sink`](crate::sink): only the newest update per candle is written (a batch
 //! never touches a row twice, memory is bounded by the number of candles), flushed at
 //! `max_rows` candles or every `flush_interval`; while the database is slow or down it keeps
-//! coalescing and retries with backoff; when its input closes it writes all it holds.
+//! coalescing and retries with backoff; a flush that hangs (a database that stopped answering)
+//! is abandoned after `flush_timeout` and retried, its rows kept; when its input closes it
+//! writes all it holds.
 
 use std::sync::Arc;
 
@@ -63,12 +65,12 @@ impl BatchWriter {
             move |rows| {
                 let repository = repository.clone();
                 async move {
-                    let result = write_all(&repository, &rows).await;
-                    if result.is_ok() {
-                        metrics::counter!("spot_canvas_store_rows_written_total")
-                            .increment(rows.len() as u64);
-                    }
-                    (rows, result.map_err(|e| e.to_string()))
+                    write_all(&repository, &rows)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    metrics::counter!("spot_canvas_store_rows_written_total")
+                        .increment(rows.len() as u64);
+                    Ok(())
                 }
             },
         )

@@ -3,9 +3,11 @@
 //! In: `product`, `granularity` (any accepted spelling), optional `limit` (1–1000, default
 //! 300) and `end` (Unix seconds, exclusive; default: now and later). Out: the newest `limit`
 //! stored candles before `end`, oldest first, decimals as exact strings; 400 with a message
-//! naming the bad parameter, 503 when the database cannot answer.
+//! naming the bad parameter, 503 when the database cannot answer (within [`QUERY_TIMEOUT`]).
+//! Reads go through the API's own small pool (`AppState::repository`), never the writer's.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -23,6 +25,8 @@ use crate::model::Granularity;
 pub const MAX_LIMIT: u32 = 1_000;
 /// Candles returned when `limit` is absent.
 pub const DEFAULT_LIMIT: u32 = 300;
+/// Longest wait for the database (a server that stopped answering): then 503.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One candle as the API returns it.
 #[derive(Debug, Serialize)]
@@ -110,16 +114,17 @@ pub async fn candles(
     let end = q
         .end
         .unwrap_or_else(|| Utc::now() + chrono::TimeDelta::days(1));
-    let rows = state
-        .repository
-        .candles(
-            &q.product,
-            q.granularity,
-            DateTime::UNIX_EPOCH,
-            end,
-            q.limit,
-        )
-        .await;
+    let query = state.repository.candles(
+        &q.product,
+        q.granularity,
+        DateTime::UNIX_EPOCH,
+        end,
+        q.limit,
+    );
+    let rows = match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+        Ok(rows) => rows.map_err(|e| e.to_string()),
+        Err(_elapsed) => Err(format!("no answer within {QUERY_TIMEOUT:?}")),
+    };
     match rows {
         Ok(rows) => {
             let candles: Vec<ApiCandle> = rows
@@ -168,10 +173,41 @@ mod tests {
 
     #[test]
     fn accepts_every_granularity_spelling_and_defaults_the_limit() {
-        for g in ["ONE_MINUTE", "1m", "FIVE_MINUTE", "FIVE_MINUTES"] {
+        let spellings = [
+            ("ONE_MINUTE", Granularity::OneMinute),
+            ("1m", Granularity::OneMinute),
+            ("FIVE_MINUTE", Granularity::FiveMinutes),
+            ("FIVE_MINUTES", Granularity::FiveMinutes),
+        ];
+        for (g, expected) in spellings {
             let q =
                 parse_query(&query(&[("product", "BTC-USD"), ("granularity", g)])).expect("valid");
+            assert_eq!(q.granularity, expected, "{g}");
             assert_eq!(q.limit, DEFAULT_LIMIT);
+            assert_eq!(q.end, None);
+        }
+    }
+
+    #[test]
+    fn limit_is_capped_and_end_is_unix_seconds() {
+        let base = [("product", "BTC-USD"), ("granularity", "1h")];
+        let with = |extra: (&'static str, &'static str)| {
+            let mut pairs = base.to_vec();
+            pairs.push(extra);
+            parse_query(&query(&pairs))
+        };
+        assert_eq!(with(("limit", "1000")).expect("the cap").limit, MAX_LIMIT);
+        assert_eq!(with(("limit", "1")).expect("the floor").limit, 1);
+        for bad in ["1001", "-1", "1e3", ""] {
+            let error = with(("limit", bad)).expect_err(bad);
+            assert!(error.contains("invalid limit"), "{bad}: {error}");
+        }
+        let q = with(("end", "1790000040")).expect("valid end");
+        assert_eq!(q.end, DateTime::from_timestamp(1_790_000_040, 0));
+        assert_eq!(q.granularity, Granularity::OneHour);
+        for bad in ["-", "1.5", "99999999999999999999"] {
+            let error = with(("end", bad)).expect_err(bad);
+            assert!(error.contains("invalid end"), "{bad}: {error}");
         }
     }
 

@@ -1,0 +1,333 @@
+//! A coalescing sink: the shape shared by the database writer and the NATS publisher.
+//!
+//! In: batches of [`CandleUpdate`]. Out: calls of a flush function with the newest update of
+//! every candle received since the last flush, at `max_rows` pending candles or every
+//! `flush_interval`, one flush at a time. It keeps receiving while a flush is under way, so
+//! it never holds up its sender. A flush that fails, panics, or does not finish within
+//! `flush_timeout` (it is then abandoned) is retried with backoff, its rows merged back under
+//! any newer update received meanwhile: no row is dropped. Memory is bounded by the number of
+//! candles. When the input closes, everything held is flushed before `run` returns; if `run`
+//! is dropped first (a forced stop), the rows it still held are counted in an error log.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::model::{CandleUpdate, Granularity};
+
+/// Sink tunables.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkSettings {
+    /// Flush once this many keys are pending.
+    pub max_rows: usize,
+    /// Flush at least this often when anything is pending.
+    pub flush_interval: Duration,
+    /// Retry backoff after a failed write: doubles from `retry_base` up to `retry_cap`.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// A flush still running after this long is abandoned and counted as failed; its rows are
+    /// retried. Bounds how long a hung database or NATS server can hold the sink (and its stop).
+    pub flush_timeout: Duration,
+    /// Rows one flush takes at most (the rest wait for the next): a backlog after a long
+    /// outage is written in pieces that each fit in `flush_timeout`.
+    pub max_flush_rows: usize,
+}
+
+impl Default for SinkSettings {
+    fn default() -> Self {
+        SinkSettings {
+            max_rows: 50,
+            flush_interval: Duration::from_millis(100),
+            retry_base: Duration::from_millis(200),
+            retry_cap: Duration::from_secs(10),
+            flush_timeout: Duration::from_secs(30),
+            max_flush_rows: 20_000,
+        }
+    }
+}
+
+/// Counters for `/health` and the benchmarks.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    received: AtomicU64,
+    written_rows: AtomicU64,
+    batches: AtomicU64,
+    /// Failed flushes of any kind (errors, timeouts, panics).
+    failures: AtomicU64,
+    /// Of the failures: flushes abandoned after `flush_timeout`.
+    timeouts: AtomicU64,
+    /// Of the failures: flushes whose task panicked.
+    panics: AtomicU64,
+    pending: AtomicU64,
+    /// Batches by size class: 1, 2–9, 10–49, 50–99, 100–999, ≥ 1000 rows.
+    batch_sizes: [AtomicU64; 6],
+}
+
+/// What `/health` shows of a sink.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkReport {
+    pub received: u64,
+    pub written_rows: u64,
+    pub batches: u64,
+    pub failures: u64,
+    pub timeouts: u64,
+    pub panics: u64,
+    pub pending: u64,
+    pub batch_sizes: [(&'static str, u64); 6],
+}
+
+const SIZE_CLASSES: [&str; 6] = ["1", "2-9", "10-49", "50-99", "100-999", "1000+"];
+
+impl SinkStats {
+    fn record_batch(&self, rows: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.written_rows.fetch_add(rows as u64, Ordering::Relaxed);
+        let class = match rows {
+            0..=1 => 0,
+            2..=9 => 1,
+            10..=49 => 2,
+            50..=99 => 3,
+            100..=999 => 4,
+            _ => 5,
+        };
+        self.batch_sizes[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn report(&self) -> SinkReport {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SinkReport {
+            received: load(&self.received),
+            written_rows: load(&self.written_rows),
+            batches: load(&self.batches),
+            failures: load(&self.failures),
+            timeouts: load(&self.timeouts),
+            panics: load(&self.panics),
+            pending: load(&self.pending),
+            batch_sizes: std::array::from_fn(|i| (SIZE_CLASSES[i], load(&self.batch_sizes[i]))),
+        }
+    }
+}
+
+type Key = (String, Granularity, i64);
+
+/// The rows of one flush, shared with the flush task: the sink keeps them until the flush
+/// succeeds, so a flush that fails, panics or is abandoned loses none.
+pub type Rows = Arc<Vec<CandleUpdate>>;
+
+/// A flush under way: its rows, its task (aborted if dropped) and its deadline.
+struct InFlight {
+    rows: Rows,
+    task: JoinHandle<Result<(), String>>,
+    deadline: Instant,
+}
+
+/// How a flush ended.
+enum Outcome {
+    Written,
+    Failed(String),
+    TimedOut,
+    Panicked(String),
+}
+
+/// What the sink holds; on drop (a forced stop) it aborts the flush under way and says how
+/// many rows were never written.
+struct Held {
+    name: &'static str,
+    pending: HashMap<Key, CandleUpdate>,
+    in_flight: Option<InFlight>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut unwritten = self.pending.len();
+        if let Some(flight) = self.in_flight.take() {
+            flight.task.abort();
+            unwritten += flight.rows.len();
+        }
+        if unwritten > 0 {
+            tracing::error!(
+                sink = self.name,
+                rows = unwritten,
+                "sink stopped before writing these rows"
+            );
+        }
+    }
+}
+
+/// Runs the sink until `input` closes and everything received is flushed. `flush` gets the
+/// rows to write (each key once) and says whether they were written. `name` labels logs.
+pub async fn run<F, Fut>(
+    name: &'static str,
+    mut input: mpsc::Receiver<Vec<CandleUpdate>>,
+    settings: SinkSettings,
+    stats: Arc<SinkStats>,
+    flush: F,
+) where
+    F: Fn(Rows) -> Fut,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let mut held = Held {
+        name,
+        pending: HashMap::new(),
+        in_flight: None,
+    };
+    let mut failures_in_row: u32 = 0;
+    let mut retry_at: Option<Instant> = None;
+    let mut flush_at = Instant::now() + settings.flush_interval;
+    let mut input_open = true;
+    loop {
+        let due = !held.pending.is_empty()
+            && held.in_flight.is_none()
+            && retry_at.is_none_or(|t| Instant::now() >= t)
+            && (held.pending.len() >= settings.max_rows
+                || Instant::now() >= flush_at
+                || !input_open);
+        if due {
+            let rows: Rows = Arc::new(take_rows(&mut held.pending, settings.max_flush_rows));
+            held.in_flight = Some(start_flush(&flush, rows, settings.flush_timeout));
+            flush_at = Instant::now() + settings.flush_interval;
+        }
+        stats
+            .pending
+            .store(held.pending.len() as u64, Ordering::Relaxed);
+        if !input_open && held.pending.is_empty() && held.in_flight.is_none() {
+            return;
+        }
+        let wake_at = retry_at.unwrap_or(flush_at).max(Instant::now());
+        let idle = held.in_flight.is_none();
+        tokio::select! {
+            batch = input.recv(), if input_open => match batch {
+                Some(batch) => {
+                    stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    for update in batch {
+                        coalesce(&mut held.pending, update);
+                    }
+                }
+                None => input_open = false,
+            },
+            outcome = finished(held.in_flight.as_mut()), if !idle => {
+                let Some(flight) = held.in_flight.take() else { continue };
+                if matches!(outcome, Outcome::TimedOut) {
+                    flight.task.abort();
+                }
+                if let Outcome::Written = outcome {
+                    stats.record_batch(flight.rows.len());
+                    failures_in_row = 0;
+                    retry_at = None;
+                    continue;
+                }
+                let error = match outcome {
+                    Outcome::Written => String::new(),
+                    Outcome::Failed(e) => e,
+                    Outcome::TimedOut => {
+                        stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                        format!("no answer within {:?}, abandoned", settings.flush_timeout)
+                    }
+                    Outcome::Panicked(e) => {
+                        stats.panics.fetch_add(1, Ordering::Relaxed);
+                        format!("the flush task panicked: {e}")
+                    }
+                };
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("spot_canvas_sink_failures_total", "sink" => name).increment(1);
+                let delay = backoff(&settings, failures_in_row);
+                failures_in_row = failures_in_row.saturating_add(1);
+                tracing::warn!(
+                    error = %error,
+                    rows = flight.rows.len(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    sink = name,
+                    "flush failed, keeping the rows and retrying"
+                );
+                // Back into pending, unless a newer update of the key came meanwhile.
+                let rows = Arc::try_unwrap(flight.rows).unwrap_or_else(|shared| (*shared).clone());
+                for update in rows {
+                    coalesce(&mut held.pending, update);
+                }
+                retry_at = Some(Instant::now() + delay);
+            },
+            () = tokio::time::sleep_until(wake_at), if !held.pending.is_empty() && idle => {}
+        }
+    }
+}
+
+/// Spawns a flush of `rows`. A flush function that panics while building its future counts as
+/// a panicked flush, like one whose task panics.
+fn start_flush<F, Fut>(flush: &F, rows: Rows, timeout: Duration) -> InFlight
+where
+    F: Fn(Rows) -> Fut,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let task = match std::panic::catch_unwind(AssertUnwindSafe(|| flush(rows.clone()))) {
+        Ok(future) => tokio::spawn(future),
+        Err(panic) => {
+            let message = panic_message(panic.as_ref());
+            tokio::spawn(async move { std::panic::panic_any(message) })
+        }
+    };
+    InFlight {
+        rows,
+        task,
+        deadline: Instant::now() + timeout,
+    }
+}
+
+/// Waits for the flush under way to end or to run out of time.
+async fn finished(flight: Option<&mut InFlight>) -> Outcome {
+    let Some(flight) = flight else {
+        return std::future::pending().await;
+    };
+    match tokio::time::timeout_at(flight.deadline, &mut flight.task).await {
+        Err(_elapsed) => Outcome::TimedOut,
+        Ok(Ok(Ok(()))) => Outcome::Written,
+        Ok(Ok(Err(e))) => Outcome::Failed(e),
+        Ok(Err(e)) if e.is_panic() => Outcome::Panicked(panic_message(e.into_panic().as_ref())),
+        Ok(Err(e)) => Outcome::Failed(e.to_string()),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+/// At most `limit` (at least one) of the pending rows, removed from `pending`.
+fn take_rows(pending: &mut HashMap<Key, CandleUpdate>, limit: usize) -> Vec<CandleUpdate> {
+    if pending.len() <= limit.max(1) {
+        return pending.drain().map(|(_, u)| u).collect();
+    }
+    let keys: Vec<Key> = pending.keys().take(limit.max(1)).cloned().collect();
+    keys.iter().filter_map(|k| pending.remove(k)).collect()
+}
+
+fn coalesce(pending: &mut HashMap<Key, CandleUpdate>, update: CandleUpdate) {
+    let (product, granularity, start) = update.candle_key();
+    let key = (product.to_owned(), granularity, start);
+    CandleUpdate::keep_newest(pending, key, update);
+}
+
+fn backoff(settings: &SinkSettings, failures: u32) -> Duration {
+    crate::backoff::equal_jitter(
+        settings.retry_base,
+        settings.retry_cap,
+        failures,
+        rand::rng().random::<f64>(),
+    )
+}
+
+#[cfg(test)]
+mod tests;
