@@ -60,6 +60,8 @@ pub struct App {
     embedded_nats: Option<EmbeddedNats>,
     state: AppState,
     stages: Arc<Stages>,
+    /// The service's pool (the API reads through its own, in `state`).
+    repository: Repository,
 }
 
 impl App {
@@ -187,6 +189,7 @@ impl App {
             embedded_nats: servers.embedded_nats,
             state,
             stages,
+            repository,
         })
     }
 

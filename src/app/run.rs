@@ -58,6 +58,7 @@ impl App {
             embedded_nats,
             state,
             stages,
+            repository,
         } = self;
         if state.simulated {
             tracing::warn!(ws_url = %state.ws_url, "running on a SIMULATED feed, not Coinbase");
@@ -91,7 +92,7 @@ impl App {
             })
         };
         let catalog_task = {
-            let (catalog, repository) = (feed.catalog(), state.repository.clone());
+            let catalog = feed.catalog();
             supervisor.spawn_restarting("catalog", &catalog_stop, move |token| {
                 until(token, keep_products(catalog.clone(), repository.clone()))
             })
