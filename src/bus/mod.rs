@@ -76,7 +76,12 @@ where
         .event_callback(on_event)
         .connect(url)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to NATS: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to NATS: {}",
+                crate::config::redact(&e.to_string())
+            )
+        })?;
     Ok(client)
 }
 

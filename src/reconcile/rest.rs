@@ -178,9 +178,10 @@ impl CandleClient {
         end: i64,
     ) -> Result<Vec<Candle>, RestError> {
         let url = format!("{}/market/products/{product_id}/candles", self.rest_url);
-        let http = |source| RestError::Http {
+        // The URL is left out of the error: a REST base URL may carry credentials.
+        let http = |source: reqwest::Error| RestError::Http {
             product: product_id.to_owned(),
-            source,
+            source: source.without_url(),
         };
         // `end` is inclusive at Coinbase: ask up to the last second before the next page.
         let response = self

@@ -37,7 +37,7 @@ pub async fn connect(url: &SecretString) -> anyhow::Result<PgPool> {
 fn redact_error(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Configuration(_) => "invalid DATABASE_URL".to_owned(),
-        other => other.to_string(),
+        other => crate::config::redact(&other.to_string()),
     }
 }
 
