@@ -37,7 +37,7 @@ use crate::model::FeedEvent;
 use crate::model::{Candle, CandleUpdate, Clock, Granularity, TradeId, Version};
 use crate::store::Repository;
 
-pub use rest::{CandleClient, RestError};
+pub use rest::{CandleClient, RETRY_BASE, RestError};
 
 /// Products compared with REST per cross-check round.
 const CHECK_PRODUCTS_PER_ROUND: usize = 10;
