@@ -139,7 +139,10 @@ async fn rate_limiting_is_retried_with_backoff() {
     assert_eq!(gaps.len(), 2);
     for (n, gap) in gaps.iter().enumerate() {
         let least = RETRY_BASE * 2u32.pow(n as u32) / 2;
-        assert!(*gap >= least, "retry {n} came after {gap:?}, before {least:?}");
+        assert!(
+            *gap >= least,
+            "retry {n} came after {gap:?}, before {least:?}"
+        );
     }
 }
 

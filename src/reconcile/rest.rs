@@ -151,12 +151,8 @@ impl CandleClient {
             match self.request(product_id, granularity, start, end).await {
                 Ok(candles) => return Ok(candles),
                 Err(e) if e.is_transient() && attempt + 1 < ATTEMPTS => {
-                    let delay = equal_jitter(
-                        RETRY_BASE,
-                        RETRY_CAP,
-                        attempt,
-                        rand::rng().random::<f64>(),
-                    );
+                    let delay =
+                        equal_jitter(RETRY_BASE, RETRY_CAP, attempt, rand::rng().random::<f64>());
                     tracing::warn!(
                         error = %e,
                         attempt,
