@@ -23,6 +23,29 @@ fn readme_configuration_table_lists_every_variable() {
 }
 
 #[test]
+fn readme_and_env_example_show_the_defaults_the_service_uses() {
+    // VARIABLES is where the parser reads its defaults: the documentation must agree.
+    let readme = read("README.md");
+    let example = read(".env.example");
+    for var in VARIABLES.iter().filter(|v| !v.default.is_empty()) {
+        let row = format!("| `{}` | `{}` |", var.name, var.default);
+        assert!(
+            readme.contains(&row),
+            "README's default for {} is not `{}`",
+            var.name,
+            var.default
+        );
+        let line = format!("\n{}={}\n", var.name, var.default);
+        assert!(
+            example.contains(&line),
+            ".env.example's default for {} is not {}",
+            var.name,
+            var.default
+        );
+    }
+}
+
+#[test]
 fn env_example_names_every_variable() {
     let example = read(".env.example");
     for var in VARIABLES {

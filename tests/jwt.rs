@@ -1,10 +1,11 @@
-//! JWTs for authenticated subscribes: made from a SEC1 PEM EC key and a base64 Ed25519 key,
-//! verified with the matching public key, with Coinbase's claims and header.
+//! JWTs for authenticated subscribes: made from a SEC1 PEM EC key, a PKCS#8 PEM EC key, a
+//! PKCS#8 PEM Ed25519 key and a base64 Ed25519 key (also with `\n` escapes, as they come from
+//! the environment), verified with the matching public key, with Coinbase's claims and header.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
-use p256::pkcs8::{EncodePublicKey, LineEnding};
+use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use secrecy::SecretString;
 use spot_canvas::coinbase::auth::{Claims, JwtSigner};
 use spot_canvas::config::{CoinbaseCredentials, Config};
@@ -79,20 +80,91 @@ fn es256_tokens_from_a_sec1_pem_key_verify_with_its_public_key() {
     assert_ne!(first, second, "a fresh token (new nonce) per message");
 }
 
+fn ec_public_key() -> DecodingKey {
+    let public = ec_key()
+        .public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .expect("public pem");
+    DecodingKey::from_ec_pem(public.as_bytes()).expect("public key")
+}
+
+/// The credentials the configuration makes of `private_key` as set in the environment.
+fn from_environment(private_key: &str) -> CoinbaseCredentials {
+    Config::from_lookup(|name| match name {
+        "COINBASE_API_KEY" => Some(KEY_NAME.into()),
+        "COINBASE_PRIVATE_KEY" => Some(private_key.to_owned()),
+        _ => None,
+    })
+    .expect("valid config")
+    .coinbase_credentials
+    .expect("credentials")
+}
+
 #[test]
-fn es256_keys_with_escaped_newlines_from_the_environment_load() {
+fn es256_keys_with_escaped_newlines_from_the_environment_sign_verifiable_tokens() {
     let sec1 = ec_key()
         .to_sec1_pem(LineEnding::LF)
         .expect("pem")
         .replace('\n', "\\n");
-    let config = Config::from_lookup(|name| match name {
-        "COINBASE_API_KEY" => Some(KEY_NAME.into()),
-        "COINBASE_PRIVATE_KEY" => Some(sec1.clone()),
-        _ => None,
-    })
-    .expect("valid config");
-    let creds = config.coinbase_credentials.expect("credentials");
-    JwtSigner::new(&creds).expect("loads");
+    assert!(!sec1.contains('\n') && sec1.contains("\\n"), "one line");
+    let signer = JwtSigner::new(&from_environment(&sec1)).expect("loads");
+    assert_eq!(signer.algorithm(), Algorithm::ES256);
+    check_token(
+        &signer.token(NOW).expect("token"),
+        Algorithm::ES256,
+        &ec_public_key(),
+    );
+}
+
+#[test]
+fn es256_tokens_from_a_pkcs8_pem_key_verify_with_its_public_key() {
+    let pkcs8 = ec_key()
+        .to_pkcs8_pem(LineEnding::LF)
+        .expect("pkcs8 pem")
+        .to_string();
+    assert!(
+        pkcs8.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "{}",
+        &pkcs8[..30]
+    );
+    let signer = JwtSigner::new(&credentials(&pkcs8)).expect("loads PKCS#8 EC");
+    assert_eq!(signer.algorithm(), Algorithm::ES256);
+    check_token(
+        &signer.token(NOW).expect("token"),
+        Algorithm::ES256,
+        &ec_public_key(),
+    );
+    // The same key, one line with `\n` escapes, through the configuration.
+    let escaped = pkcs8.replace('\n', "\\n");
+    let signer = JwtSigner::new(&from_environment(&escaped)).expect("loads escaped PKCS#8");
+    check_token(
+        &signer.token(NOW).expect("token"),
+        Algorithm::ES256,
+        &ec_public_key(),
+    );
+}
+
+#[test]
+fn eddsa_tokens_from_a_pkcs8_pem_ed25519_key_verify_with_its_public_key() {
+    let signing = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let pem = signing
+        .to_pkcs8_pem(LineEnding::LF)
+        .expect("pkcs8 pem")
+        .to_string();
+    assert!(
+        pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "{}",
+        &pem[..30]
+    );
+    let signer = JwtSigner::new(&credentials(&pem)).expect("loads PKCS#8 Ed25519");
+    assert_eq!(signer.algorithm(), Algorithm::EdDSA);
+    let key = DecodingKey::from_ed_der(signing.verifying_key().as_bytes());
+    check_token(&signer.token(NOW).expect("token"), Algorithm::EdDSA, &key);
+    // Another Ed25519 key does not verify it.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[10u8; 32]);
+    let wrong = DecodingKey::from_ed_der(other.verifying_key().as_bytes());
+    let token = signer.token(NOW).expect("token");
+    assert!(decode::<Claims>(&token, &wrong, &validation(Algorithm::EdDSA)).is_err());
 }
 
 #[test]

@@ -25,7 +25,12 @@ use spot_canvas::store::Repository;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-async fn sim(dir: &std::path::Path, products: &[&str], history_minutes: u32) -> Simulator {
+async fn sim(
+    dir: &std::path::Path,
+    products: &[&str],
+    history_minutes: u32,
+    trades_per_second: f64,
+) -> Simulator {
     // Logs show with `--nocapture`.
     let _already = tracing_subscriber::fmt()
         .with_env_filter("info,spot_canvas::sim=warn")
@@ -33,7 +38,7 @@ async fn sim(dir: &std::path::Path, products: &[&str], history_minutes: u32) -> 
         .try_init();
     Simulator::start(SimConfig {
         product_list: Some(products.iter().map(|p| (*p).to_owned()).collect()),
-        trades_per_second: 2.0,
+        trades_per_second,
         history_minutes,
         trade_log: Some(dir.join("trades.jsonl")),
         ..SimConfig::default()
@@ -89,20 +94,16 @@ impl Running {
         get_json(&format!("http://127.0.0.1:{}/health", self.port)).await
     }
 
-    /// Polls `/health` until `done` holds.
+    /// Polls `/health` until `done` holds; the last answer shows when it never does.
     async fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        let last = LastSeen(std::sync::Mutex::new(Value::Null));
+        common::wait_for(what, timeout, || async {
             let health = self.health().await;
-            if done(&health) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {health:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            let ok = done(&health);
+            *last.0.lock().expect("last health") = health;
+            ok
+        })
+        .await;
     }
 
     async fn stop(self) {
@@ -111,6 +112,18 @@ impl Running {
             .await
             .expect("app task")
             .expect("app stops cleanly");
+    }
+}
+
+/// The last `/health` answer of a wait, printed if the wait fails.
+struct LastSeen(std::sync::Mutex<Value>);
+
+impl Drop for LastSeen {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!("the last /health answer: {last:#}");
+        }
     }
 }
 
@@ -127,18 +140,98 @@ fn reconcile(h: &Value, field: &str) -> u64 {
     h["reconcile"][field].as_u64().unwrap_or(0)
 }
 
+/// Simulator history of the fresh-database test, in minutes: more than a day and an hour
+/// (the reconciler begins a product without recent history at the start of the UTC day, up to
+/// 24 h 6 min back, and the stale product's minute is an hour before that) at any time of day.
+const FRESH_HISTORY_MINUTES: u32 = 1_700;
+/// HISTORY_BUCKETS of the fresh-database test: one-minute history back past the stale minute
+/// (at most 25 h 7 min back) at any time of day, and starting inside the simulator's history,
+/// so where it starts is checked. Coarser granularities reach past the simulator's first trade.
+const FRESH_HISTORY_BUCKETS: i64 = 1_600;
+
+/// Where the stored history of `g` may begin: `HISTORY_BUCKETS` buckets back from the bucket
+/// of the moment history was filled, some time in `[filled_after, filled_before]`.
+fn history_starts(g: Granularity, filled_after: i64, filled_before: i64) -> Vec<i64> {
+    let w = width(g);
+    let bucket = |t: i64| t - t.rem_euclid(w);
+    (bucket(filled_after)..=bucket(filled_before))
+        .step_by(w as usize)
+        .map(|b| b - (FRESH_HISTORY_BUCKETS - 1) * w)
+        .collect()
+}
+
+/// How the stored candles of `product` at `g` differ from the exchange's: they must be every
+/// bucket the exchange has from where the history begins (one of `starts`) on, with its
+/// OHLCV; a known trade count exact, an unknown one only on a candle from REST.
+fn history_difference(
+    rows: &BTreeMap<(String, Granularity, i64), StoredRow>,
+    expected: &BTreeMap<(String, Granularity, i64), common::Ohlcv>,
+    product: &str,
+    g: Granularity,
+    starts: &[i64],
+) -> Option<String> {
+    let of = |k: &(String, Granularity, i64)| k.0 == product && k.1 == g;
+    let stored: Vec<i64> = rows.keys().filter(|k| of(k)).map(|k| k.2).collect();
+    let wanted_from = |start: i64| -> Vec<i64> {
+        expected
+            .keys()
+            .filter(|k| of(k) && k.2 >= start)
+            .map(|k| k.2)
+            .collect()
+    };
+    let Some(start) = starts.iter().find(|&&start| wanted_from(start) == stored) else {
+        let wanted = wanted_from(starts[0]);
+        return Some(format!(
+            "{product} {g}: {} stored buckets, {:?}..{:?}; the exchange has {} from {:?} \
+             (history may start at {starts:?})",
+            stored.len(),
+            stored.first(),
+            stored.last(),
+            wanted.len(),
+            wanted.first(),
+        ));
+    };
+    for (key, e) in expected.range((product.to_owned(), g, *start)..) {
+        if !of(key) {
+            break;
+        }
+        let StoredRow {
+            ohlcv: got,
+            trade_count,
+            backfilled,
+        } = &rows[key];
+        if (&got.open, &got.high, &got.low, &got.close, &got.volume)
+            != (&e.open, &e.high, &e.low, &e.close, &e.volume)
+        {
+            return Some(format!("{key:?}: stored {got:?}, the exchange {e:?}"));
+        }
+        match trade_count {
+            Some(count) if *count != e.count => {
+                return Some(format!("{key:?}: count {count}, the exchange {}", e.count));
+            }
+            None if !backfilled => {
+                return Some(format!("{key:?}: no count but not marked backfilled"));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 #[tokio::test]
 async fn a_fresh_database_serves_a_full_history_right_after_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // History back to an hour and a half before today (UTC) began, at least 330 minutes.
-    let now = Utc::now();
-    let day = now.timestamp() - now.timestamp().rem_euclid(86_400);
-    let history = ((now.timestamp() - day) / 60 + 90).max(330) as u32;
-    let sim = sim(dir.path(), &["BTC-USD", "ETH-USD"], history).await;
+    let products = ["BTC-USD", "ETH-USD"];
+    let sim = sim(dir.path(), &products, FRESH_HISTORY_MINUTES, 0.5).await;
     let db = TestDb::migrated().await;
-    // BTC-USD was last stored an hour before today began, beyond the 1-hour horizon, and the
-    // service stopped inside that minute and hour: their candles are partial (here: wrong).
-    let stale_minute = day - 3_600;
+    // BTC-USD was last stored an hour before the day the reconciler starts from began, beyond
+    // the 1-hour horizon, and the service stopped inside that minute and hour: their candles
+    // are partial (here: wrong). The reconciler's day is the one of the subscribe less the
+    // revision window and a minute; if the subscribe comes a day later than this (just after
+    // midnight), the minute is 25 h back, still inside the history span.
+    let before_start = Utc::now().timestamp();
+    let reach = before_start - 6 * 60;
+    let stale_minute = reach - reach.rem_euclid(86_400) - 3_600;
     let partial = |g: Granularity| {
         let candle = Candle {
             product_id: "BTC-USD".into(),
@@ -176,68 +269,84 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
         .expect("stale rows");
     let data = tempfile::tempdir().expect("data dir");
     let started = std::time::Instant::now();
+    let buckets = FRESH_HISTORY_BUCKETS.to_string();
     let app = Running::start(
         &sim,
         &db,
         data.path(),
-        &["BTC-USD", "ETH-USD"],
-        &[("HISTORY_BUCKETS", "300"), ("BACKFILL_HORIZON_HOURS", "1")],
+        &products,
+        &[
+            ("HISTORY_BUCKETS", &buckets),
+            ("BACKFILL_HORIZON_HOURS", "1"),
+        ],
         Duration::from_secs(10),
     )
     .await;
-    let url = |g: &str| {
-        format!(
-            "http://127.0.0.1:{}/api/v1/candles?product=ETH-USD&granularity={g}&limit=300",
-            app.port
-        )
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
-    loop {
-        let body = get_json(&url("1m")).await;
-        if body["candles"].as_array().map_or(0, Vec::len) == 300 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no full one-minute history: {} candles",
-            body["candles"].as_array().map_or(0, Vec::len)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    println!("300 one-minute candles after {:?}", started.elapsed());
+    // Each product's start window (with its history) and start-edge window.
+    app.wait_for("the start windows", Duration::from_secs(180), |h| {
+        reconcile(h, "windows_done") >= 4 && reconcile(h, "windows_pending") == 0
+    })
+    .await;
+    let history_filled = Utc::now().timestamp();
+    println!("history filled after {:?}", started.elapsed());
+    let health = app.health().await;
+    assert_eq!(reconcile(&health, "windows_failed"), 0, "{health:#}");
+    assert!(reconcile(&health, "history_candles") > 0, "{health:#}");
+
+    // Trading stops: every candle is final, and what is in flight lands.
+    sim.state.exchange.set_paused(true);
+    // The simulator's ticks run on this (single-threaded) runtime: none is half done here, so
+    // the log is final.
     let log = read_trade_log(&dir.path().join("trades.jsonl"));
-    let trades: Vec<&LoggedTrade> = log.iter().filter(|t| t.product_id == "ETH-USD").collect();
-    let expected = aggregate(&trades);
+    let all: Vec<&LoggedTrade> = log.iter().collect();
+    let expected = aggregate(&all);
+    let last_difference = std::sync::Mutex::new(String::new());
+    common::wait_for(
+        "every granularity's history stored",
+        Duration::from_secs(60),
+        || async {
+            let rows = stored_rows(&db.pool).await;
+            let difference = products.iter().find_map(|p| {
+                Granularity::ALL.into_iter().find_map(|g| {
+                    let starts = history_starts(g, before_start, history_filled);
+                    history_difference(&rows, &expected, p, g, &starts)
+                })
+            });
+            let mut last = last_difference.lock().expect("last difference");
+            match difference {
+                None => true,
+                Some(d) => {
+                    if *last != d {
+                        // Shown when the test fails.
+                        println!("not yet: {d}");
+                        *last = d;
+                    }
+                    false
+                }
+            }
+        },
+    )
+    .await;
+    let rows = stored_rows(&db.pool).await;
+
+    // The service's own answer is what is stored: the newest candles of each granularity.
     for g in Granularity::ALL {
-        let body = get_json(&url(g.short_name())).await;
+        let body = get_json(&format!(
+            "http://127.0.0.1:{}/api/v1/candles?product=ETH-USD&granularity={}&limit=1000",
+            app.port,
+            g.short_name()
+        ))
+        .await;
         let candles = body["candles"].as_array().expect("candles");
-        let complete: Vec<&Value> = candles
+        let stored: Vec<(&(String, Granularity, i64), &StoredRow)> = rows
             .iter()
-            .filter(|c| c["complete"] == Value::Bool(true))
+            .filter(|(k, _)| k.0 == "ETH-USD" && k.1 == g)
             .collect();
-        // Every complete bucket the exchange has in the span, and nothing else.
-        let oldest = candles
-            .first()
-            .and_then(|c| c["timestamp"].as_i64())
-            .expect("a candle");
-        let newest_complete = Utc::now().timestamp() - width(g) - 3;
-        let wanted: Vec<i64> = expected
-            .keys()
-            .filter(|(_, eg, start)| {
-                *eg == g && *start >= oldest && start + width(g) <= newest_complete
-            })
-            .map(|k| k.2)
-            .collect();
-        let got: Vec<i64> = complete
-            .iter()
-            .filter_map(|c| c["timestamp"].as_i64())
-            .filter(|s| s + width(g) <= newest_complete)
-            .collect();
-        assert_eq!(got, wanted, "{g}: the full span");
-        for c in complete {
-            let start = c["timestamp"].as_i64().expect("timestamp");
-            let e = &expected[&("ETH-USD".to_owned(), g, start)];
+        let newest = &stored[stored.len().saturating_sub(1000)..];
+        assert_eq!(candles.len(), newest.len(), "{g}: the newest 1000 at most");
+        for (c, ((_, _, start), row)) in candles.iter().zip(newest) {
             let decimal = |f: &str| -> Decimal { c[f].as_str().expect(f).parse().expect(f) };
+            assert_eq!(c["timestamp"].as_i64(), Some(*start), "{g}");
             assert_eq!(
                 (
                     decimal("open"),
@@ -246,43 +355,38 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
                     decimal("close"),
                     decimal("volume")
                 ),
-                (e.open, e.high, e.low, e.close, e.volume),
+                (
+                    row.ohlcv.open,
+                    row.ohlcv.high,
+                    row.ohlcv.low,
+                    row.ohlcv.close,
+                    row.ohlcv.volume
+                ),
+                "{g} {start}"
+            );
+            assert_eq!(c["trade_count"].as_u64(), row.trade_count, "{g} {start}");
+            assert_eq!(
+                c["backfilled"].as_bool(),
+                Some(row.backfilled),
                 "{g} {start}"
             );
         }
     }
-    // The stale product's partial candles were replaced by REST's, where the history span
-    // (300 buckets back from now) reaches them.
-    app.wait_for(
-        "the stale product's history",
-        Duration::from_secs(45),
-        |h| reconcile(h, "windows_done") >= 2,
-    )
-    .await;
-    let btc: Vec<&LoggedTrade> = log.iter().filter(|t| t.product_id == "BTC-USD").collect();
-    let btc_expected = aggregate(&btc);
-    let rows = stored_rows(&db.pool).await;
-    for g in [
-        Granularity::OneMinute,
-        Granularity::FiveMinutes,
-        Granularity::OneHour,
-    ] {
-        if stale_minute < now.timestamp() - 299 * width(g) {
-            continue;
-        }
-        let key = ("BTC-USD".to_owned(), g, stale_minute);
-        let StoredRow {
-            ohlcv: got,
-            trade_count: count,
-            backfilled,
-        } = &rows[&key];
-        let e = &btc_expected[&key];
-        assert_eq!(
-            (got.open, got.high, got.low, got.close, got.volume),
-            (e.open, e.high, e.low, e.close, e.volume),
-            "{key:?} replaced"
+
+    // The stale product's partial candles (and every bucket around its minute) were replaced
+    // by REST's.
+    for g in Granularity::ALL {
+        let key = (
+            "BTC-USD".to_owned(),
+            g,
+            stale_minute - stale_minute.rem_euclid(width(g)),
         );
-        assert!(*backfilled && count.is_none(), "{key:?} from REST");
+        let row = rows.get(&key).unwrap_or_else(|| panic!("{key:?} stored"));
+        assert!(
+            row.backfilled && row.trade_count.is_none(),
+            "{key:?} from REST: {row:?}"
+        );
+        assert_ne!(row.ohlcv.open, Decimal::ONE, "{key:?} replaced");
     }
     let bad = reqwest::get(format!(
         "http://127.0.0.1:{}/api/v1/candles?product=ETH-USD&granularity=7m",
@@ -306,7 +410,7 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
 async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
     let products = ["BTC-USD", "ETH-USD"];
-    let sim = sim(dir.path(), &products, 20).await;
+    let sim = sim(dir.path(), &products, 20, 2.0).await;
     let db = TestDb::migrated().await;
     let data = tempfile::tempdir().expect("data dir");
     let per_connection = [("PRODUCTS_PER_CONNECTION", "1")];
@@ -326,8 +430,17 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
             reconcile(h, "windows_done") >= 2
         })
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Live candles of both products are stored before the first run stops.
+    common::wait_for("live candles stored", Duration::from_secs(60), || async {
+        let rows = stored_rows(&db.pool).await;
+        products.iter().all(|p| {
+            rows.iter()
+                .any(|(k, r)| k.0 == *p && !r.backfilled && r.trade_count.is_some())
+        })
+    })
+    .await;
     first.stop().await;
+    // Time is the subject: the service is down for a while, and trades go on meanwhile.
     tokio::time::sleep(Duration::from_secs(20)).await;
 
     // The second run: a long silence timeout, so a 65 s stall is a sequence gap and a longer
@@ -387,14 +500,38 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
     assert_eq!(reconcile(&health, "windows_failed"), 0, "{health:#}");
     assert!(health["engine"]["backfilled_minutes"].as_u64() > Some(0));
 
-    // Trading stops; what is in flight lands; the service stops and flushes.
+    // Trading stops; what is in flight lands (each product's last minute is stored whole);
+    // the service stops and flushes.
     sim.state.exchange.set_paused(true);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    second.stop().await;
-
+    // The simulator's ticks run on this (single-threaded) runtime: none is half done here, so
+    // the log is final.
     let log = read_trade_log(&dir.path().join("trades.jsonl"));
     let all: Vec<&LoggedTrade> = log.iter().collect();
     let expected = aggregate(&all);
+    common::wait_for(
+        "the last trades stored",
+        Duration::from_secs(60),
+        || async {
+            let rows = stored_rows(&db.pool).await;
+            products.iter().all(|p| {
+                let Some(last) = log
+                    .iter()
+                    .filter(|t| t.product_id == *p)
+                    .map(|t| t.time)
+                    .max()
+                else {
+                    return true;
+                };
+                let minute = last.timestamp() - last.timestamp().rem_euclid(60);
+                let key = ((*p).to_owned(), Granularity::OneMinute, minute);
+                let e = &expected[&key];
+                rows.get(&key)
+                    .is_some_and(|r| (r.ohlcv.close, r.ohlcv.volume) == (e.close, e.volume))
+            })
+        },
+    )
+    .await;
+    second.stop().await;
     let rows = stored_rows(&db.pool).await;
     assert_eq!(
         rows.keys().collect::<Vec<_>>(),
@@ -456,7 +593,7 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
 #[tokio::test]
 async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check_and_repaired() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sim = sim(dir.path(), &["BTC-USD"], 20).await;
+    let sim = sim(dir.path(), &["BTC-USD"], 20, 2.0).await;
     let db = TestDb::migrated().await;
     let data = tempfile::tempdir().expect("data dir");
     let app = Running::start(
@@ -475,10 +612,16 @@ async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check_and_repaired() 
     .await;
     // Corrupt a minute that is complete and stored but not yet checked: the check lags the
     // clock by 12 s, the completion by 2 s.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
-    let corrupted = loop {
-        let now = Utc::now();
-        if (4..=9).contains(&now.second()) {
+    // This waits for a moment of the minute, not for time: 4-9 s into a minute, the previous
+    // one is complete and stored but not checked yet.
+    let corrupted = common::eventually(
+        "a live minute to corrupt",
+        Duration::from_secs(150),
+        || async {
+            let now = Utc::now();
+            if !(4..=9).contains(&now.second()) {
+                return None;
+            }
             let minute = now.timestamp() - i64::from(now.second()) - 60;
             let changed = sqlx::query(
                 "UPDATE live_candles SET close = close + 1 WHERE product_id = 'BTC-USD' \
@@ -490,16 +633,10 @@ async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check_and_repaired() 
             .await
             .expect("update")
             .rows_affected();
-            if changed == 1 {
-                break minute;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no live minute to corrupt"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+            (changed == 1).then_some(minute)
+        },
+    )
+    .await;
     app.wait_for("the mismatch", Duration::from_secs(60), |h| {
         judged(h, "mismatched") >= Some(1)
     })
@@ -514,21 +651,22 @@ async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check_and_repaired() 
     let rate = check["match_rate"].as_f64().expect("a match rate");
     assert!(rate < 1.0 && rate > 0.0, "{check}");
     // The wrong minute is taken again from REST.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let (close, backfilled) = loop {
-        let row: (Decimal, bool) = sqlx::query_as(
-            "SELECT close, backfilled FROM live_candles WHERE product_id = 'BTC-USD' \
-             AND granularity = 'ONE_MINUTE' AND \"timestamp\" = to_timestamp($1)",
-        )
-        .bind(corrupted as f64)
-        .fetch_one(&db.pool)
-        .await
-        .expect("row");
-        if row.1 || tokio::time::Instant::now() > deadline {
-            break row;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let (close, backfilled) = common::eventually(
+        "the wrong minute repaired",
+        Duration::from_secs(60),
+        || async {
+            let row: (Decimal, bool) = sqlx::query_as(
+                "SELECT close, backfilled FROM live_candles WHERE product_id = 'BTC-USD' \
+                 AND granularity = 'ONE_MINUTE' AND \"timestamp\" = to_timestamp($1)",
+            )
+            .bind(corrupted as f64)
+            .fetch_one(&db.pool)
+            .await
+            .expect("row");
+            row.1.then_some(row)
+        },
+    )
+    .await;
     assert!(backfilled, "minute {corrupted} repaired from REST");
     let log = read_trade_log(&dir.path().join("trades.jsonl"));
     let trades: Vec<&LoggedTrade> = log.iter().collect();

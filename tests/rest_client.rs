@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -13,11 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use spot_canvas::coinbase::pacer::Priority;
 use spot_canvas::model::Granularity;
-use spot_canvas::reconcile::{CandleClient, RestError};
+use spot_canvas::reconcile::{CandleClient, RETRY_BASE, RestError};
 
 #[derive(Default)]
 struct Server {
     requests: AtomicU64,
+    /// When each request arrived.
+    arrivals: Mutex<Vec<Instant>>,
     /// Answer this many requests with 429 first.
     throttle: AtomicU64,
     /// Widest span asked for, in buckets.
@@ -30,6 +34,11 @@ async fn candles(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     server.requests.fetch_add(1, Ordering::Relaxed);
+    server
+        .arrivals
+        .lock()
+        .expect("arrivals")
+        .push(Instant::now());
     if server
         .throttle
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -123,6 +132,18 @@ async fn rate_limiting_is_retried_with_backoff() {
     assert_eq!(candles.len(), 10);
     assert_eq!(server.requests.load(Ordering::Relaxed), 3);
     assert_eq!(client.stats().retries.load(Ordering::Relaxed), 2);
+    // Each retry waited its backoff: at least half of RETRY_BASE · 2^n (equal jitter), however
+    // fast or slow the machine is. (A loaded machine only makes the gaps longer.)
+    let arrivals = server.arrivals.lock().expect("arrivals").clone();
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps.len(), 2);
+    for (n, gap) in gaps.iter().enumerate() {
+        let least = RETRY_BASE * 2u32.pow(n as u32) / 2;
+        assert!(
+            *gap >= least,
+            "retry {n} came after {gap:?}, before {least:?}"
+        );
+    }
 }
 
 #[tokio::test]

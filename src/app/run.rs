@@ -61,7 +61,7 @@ impl App {
             repository,
         } = self;
         if state.simulated {
-            tracing::warn!(ws_url = %state.ws_url, "running on a SIMULATED feed, not Coinbase");
+            tracing::warn!(ws_url = %crate::config::redact(&state.ws_url), "running on a SIMULATED feed, not Coinbase");
         }
         let mut supervisor = Supervisor::new(stages.clone());
         // Cancelled in stop order.

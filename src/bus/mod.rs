@@ -106,7 +106,12 @@ where
         .event_callback(on_event)
         .connect(servers)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {shown}: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to NATS at {shown}: {}",
+                crate::config::redact(&e.to_string())
+            )
+        })?;
     Ok(client)
 }
 

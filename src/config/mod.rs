@@ -7,6 +7,7 @@
 //! logs never show them.
 
 mod parse;
+mod redact;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -15,11 +16,14 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::coinbase::{PRODUCTION_REST_URL, PRODUCTION_WS_URL};
 
+pub use redact::{REDACTED, redact};
+
 /// Documentation of one environment variable the service reads.
 #[derive(Debug, Clone, Copy)]
 pub struct Variable {
     pub name: &'static str,
-    /// Default when unset, as text ("" when there is none).
+    /// Default when unset, as text ("" when there is none). The only place a default is
+    /// written: the parser reads it from here (and validates it like a set value).
     pub default: &'static str,
     pub description: &'static str,
 }
@@ -90,7 +94,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "COINBASE_PRIVATE_KEY",
         default: "",
-        description: "Optional CDP private key: SEC1 EC PEM or base64 Ed25519; `\\n` escapes accepted (secret)",
+        description: "Optional CDP private key: PEM (SEC1 EC, or PKCS#8 EC or Ed25519) or base64 Ed25519; `\\n` escapes accepted (secret)",
     },
     Variable {
         name: "PRODUCTS",
@@ -209,16 +213,16 @@ impl fmt::Debug for Config {
                 &self
                     .database_url
                     .as_ref()
-                    .map(|u| redact_url(u.expose_secret())),
+                    .map(|u| redact(u.expose_secret())),
             )
             .field("migrate_on_start", &self.migrate_on_start)
             .field("writer_batch_rows", &self.writer_batch_rows)
             .field("writer_flush_ms", &self.writer_flush_ms)
-            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("nats_url", &self.nats_url.as_deref().map(redact))
             .field("nats_kv_replicas", &self.nats_kv_replicas)
             .field("nats_server_bin", &self.nats_server_bin)
-            .field("coinbase_ws_url", &self.coinbase_ws_url)
-            .field("coinbase_rest_url", &self.coinbase_rest_url)
+            .field("coinbase_ws_url", &redact(&self.coinbase_ws_url))
+            .field("coinbase_rest_url", &redact(&self.coinbase_rest_url))
             .field("coinbase_credentials", &self.coinbase_credentials)
             .field("products", &self.products)
             .field("shard_index", &self.shard_index)
@@ -261,26 +265,10 @@ impl Config {
     }
 }
 
-/// Hides the credentials of a URL such as `postgres://user:pw@host/db?password=pw`, for
-/// display: the user info and any query string that mentions a password.
+/// Hides the credentials of a URL, or of a comma-separated list of URLs, for display: see
+/// [`redact`] (which it is), kept under this name for callers that show one URL.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return "[REDACTED]".to_owned();
-    };
-    let (scheme, rest) = (&url[..scheme_end], &url[scheme_end + 3..]);
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let host = match authority.rfind('@') {
-        Some(at) => format!("[REDACTED]@{}", &authority[at + 1..]),
-        None => authority.to_owned(),
-    };
-    let tail = match tail.find('?') {
-        Some(q) if tail[q..].to_ascii_lowercase().contains("password") => {
-            format!("{}?[REDACTED]", &tail[..q])
-        }
-        _ => tail.to_owned(),
-    };
-    format!("{scheme}://{host}{tail}")
+    redact(url)
 }
 
 #[cfg(test)]

@@ -9,11 +9,10 @@ use super::{CoinbaseCredentials, Config, ConfigError, LogFormat, VARIABLES};
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
-    let shard_count: u32 = number(lookup, "SHARD_COUNT", 1, 1, 1024, "an integer 1-1024")?;
+    let shard_count: u32 = number(lookup, "SHARD_COUNT", 1, 1024, "an integer 1-1024")?;
     let shard_index: u32 = number(
         lookup,
         "SHARD_INDEX",
-        0,
         0,
         1023,
         "an integer 0 ≤ SHARD_INDEX < SHARD_COUNT",
@@ -26,30 +25,14 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
         });
     }
     Ok(Config {
-        port: number(lookup, "PORT", 8080, 0, 65_535, "an integer 0-65535")?,
-        data_dir: lookup("DATA_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(default_of("DATA_DIR"))),
+        port: number(lookup, "PORT", 0, 65_535, "an integer 0-65535")?,
+        data_dir: PathBuf::from(value_or_default(lookup, "DATA_DIR")),
         database_url: database_url(lookup)?,
-        migrate_on_start: boolean(lookup, "MIGRATE_ON_START", true)?,
-        writer_batch_rows: number(
-            lookup,
-            "WRITER_BATCH_ROWS",
-            50,
-            1,
-            10_000,
-            "an integer 1-10000",
-        )?,
-        writer_flush_ms: number(
-            lookup,
-            "WRITER_FLUSH_MS",
-            100,
-            1,
-            60_000,
-            "an integer 1-60000",
-        )?,
+        migrate_on_start: boolean(lookup, "MIGRATE_ON_START")?,
+        writer_batch_rows: number(lookup, "WRITER_BATCH_ROWS", 1, 10_000, "an integer 1-10000")?,
+        writer_flush_ms: number(lookup, "WRITER_FLUSH_MS", 1, 60_000, "an integer 1-60000")?,
         nats_url: nats_url(lookup)?,
-        nats_kv_replicas: number(lookup, "NATS_KV_REPLICAS", 1, 1, 5, "an integer 1-5")?,
+        nats_kv_replicas: number(lookup, "NATS_KV_REPLICAS", 1, 5, "an integer 1-5")?,
         nats_server_bin: lookup("NATS_SERVER_BIN").map(PathBuf::from),
         coinbase_ws_url: url(
             lookup,
@@ -72,7 +55,6 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
         products_per_connection: number(
             lookup,
             "PRODUCTS_PER_CONNECTION",
-            20,
             1,
             1000,
             "an integer 1-1000",
@@ -80,23 +62,14 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
         backfill_horizon_hours: number(
             lookup,
             "BACKFILL_HORIZON_HOURS",
-            48,
             0,
             720,
             "an integer 0-720",
         )?,
-        history_buckets: number(
-            lookup,
-            "HISTORY_BUCKETS",
-            300,
-            0,
-            5_000,
-            "an integer 0-5000",
-        )?,
+        history_buckets: number(lookup, "HISTORY_BUCKETS", 0, 5_000, "an integer 0-5000")?,
         rest_requests_per_second: number(
             lookup,
             "REST_REQUESTS_PER_SECOND",
-            5,
             1,
             100,
             "an integer 1-100",
@@ -104,7 +77,6 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
         crosscheck_interval_secs: number(
             lookup,
             "CROSSCHECK_INTERVAL_SECS",
-            60,
             0,
             86_400,
             "an integer 0-86400",
@@ -122,10 +94,16 @@ fn default_of(var: &str) -> &'static str {
         .unwrap_or("")
 }
 
+/// The value of `var`, or its default from [`VARIABLES`] when unset: the one place a
+/// default is written.
+fn value_or_default(lookup: Lookup<'_>, var: &str) -> String {
+    lookup(var).unwrap_or_else(|| default_of(var).to_owned())
+}
+
+/// An integer in `min..=max`. The default (from [`VARIABLES`]) is checked like a set value.
 fn number<T>(
     lookup: Lookup<'_>,
     var: &'static str,
-    default: T,
     min: T,
     max: T,
     accepted: &'static str,
@@ -133,9 +111,7 @@ fn number<T>(
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
-    let Some(raw) = lookup(var) else {
-        return Ok(default);
-    };
+    let raw = value_or_default(lookup, var);
     let value: T = raw.trim().parse().map_err(|_| ConfigError {
         var,
         problem: format!("{raw:?} is not an integer in range"),
@@ -151,15 +127,15 @@ where
     Ok(value)
 }
 
-fn boolean(lookup: Lookup<'_>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
-    match lookup(var)
-        .map(|v| v.trim().to_ascii_lowercase())
-        .as_deref()
+fn boolean(lookup: Lookup<'_>, var: &'static str) -> Result<bool, ConfigError> {
+    match value_or_default(lookup, var)
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
     {
-        None => Ok(default),
-        Some("true" | "1" | "yes" | "on") => Ok(true),
-        Some("false" | "0" | "no" | "off") => Ok(false),
-        Some(other) => Err(ConfigError {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(ConfigError {
             var,
             problem: format!("{other:?} is not a boolean"),
             accepted: "true or false (also 1/0, yes/no, on/off)",
@@ -173,15 +149,17 @@ fn url(
     schemes: &[&str],
     accepted: &'static str,
 ) -> Result<String, ConfigError> {
-    let value = lookup(var).unwrap_or_else(|| default_of(var).to_owned());
-    let value = value.trim().to_owned();
+    let value = value_or_default(lookup, var).trim().to_owned();
     let has_scheme = schemes
         .iter()
         .any(|s| value.len() > s.len() && value[..s.len()].eq_ignore_ascii_case(s));
     if !has_scheme || value.contains(char::is_whitespace) {
         return Err(ConfigError {
             var,
-            problem: format!("{value:?} is not a URL with a supported scheme"),
+            problem: format!(
+                "{:?} is not a URL with a supported scheme",
+                super::redact(&value)
+            ),
             accepted,
         });
     }
@@ -218,7 +196,7 @@ fn nats_url(lookup: Lookup<'_>) -> Result<Option<String>, ConfigError> {
         if !ok {
             return Err(ConfigError {
                 var: "NATS_URL",
-                problem: format!("{:?} is not a NATS URL", super::redact_url(part)),
+                problem: format!("{:?} is not a NATS URL", super::redact(part)),
                 accepted: ACCEPTED,
             });
         }
@@ -292,7 +270,7 @@ fn products(lookup: Lookup<'_>) -> Result<Option<Vec<String>>, ConfigError> {
 }
 
 fn log_filter(lookup: Lookup<'_>) -> Result<String, ConfigError> {
-    let value = lookup("RUST_LOG").unwrap_or_else(|| default_of("RUST_LOG").to_owned());
+    let value = value_or_default(lookup, "RUST_LOG");
     tracing_subscriber::EnvFilter::try_new(&value).map_err(|e| ConfigError {
         var: "RUST_LOG",
         problem: format!("{value:?} is not a filter ({e})"),
@@ -302,11 +280,10 @@ fn log_filter(lookup: Lookup<'_>) -> Result<String, ConfigError> {
 }
 
 fn log_format(lookup: Lookup<'_>) -> Result<LogFormat, ConfigError> {
-    match lookup("LOG_FORMAT").as_deref().map(str::trim) {
-        None => Ok(LogFormat::Pretty),
-        Some(v) if v.eq_ignore_ascii_case("pretty") => Ok(LogFormat::Pretty),
-        Some(v) if v.eq_ignore_ascii_case("json") => Ok(LogFormat::Json),
-        Some(other) => Err(ConfigError {
+    match value_or_default(lookup, "LOG_FORMAT").trim() {
+        v if v.eq_ignore_ascii_case("pretty") => Ok(LogFormat::Pretty),
+        v if v.eq_ignore_ascii_case("json") => Ok(LogFormat::Json),
+        other => Err(ConfigError {
             var: "LOG_FORMAT",
             problem: format!("{other:?} is not a log format"),
             accepted: "json or pretty",

@@ -209,10 +209,154 @@ fn redact_url_hides_user_info_and_password_queries() {
     );
     assert_eq!(
         redact_url("postgres://host/db?user=u&password=pw"),
-        "postgres://host/db?[REDACTED]"
+        "postgres://host/db?user=u&password=[REDACTED]"
     );
     assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
-    assert_eq!(redact_url("garbage"), "[REDACTED]");
+    assert_eq!(
+        redact_url("nats://a:pw1@h1:4222,nats://b:pw2@h2:4222"),
+        "nats://[REDACTED]@h1:4222,nats://[REDACTED]@h2:4222"
+    );
+}
+
+#[test]
+fn every_password_of_every_shape_is_hidden_in_the_config_dump() {
+    let config = config_with(&[
+        (
+            "DATABASE_URL",
+            "postgres://spot:dbpw1@db:5432/spot?sslpassword=dbpw2&sslmode=require",
+        ),
+        (
+            "NATS_URL",
+            "nats://u1:natspw1@n1:4222,nats://u2:natspw2@n2:4222,tls://natstoken3@n3:4222",
+        ),
+        ("COINBASE_WS_URL", "wss://feed.example/ws?token=wstoken1"),
+        (
+            "COINBASE_REST_URL",
+            "https://rest:restpw1@api.example/v3?password=restpw2",
+        ),
+    ])
+    .expect("valid");
+    let debug = format!("{config:?}");
+    for secret in [
+        "dbpw1",
+        "dbpw2",
+        "natspw1",
+        "natspw2",
+        "natstoken3",
+        "wstoken1",
+        "restpw1",
+        "restpw2",
+    ] {
+        assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+    }
+    for kept in [
+        "db:5432/spot",
+        "n1:4222",
+        "n2:4222",
+        "n3:4222",
+        "sslmode=require",
+        "feed.example/ws",
+        "api.example/v3",
+    ] {
+        assert!(debug.contains(kept), "{kept} should stay readable: {debug}");
+    }
+}
+
+#[test]
+fn invalid_urls_with_credentials_are_not_echoed_in_errors() {
+    let cases: &[(&str, &str)] = &[
+        ("NATS_URL", "nats://a:okpw1@h1,http://b:natspw2@h2"),
+        ("NATS_URL", "nats://a:okpw1@h1,b:natspw2@h2"),
+        ("COINBASE_WS_URL", "https://u:wspw1@feed/ws?token=wstoken2"),
+        ("COINBASE_REST_URL", "ftp://u:restpw1@api/?password=restpw2"),
+        ("DATABASE_URL", "host=db password=dbpw1"),
+    ];
+    for (var, value) in cases {
+        let err = config_with(&[(var, value)]).expect_err(value);
+        let message = format!("{err} {err:?}");
+        for secret in [
+            "okpw1", "natspw2", "wspw1", "wstoken2", "restpw1", "restpw2", "dbpw1",
+        ] {
+            assert!(!message.contains(secret), "{secret} leaked: {message}");
+        }
+    }
+}
+
+#[test]
+fn every_default_is_read_from_the_variables_table() {
+    let defaults = format!("{:?}", config_with(&[]).expect("defaults are valid"));
+    for var in VARIABLES.iter().filter(|v| !v.default.is_empty()) {
+        // Setting a variable to its documented default changes nothing: the parser's
+        // default is the documented one.
+        let explicit = config_with(&[(var.name, var.default)])
+            .unwrap_or_else(|e| panic!("the documented default of {} is invalid: {e}", var.name));
+        assert_eq!(format!("{explicit:?}"), defaults, "{}", var.name);
+    }
+    // And a documented default is what an unset variable yields.
+    let config = config_with(&[]).expect("defaults");
+    let documented = |name: &str| {
+        VARIABLES
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.default)
+            .expect("documented")
+    };
+    assert_eq!(config.port.to_string(), documented("PORT"));
+    assert_eq!(
+        config.backfill_horizon_hours.to_string(),
+        documented("BACKFILL_HORIZON_HOURS")
+    );
+    assert_eq!(
+        config.history_buckets.to_string(),
+        documented("HISTORY_BUCKETS")
+    );
+    assert_eq!(
+        config.rest_requests_per_second.to_string(),
+        documented("REST_REQUESTS_PER_SECOND")
+    );
+    assert_eq!(
+        config.crosscheck_interval_secs.to_string(),
+        documented("CROSSCHECK_INTERVAL_SECS")
+    );
+    assert_eq!(config.log_filter, documented("RUST_LOG"));
+}
+
+#[test]
+fn reconciler_numbers_are_range_checked() {
+    // (variable, lowest, highest, what the error says is accepted)
+    let ranges = [
+        ("BACKFILL_HORIZON_HOURS", 0u64, 720u64, "0-720"),
+        ("HISTORY_BUCKETS", 0, 5_000, "0-5000"),
+        ("REST_REQUESTS_PER_SECOND", 1, 100, "1-100"),
+        ("CROSSCHECK_INTERVAL_SECS", 0, 86_400, "0-86400"),
+    ];
+    for (var, low, high, accepted) in ranges {
+        for ok in [low, high, (low + high) / 2] {
+            let text = format!(" {ok} ");
+            config_with(&[(var, &text)]).unwrap_or_else(|e| panic!("{var}={ok}: {e}"));
+        }
+        let below = low.checked_sub(1).map(|n| n.to_string());
+        let mut bad: Vec<String> = vec![
+            (high + 1).to_string(),
+            "-1".into(),
+            "ten".into(),
+            "1.5".into(),
+            "1e3".into(),
+            "0x10".into(),
+            "99999999999999999999999".into(),
+        ];
+        bad.extend(below);
+        for value in bad {
+            let err = config_with(&[(var, &value)])
+                .expect_err(&format!("{var}={value} must be rejected"));
+            assert_eq!(err.var, var);
+            let message = err.to_string();
+            assert!(
+                message.contains(accepted) && message.contains(value.trim()),
+                "{var}={value}: {message}"
+            );
+        }
+    }
 }
 
 #[test]

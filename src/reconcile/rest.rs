@@ -23,6 +23,11 @@ pub const PAGE_BUCKETS: i64 = 300;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Attempts per page before giving up.
 const ATTEMPTS: u32 = 6;
+/// Backoff of a page's retries: retry `n` (0-based) waits between `RETRY_BASE · 2^n / 2` and
+/// `RETRY_BASE · 2^n`, at most [`RETRY_CAP`].
+pub const RETRY_BASE: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts of a page.
+pub const RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// Why candles could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -146,12 +151,8 @@ impl CandleClient {
             match self.request(product_id, granularity, start, end).await {
                 Ok(candles) => return Ok(candles),
                 Err(e) if e.is_transient() && attempt + 1 < ATTEMPTS => {
-                    let delay = equal_jitter(
-                        Duration::from_secs(1),
-                        Duration::from_secs(30),
-                        attempt,
-                        rand::rng().random::<f64>(),
-                    );
+                    let delay =
+                        equal_jitter(RETRY_BASE, RETRY_CAP, attempt, rand::rng().random::<f64>());
                     tracing::warn!(
                         error = %e,
                         attempt,
@@ -178,9 +179,10 @@ impl CandleClient {
         end: i64,
     ) -> Result<Vec<Candle>, RestError> {
         let url = format!("{}/market/products/{product_id}/candles", self.rest_url);
-        let http = |source| RestError::Http {
+        // The URL is left out of the error: a REST base URL may carry credentials.
+        let http = |source: reqwest::Error| RestError::Http {
             product: product_id.to_owned(),
-            source,
+            source: source.without_url(),
         };
         // `end` is inclusive at Coinbase: ask up to the last second before the next page.
         let response = self

@@ -103,7 +103,7 @@ fn with_limits(options: PgConnectOptions, settings: PoolSettings) -> PgConnectOp
 fn redact_error(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Configuration(_) => "invalid DATABASE_URL".to_owned(),
-        other => other.to_string(),
+        other => crate::config::redact(&other.to_string()),
     }
 }
 
