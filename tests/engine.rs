@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use spot_canvas::candles::crosscheck::Verdict;
-use spot_canvas::candles::{Aggregator, Backfill, Timing};
+use spot_canvas::candles::{Aggregator, Backfill, FeedNotice, Timing};
 use spot_canvas::coinbase::{FrameBody, parse_frame};
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, Side, Trade, TradeId};
 
@@ -80,7 +80,7 @@ fn latest(updates: &[CandleUpdate]) -> BTreeMap<Key, CandleUpdate> {
             u.candle.start.timestamp(),
         );
         match out.get(&key) {
-            Some(existing) if existing.version >= u.version => {}
+            Some(existing) if existing.version() >= u.version() => {}
             _ => {
                 out.insert(key, u.clone());
             }
@@ -298,41 +298,83 @@ fn memory_stays_flat_for_500_products_running_for_days() {
     let mut engine = Aggregator::new(Timing::default());
     let products: Vec<String> = (0..500).map(|i| format!("P{i}-USD")).collect();
     let start = at("2026-09-01T00:00:00Z");
+    for p in &products {
+        engine.feed_notice(p, FeedNotice::Subscribed { at: start });
+    }
     let mut out = Vec::new();
     let mut footprints = Vec::new();
     let mut id = 0u64;
-    // Three days, one trade per product every 5 minutes, ticking every 5 minutes.
+    // Three days, one trade per product every 5 minutes, ticking every 5 minutes; every
+    // structure the engine keeps gets input: Coinbase's 5-minute candles every step, a
+    // reconnect window every hour, and a trade too late to apply (which is logged) every
+    // hour.
     for step in 0..(3 * 288) {
         let now = start + TimeDelta::minutes(5 * step);
-        let trades: Vec<Trade> = products
-            .iter()
-            .map(|p| {
+        let hourly = step % 12 == 0;
+        let mut trades: Vec<Trade> = Vec::new();
+        let mut theirs: Vec<Candle> = Vec::new();
+        for p in &products {
+            id += 1;
+            let t = Trade {
+                product_id: p.clone(),
+                trade_id: TradeId(id),
+                price: Decimal::ONE,
+                size: Decimal::ONE,
+                side: Side::Buy,
+                time: now,
+                received: now,
+            };
+            theirs.push(Candle {
+                product_id: p.clone(),
+                granularity: Granularity::FiveMinutes,
+                start: now,
+                open: t.price,
+                high: t.price,
+                low: t.price,
+                close: t.price,
+                volume: t.size,
+                buy_volume: None,
+                trade_count: None,
+            });
+            if hourly {
                 id += 1;
-                Trade {
-                    product_id: p.clone(),
+                trades.push(Trade {
                     trade_id: TradeId(id),
-                    price: Decimal::ONE,
-                    size: Decimal::ONE,
-                    side: Side::Buy,
-                    time: now,
-                    received: now,
-                }
-            })
-            .collect();
-        engine.apply(&trades, now, &mut out);
+                    time: now - TimeDelta::minutes(30),
+                    ..t.clone()
+                });
+                engine.feed_notice(
+                    p,
+                    FeedNotice::Missing {
+                        from: now - TimeDelta::seconds(20),
+                        to: now - TimeDelta::seconds(10),
+                    },
+                );
+            }
+            trades.push(t);
+        }
+        engine.exchange_candles(&theirs, now);
+        let outcome = engine.apply(&trades, now, &mut out);
+        assert_eq!(outcome.too_late, if hourly { 500 } else { 0 });
         engine.tick(now + TimeDelta::seconds(1), &mut out);
         out.clear();
         if step % 288 == 287 {
             footprints.push(engine.footprint());
         }
     }
-    let (products_held, candles, ids) = footprints[2];
-    assert_eq!(products_held, 500);
+    let f = footprints[2];
+    assert_eq!(f.products, 500);
     // The current day's minutes (one trade every 5 minutes: 288), held so a backfill can
     // recompute the day's larger candles, and a few candles of each other granularity.
-    assert!(candles <= 500 * (288 + 16), "{candles} candles held");
-    assert!(ids <= 500 * 3, "{ids} trade ids held");
+    assert!(f.candles <= 500 * (288 + 16), "{f:?}");
+    assert!(f.trade_ids <= 500 * 3, "{f:?}");
+    assert_eq!(f.ids_filed, f.trade_ids, "each id filed once by minute: {f:?}");
+    assert!(f.id_minutes <= 500 * 3, "{f:?}");
+    assert!(f.exchange_candles <= 500 * 4, "{f:?}");
+    assert!(f.windows <= 500 * 2, "{f:?}");
+    assert!(f.log_keys <= 500 * 3, "{f:?}");
     assert_eq!(footprints[1], footprints[2], "flat from day to day");
+    assert_eq!(footprints[0], footprints[1], "flat from day to day");
 }
 
 fn arb_trades() -> impl Strategy<Value = (Vec<Trade>, Vec<(u64, bool)>)> {
@@ -681,6 +723,13 @@ fn a_restart_seeded_from_stored_minutes_and_rest_builds_the_whole_day() {
 fn completed_five_minute_candles_are_checked_against_coinbases() {
     let truth = trade_series("2026-09-30T12:00:00Z", 60); // 12:00:00 - 12:06:53
     let mut engine = Aggregator::new(Timing::default());
+    // Subscribed before the first bucket: its minutes are all seen whole.
+    engine.feed_notice(
+        "BTC-USD",
+        FeedNotice::Subscribed {
+            at: at("2026-09-30T11:59:00Z"),
+        },
+    );
     let mut out = Vec::new();
     let bucket = at("2026-09-30T12:00:00Z").timestamp();
     let mut theirs = aggregate(&truth)

@@ -125,13 +125,13 @@ async fn a_reconnect_snapshot_is_deduplicated_and_candles_match_the_trade_log() 
     let mut latest: BTreeMap<(Granularity, i64), CandleUpdate> = BTreeMap::new();
     for u in updates {
         let key = (u.candle.granularity, u.candle.start.timestamp());
-        if latest.get(&key).is_none_or(|e| e.version < u.version) {
+        if latest.get(&key).is_none_or(|e| e.version() < u.version()) {
             latest.insert(key, u);
         }
     }
     let last_seen = latest
         .values()
-        .map(|u| u.version.last_trade_id.0)
+        .map(|u| u.version().last_trade_id.0)
         .max()
         .expect("updates");
     let first_seen = first_min.expect("a snapshot");

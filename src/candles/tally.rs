@@ -4,6 +4,7 @@
 //! In: trades and candles (REST or stored minutes). Out: merged tallies and the candles they
 //! describe. A tally built from a candle without a trade count (a REST candle) is `partial`:
 //! its trade count and buy volume are unknown, and so are those of every merge it is part of.
+//! Every sum is checked: an addition that would overflow changes nothing and says so.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
@@ -28,6 +29,14 @@ pub(crate) struct Tally {
     pub(crate) first: (DateTime<Utc>, TradeId),
     pub(crate) last: (DateTime<Utc>, TradeId),
     pub(crate) last_received: DateTime<Utc>,
+}
+
+/// The sums of a tally with one more trade, checked before anything changes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sums {
+    volume: Decimal,
+    buy_volume: Decimal,
+    trade_count: u64,
 }
 
 impl Tally {
@@ -71,7 +80,23 @@ impl Tally {
         }
     }
 
-    pub(crate) fn add(&mut self, t: &Trade) {
+    /// The sums after adding `t`, or `None` when one would overflow. Nothing changes: the
+    /// caller checks every tally a trade goes to before it changes any ([`Tally::add`]).
+    pub(crate) fn sums_with(&self, t: &Trade) -> Option<Sums> {
+        let buy = if t.side.taker() == Side::Buy {
+            t.size
+        } else {
+            Decimal::ZERO
+        };
+        Some(Sums {
+            volume: self.volume.checked_add(t.size)?,
+            buy_volume: self.buy_volume.checked_add(buy)?,
+            trade_count: self.trade_count.checked_add(1)?,
+        })
+    }
+
+    /// Adds `t` with the sums [`Tally::sums_with`] computed for it (cannot fail).
+    pub(crate) fn add(&mut self, t: &Trade, sums: Sums) {
         let key = t.order_key();
         if key < self.first {
             self.first = key;
@@ -88,14 +113,16 @@ impl Tally {
         if t.price < self.low {
             self.low = t.price;
         }
-        self.volume += t.size;
-        if t.side.taker() == Side::Buy {
-            self.buy_volume += t.size;
-        }
-        self.trade_count += 1;
+        self.set(sums);
     }
 
-    pub(crate) fn merge(&mut self, other: &Tally) {
+    /// Merges `other` in; `None` (and nothing changed) when a sum would overflow.
+    pub(crate) fn merge(&mut self, other: &Tally) -> Option<()> {
+        let sums = Sums {
+            volume: self.volume.checked_add(other.volume)?,
+            buy_volume: self.buy_volume.checked_add(other.buy_volume)?,
+            trade_count: self.trade_count.checked_add(other.trade_count)?,
+        };
         if other.first < self.first {
             self.first = other.first;
             self.open = other.open;
@@ -111,10 +138,15 @@ impl Tally {
         if other.low < self.low {
             self.low = other.low;
         }
-        self.volume += other.volume;
-        self.buy_volume += other.buy_volume;
-        self.trade_count += other.trade_count;
+        self.set(sums);
         self.partial |= other.partial;
+        Some(())
+    }
+
+    fn set(&mut self, sums: Sums) {
+        self.volume = sums.volume;
+        self.buy_volume = sums.buy_volume;
+        self.trade_count = sums.trade_count;
     }
 
     /// The candle of `product_id` at `granularity` this tally describes.

@@ -34,7 +34,7 @@ use crate::candles::{Backfill, Timing};
 use crate::coinbase::pacer::Priority;
 use crate::config::Config;
 use crate::model::FeedEvent;
-use crate::model::{Candle, CandleUpdate, Clock, Granularity, TradeId, Version};
+use crate::model::{Candle, CandleUpdate, Clock, Granularity, TradeId};
 use crate::store::Repository;
 
 pub use rest::{CandleClient, RestError};
@@ -674,13 +674,8 @@ impl Worker {
                     CandleUpdate {
                         complete: true,
                         revision,
-                        version: Version {
-                            bucket_start: start,
-                            revision,
-                            complete: true,
-                            trade_count: 0,
-                            last_trade_id: TradeId(0),
-                        },
+                        counted_trades: 0,
+                        last_trade_id: TradeId(0),
                         last_trade_time: candle.end(),
                         last_received: now,
                         candle,
