@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 
 use super::aggregator::Aggregator;
 use super::product::Slot;
-use super::tally::Tally;
+use super::tally::{Tally, within_limit};
 use crate::model::{Candle, CandleUpdate, Granularity};
 
 /// Coinbase's one-minute candles for a window of minutes whose trades may be missing, with
@@ -133,6 +133,8 @@ impl Aggregator {
                 );
             }
         }
+        // A REST or stored minute past the sum limit is absurd: no sum is formed from it.
+        outcome.rejected_overflow = minutes.iter().any(|s| !within_limit(s.tally.volume));
         let mut recomputed: Vec<(Granularity, Slot)> = Vec::new();
         for g in &Granularity::ALL[1..] {
             let g = *g;

@@ -101,6 +101,9 @@ impl ProductCandles {
     /// checked sums of each slot it joins; `None` when one of them would overflow. Nothing
     /// changes, so a trade that cannot be added leaves every candle as it was.
     pub(crate) fn plan(&self, t: &Trade, minute: i64) -> Option<[Place; 8]> {
+        if !super::tally::within_limit(t.size) {
+            return None;
+        }
         let mut places = [Place::New(0); 8];
         for g in Granularity::ALL {
             let start = g.bucket_start_secs(minute);
