@@ -1,17 +1,18 @@
 //! The exchange simulator over real sockets: conformance with the production recording,
 //! Coinbase's limits, every fault, and REST answers checked against its own trade log.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
-use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use spot_canvas::coinbase::rest::{parse_candles, parse_products};
 use spot_canvas::coinbase::{FrameBody, parse_frame};
 use spot_canvas::model::{Granularity, Product};
-use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope, ScopeName};
+use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope, ScopeName, TradeDefect};
 use spot_canvas::sim::{SimConfig, Simulator};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -613,56 +614,6 @@ async fn products_list_parses_with_the_service_parser_and_has_entries_to_filter(
     sim.stop().await;
 }
 
-#[derive(Debug, PartialEq)]
-struct Ohlcv {
-    open: Decimal,
-    high: Decimal,
-    low: Decimal,
-    close: Decimal,
-    volume: Decimal,
-}
-
-/// An aggregation of logged trades written for this test: per bucket, sort by (time, numeric
-/// id) and fold.
-fn aggregate_log(log: &str, product: &str, width: i64) -> BTreeMap<i64, Ohlcv> {
-    let mut trades: Vec<(DateTime<Utc>, u64, Decimal, Decimal)> = log
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("log line"))
-        .filter(|t| t["product_id"] == product)
-        .map(|t| {
-            (
-                DateTime::parse_from_rfc3339(t["time"].as_str().expect("time"))
-                    .expect("time")
-                    .with_timezone(&Utc),
-                t["trade_id"]
-                    .as_str()
-                    .expect("id")
-                    .parse()
-                    .expect("numeric"),
-                t["price"].as_str().expect("p").parse().expect("decimal"),
-                t["size"].as_str().expect("s").parse().expect("decimal"),
-            )
-        })
-        .collect();
-    trades.sort_by_key(|t| (t.0, t.1));
-    let mut out: BTreeMap<i64, Ohlcv> = BTreeMap::new();
-    for (time, _, price, size) in trades {
-        let bucket = time.timestamp() - time.timestamp().rem_euclid(width);
-        let c = out.entry(bucket).or_insert(Ohlcv {
-            open: price,
-            high: price,
-            low: price,
-            close: price,
-            volume: Decimal::ZERO,
-        });
-        c.high = c.high.max(price);
-        c.low = c.low.min(price);
-        c.close = price;
-        c.volume += size;
-    }
-    out
-}
-
 #[tokio::test]
 async fn rest_candles_equal_an_aggregation_of_the_logged_trades() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -696,8 +647,16 @@ async fn rest_candles_equal_an_aggregation_of_the_logged_trades() {
             candles.windows(2).all(|w| w[0].start > w[1].start),
             "newest first"
         );
-        let log = std::fs::read_to_string(&log_path).expect("log");
-        let expected = aggregate_log(&log, "ETH-USD", width);
+        // The shared test aggregation (tests/common), written apart from the simulator's.
+        let log = common::read_trade_log(&log_path);
+        let eth: Vec<&common::LoggedTrade> =
+            log.iter().filter(|t| t.product_id == "ETH-USD").collect();
+        let expected: BTreeMap<i64, common::Ohlcv> = common::aggregate(&eth)
+            .into_iter()
+            .filter(|((_, g, _), _)| *g == granularity)
+            .map(|((_, _, bucket), ohlcv)| (bucket, ohlcv))
+            .collect();
+        assert_eq!(common::width(granularity), width);
         let mut compared = 0;
         for c in &candles {
             let bucket = c.start.timestamp();
@@ -705,12 +664,14 @@ async fn rest_candles_equal_an_aggregation_of_the_logged_trades() {
             let e = expected
                 .get(&bucket)
                 .unwrap_or_else(|| panic!("no trades at {bucket}"));
-            let got = Ohlcv {
+            let got = common::Ohlcv {
                 open: c.open,
                 high: c.high,
                 low: c.low,
                 close: c.close,
                 volume: c.volume,
+                // REST candles carry no trade count.
+                count: e.count,
             };
             assert_eq!(&got, e, "{granularity} bucket {bucket}");
             compared += 1;
@@ -769,4 +730,315 @@ async fn rest_candles_refuse_windows_of_350_buckets_and_cap_answers_at_300() {
         assert_eq!(status, 200, "{}", g.rest_name());
     }
     sim.stop().await;
+}
+
+/// The next `market_trades` update frame.
+async fn next_update(ws: &mut Ws) -> Value {
+    loop {
+        let frame = next_json(ws).await;
+        if frame_kind(&frame) == "market_trades/update" {
+            return frame;
+        }
+    }
+}
+
+async fn injected(sim: &Simulator) -> Vec<Value> {
+    let (status, body) = get(format!("http://{}/sim/injected-trades", sim.addr)).await;
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).expect("json")
+}
+
+fn logged_ids(path: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_to_string(path)
+        .expect("log")
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("json");
+            v["trade_id"].as_str().expect("id").to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_trade_faults_put_malformed_trades_among_good_ones_and_out_of_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("trades.jsonl");
+    let sim = start(SimConfig {
+        trade_log: Some(log.clone()),
+        ..quick(1)
+    })
+    .await;
+    let mut ws = subscribed(&sim).await;
+    // Armed after the snapshot, so the faults land in an update frame.
+    let _ = next_json(&mut ws).await;
+    for defect in TradeDefect::ALL {
+        sim.arm(fault(0, FaultKind::BadTrade { defect }));
+    }
+    let frame = next_update(&mut ws).await;
+    let trades = frame["events"][0]["trades"].as_array().expect("trades");
+    let injected = injected(&sim).await;
+    assert_eq!(injected.len(), 6, "{injected:?}");
+    let bad_ids: BTreeSet<&str> = injected
+        .iter()
+        .map(|t| t["trade_id"].as_str().expect("id"))
+        .collect();
+    let (bad, good): (Vec<&Value>, Vec<&Value>) = trades
+        .iter()
+        .partition(|t| bad_ids.contains(t["trade_id"].as_str().expect("id")));
+    assert_eq!(bad.len(), 6);
+    assert!(!good.is_empty(), "good trades beside the bad ones");
+    let position = |t: &Value| trades.iter().position(|x| x == t).expect("in frame");
+    assert!(
+        bad.iter().all(|t| position(t) > 0) || good.len() == 1,
+        "bad trades sit between good ones"
+    );
+    let faults: BTreeSet<&str> = injected
+        .iter()
+        .map(|t| t["fault"].as_str().expect("fault"))
+        .collect();
+    assert_eq!(faults.len(), 6, "{faults:?}");
+    for t in &bad {
+        let fault = injected
+            .iter()
+            .find(|i| i["trade_id"] == t["trade_id"])
+            .expect("recorded")["fault"]
+            .as_str()
+            .expect("fault");
+        match fault {
+            "bad_trade:zero_price" => assert_eq!(t["price"], "0"),
+            "bad_trade:negative_size" => {
+                assert!(t["size"].as_str().expect("size").starts_with('-'));
+            }
+            "bad_trade:exponent" => assert_eq!(t["price"], "1e5"),
+            "bad_trade:unknown_side" => assert_eq!(t["side"], "HOLD"),
+            "bad_trade:non_numeric_id" => {
+                assert!(t["trade_id"].as_str().expect("id").starts_with('x'));
+            }
+            "bad_trade:empty_price" => assert_eq!(t["price"], ""),
+            other => panic!("unexpected fault {other}"),
+        }
+    }
+    // The trade log holds the good trades of the frame and none of the bad.
+    let ids = wait_for_log(&log, good.len()).await;
+    for t in &good {
+        assert!(ids.contains(t["trade_id"].as_str().expect("id")));
+    }
+    for id in &bad_ids {
+        assert!(!ids.contains(*id), "injected trade {id} in the log");
+    }
+    sim.stop().await;
+}
+
+/// The trade log's ids once it holds at least `at_least` trades.
+async fn wait_for_log(path: &std::path::Path, at_least: usize) -> BTreeSet<String> {
+    common::eventually("the trade log", Duration::from_secs(10), || async {
+        let ids = logged_ids(path);
+        (ids.len() >= at_least).then_some(ids)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn absurd_and_future_trades_come_beside_normal_trades() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("trades.jsonl");
+    let sim = start(SimConfig {
+        trade_log: Some(log.clone()),
+        ..quick(1)
+    })
+    .await;
+    let mut ws = subscribed(&sim).await;
+    let _ = next_json(&mut ws).await;
+    sim.arm(fault(0, FaultKind::AbsurdSize { size: None }));
+    sim.arm(fault(0, FaultKind::FutureTrade { time: None }));
+    let frame = next_update(&mut ws).await;
+    let trades = frame["events"][0]["trades"].as_array().expect("trades");
+    let absurd: Vec<_> = trades
+        .iter()
+        .filter(|t| t["size"] == "79228162514264337593543950335")
+        .collect();
+    let future: Vec<_> = trades
+        .iter()
+        .filter(|t| t["time"] == "2100-01-01T00:00:00Z")
+        .collect();
+    assert_eq!((absurd.len(), future.len()), (1, 1), "{trades:?}");
+    assert!(trades.len() >= 3, "normal trades beside them");
+    // Both are well-formed: the service's parser takes the frame whole.
+    let parsed = parse_frame(frame.to_string().as_bytes(), Utc::now()).expect("parses");
+    let FrameBody::MarketTrades { trades: parsed, .. } = parsed.body else {
+        panic!("trades frame");
+    };
+    assert_eq!(parsed.len(), trades.len());
+    let injected = injected(&sim).await;
+    assert_eq!(injected.len(), 2);
+    let ids = wait_for_log(&log, trades.len() - 2).await;
+    for t in injected {
+        assert!(!ids.contains(t["trade_id"].as_str().expect("id")));
+    }
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_product_fails_its_subscribes_and_the_others_subscribe() {
+    let sim = start(quick(2)).await;
+    sim.arm(fault(
+        0,
+        FaultKind::RefuseSubscribe {
+            product_id: "ETH-USD".into(),
+        },
+    ));
+    let mut ws = connect(&sim).await;
+    subscribe(&mut ws, "market_trades", &["BTC-USD", "ETH-USD"]).await;
+    let err = next_json(&mut ws).await;
+    assert_eq!(err["type"], "error");
+    assert!(
+        err["message"]
+            .as_str()
+            .expect("message")
+            .contains("ETH-USD"),
+        "{err}"
+    );
+    assert!(err.get("sequence_num").is_none());
+    subscribe(&mut ws, "market_trades", &["BTC-USD"]).await;
+    let ack = loop {
+        let frame = next_json(&mut ws).await;
+        if frame["channel"] == "subscriptions" {
+            break frame;
+        }
+    };
+    assert_eq!(
+        ack["events"][0]["subscriptions"],
+        json!({"market_trades": ["BTC-USD"]})
+    );
+    assert_eq!(sim.state.stats.refused_subscribes.get(), 1);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn rewind_sequence_fault_sends_a_lower_number() {
+    let sim = start(quick(1)).await;
+    sim.arm(fault(4, FaultKind::RewindSequence { count: 3 }));
+    let mut ws = subscribed(&sim).await;
+    let mut seqs = Vec::new();
+    for _ in 0..6 {
+        seqs.push(
+            next_json(&mut ws).await["sequence_num"]
+                .as_u64()
+                .expect("seq"),
+        );
+    }
+    assert_eq!(seqs, vec![0, 1, 2, 3, 1, 2], "back by 3 after frame 4");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn multi_product_frames_carry_several_products() {
+    let sim = start(SimConfig {
+        multi_product_frames: true,
+        ..quick(3)
+    })
+    .await;
+    let mut ws = connect(&sim).await;
+    subscribe(&mut ws, "market_trades", &["BTC-USD", "ETH-USD", "SOL-USD"]).await;
+    let mut mixed = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mixed < 3 {
+        assert!(Instant::now() < deadline, "no multi-product frames");
+        let frame = next_update(&mut ws).await;
+        let products: BTreeSet<&str> = frame["events"][0]["trades"]
+            .as_array()
+            .expect("trades")
+            .iter()
+            .map(|t| t["product_id"].as_str().expect("product"))
+            .collect();
+        if products.len() > 1 {
+            mixed += 1;
+        }
+    }
+    // And off again through the admin API.
+    let off = reqwest::Client::new()
+        .post(format!("http://{}/sim/options", sim.addr))
+        .json(&json!({"multi_product_frames": false}))
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(off.status(), 200);
+    assert!(!sim.state.multi_product_frames());
+    sim.stop().await;
+}
+
+mod tokens {
+    use super::*;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+
+    const KEY_NAME: &str = "organizations/o/apiKeys/k";
+
+    fn key(byte: u8) -> p256::SecretKey {
+        p256::SecretKey::from_slice(&[byte; 32]).expect("key")
+    }
+
+    fn public_pem(byte: u8) -> String {
+        key(byte)
+            .public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("pem")
+    }
+
+    /// A token made here with jsonwebtoken directly, as Coinbase documents it.
+    fn token(byte: u8, iss: &str, kid: &str, nbf: i64, exp: i64) -> String {
+        let der = key(byte).to_pkcs8_der().expect("der");
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        header.nonce = Some("00112233445566778899aabbccddeeff".into());
+        let claims = json!({"iss": iss, "sub": KEY_NAME, "nbf": nbf, "exp": exp});
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_der(der.as_bytes()))
+            .expect("signs")
+    }
+
+    async fn answer(sim: &Simulator, jwt: String) -> Value {
+        let mut ws = connect(sim).await;
+        let message = json!({"type": "subscribe", "channel": "heartbeats", "jwt": jwt});
+        ws.send(Message::Text(message.to_string().into()))
+            .await
+            .expect("sends");
+        next_json(&mut ws).await
+    }
+
+    #[tokio::test]
+    async fn subscribe_tokens_are_verified_with_the_public_key() {
+        let sim = start(SimConfig {
+            jwt_public_key: Some(public_pem(0x42)),
+            jwt_key_name: Some(KEY_NAME.into()),
+            ..quick(1)
+        })
+        .await;
+        let now = Utc::now().timestamp();
+        let ok = answer(&sim, token(0x42, "cdp", KEY_NAME, now, now + 120)).await;
+        assert_eq!(ok["channel"], "subscriptions", "{ok}");
+        let failure = json!({"type": "error", "message": "authentication failure"});
+        for (what, jwt) in [
+            ("another key", token(0x43, "cdp", KEY_NAME, now, now + 120)),
+            (
+                "wrong issuer",
+                token(0x42, "coinbase", KEY_NAME, now, now + 120),
+            ),
+            ("wrong kid", token(0x42, "cdp", "other", now, now + 120)),
+            (
+                "expired",
+                token(0x42, "cdp", KEY_NAME, now - 300, now - 180),
+            ),
+            ("too long", token(0x42, "cdp", KEY_NAME, now, now + 3600)),
+            (
+                "not yet valid",
+                token(0x42, "cdp", KEY_NAME, now + 60, now + 180),
+            ),
+            ("garbage", "not.a.token".to_owned()),
+        ] {
+            assert_eq!(answer(&sim, jwt).await, failure, "{what}");
+        }
+        assert_eq!(sim.state.stats.jwt_accepted.get(), 1);
+        assert_eq!(sim.state.stats.jwt_rejected.get(), 7);
+        sim.stop().await;
+    }
 }

@@ -1,6 +1,7 @@
 //! The simulator's control API for tests and demos, under `/sim`: statistics (including how
-//! often a client hit a limit), open connections, fault injection, adding and delisting
-//! products, and late trades.
+//! often a client hit a limit), open connections, fault injection (and the trades faults
+//! added to frames), options (multi-product frames), adding and delisting products, and late
+//! trades.
 
 use std::sync::Arc;
 
@@ -34,6 +35,29 @@ pub(super) async fn arm_fault(
 ) -> Response {
     let id = sim.faults.arm(request);
     (StatusCode::CREATED, Json(json!({ "id": id }))).into_response()
+}
+
+/// `GET /sim/injected-trades`: every trade a fault added to a frame (not in the trade log).
+pub(super) async fn injected_trades(State(sim): State<Arc<SimState>>) -> Response {
+    Json(sim.injected.all()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Options {
+    #[serde(default)]
+    multi_product_frames: Option<bool>,
+}
+
+/// `POST /sim/options` with `{"multi_product_frames": true|false}`: one `market_trades` frame
+/// per tick for all subscribed products of a connection, or one per product.
+pub(super) async fn set_options(
+    State(sim): State<Arc<SimState>>,
+    Json(options): Json<Options>,
+) -> Response {
+    if let Some(on) = options.multi_product_frames {
+        sim.set_multi_product_frames(on);
+    }
+    Json(json!({ "multi_product_frames": sim.multi_product_frames() })).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,9 +1,21 @@
-//! Fault injection: faults armed through the admin API or the command line, applied by the
-//! WebSocket connections they target.
+//! Fault injection: faults armed through the admin API (`POST /sim/faults`) or the command
+//! line (`--fault JSON`, repeatable), applied by the WebSocket connections they target.
 //!
 //! A fault targets every connection (open now and opened later, each once), the next
 //! connection to see it, or one connection by id. It fires once the targeted connection has
 //! sent `after_frames` more frames after seeing it.
+//!
+//! The JSON is the [`FaultRequest`]: `{"scope": "all"|"next"|<connection id>, "after_frames":
+//! n, "kind": "<kind>", ...fields of the kind}`, for example
+//! `{"kind":"bad_trade","defect":"zero_price"}`, `{"kind":"absurd_size"}`,
+//! `{"kind":"future_trade"}`, `{"kind":"refuse_subscribe","product_id":"ETH-USD"}` or
+//! `{"kind":"rewind_sequence","count":5}`.
+//!
+//! Trades a fault adds to a frame (malformed, absurd or future) are **not** exchange trades:
+//! they are left out of the trade log, the snapshots and the REST candles, and recorded in the
+//! [`InjectedLog`] instead (`GET /sim/injected-trades`), so a test aggregates the trade log
+//! and gets exactly the normal trades. Each takes a trade id of its product's own sequence,
+//! so it never collides with a real trade.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +44,98 @@ pub enum FaultKind {
     Oversized { bytes: usize },
     /// Send the next trades update twice (same trade ids).
     Duplicate,
+    /// Put one malformed trade among the trades of the next `market_trades` update frame.
+    BadTrade { defect: TradeDefect },
+    /// Put one trade of an absurd size (by default `Decimal::MAX`,
+    /// `79228162514264337593543950335`) among the trades of the next update frame.
+    AbsurdSize {
+        #[serde(default)]
+        size: Option<String>,
+    },
+    /// Put one trade stamped far in the future (by default `2100-01-01T00:00:00Z`) among the
+    /// trades of the next update frame.
+    FutureTrade {
+        #[serde(default)]
+        time: Option<String>,
+    },
+    /// From now on, refuse every subscribe of this connection that names `product_id` with an
+    /// error frame, as Coinbase does for an unknown or delisted product (the whole subscribe
+    /// message is refused).
+    RefuseSubscribe { product_id: String },
+    /// The next frame's `sequence_num` is `count` lower than it should be (at least 0); the
+    /// counter goes on from there.
+    RewindSequence { count: u64 },
+}
+
+/// What is wrong with a [`FaultKind::BadTrade`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TradeDefect {
+    /// `"price": "0"`.
+    ZeroPrice,
+    /// A size below zero, e.g. `"size": "-0.5"`.
+    NegativeSize,
+    /// A price in exponent notation, `"price": "1e5"`.
+    Exponent,
+    /// `"side": "HOLD"`.
+    UnknownSide,
+    /// A trade id that is not a number, e.g. `"trade_id": "x123"`.
+    NonNumericId,
+    /// `"price": ""`.
+    EmptyPrice,
+}
+
+impl TradeDefect {
+    pub const ALL: [TradeDefect; 6] = [
+        TradeDefect::ZeroPrice,
+        TradeDefect::NegativeSize,
+        TradeDefect::Exponent,
+        TradeDefect::UnknownSide,
+        TradeDefect::NonNumericId,
+        TradeDefect::EmptyPrice,
+    ];
+}
+
+/// The default size of [`FaultKind::AbsurdSize`]: `Decimal::MAX`.
+pub const ABSURD_SIZE: &str = "79228162514264337593543950335";
+/// The default time of [`FaultKind::FutureTrade`].
+pub const FUTURE_TIME: &str = "2100-01-01T00:00:00Z";
+
+/// One trade a fault added to a frame, as sent (all fields as on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InjectedTrade {
+    /// The connection that sent it.
+    pub connection: u64,
+    /// `bad_trade:<defect>`, `absurd_size` or `future_trade`.
+    pub fault: String,
+    pub product_id: String,
+    pub trade_id: String,
+    pub price: String,
+    pub size: String,
+    pub side: String,
+    pub time: String,
+}
+
+/// Every trade faults added to frames, in the order sent.
+#[derive(Debug, Default)]
+pub struct InjectedLog {
+    trades: Mutex<Vec<InjectedTrade>>,
+}
+
+impl InjectedLog {
+    pub fn record(&self, trade: InjectedTrade) {
+        self.trades
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(trade);
+    }
+
+    pub fn all(&self) -> Vec<InjectedTrade> {
+        self.trades
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Which connections a fault targets.
@@ -135,6 +239,29 @@ mod tests {
         assert_eq!(r.scope, Scope::Connection(3));
         assert_eq!(r.kind, FaultKind::Stall { secs: None });
         assert!(serde_json::from_str::<FaultRequest>(r#"{"kind":"explode"}"#).is_err());
+        let r: FaultRequest =
+            serde_json::from_str(r#"{"kind":"bad_trade","defect":"non_numeric_id"}"#)
+                .expect("valid");
+        assert_eq!(
+            r.kind,
+            FaultKind::BadTrade {
+                defect: TradeDefect::NonNumericId
+            }
+        );
+        let r: FaultRequest = serde_json::from_str(r#"{"kind":"absurd_size"}"#).expect("valid");
+        assert_eq!(r.kind, FaultKind::AbsurdSize { size: None });
+        let r: FaultRequest =
+            serde_json::from_str(r#"{"kind":"refuse_subscribe","product_id":"ETH-USD"}"#)
+                .expect("valid");
+        assert_eq!(
+            r.kind,
+            FaultKind::RefuseSubscribe {
+                product_id: "ETH-USD".into()
+            }
+        );
+        let r: FaultRequest =
+            serde_json::from_str(r#"{"kind":"rewind_sequence","count":3}"#).expect("valid");
+        assert_eq!(r.kind, FaultKind::RewindSequence { count: 3 });
     }
 
     #[test]

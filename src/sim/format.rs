@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use serde::Serialize;
 
 use super::market::Aggregate;
-use crate::model::{Side, Trade};
+use crate::model::Trade;
 
 /// Go's `time.RFC3339Nano`: `2026-09-30T02:39:59.4104Z` (fraction trimmed, none if zero).
 pub fn go_time(t: DateTime<Utc>) -> String {
@@ -46,17 +46,31 @@ struct Envelope<'a, E> {
 struct TradesEvent<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
-    trades: Vec<WireTrade<'a>>,
+    trades: &'a [WireTrade],
 }
 
-#[derive(Serialize)]
-struct WireTrade<'a> {
-    product_id: &'a str,
-    trade_id: String,
-    price: String,
-    size: String,
-    time: String,
-    side: Side,
+/// One trade as it goes on the wire: every field as text, so a fault can put anything there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WireTrade {
+    pub product_id: String,
+    pub trade_id: String,
+    pub price: String,
+    pub size: String,
+    pub time: String,
+    pub side: String,
+}
+
+impl WireTrade {
+    pub fn of(t: &Trade) -> WireTrade {
+        WireTrade {
+            product_id: t.product_id.clone(),
+            trade_id: t.trade_id.to_string(),
+            price: t.price.to_string(),
+            size: t.size.to_string(),
+            time: go_time(t.time),
+            side: t.side.as_str().to_owned(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -95,19 +109,20 @@ fn to_json<T: Serialize>(value: &T) -> String {
 
 /// A `market_trades` frame; `trades` newest first.
 pub fn market_trades(now: DateTime<Utc>, seq: u64, snapshot: bool, trades: &[Trade]) -> String {
+    let wire: Vec<WireTrade> = trades.iter().map(WireTrade::of).collect();
+    market_trades_wire(now, seq, snapshot, &wire)
+}
+
+/// A `market_trades` frame of trades already in wire form (one or several products).
+pub fn market_trades_wire(
+    now: DateTime<Utc>,
+    seq: u64,
+    snapshot: bool,
+    trades: &[WireTrade],
+) -> String {
     let event = TradesEvent {
         kind: if snapshot { "snapshot" } else { "update" },
-        trades: trades
-            .iter()
-            .map(|t| WireTrade {
-                product_id: &t.product_id,
-                trade_id: t.trade_id.to_string(),
-                price: t.price.to_string(),
-                size: t.size.to_string(),
-                time: go_time(t.time),
-                side: t.side,
-            })
-            .collect(),
+        trades,
     };
     to_json(&Envelope {
         channel: "market_trades",

@@ -10,6 +10,7 @@
 mod admin;
 pub mod faults;
 pub mod format;
+pub mod jwt;
 pub mod limits;
 pub mod market;
 mod rest;
@@ -29,7 +30,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use self::faults::{FaultBoard, FaultRequest};
+use self::faults::{FaultBoard, FaultRequest, InjectedLog};
+use self::jwt::JwtVerifier;
 use self::limits::RateLimits;
 use self::market::{Exchange, MarketSpec};
 
@@ -66,6 +68,18 @@ pub struct SimConfig {
     /// Answer subscribes that carry a JWT with `authentication failure`.
     #[arg(long)]
     pub reject_jwt: bool,
+    /// Verify the `jwt` of subscribes with this public key (PEM `BEGIN PUBLIC KEY`, P-256 or
+    /// Ed25519, or base64 of a raw Ed25519 key); tokens that fail are answered with
+    /// `authentication failure`. Needs `--jwt-key-name`.
+    #[arg(long, env = "SIM_JWT_PUBLIC_KEY", requires = "jwt_key_name")]
+    pub jwt_public_key: Option<String>,
+    /// The CDP key name tokens must carry (`kid` and `sub`).
+    #[arg(long, env = "SIM_JWT_KEY_NAME")]
+    pub jwt_key_name: Option<String>,
+    /// Send the trades of all subscribed products of a tick in one `market_trades` frame, as
+    /// Coinbase may, instead of one frame per product (also `POST /sim/options`).
+    #[arg(long)]
+    pub multi_product_frames: bool,
 }
 
 impl Default for SimConfig {
@@ -80,6 +94,9 @@ impl Default for SimConfig {
             trade_log: None,
             faults: Vec::new(),
             reject_jwt: false,
+            jwt_public_key: None,
+            jwt_key_name: None,
+            multi_product_frames: false,
         }
     }
 }
@@ -113,6 +130,11 @@ pub struct SimStats {
     pub unknown_channel_errors: Counter,
     pub faults_fired: Counter,
     pub frames_sent: Counter,
+    /// Subscribes refused because a `refuse_subscribe` fault names one of their products.
+    pub refused_subscribes: Counter,
+    /// Tokens that passed, and failed, the check of `--jwt-public-key`.
+    pub jwt_accepted: Counter,
+    pub jwt_rejected: Counter,
     /// Close frames received from clients (a polite client sends one before leaving).
     pub client_close_frames: Counter,
 }
@@ -128,6 +150,9 @@ impl SimStats {
             "unknown_channel_errors": self.unknown_channel_errors.get(),
             "faults_fired": self.faults_fired.get(),
             "frames_sent": self.frames_sent.get(),
+            "refused_subscribes": self.refused_subscribes.get(),
+            "jwt_accepted": self.jwt_accepted.get(),
+            "jwt_rejected": self.jwt_rejected.get(),
             "client_close_frames": self.client_close_frames.get(),
         })
     }
@@ -147,6 +172,11 @@ pub struct SimState {
     pub limits: RateLimits,
     pub faults: FaultBoard,
     pub stats: SimStats,
+    /// Trades faults added to frames (not in the trade log).
+    pub injected: InjectedLog,
+    /// Checks subscribe tokens when a public key was given.
+    jwt: Option<JwtVerifier>,
+    multi_product_frames: AtomicBool,
     connections: Mutex<BTreeMap<u64, ConnectionInfo>>,
     next_connection: AtomicU64,
     reject_jwt: AtomicBool,
@@ -204,6 +234,15 @@ impl SimState {
     fn reject_jwt(&self) -> bool {
         self.reject_jwt.load(Ordering::Relaxed)
     }
+
+    /// Whether a tick's trades of several products go out in one frame.
+    pub fn multi_product_frames(&self) -> bool {
+        self.multi_product_frames.load(Ordering::Relaxed)
+    }
+
+    pub fn set_multi_product_frames(&self, on: bool) {
+        self.multi_product_frames.store(on, Ordering::Relaxed);
+    }
 }
 
 /// A running simulator.
@@ -232,12 +271,20 @@ impl Simulator {
             now,
             config.trade_log.as_deref(),
         )?);
+        let jwt = match (&config.jwt_public_key, &config.jwt_key_name) {
+            (Some(key), Some(name)) => Some(JwtVerifier::new(name, key)?),
+            (Some(_), None) => anyhow::bail!("--jwt-public-key needs --jwt-key-name"),
+            (None, _) => None,
+        };
         let cancel = CancellationToken::new();
         let state = Arc::new(SimState {
             exchange: exchange.clone(),
             limits: RateLimits::default(),
             faults: FaultBoard::default(),
             stats: SimStats::default(),
+            injected: InjectedLog::default(),
+            jwt,
+            multi_product_frames: AtomicBool::new(config.multi_product_frames),
             connections: Mutex::new(BTreeMap::new()),
             next_connection: AtomicU64::new(0),
             reject_jwt: AtomicBool::new(config.reject_jwt),
@@ -309,6 +356,8 @@ fn router(state: Arc<SimState>) -> Router {
         .route("/sim/stats", get(admin::stats))
         .route("/sim/connections", get(admin::connections))
         .route("/sim/faults", post(admin::arm_fault))
+        .route("/sim/injected-trades", get(admin::injected_trades))
+        .route("/sim/options", post(admin::set_options))
         .route("/sim/products", post(admin::add_product))
         .route("/sim/products/{id}/listing", put(admin::set_listing))
         .route("/sim/late-trades", post(admin::late_trades))

@@ -2,10 +2,14 @@
 //!
 //! In: client subscribe and unsubscribe messages, the exchange's ticks, a one-second timer.
 //! Out: `subscriptions` acks, `market_trades` snapshots (one frame per product, last 100
-//! trades newest first) and updates (one frame per product per 250 ms tick), `candles`
+//! trades newest first) and updates (one frame per product per 250 ms tick, or one frame for
+//! all products with `multi_product_frames`), `candles`
 //! (5-minute, re-sent every second), `heartbeats` (every second), error frames; one
 //! `sequence_num` counter across all channels. Enforces the 5-second subscribe deadline and
 //! the per-address limits, and applies armed faults.
+
+mod faults;
+mod subscribe;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -16,32 +20,18 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::response::Response;
 use chrono::Utc;
-use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use self::faults::{Injection, PendingFault};
 use super::SimState;
-use super::faults::{FaultKind, FaultRequest};
-use super::format;
+use super::format::{self, WireTrade};
 use super::market::Tick;
-use crate::model::{Granularity, Trade};
 
 /// Time a client has to send its first subscribe.
 pub const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(5);
 /// Close code for policy violations (deadline, rate limits).
 const POLICY_VIOLATION: u16 = 1008;
-
-#[derive(Deserialize)]
-struct ClientMessage {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    product_ids: Vec<String>,
-    #[serde(default)]
-    channel: Option<String>,
-    #[serde(default)]
-    jwt: Option<String>,
-}
 
 /// `GET /`: upgrades to the market-data WebSocket.
 pub(super) async fn upgrade(
@@ -83,11 +73,6 @@ enum End {
     Gone,
 }
 
-struct PendingFault {
-    fire_at_frame: u64,
-    kind: FaultKind,
-}
-
 struct Connection {
     sim: Arc<SimState>,
     socket: WebSocket,
@@ -102,6 +87,10 @@ struct Connection {
     pending: Vec<PendingFault>,
     stalled_until: Option<Option<Instant>>,
     duplicate_next: bool,
+    /// Trades to add to the next update frame.
+    inject: Vec<Injection>,
+    /// Products whose subscribes are refused (`refuse_subscribe` faults).
+    refused: BTreeSet<String>,
     authenticated: bool,
 }
 
@@ -121,6 +110,8 @@ impl Connection {
             pending: Vec::new(),
             stalled_until: None,
             duplicate_next: false,
+            inject: Vec::new(),
+            refused: BTreeSet::new(),
             authenticated: false,
         }
     }
@@ -204,142 +195,27 @@ impl Connection {
         }
     }
 
-    /// Handles one client message; `Ok(true)` when it was a subscribe.
-    async fn on_client_message(&mut self, text: &str) -> Result<bool, End> {
-        let message: ClientMessage = match serde_json::from_str(text) {
-            Ok(m) => m,
-            Err(_) => {
-                self.send_error("failed to parse message").await?;
-                return Ok(false);
-            }
-        };
-        let subscribe = match message.kind.as_str() {
-            "subscribe" => true,
-            "unsubscribe" => false,
-            _ => {
-                self.send_error("unknown message type").await?;
-                return Ok(false);
-            }
-        };
-        if message.jwt.is_some() {
-            if self.sim.reject_jwt() {
-                self.send_error("authentication failure").await?;
-                return Ok(false);
-            }
-            self.authenticated = true;
-        }
-        let channel = message.channel.unwrap_or_default();
-        match channel.as_str() {
-            "heartbeats" => {
-                if subscribe {
-                    self.subscriptions
-                        .entry(channel.clone())
-                        .or_default()
-                        .insert("heartbeats".into());
-                } else {
-                    self.subscriptions.remove(&channel);
-                }
-            }
-            "market_trades" | "candles" => {
-                if let Some(unknown) = message
-                    .product_ids
-                    .iter()
-                    .find(|p| !self.sim.exchange.is_tradable(p))
-                {
-                    self.sim.stats.unknown_product_errors.inc();
-                    let text = format!("Failed to subscribe: unknown product_id {unknown}");
-                    self.send_error(&text).await?;
-                    return Ok(false);
-                }
-                if subscribe {
-                    let new: Vec<String> = {
-                        let subs = self.subscriptions.entry(channel.clone()).or_default();
-                        message
-                            .product_ids
-                            .iter()
-                            .filter(|p| subs.insert((*p).clone()))
-                            .cloned()
-                            .collect()
-                    };
-                    self.send_snapshots(&channel, &new).await?;
-                } else if message.product_ids.is_empty() {
-                    self.subscriptions.remove(&channel);
-                } else if let Some(subs) = self.subscriptions.get_mut(&channel) {
-                    for p in &message.product_ids {
-                        subs.remove(p);
-                    }
-                    if subs.is_empty() {
-                        self.subscriptions.remove(&channel);
-                    }
-                }
-            }
-            _ => {
-                // What Coinbase answers to a misspelled channel such as `heartbeat`.
-                self.sim.stats.unknown_channel_errors.inc();
-                self.send_error("authentication failure").await?;
-                return Ok(false);
-            }
-        }
-        self.sim.update_connection(self.id, &self.subscriptions);
-        let acked: BTreeMap<String, Vec<String>> = self
-            .subscriptions
-            .iter()
-            .map(|(c, p)| (c.clone(), p.iter().cloned().collect()))
-            .collect();
-        self.send(|seq| format::subscriptions(Utc::now(), seq, &acked))
-            .await?;
-        Ok(subscribe)
-    }
-
-    async fn send_snapshots(&mut self, channel: &str, products: &[String]) -> Result<(), End> {
-        match channel {
-            "market_trades" => {
-                for product in products {
-                    let trades = self.sim.exchange.snapshot(product);
-                    self.send(|seq| format::market_trades(Utc::now(), seq, true, &trades))
-                        .await?;
-                }
-            }
-            "candles" => self.send_candles(products, true).await?,
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// Sends the current 5-minute candle of each of `products` that has one, in one frame.
-    async fn send_candles(&mut self, products: &[String], snapshot: bool) -> Result<(), End> {
-        let now = Utc::now();
-        let width = Granularity::FiveMinutes.seconds();
-        let start = now.timestamp().div_euclid(width) * width;
-        let candles: Vec<_> = products
-            .iter()
-            .filter_map(|p| {
-                let current = self.sim.exchange.candles(p, width, start, start + width)?;
-                current.into_iter().next().map(|c| (p.as_str(), c))
-            })
-            .collect();
-        if candles.is_empty() {
-            return Ok(());
-        }
-        self.send(|seq| format::candles(now, seq, snapshot, &candles))
-            .await
-    }
-
     async fn on_tick(&mut self, tick: &Tick) -> Result<(), End> {
         let Some(products) = self.subscriptions.get("market_trades") else {
             return Ok(());
         };
-        let batches: Vec<&Vec<Trade>> = tick
+        let mut frames: Vec<Vec<WireTrade>> = tick
             .batches
             .iter()
             .filter(|(p, _)| products.contains(p))
-            .map(|(_, trades)| trades)
+            .map(|(_, trades)| trades.iter().map(WireTrade::of).collect())
             .collect();
-        for trades in batches {
-            self.send(|seq| format::market_trades(Utc::now(), seq, false, trades))
+        if self.sim.multi_product_frames() && frames.len() > 1 {
+            frames = vec![frames.concat()];
+        }
+        for mut trades in frames {
+            // Faults due now may add trades to this very frame.
+            self.apply_due_faults().await?;
+            self.inject_into(&mut trades);
+            self.send(|seq| format::market_trades_wire(Utc::now(), seq, false, &trades))
                 .await?;
             if std::mem::take(&mut self.duplicate_next) {
-                self.send(|seq| format::market_trades(Utc::now(), seq, false, trades))
+                self.send(|seq| format::market_trades_wire(Utc::now(), seq, false, &trades))
                     .await?;
             }
         }
@@ -379,43 +255,6 @@ impl Connection {
         self.write(format::error(message)).await
     }
 
-    async fn apply_due_faults(&mut self) -> Result<(), End> {
-        self.collect_faults();
-        let mut i = 0;
-        while i < self.pending.len() {
-            if self.pending[i].fire_at_frame > self.frames_sent {
-                i += 1;
-                continue;
-            }
-            let fault = self.pending.remove(i);
-            self.sim.stats.faults_fired.inc();
-            tracing::debug!(conn = self.id, kind = ?fault.kind, "sim fault fires");
-            match fault.kind {
-                FaultKind::Close { code } => return Err(End::Close(code, "fault".into())),
-                FaultKind::Drop => return Err(End::Drop),
-                FaultKind::Stall { secs } => {
-                    self.stalled_until =
-                        Some(secs.map(|s| Instant::now() + Duration::from_secs(s)));
-                }
-                FaultKind::SkipSequence { count } => self.seq += count,
-                FaultKind::Malformed => {
-                    self.write(r#"{"channel":"market_trades","timestamp":"2026-"#.to_owned())
-                        .await?;
-                }
-                FaultKind::Oversized { bytes } => {
-                    const WRAPPER: &str = r#"{"channel":"oversized","padding":""}"#;
-                    let padding = "x".repeat(bytes.saturating_sub(WRAPPER.len()));
-                    self.write(format!(
-                        r#"{{"channel":"oversized","padding":"{padding}"}}"#
-                    ))
-                    .await?;
-                }
-                FaultKind::Duplicate => self.duplicate_next = true,
-            }
-        }
-        Ok(())
-    }
-
     async fn write(&mut self, text: String) -> Result<(), End> {
         self.frames_sent += 1;
         if let Some(until) = self.stalled_until {
@@ -429,24 +268,5 @@ impl Connection {
             .send(Message::Text(text.into()))
             .await
             .map_err(|_| End::Gone)
-    }
-
-    fn collect_faults(&mut self) {
-        let generation = self.sim.faults.generation();
-        if generation == self.faults_generation {
-            return;
-        }
-        self.faults_generation = generation;
-        let (new, seen) = self.sim.faults.take_new(self.id, self.faults_seen);
-        self.faults_seen = seen;
-        for FaultRequest {
-            after_frames, kind, ..
-        } in new
-        {
-            self.pending.push(PendingFault {
-                fire_at_frame: self.frames_sent + after_frames,
-                kind,
-            });
-        }
     }
 }

@@ -6,6 +6,10 @@
 //! trades). Out: [`Tick`]s broadcast to WebSocket connections, and queries for snapshots and
 //! candles.
 
+mod aggregate;
+mod random;
+mod spec;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -15,167 +19,26 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rust_decimal::prelude::FromPrimitive;
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use self::random::{poisson, round, standard_normal};
 use crate::model::{Side, Trade, TradeId};
+
+pub use self::aggregate::Aggregate;
+pub use self::spec::MarketSpec;
 
 /// Trades kept per product for snapshots.
 pub const SNAPSHOT_TRADES: usize = 100;
 /// How long one-minute aggregates are kept for REST candles.
 const AGGREGATE_RETENTION_SECS: i64 = 10 * 86_400;
 
-/// Price and size scales of one simulated product.
-#[derive(Debug, Clone)]
-pub struct MarketSpec {
-    pub product_id: String,
-    pub base: String,
-    pub quote: String,
-    pub start_price: f64,
-    /// Decimal places of the price increment.
-    pub price_dp: u32,
-    pub size_min: f64,
-    pub size_max: f64,
-    pub size_dp: u32,
-}
-
-/// Well-known markets at realistic magnitudes, used first when products are given as a count.
-const KNOWN: &[(&str, f64, u32, f64, f64, u32)] = &[
-    // product, price, price dp, size min, size max, size dp
-    ("BTC-USD", 100_000.0, 2, 0.000_01, 0.5, 8),
-    ("ETH-USD", 3_500.0, 2, 0.000_1, 10.0, 8),
-    ("SOL-USD", 150.0, 2, 0.001, 200.0, 8),
-    ("XRP-USD", 0.6, 4, 1.0, 50_000.0, 6),
-    ("DOGE-USD", 0.15, 5, 1.0, 500_000.0, 1),
-    ("ADA-USD", 0.45, 4, 1.0, 50_000.0, 8),
-    ("AVAX-USD", 30.0, 2, 0.01, 1_000.0, 8),
-    ("LINK-USD", 15.0, 3, 0.01, 5_000.0, 8),
-    ("LTC-USD", 80.0, 2, 0.001, 500.0, 8),
-    ("DOT-USD", 6.0, 3, 0.01, 5_000.0, 8),
-    ("PEPE-USD", 0.000_012, 10, 1_000_000.0, 1_000_000_000.0, 0),
-    ("SHIB-USD", 0.000_018, 9, 1_000_000.0, 1_000_000_000.0, 0),
-    ("BONK-USD", 0.000_025, 10, 1_000_000.0, 1_000_000_000.0, 0),
-    ("UNI-USD", 8.0, 3, 0.01, 5_000.0, 6),
-    ("ATOM-USD", 7.0, 3, 0.01, 5_000.0, 8),
-    ("NEAR-USD", 5.0, 3, 0.1, 10_000.0, 8),
-];
-
-impl MarketSpec {
-    /// The spec of a well-known product, or a plausible mid-cap one for any other id.
-    pub fn for_product(product_id: &str) -> MarketSpec {
-        let (base, quote) = product_id
-            .split_once('-')
-            .map_or((product_id, "USD"), |(b, q)| (b, q));
-        if let Some(&(_, price, price_dp, size_min, size_max, size_dp)) =
-            KNOWN.iter().find(|k| k.0 == product_id)
-        {
-            return MarketSpec {
-                product_id: product_id.to_owned(),
-                base: base.to_owned(),
-                quote: quote.to_owned(),
-                start_price: price,
-                price_dp,
-                size_min,
-                size_max,
-                size_dp,
-            };
-        }
-        // Deterministic price from the name, between 0.5 and ~500.
-        let hash = product_id
-            .bytes()
-            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-        MarketSpec {
-            product_id: product_id.to_owned(),
-            base: base.to_owned(),
-            quote: quote.to_owned(),
-            start_price: 0.5 * 10f64.powf(f64::from(hash % 3000) / 1000.0),
-            price_dp: 4,
-            size_min: 0.1,
-            size_max: 10_000.0,
-            size_dp: 4,
-        }
-    }
-
-    /// Product ids for a count: the well-known ones first, then synthetic `SIMnnn-USD`.
-    pub fn product_ids(count: usize) -> Vec<String> {
-        (0..count)
-            .map(|i| match KNOWN.get(i) {
-                Some(k) => k.0.to_owned(),
-                None => format!("SIM{:03}-USD", i - KNOWN.len() + 1),
-            })
-            .collect()
-    }
-}
-
 /// A product's listing as the REST products list shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listing {
     pub status: String,
     pub trading_disabled: bool,
-}
-
-/// OHLCV of one minute (or a merge of minutes), with the order keys of its first and last
-/// trade so late trades land correctly.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Aggregate {
-    pub start: i64,
-    pub open: Decimal,
-    pub high: Decimal,
-    pub low: Decimal,
-    pub close: Decimal,
-    pub volume: Decimal,
-    pub trades: u64,
-    first: (DateTime<Utc>, TradeId),
-    last: (DateTime<Utc>, TradeId),
-}
-
-impl Aggregate {
-    fn from_trade(start: i64, t: &Trade) -> Self {
-        Aggregate {
-            start,
-            open: t.price,
-            high: t.price,
-            low: t.price,
-            close: t.price,
-            volume: t.size,
-            trades: 1,
-            first: t.order_key(),
-            last: t.order_key(),
-        }
-    }
-
-    fn add(&mut self, t: &Trade) {
-        let key = t.order_key();
-        if key < self.first {
-            self.first = key;
-            self.open = t.price;
-        }
-        if key > self.last {
-            self.last = key;
-            self.close = t.price;
-        }
-        self.high = self.high.max(t.price);
-        self.low = self.low.min(t.price);
-        self.volume += t.size;
-        self.trades += 1;
-    }
-
-    fn merge(&mut self, other: &Aggregate) {
-        if other.first < self.first {
-            self.first = other.first;
-            self.open = other.open;
-        }
-        if other.last > self.last {
-            self.last = other.last;
-            self.close = other.close;
-        }
-        self.high = self.high.max(other.high);
-        self.low = self.low.min(other.low);
-        self.volume += other.volume;
-        self.trades += other.trades;
-    }
 }
 
 #[derive(Debug)]
@@ -332,6 +195,17 @@ impl Exchange {
         };
         state.products[i].pending_late += count;
         true
+    }
+
+    /// Takes the next trade id of `product_id` for a trade a fault adds to a frame, so it
+    /// collides with no real trade; `None` for an unknown product.
+    pub fn allocate_trade_id(&self, product_id: &str) -> Option<u64> {
+        let mut state = self.lock();
+        let &i = state.by_id.get(product_id)?;
+        let product = &mut state.products[i];
+        let id = product.next_trade_id;
+        product.next_trade_id += 1;
+        Some(id)
     }
 
     /// Specs and listings of all products, in the order they were added.
@@ -548,129 +422,5 @@ fn record(product: &mut ProductState, t: &Trade) {
     }
 }
 
-fn round(value: f64, dp: u32) -> Decimal {
-    Decimal::from_f64(value)
-        .unwrap_or(Decimal::ONE)
-        .round_dp_with_strategy(dp, RoundingStrategy::MidpointNearestEven)
-        .normalize()
-}
-
-fn standard_normal(rng: &mut StdRng) -> f64 {
-    // Box-Muller.
-    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
-fn poisson(rng: &mut StdRng, lambda: f64) -> usize {
-    if lambda <= 0.0 {
-        return 0;
-    }
-    if lambda > 30.0 {
-        let n = lambda + lambda.sqrt() * standard_normal(rng);
-        return n.round().max(0.0) as usize;
-    }
-    let limit = (-lambda).exp();
-    let mut k = 0;
-    let mut p = 1.0;
-    loop {
-        p *= rng.random::<f64>();
-        if p <= limit {
-            return k;
-        }
-        k += 1;
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(secs: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(secs, 0).expect("valid")
-    }
-
-    #[test]
-    fn the_same_seed_gives_the_same_trades() {
-        let ids = MarketSpec::product_ids(3);
-        let a = Exchange::new(&ids, 5.0, 7, TimeDelta::minutes(5), at(1_700_000_000), None)
-            .expect("exchange");
-        let b = Exchange::new(&ids, 5.0, 7, TimeDelta::minutes(5), at(1_700_000_000), None)
-            .expect("exchange");
-        assert!(a.trades_total() > 100);
-        assert_eq!(a.snapshot("BTC-USD"), b.snapshot("BTC-USD"));
-    }
-
-    #[test]
-    fn snapshots_hold_the_last_100_trades_newest_first() {
-        let ids = MarketSpec::product_ids(1);
-        let ex = Exchange::new(
-            &ids,
-            5.0,
-            1,
-            TimeDelta::minutes(10),
-            at(1_700_000_000),
-            None,
-        )
-        .expect("exchange");
-        let snap = ex.snapshot("BTC-USD");
-        assert_eq!(snap.len(), SNAPSHOT_TRADES);
-        assert!(snap.windows(2).all(|w| w[0].order_key() > w[1].order_key()));
-    }
-
-    #[test]
-    fn meme_coins_trade_near_1e_minus_5_with_daily_volume_above_1e12() {
-        let ids = vec!["PEPE-USD".to_owned()];
-        let now = at(1_700_006_400);
-        let ex = Exchange::new(&ids, 1.0, 3, TimeDelta::hours(2), now, None).expect("exchange");
-        let candles = ex
-            .candles("PEPE-USD", 7200, now.timestamp() - 7200, now.timestamp())
-            .expect("known product");
-        let volume: Decimal = candles.iter().map(|c| c.volume).sum();
-        // Two hours at one trade a second: scale to a day.
-        assert!(
-            volume * Decimal::from(12) > Decimal::from(1_000_000_000_000u64),
-            "{volume}"
-        );
-        let close = candles[0].close;
-        assert!(
-            close > Decimal::new(1, 6) && close < Decimal::new(1, 4),
-            "{close}"
-        );
-    }
-
-    #[test]
-    fn bitcoin_trades_near_1e5() {
-        let ids = MarketSpec::product_ids(1);
-        let ex = Exchange::new(
-            &ids,
-            1.0,
-            3,
-            TimeDelta::minutes(30),
-            at(1_700_000_000),
-            None,
-        )
-        .expect("exchange");
-        let price = ex.snapshot("BTC-USD")[0].price;
-        assert!(
-            price > Decimal::from(50_000) && price < Decimal::from(200_000),
-            "{price}"
-        );
-    }
-
-    #[test]
-    fn late_trades_land_in_an_earlier_minute() {
-        let ids = MarketSpec::product_ids(1);
-        let now = at(1_700_000_030);
-        let ex = Exchange::new(&ids, 0.0, 3, TimeDelta::zero(), now, None).expect("exchange");
-        let mut rx = ex.subscribe_ticks();
-        ex.inject_late_trades("BTC-USD", 3);
-        ex.tick(now, now + TimeDelta::milliseconds(250));
-        let tick = rx.try_recv().expect("a tick");
-        let trades = &tick.batches[0].1;
-        assert_eq!(trades.len(), 3);
-        for t in trades {
-            assert!(t.time < at(1_700_000_030 - 30 - 60), "{}", t.time);
-        }
-    }
-}
+mod tests;
