@@ -296,7 +296,11 @@ async fn subscribers_get_the_current_candle_then_every_newer_update_without_gap_
                 Some(vec![("BTC-USD".to_owned(), Granularity::OneMinute)]),
                 N as usize,
             );
-            let mut seen: Vec<u64> = sub.initial.iter().map(|u| u.version().trade_count).collect();
+            let mut seen: Vec<u64> = sub
+                .initial
+                .iter()
+                .map(|u| u.version().trade_count)
+                .collect();
             while let Ok(Some(u)) =
                 tokio::time::timeout(Duration::from_millis(500), sub.updates.recv()).await
             {

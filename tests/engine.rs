@@ -368,7 +368,10 @@ fn memory_stays_flat_for_500_products_running_for_days() {
     // recompute the day's larger candles, and a few candles of each other granularity.
     assert!(f.candles <= 500 * (288 + 16), "{f:?}");
     assert!(f.trade_ids <= 500 * 3, "{f:?}");
-    assert_eq!(f.ids_filed, f.trade_ids, "each id filed once by minute: {f:?}");
+    assert_eq!(
+        f.ids_filed, f.trade_ids,
+        "each id filed once by minute: {f:?}"
+    );
     assert!(f.id_minutes <= 500 * 3, "{f:?}");
     assert!(f.exchange_candles <= 500 * 4, "{f:?}");
     assert!(f.windows <= 500 * 2, "{f:?}");
@@ -809,7 +812,13 @@ fn a_trade_overflowing_a_larger_candle_is_rejected_in_every_granularity() {
         &[
             trade(3, "2026-09-30T12:01:10Z", "100", big, Side::Buy),
             normal.clone(),
-            trade(5, "2026-09-30T12:01:40Z", "1", "79228162514264337593543950335", Side::Buy),
+            trade(
+                5,
+                "2026-09-30T12:01:40Z",
+                "1",
+                "79228162514264337593543950335",
+                Side::Buy,
+            ),
         ],
         at("2026-09-30T12:01:41Z"),
         &mut out,
@@ -822,7 +831,10 @@ fn a_trade_overflowing_a_larger_candle_is_rejected_in_every_granularity() {
     assert_eq!(minute[0].candle.volume, Decimal::ONE);
     assert_eq!(minute[0].candle.trade_count, Some(1));
     let sum = big.parse::<Decimal>().expect("d") * Decimal::from(2) + Decimal::ONE;
-    for u in out.iter().filter(|u| u.candle.granularity != Granularity::OneMinute) {
+    for u in out
+        .iter()
+        .filter(|u| u.candle.granularity != Granularity::OneMinute)
+    {
         assert_eq!(u.candle.volume, sum, "{u:?}");
         assert_eq!(u.candle.trade_count, Some(3), "{u:?}");
     }
@@ -864,7 +876,11 @@ fn a_backfill_whose_candles_would_overflow_changes_nothing() {
     assert!(out.is_empty(), "nothing emitted");
     // Later trades still land on the candles as they were.
     let late = trade(99, "2026-09-30T12:00:05Z", "1", "1", Side::Buy);
-    engine.apply(&[late.clone()], at("2026-09-30T12:04:01Z"), &mut out);
+    engine.apply(
+        std::slice::from_ref(&late),
+        at("2026-09-30T12:04:01Z"),
+        &mut out,
+    );
     let mut all: Vec<Trade> = truth.clone();
     all.push(late);
     let expected = aggregate(&all);

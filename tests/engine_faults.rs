@@ -136,7 +136,10 @@ impl Harness {
     /// Stops the engine (input closed) and checks it ended without error.
     async fn stop(self) {
         drop(self.input);
-        self.task.await.expect("joins").expect("the engine ends cleanly");
+        self.task
+            .await
+            .expect("joins")
+            .expect("the engine ends cleanly");
     }
 }
 
@@ -152,7 +155,11 @@ fn trade(product: &str, id: u64, time: DateTime<Utc>, price: &str, size: &str) -
         trade_id: TradeId(id),
         price: price.parse().expect("price"),
         size: size.parse().expect("size"),
-        side: if id % 3 == 0 { Side::Sell } else { Side::Buy },
+        side: if id.is_multiple_of(3) {
+            Side::Sell
+        } else {
+            Side::Buy
+        },
         time,
         received: time,
     }
@@ -171,7 +178,11 @@ fn series(product: &str, first_id: u64, from: DateTime<Utc>, to: DateTime<Utc>) 
             trade_id: TradeId(first_id + i),
             price,
             size,
-            side: if i % 3 == 0 { Side::Sell } else { Side::Buy },
+            side: if i.is_multiple_of(3) {
+                Side::Sell
+            } else {
+                Side::Buy
+            },
             time,
             received: time,
         });
@@ -288,7 +299,9 @@ async fn absurd_trade_sizes_are_rejected_and_the_normal_trades_of_the_frame_coun
     let updates = h.take();
     assert_exact(&updates, &normal);
     assert!(
-        updates.iter().all(|u| u.candle.volume < Decimal::from(1_000)),
+        updates
+            .iter()
+            .all(|u| u.candle.volume < Decimal::from(1_000)),
         "no candle holds an absurd size, even for a moment"
     );
     // And it still takes trades.
@@ -307,13 +320,23 @@ async fn a_trade_from_the_future_makes_no_candle_beyond_the_current_bucket() {
         // Within the 5 s tolerance (a clock a little behind Coinbase's): applied.
         trade("BTC-USD", 3, now + TimeDelta::seconds(5), "101", "1"),
         // Past it.
-        trade("BTC-USD", 4, now + TimeDelta::milliseconds(5_001), "102", "1"),
+        trade(
+            "BTC-USD",
+            4,
+            now + TimeDelta::milliseconds(5_001),
+            "102",
+            "1",
+        ),
         trade("BTC-USD", 5, at("2026-09-30T12:00:20Z"), "99", "1"),
     ])
     .await;
     let mut all = h.take();
     let report = h.report();
-    assert_eq!((report.trades, report.rejected_future), (3, 2), "{report:?}");
+    assert_eq!(
+        (report.trades, report.rejected_future),
+        (3, 2),
+        "{report:?}"
+    );
     // The clock moves on a few minutes; a day later the 2100 trade is still ahead.
     for clock in [
         "2026-09-30T12:01:05Z",
@@ -321,8 +344,14 @@ async fn a_trade_from_the_future_makes_no_candle_beyond_the_current_bucket() {
         "2026-10-01T00:00:05Z",
     ] {
         h.at(at(clock)).await;
-        h.trades(vec![trade("BTC-USD", 2, at("2100-01-01T00:00:00Z"), "1", "1")])
-            .await;
+        h.trades(vec![trade(
+            "BTC-USD",
+            2,
+            at("2100-01-01T00:00:00Z"),
+            "1",
+            "1",
+        )])
+        .await;
         all.extend(h.take());
     }
     assert_eq!(h.report().rejected_future, 5);
@@ -428,8 +457,12 @@ async fn no_cross_check_mismatch_at_a_start_whose_backfill_is_still_running() {
         })
         .await
         .expect("engine runs");
-    h.trades_until(&both, at("2026-09-30T12:03:05Z"), at("2026-09-30T12:05:00.500Z"))
-        .await;
+    h.trades_until(
+        &both,
+        at("2026-09-30T12:03:05Z"),
+        at("2026-09-30T12:05:00.500Z"),
+    )
+    .await;
     // Coinbase's candles of the first bucket, sent after it ended: they hold every trade.
     h.event(FeedEvent::ExchangeCandles {
         connection: 0,
@@ -449,8 +482,12 @@ async fn no_cross_check_mismatch_at_a_start_whose_backfill_is_still_running() {
     );
     // The next bucket was seen whole from its start: both are compared, and match.
     let next = at("2026-09-30T12:05:00Z");
-    h.trades_until(&both, at("2026-09-30T12:05:00.500Z"), at("2026-09-30T12:10:00.500Z"))
-        .await;
+    h.trades_until(
+        &both,
+        at("2026-09-30T12:05:00.500Z"),
+        at("2026-09-30T12:10:00.500Z"),
+    )
+    .await;
     h.event(FeedEvent::ExchangeCandles {
         connection: 0,
         received: h.now(),
@@ -488,7 +525,8 @@ async fn a_reconnect_window_makes_its_bucket_not_comparable_until_backfilled() {
         .filter(|t| t.time < down || t.time >= up)
         .cloned()
         .collect();
-    h.trades_until(&seen, bucket - TimeDelta::seconds(1), down).await;
+    h.trades_until(&seen, bucket - TimeDelta::seconds(1), down)
+        .await;
     h.clock.set(up);
     h.event(FeedEvent::Reconnected {
         connection: 0,
@@ -497,7 +535,8 @@ async fn a_reconnect_window_makes_its_bucket_not_comparable_until_backfilled() {
         reconnected_at: up,
     })
     .await;
-    h.trades_until(&seen, up, at("2026-09-30T12:05:00.500Z")).await;
+    h.trades_until(&seen, up, at("2026-09-30T12:05:00.500Z"))
+        .await;
     h.event(FeedEvent::ExchangeCandles {
         connection: 0,
         received: h.now(),
@@ -506,7 +545,11 @@ async fn a_reconnect_window_makes_its_bucket_not_comparable_until_backfilled() {
     .await;
     h.at(at("2026-09-30T12:05:03Z")).await;
     let check = h.report().crosscheck_ws_5m;
-    assert_eq!((check.mismatched, check.not_comparable), (0, 1), "{check:?}");
+    assert_eq!(
+        (check.mismatched, check.not_comparable),
+        (0, 1),
+        "{check:?}"
+    );
     h.stop().await;
 }
 
@@ -515,13 +558,22 @@ async fn a_reconnect_window_makes_its_bucket_not_comparable_until_backfilled() {
 #[tokio::test(start_paused = true)]
 async fn a_candle_completes_when_the_clock_passes_its_end_plus_grace() {
     let mut h = Harness::start(at("2026-09-30T12:00:30Z"));
-    h.trades(vec![trade("BTC-USD", 1, at("2026-09-30T12:00:30Z"), "100", "1")])
-        .await;
+    h.trades(vec![trade(
+        "BTC-USD",
+        1,
+        at("2026-09-30T12:00:30Z"),
+        "100",
+        "1",
+    )])
+    .await;
     let live = h.take();
     assert_eq!(live.len(), 8, "one live update per granularity");
     assert!(live.iter().all(|u| !u.complete && u.revision == 0));
     h.at(at("2026-09-30T12:01:01.999Z")).await;
-    assert!(h.take().is_empty(), "within the 2 s grace: nothing completes");
+    assert!(
+        h.take().is_empty(),
+        "within the 2 s grace: nothing completes"
+    );
     h.at(at("2026-09-30T12:01:02Z")).await;
     let done = h.take();
     assert_eq!(done.len(), 1, "only the minute is over: {done:?}");
@@ -544,20 +596,36 @@ async fn a_candle_completes_when_the_clock_passes_its_end_plus_grace() {
 #[tokio::test(start_paused = true)]
 async fn a_late_trade_inside_the_revision_window_revises_and_one_outside_is_too_late() {
     let mut h = Harness::start(at("2026-09-30T12:00:31Z"));
-    h.trades(vec![trade("BTC-USD", 10, at("2026-09-30T12:00:30Z"), "100", "1")])
-        .await;
+    h.trades(vec![trade(
+        "BTC-USD",
+        10,
+        at("2026-09-30T12:00:30Z"),
+        "100",
+        "1",
+    )])
+    .await;
     h.at(at("2026-09-30T12:05:03Z")).await;
     h.take();
     // The minute ended at 12:01; the window is 5 minutes: 12:06:00 is its last second.
     h.at(at("2026-09-30T12:06:00Z")).await;
-    h.trades(vec![trade("BTC-USD", 9, at("2026-09-30T12:00:10Z"), "90", "2")])
-        .await;
+    h.trades(vec![trade(
+        "BTC-USD",
+        9,
+        at("2026-09-30T12:00:10Z"),
+        "90",
+        "2",
+    )])
+    .await;
     let revised = h.take();
     let one = of(&revised, Granularity::OneMinute);
     assert_eq!(one.len(), 1);
     assert!(one[0].complete);
     assert_eq!(one[0].revision, 1);
-    assert_eq!(one[0].candle.open, Decimal::from(90), "the late trade is the first");
+    assert_eq!(
+        one[0].candle.open,
+        Decimal::from(90),
+        "the late trade is the first"
+    );
     assert_eq!(one[0].candle.volume, Decimal::from(3));
     let five = of(&revised, Granularity::FiveMinutes);
     assert_eq!(
@@ -572,8 +640,14 @@ async fn a_late_trade_inside_the_revision_window_revises_and_one_outside_is_too_
         "the live hour just changes"
     );
     h.at(at("2026-09-30T12:06:01Z")).await;
-    h.trades(vec![trade("BTC-USD", 8, at("2026-09-30T12:00:20Z"), "80", "1")])
-        .await;
+    h.trades(vec![trade(
+        "BTC-USD",
+        8,
+        at("2026-09-30T12:00:20Z"),
+        "80",
+        "1",
+    )])
+    .await;
     assert!(h.take().is_empty(), "past the window: nothing changes");
     let report = h.report();
     assert_eq!((report.trades, report.too_late), (2, 1), "{report:?}");
@@ -583,7 +657,7 @@ async fn a_late_trade_inside_the_revision_window_revises_and_one_outside_is_too_
 #[tokio::test(start_paused = true)]
 async fn the_utc_day_rolls_over_with_its_day_candle() {
     let mut h = Harness::start(at("2026-09-30T08:00:01Z"));
-    let day1 = vec![
+    let day1 = [
         trade("BTC-USD", 1, at("2026-09-30T08:00:00Z"), "95", "1"),
         trade("BTC-USD", 2, at("2026-09-30T23:59:49Z"), "100", "2"),
     ];
@@ -601,7 +675,11 @@ async fn the_utc_day_rolls_over_with_its_day_candle() {
     h.at(at("2026-10-01T00:00:02Z")).await;
     let done = h.take();
     let midnight = at("2026-10-01T00:00:00Z");
-    assert_eq!(done.len(), 8, "every granularity's last candle of the day: {done:?}");
+    assert_eq!(
+        done.len(),
+        8,
+        "every granularity's last candle of the day: {done:?}"
+    );
     for u in &done {
         assert!(u.complete && u.revision == 0, "{u:?}");
         assert_eq!(u.candle.end(), midnight);
@@ -627,8 +705,14 @@ async fn the_utc_day_rolls_over_with_its_day_candle() {
         (Decimal::from(3), Some(2))
     );
     // The new day's candle is live, with only the new day's trade.
-    h.trades(vec![trade("BTC-USD", 4, at("2026-10-01T00:00:01Z"), "110", "1")])
-        .await;
+    h.trades(vec![trade(
+        "BTC-USD",
+        4,
+        at("2026-10-01T00:00:01Z"),
+        "110",
+        "1",
+    )])
+    .await;
     let live = h.take();
     let new_day = of(&live, Granularity::OneDay)[0];
     assert_eq!(new_day.candle.start, midnight);

@@ -183,10 +183,8 @@ fn assert_candles_match_the_log(
         }
     }
     let log = common::read_trade_log(log);
-    let in_range: Vec<&common::LoggedTrade> = log
-        .iter()
-        .filter(|t| seen.contains(&t.trade_id))
-        .collect();
+    let in_range: Vec<&common::LoggedTrade> =
+        log.iter().filter(|t| seen.contains(&t.trade_id)).collect();
     let expected = common::aggregate(&in_range);
     assert_eq!(
         latest.keys().copied().collect::<Vec<_>>(),

@@ -334,4 +334,3 @@ impl Aggregator {
         f
     }
 }
-

@@ -84,7 +84,8 @@ impl Coverage {
 mod tests {
     use super::*;
 
-    const M: i64 = 1_800_000_000 - 1_800_000_000 % 60;
+    /// A minute start (1.8e9 is a multiple of 60).
+    const M: i64 = 1_800_000_000;
 
     fn at_ms(ms: i64) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(ms).expect("time")

@@ -101,7 +101,11 @@ mod tests {
     #[test]
     fn one_line_per_key_per_period_with_the_suppressed_count() {
         let mut limiter = LogLimiter::new(TimeDelta::minutes(1));
-        assert_eq!(limiter.allow("BTC-USD", at(0)), Some(0), "the first is logged");
+        assert_eq!(
+            limiter.allow("BTC-USD", at(0)),
+            Some(0),
+            "the first is logged"
+        );
         for s in 1..60 {
             assert_eq!(limiter.allow("BTC-USD", at(s)), None, "{s} s: suppressed");
         }
@@ -120,7 +124,11 @@ mod tests {
     fn a_thousand_events_in_a_burst_make_one_line() {
         let mut limiter = LogLimiter::default();
         let logged = (0..1000)
-            .filter(|i| limiter.allow("BTC-USD", at(0) + TimeDelta::milliseconds(*i)).is_some())
+            .filter(|i| {
+                limiter
+                    .allow("BTC-USD", at(0) + TimeDelta::milliseconds(*i))
+                    .is_some()
+            })
             .count();
         assert_eq!(logged, 1);
     }

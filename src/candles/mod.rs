@@ -255,7 +255,11 @@ impl Engine {
 
     /// Tells the shards of the products a subscribe, reconnect or gap names; false when the
     /// shards are gone.
-    async fn dispatch_notice(&self, shards: &[mpsc::Sender<ShardInput>], event: &FeedEvent) -> bool {
+    async fn dispatch_notice(
+        &self,
+        shards: &[mpsc::Sender<ShardInput>],
+        event: &FeedEvent,
+    ) -> bool {
         let (products, notice) = match event {
             FeedEvent::Subscribed { products, at, .. } => {
                 (products, FeedNotice::Subscribed { at: *at })
@@ -273,7 +277,10 @@ impl Engine {
                 },
             ),
             FeedEvent::Gap {
-                products, since, at, ..
+                products,
+                since,
+                at,
+                ..
             } => (
                 products,
                 FeedNotice::Missing {

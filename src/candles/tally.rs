@@ -37,7 +37,8 @@ pub(crate) struct Tally {
 }
 
 /// The largest volume a candle may sum to (10^20): a trade that would pass it is rejected.
-pub(crate) const SUM_LIMIT: Decimal = Decimal::from_parts(1_661_992_960, 1_808_227_885, 5, false, 0);
+pub(crate) const SUM_LIMIT: Decimal =
+    Decimal::from_parts(1_661_992_960, 1_808_227_885, 5, false, 0);
 
 /// Whether `volume` is within [`SUM_LIMIT`].
 pub(crate) fn within_limit(volume: Decimal) -> bool {
@@ -101,7 +102,10 @@ impl Tally {
         } else {
             Decimal::ZERO
         };
-        let volume = self.volume.checked_add(t.size).filter(|v| within_limit(*v))?;
+        let volume = self
+            .volume
+            .checked_add(t.size)
+            .filter(|v| within_limit(*v))?;
         Some(Sums {
             volume,
             buy_volume: self.buy_volume.checked_add(buy)?,
@@ -203,14 +207,20 @@ mod tests {
 
     #[test]
     fn the_sum_limit_is_ten_to_the_twentieth() {
-        assert_eq!(SUM_LIMIT, Decimal::from(10u64.pow(10)) * Decimal::from(10u64.pow(10)));
+        assert_eq!(
+            SUM_LIMIT,
+            Decimal::from(10u64.pow(10)) * Decimal::from(10u64.pow(10))
+        );
     }
 
     #[test]
     fn a_sum_past_the_limit_is_refused_and_changes_nothing() {
         let mut tally = Tally::of(&trade(1, Decimal::ONE));
         let absurd = trade(2, Decimal::MAX);
-        assert!(tally.sums_with(&absurd).is_none(), "Decimal::MAX + 1 overflows");
+        assert!(
+            tally.sums_with(&absurd).is_none(),
+            "Decimal::MAX + 1 overflows"
+        );
         let just = trade(3, SUM_LIMIT - Decimal::ONE);
         let sums = tally.sums_with(&just).expect("exactly the limit fits");
         tally.add(&just, sums);

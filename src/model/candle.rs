@@ -195,6 +195,38 @@ mod tests {
     }
 
     #[test]
+    fn the_version_is_derived_from_the_update_so_it_cannot_disagree() {
+        let start = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let mut u = CandleUpdate {
+            candle: Candle {
+                product_id: "BTC-USD".into(),
+                granularity: Granularity::OneMinute,
+                start,
+                open: Decimal::ONE,
+                high: Decimal::ONE,
+                low: Decimal::ONE,
+                close: Decimal::ONE,
+                volume: Decimal::ONE,
+                buy_volume: None,
+                trade_count: None,
+            },
+            complete: false,
+            revision: 0,
+            counted_trades: 4,
+            last_trade_id: TradeId(9),
+            last_trade_time: start,
+            last_received: start,
+        };
+        assert_eq!(u.version(), v(1_800_000_000, 0, false, 4, 9));
+        u.complete = true;
+        u.revision = 2;
+        assert_eq!(u.version(), v(1_800_000_000, 2, true, 4, 9));
+        let later = u.version();
+        u.revision = 1;
+        assert!(u.version() < later, "the revision orders updates");
+    }
+
+    #[test]
     fn version_bytes_round_trip_and_order_negative_starts() {
         let early = v(-86_400, 0, false, 1, 1);
         let late = v(0, 0, false, 1, 1);
