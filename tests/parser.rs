@@ -149,8 +149,10 @@ fn snapshots_hold_the_last_100_trades_newest_first() {
         if let FrameBody::MarketTrades {
             snapshot: true,
             trades,
+            rejected,
         } = parsed.body
         {
+            assert!(rejected.is_empty());
             assert_eq!(trades.len(), 100);
             assert!(
                 trades.windows(2).all(|w| w[0].trade_id > w[1].trade_id),
@@ -197,9 +199,15 @@ fn documented_examples_parse_with_client_id_present() {
     let trades = include_str!("fixtures/coinbase/example-ws-market-trades.json");
     let parsed = parse_frame(trades.as_bytes(), received()).expect("trades");
     assert_eq!(parsed.sequence_num, Some(5));
-    let FrameBody::MarketTrades { snapshot, trades } = parsed.body else {
+    let FrameBody::MarketTrades {
+        snapshot,
+        trades,
+        rejected,
+    } = parsed.body
+    else {
         panic!("not trades");
     };
+    assert!(rejected.is_empty());
     assert!(!snapshot);
     assert_eq!(trades.len(), 2);
     assert_eq!(trades[0].price.to_string(), "68900.50");
@@ -303,7 +311,7 @@ fn unknown_channels_and_event_types_are_skipped_not_errors() {
 
 #[test]
 fn malformed_frames_return_errors_without_panicking() {
-    let good = r#"{"channel":"market_trades","timestamp":"2026-09-30T02:39:59.551901038Z","sequence_num":247,"events":[{"type":"update","trades":[{"product_id":"ETH-USD","trade_id":"846155167","price":"2667.2","size":"0.84275842","time":"2026-09-30T02:39:59.4104Z","side":"SELL"}]}]}"#;
+    let good = GOOD_TRADE_FRAME;
     assert!(parse_frame(good.as_bytes(), received()).is_ok());
     let cases: &[(&str, String)] = &[
         ("empty", String::new()),
@@ -316,7 +324,6 @@ fn malformed_frames_return_errors_without_panicking() {
             r#"{"channel":"market_trades","sequence_num":1}"#.to_owned(),
         ),
         ("no sequence", good.replace(r#""sequence_num":247,"#, "")),
-        ("price as number", good.replace(r#""2667.2""#, "2667.2")),
         ("sequence as string", good.replace("247", "\"247\"")),
         ("negative sequence", good.replace("247", "-1")),
         ("oversized sequence", good.replace("247", "1e30")),
@@ -324,29 +331,15 @@ fn malformed_frames_return_errors_without_panicking() {
             "huge sequence",
             good.replace("247", "184467440737095516160"),
         ),
-        ("oversized price", good.replace("2667.2", "1e400")),
-        (
-            "price beyond decimal range",
-            good.replace("2667.2", "99999999999999999999999999999999999"),
-        ),
-        (
-            "price needing rounding",
-            good.replace("2667.2", "0.00000000000000000000000000000001"),
-        ),
-        ("negative size", good.replace("0.84275842", "-0.84275842")),
-        ("zero price", good.replace("\"2667.2\"", "\"0\"")),
-        ("empty price", good.replace("\"2667.2\"", "\"\"")),
-        ("bad side", good.replace("SELL", "ASK")),
-        ("bad trade id", good.replace("846155167", "84615516x")),
-        (
-            "bad time",
-            good.replace("2026-09-30T02:39:59.4104Z", "yesterday"),
-        ),
         (
             "bad timestamp",
             good.replace("2026-09-30T02:39:59.551901038Z", "now"),
         ),
-        ("missing size", good.replace(r#""size":"0.84275842","#, "")),
+        (
+            "trades not an array",
+            good.replace(r#""trades":["#, r#""trades":{"x":["#)
+                .replace("}]}]}", "}]}}]}"),
+        ),
         (
             "deep nesting",
             format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
@@ -363,16 +356,132 @@ fn malformed_frames_return_errors_without_panicking() {
     assert!(parse_frame(&bytes, received()).is_err());
 }
 
+/// One good trade, as production sends it.
+const GOOD_TRADE_FRAME: &str = r#"{"channel":"market_trades","timestamp":"2026-09-30T02:39:59.551901038Z","sequence_num":247,"events":[{"type":"update","trades":[{"product_id":"ETH-USD","trade_id":"846155167","price":"2667.2","size":"0.84275842","time":"2026-09-30T02:39:59.4104Z","side":"SELL"}]}]}"#;
+
+const GOOD_TRADE: &str = r#"{"product_id":"ETH-USD","trade_id":"846155167","price":"2667.2","size":"0.84275842","time":"2026-09-30T02:39:59.4104Z","side":"SELL"}"#;
+
+/// A frame of three trades: two good ones around `middle`.
+fn frame_around(middle: &str) -> String {
+    let before = GOOD_TRADE.replace("846155167", "846155166");
+    let after = GOOD_TRADE.replace("846155167", "846155168");
+    format!(
+        r#"{{"channel":"market_trades","timestamp":"2026-09-30T02:39:59.551901038Z","sequence_num":247,"events":[{{"type":"update","trades":[{before},{middle},{after}]}}]}}"#
+    )
+}
+
+#[test]
+fn a_malformed_trade_costs_that_trade_alone() {
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "price as number",
+            GOOD_TRADE.replace(r#""2667.2""#, "2667.2"),
+            "price",
+        ),
+        (
+            "oversized price",
+            GOOD_TRADE.replace("2667.2", "1e400"),
+            "price",
+        ),
+        (
+            "exponent price",
+            GOOD_TRADE.replace("2667.2", "1e5"),
+            "price",
+        ),
+        (
+            "price beyond decimal range",
+            GOOD_TRADE.replace("2667.2", "99999999999999999999999999999999999"),
+            "price",
+        ),
+        (
+            "price needing rounding",
+            GOOD_TRADE.replace("2667.2", "0.00000000000000000000000000000001"),
+            "price",
+        ),
+        (
+            "negative size",
+            GOOD_TRADE.replace("0.84275842", "-0.84275842"),
+            "size",
+        ),
+        (
+            "zero price",
+            GOOD_TRADE.replace("\"2667.2\"", "\"0\""),
+            "price",
+        ),
+        (
+            "empty price",
+            GOOD_TRADE.replace("\"2667.2\"", "\"\""),
+            "price",
+        ),
+        ("bad side", GOOD_TRADE.replace("SELL", "ASK"), "side"),
+        (
+            "bad trade id",
+            GOOD_TRADE.replace("846155167", "84615516x"),
+            "trade_id",
+        ),
+        (
+            "bad time",
+            GOOD_TRADE.replace("2026-09-30T02:39:59.4104Z", "yesterday"),
+            "time",
+        ),
+        (
+            "missing size",
+            GOOD_TRADE.replace(r#""size":"0.84275842","#, ""),
+            "size",
+        ),
+        ("null side", GOOD_TRADE.replace(r#""SELL""#, "null"), "side"),
+        (
+            "object id",
+            GOOD_TRADE.replace(r#""846155167""#, r#"{"id":1}"#),
+            "trade_id",
+        ),
+        ("not an object", "42".to_owned(), "trade"),
+        ("an array", "[1,[2]]".to_owned(), "trade"),
+    ];
+    for (name, middle, field) in cases {
+        let frame = frame_around(middle);
+        let parsed = parse_frame(frame.as_bytes(), received())
+            .unwrap_or_else(|e| panic!("{name}: the frame is kept: {e}"));
+        assert_eq!(parsed.sequence_num, Some(247), "{name}");
+        let FrameBody::MarketTrades {
+            trades, rejected, ..
+        } = parsed.body
+        else {
+            panic!("{name}: not trades");
+        };
+        let ids: Vec<u64> = trades.iter().map(|t| t.trade_id.0).collect();
+        assert_eq!(
+            ids,
+            vec![846_155_166, 846_155_168],
+            "{name}: the neighbours count"
+        );
+        assert_eq!(rejected.len(), 1, "{name}");
+        assert!(
+            rejected[0].reason.contains(field),
+            "{name}: {:?} names {field}",
+            rejected[0]
+        );
+    }
+}
+
 #[test]
 fn decimal_errors_name_the_field_and_value() {
     let frame = r#"{"channel":"market_trades","timestamp":"2026-09-30T02:39:59Z","sequence_num":1,"events":[{"type":"update","trades":[{"product_id":"X-USD","trade_id":"1","price":"1.2.3","size":"1","time":"2026-09-30T02:39:59Z","side":"BUY"}]}]}"#;
-    match parse_frame(frame.as_bytes(), received()) {
-        Err(FrameError::BadDecimal { field, value }) => {
-            assert_eq!(field, "price");
-            assert_eq!(value, "1.2.3");
+    let parsed = parse_frame(frame.as_bytes(), received()).expect("the frame parses");
+    let FrameBody::MarketTrades { rejected, .. } = parsed.body else {
+        panic!("trades");
+    };
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].product_id, "X-USD");
+    assert_eq!(rejected[0].trade_id, "1");
+    assert_eq!(
+        rejected[0].reason,
+        FrameError::BadDecimal {
+            field: "price",
+            value: "1.2.3".into()
         }
-        other => panic!("expected a decimal error, got {other:?}"),
-    }
+        .to_string()
+    );
 }
 
 #[test]

@@ -64,8 +64,13 @@ async fn next(ws: &mut Ws, wait: Duration) -> Option<Result<Message, String>> {
 
 /// The next text frame as JSON.
 async fn next_json(ws: &mut Ws) -> Value {
+    next_json_within(ws, Duration::from_secs(5)).await
+}
+
+/// The next text frame as JSON, within `wait`.
+async fn next_json_within(ws: &mut Ws, wait: Duration) -> Value {
     loop {
-        match next(ws, Duration::from_secs(5)).await {
+        match next(ws, wait).await {
             Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("json"),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             other => panic!("expected a text frame, got {other:?}"),
@@ -127,6 +132,12 @@ fn shape(value: &Value) -> Value {
                 .collect(),
         ),
     }
+}
+
+fn frame_time(frame: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(frame["timestamp"].as_str().expect("timestamp"))
+        .expect("time")
+        .with_timezone(&Utc)
 }
 
 fn frame_kind(frame: &Value) -> String {
@@ -260,7 +271,9 @@ async fn a_connection_without_a_subscribe_is_closed_after_5_seconds() {
     assert!(closed, "closed with a close frame");
     assert_eq!(code, Some(1008));
     let waited = opened.elapsed();
-    assert!(waited >= Duration::from_millis(4_900), "{waited:?}");
+    // The deadline starts on the server before the client sees the handshake's answer: a
+    // loaded client measures from later, so only a clearly early close would be a fault.
+    assert!(waited >= Duration::from_secs(4), "{waited:?}");
     assert_eq!(sim.state.stats.subscribe_timeouts.get(), 1);
     sim.stop().await;
 }
@@ -268,14 +281,28 @@ async fn a_connection_without_a_subscribe_is_closed_after_5_seconds() {
 #[tokio::test]
 async fn more_than_8_connects_a_second_get_an_error_and_a_close() {
     let sim = start(quick(1)).await;
-    let mut sockets = Vec::new();
-    for _ in 0..9 {
-        sockets.push(connect(&sim).await);
-    }
-    let mut refused = 0;
-    for ws in &mut sockets {
-        if let Some(Ok(Message::Text(t))) = next(ws, Duration::from_millis(300)).await {
-            let v: Value = serde_json::from_str(&t).expect("json");
+    // Rounds of nine connects at once, until one round fits in a second (on a loaded machine
+    // the first may not): the limit is what the simulator controls, not the machine's speed.
+    let mut refused_in_round = 0;
+    for _round in 0..5 {
+        let sockets =
+            futures_util::future::join_all((0..9).map(|_| async { connect(&sim).await })).await;
+        // Each socket's first message, if any: a refused one gets an error at once, an accepted
+        // one nothing until its 5 s subscribe deadline.
+        let answers =
+            futures_util::future::join_all(sockets.into_iter().map(|mut ws| async move {
+                match next(&mut ws, Duration::from_secs(3)).await {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(&t).expect("json");
+                        let (_, code, _) = until_close(&mut ws, Duration::from_secs(5)).await;
+                        Some((v, code))
+                    }
+                    _ => None,
+                }
+            }))
+            .await;
+        let refused: Vec<_> = answers.into_iter().flatten().collect();
+        for (v, code) in &refused {
             assert_eq!(v["type"], "error");
             assert!(
                 v["message"]
@@ -283,12 +310,19 @@ async fn more_than_8_connects_a_second_get_an_error_and_a_close() {
                     .expect("message")
                     .contains("rate limit")
             );
-            let (_, code, _) = until_close(ws, Duration::from_secs(2)).await;
-            assert_eq!(code, Some(1008));
-            refused += 1;
+            assert_eq!(*code, Some(1008));
         }
+        refused_in_round = refused.len();
+        if refused_in_round > 0 {
+            break;
+        }
+        // Time is the subject: the one-second window must slide past this round.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
     }
-    assert_eq!(refused, 1, "exactly the ninth connect is refused");
+    assert_eq!(
+        refused_in_round, 1,
+        "exactly the ninth connect of a second is refused"
+    );
     assert_eq!(sim.state.stats.connect_limit_hits.get(), 1);
     sim.stop().await;
 }
@@ -382,22 +416,23 @@ async fn stall_fault_stops_sending_while_the_socket_stays_open() {
     sim.arm(fault(3, FaultKind::Stall { secs: Some(3) }));
     let mut ws = subscribed(&sim).await;
     let mut seqs = Vec::new();
+    let mut sent = Vec::new();
     for _ in 0..3 {
-        seqs.push(
-            next_json(&mut ws).await["sequence_num"]
-                .as_u64()
-                .expect("seq"),
-        );
+        let frame = next_json(&mut ws).await;
+        seqs.push(frame["sequence_num"].as_u64().expect("seq"));
+        sent.push(frame_time(&frame));
     }
-    // Heartbeats would arrive every second: nothing comes for over two seconds.
+    // Heartbeats would come every second: nothing comes while stalled, then it resumes, and
+    // the sequence numbers show the frames lost meanwhile.
+    let resumed = next_json_within(&mut ws, Duration::from_secs(10)).await;
+    let after = resumed["sequence_num"].as_u64().expect("seq");
+    // Measured by the simulator's own send times: the stall began after the third frame was
+    // built, so the next one was built at least the stall's length later.
+    let silent = frame_time(&resumed) - sent[2];
     assert!(
-        next(&mut ws, Duration::from_millis(2_500)).await.is_none(),
-        "stalled"
+        silent >= chrono::TimeDelta::seconds(3),
+        "stalled only {silent}"
     );
-    // Then it resumes, and the sequence numbers show the frames lost meanwhile.
-    let after = next_json(&mut ws).await["sequence_num"]
-        .as_u64()
-        .expect("seq");
     assert!(
         after > seqs[2] + 1,
         "a gap after the stall: {seqs:?} then {after}"

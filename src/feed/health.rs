@@ -1,6 +1,7 @@
 //! The feed's state for `/health` and logs: per connection, whether it is connected, its
-//! products, last frame time, frame, trade, reconnect, gap and malformed-frame counts, and
-//! the authentication state.
+//! products, last frame time, frame, trade, reconnect, gap, sequence-reset, malformed-frame
+//! and rejected-trade counts; the products whose subscribe the exchange refused; and the
+//! authentication state.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -43,7 +44,12 @@ pub struct ConnectionHealth {
     pub trades: u64,
     pub reconnects: u64,
     pub gaps: u64,
+    /// Times the `sequence_num` went backwards (a new sequence, treated like a gap).
+    pub sequence_resets: u64,
+    /// Frames that could not be parsed at all (skipped whole).
     pub malformed: u64,
+    /// Malformed trades skipped alone inside otherwise good frames.
+    pub rejected_trades: u64,
     pub error_frames: u64,
     /// The backoff delays waited so far, most recent last (at most 16 kept).
     pub backoffs_ms: Vec<u64>,
@@ -65,7 +71,9 @@ impl ConnectionHealth {
             trades: 0,
             reconnects: 0,
             gaps: 0,
+            sequence_resets: 0,
             malformed: 0,
+            rejected_trades: 0,
             error_frames: 0,
             backoffs_ms: Vec::new(),
             last_error: None,
@@ -74,10 +82,21 @@ impl ConnectionHealth {
     }
 }
 
+/// A product whose subscribe the exchange refused: no longer ingested until a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedProduct {
+    pub product_id: String,
+    pub connection: usize,
+    /// The exchange's error message.
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
 /// Shared between the feed's tasks and the HTTP handlers.
 #[derive(Debug)]
 pub struct FeedHealth {
     connections: Mutex<BTreeMap<usize, ConnectionHealth>>,
+    refused: Mutex<BTreeMap<String, RefusedProduct>>,
     auth: Mutex<AuthState>,
 }
 
@@ -87,6 +106,10 @@ pub struct FeedReport {
     pub auth: AuthState,
     pub products: usize,
     pub connected: usize,
+    /// Malformed trades skipped so far, all connections together.
+    pub rejected_trades: u64,
+    /// Products the exchange refused to subscribe.
+    pub refused_products: Vec<RefusedProduct>,
     pub connections: Vec<ConnectionHealth>,
 }
 
@@ -94,6 +117,7 @@ impl FeedHealth {
     pub fn new(auth: AuthState) -> Self {
         FeedHealth {
             connections: Mutex::new(BTreeMap::new()),
+            refused: Mutex::new(BTreeMap::new()),
             auth: Mutex::new(auth),
         }
     }
@@ -119,6 +143,22 @@ impl FeedHealth {
         self.lock().get(&id).and_then(|c| c.last_frame)
     }
 
+    /// Records that the exchange refused `product_id` on connection `connection`.
+    pub fn refuse(&self, product_id: &str, connection: usize, message: String, at: DateTime<Utc>) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                product_id.to_owned(),
+                RefusedProduct {
+                    product_id: product_id.to_owned(),
+                    connection,
+                    message,
+                    at,
+                },
+            );
+    }
+
     pub fn remove(&self, id: usize) {
         self.lock().remove(&id);
     }
@@ -133,10 +173,19 @@ impl FeedHealth {
 
     pub fn report(&self) -> FeedReport {
         let connections: Vec<ConnectionHealth> = self.lock().values().cloned().collect();
+        let refused_products = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         FeedReport {
             auth: self.auth(),
             products: connections.iter().map(|c| c.products.len()).sum(),
             connected: connections.iter().filter(|c| c.connected).count(),
+            rejected_trades: connections.iter().map(|c| c.rejected_trades).sum(),
+            refused_products,
             connections,
         }
     }

@@ -1,0 +1,356 @@
+//! What a connection does with each frame it reads: parse it, check its `sequence_num`, turn
+//! it into [`FeedEvent`]s, and answer the exchange's error frames.
+//!
+//! In: one frame's bytes. Out: events on the shared channel (waiting when it is full),
+//! counters in health, and resubscribes: after a gap or a sequence that went backwards (a
+//! fresh snapshot), after a refused key (unauthenticated), and after a refused product (the
+//! others again, without it). A malformed frame is skipped and counted; a malformed trade
+//! costs only that trade, is counted, and is logged at most once a minute per product.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+
+use super::{Connection, End, Socket};
+use crate::coinbase::frame::RejectedTrade;
+use crate::coinbase::pacer::Priority;
+use crate::coinbase::{FrameBody, parse_frame};
+use crate::feed::health::AuthState;
+use crate::model::{FeedEvent, TradeBatch};
+
+/// Malformed trades of one product are logged at most this often.
+const BAD_TRADE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Connection {
+    pub(super) async fn on_frame(
+        &mut self,
+        ws: &mut Socket,
+        bytes: &[u8],
+        last_seq: &mut Option<u64>,
+    ) -> Result<(), End> {
+        let received = Utc::now();
+        let frame = match parse_frame(bytes, received) {
+            Ok(frame) => frame,
+            Err(e) => {
+                metrics::counter!("spot_canvas_feed_malformed_total").increment(1);
+                let preview: String =
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into();
+                tracing::warn!(conn = self.id, error = %e, %preview, "skipping malformed frame");
+                self.shared.health.update(self.id, |h| {
+                    h.malformed += 1;
+                    h.last_frame = Some(received);
+                });
+                return Ok(());
+            }
+        };
+        // The frame before this one: where lost frames would begin.
+        let mut previous_frame = received;
+        self.shared.health.update(self.id, |h| {
+            previous_frame = h.last_frame.unwrap_or(received);
+            h.frames += 1;
+            h.last_frame = Some(received);
+        });
+        if let Some(seq) = frame.sequence_num {
+            match *last_seq {
+                Some(last) if seq <= last => {
+                    // Coinbase's counter is per connection: a number that goes back means the
+                    // server started a new sequence. Follow it, and treat the break like a
+                    // gap (frames may be lost around it).
+                    *last_seq = Some(seq);
+                    self.on_sequence_reset(ws, last, seq, previous_frame, received)
+                        .await?;
+                }
+                Some(last) if seq > last + 1 => {
+                    *last_seq = Some(seq);
+                    self.on_gap(ws, last + 1, seq, previous_frame, received)
+                        .await?;
+                }
+                _ => *last_seq = Some(seq),
+            }
+        }
+        let event = match frame.body {
+            FrameBody::MarketTrades {
+                snapshot,
+                trades,
+                rejected,
+            } => {
+                if !rejected.is_empty() {
+                    self.on_rejected_trades(&rejected);
+                }
+                if trades.is_empty() {
+                    return Ok(());
+                }
+                let count = trades.len() as u64;
+                self.shared.health.update(self.id, |h| h.trades += count);
+                metrics::counter!("spot_canvas_feed_trades_total").increment(count);
+                FeedEvent::Trades(TradeBatch {
+                    connection: self.id,
+                    snapshot,
+                    received,
+                    trades,
+                })
+            }
+            FrameBody::Candles { candles } => FeedEvent::ExchangeCandles {
+                connection: self.id,
+                received,
+                candles,
+            },
+            FrameBody::Heartbeat { .. } => FeedEvent::Heartbeat {
+                connection: self.id,
+                time: frame.timestamp,
+            },
+            FrameBody::Subscriptions { subscriptions } => {
+                self.pending_subscribe = None;
+                tracing::debug!(conn = self.id, ?subscriptions, "subscriptions acknowledged");
+                return Ok(());
+            }
+            FrameBody::Error { message } => {
+                return self
+                    .on_error_frame(ws, message, previous_frame, *last_seq)
+                    .await;
+            }
+            FrameBody::Skipped { .. } => return Ok(()),
+        };
+        self.emit(event).await
+    }
+
+    /// Sends an event downstream, measuring how long a full channel made it wait.
+    pub(super) async fn emit(&self, event: FeedEvent) -> Result<(), End> {
+        let started = Instant::now();
+        if self.shared.events.send(event).await.is_err() {
+            return Err(End::Stop);
+        }
+        let waited = started.elapsed();
+        if waited >= Duration::from_millis(1) {
+            metrics::counter!("spot_canvas_feed_backpressure_ms_total")
+                .increment(waited.as_millis() as u64);
+            self.shared
+                .health
+                .update(self.id, |h| h.backpressure_ms += waited.as_millis() as u64);
+        }
+        Ok(())
+    }
+
+    /// Counts the malformed trades of a frame whose other trades go on, and logs them at most
+    /// once a minute per product.
+    fn on_rejected_trades(&mut self, rejected: &[RejectedTrade]) {
+        let count = rejected.len() as u64;
+        metrics::counter!("spot_canvas_feed_rejected_trades_total").increment(count);
+        self.shared
+            .health
+            .update(self.id, |h| h.rejected_trades += count);
+        let now = Instant::now();
+        for bad in rejected {
+            let due = self
+                .bad_trades_logged
+                .get(&bad.product_id)
+                .is_none_or(|last| now.duration_since(*last) >= BAD_TRADE_LOG_INTERVAL);
+            if due {
+                self.bad_trades_logged.insert(bad.product_id.clone(), now);
+                tracing::warn!(
+                    conn = self.id,
+                    product = %bad.product_id,
+                    trade_id = %bad.trade_id,
+                    reason = %bad.reason,
+                    "skipping a malformed trade (logged at most once a minute per product)"
+                );
+            }
+        }
+    }
+
+    async fn on_gap(
+        &mut self,
+        ws: &mut Socket,
+        expected: u64,
+        got: u64,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<(), End> {
+        metrics::counter!("spot_canvas_feed_gaps_total").increment(1);
+        tracing::warn!(
+            conn = self.id,
+            expected,
+            got,
+            "sequence gap: frames lost, resubscribing"
+        );
+        self.shared.health.update(self.id, |h| h.gaps += 1);
+        self.report_window_and_resubscribe(ws, expected, got, since, at)
+            .await
+    }
+
+    async fn on_sequence_reset(
+        &mut self,
+        ws: &mut Socket,
+        last: u64,
+        got: u64,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<(), End> {
+        metrics::counter!("spot_canvas_feed_sequence_resets_total").increment(1);
+        tracing::warn!(
+            conn = self.id,
+            last,
+            got,
+            "sequence went backwards: following the new sequence, resubscribing"
+        );
+        self.shared
+            .health
+            .update(self.id, |h| h.sequence_resets += 1);
+        self.report_window_and_resubscribe(ws, last.saturating_add(1), got, since, at)
+            .await
+    }
+
+    /// Reports a window in which trades may be missing and resubscribes `market_trades`
+    /// (unsubscribe, then subscribe: the new subscribe brings a fresh snapshot).
+    async fn report_window_and_resubscribe(
+        &mut self,
+        ws: &mut Socket,
+        expected: u64,
+        got: u64,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<(), End> {
+        self.emit(FeedEvent::Gap {
+            connection: self.id,
+            products: self.products.iter().cloned().collect(),
+            expected,
+            got,
+            since,
+            at,
+        })
+        .await?;
+        let products: Vec<String> = self.products.iter().cloned().collect();
+        if products.is_empty() {
+            return Ok(());
+        }
+        let resubscribed = async {
+            self.send(ws, "unsubscribe", "market_trades", &products, Priority::Low)
+                .await?;
+            self.send(ws, "subscribe", "market_trades", &products, Priority::Low)
+                .await
+        };
+        resubscribed
+            .await
+            .map_err(|e| End::Retry(format!("resubscribe failed: {e}")))
+    }
+
+    async fn on_error_frame(
+        &mut self,
+        ws: &mut Socket,
+        message: String,
+        previous_frame: DateTime<Utc>,
+        last_seq: Option<u64>,
+    ) -> Result<(), End> {
+        self.shared.health.update(self.id, |h| {
+            h.error_frames += 1;
+            h.last_error = Some(message.clone());
+        });
+        let using_jwt =
+            self.shared.signer.is_some() && !self.shared.auth_failed.load(Ordering::Acquire);
+        if using_jwt && message.contains("authentication") {
+            self.shared.auth_failed.store(true, Ordering::Release);
+            self.shared.health.set_auth(AuthState::Failed {
+                reason: format!("Coinbase answered {message:?}; continuing unauthenticated"),
+            });
+            tracing::warn!(
+                conn = self.id,
+                %message,
+                "authentication refused, continuing unauthenticated"
+            );
+            self.subscribe_all(ws, Priority::Low)
+                .await
+                .map_err(|e| End::Retry(format!("subscribe failed: {e}")))?;
+            return Ok(());
+        }
+        let refused: Vec<String> = self
+            .products
+            .iter()
+            .filter(|p| names_product(&message, p))
+            .cloned()
+            .collect();
+        if refused.is_empty() {
+            tracing::warn!(conn = self.id, %message, "error frame from the exchange");
+            return Ok(());
+        }
+        self.on_refused(ws, refused, message, previous_frame, last_seq)
+            .await
+    }
+
+    /// The exchange refused a subscribe naming `refused`: drop them from this connection,
+    /// subscribe the others again (the whole message was refused), and report the window since
+    /// that subscribe as one in which their trades may be missing.
+    async fn on_refused(
+        &mut self,
+        ws: &mut Socket,
+        refused: Vec<String>,
+        message: String,
+        previous_frame: DateTime<Utc>,
+        last_seq: Option<u64>,
+    ) -> Result<(), End> {
+        tracing::warn!(
+            conn = self.id,
+            ?refused,
+            %message,
+            "the exchange refused products: dropping them, subscribing the others again"
+        );
+        metrics::counter!("spot_canvas_feed_refused_products_total")
+            .increment(refused.len() as u64);
+        let at = Utc::now();
+        for product in &refused {
+            self.products.remove(product);
+            self.shared
+                .health
+                .refuse(product, self.id, message.clone(), at);
+        }
+        let rest: Vec<String> = self.products.iter().cloned().collect();
+        self.shared.health.register(self.id, rest.clone());
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let next = last_seq.map_or(0, |s| s.saturating_add(1));
+        let since = self
+            .pending_subscribe
+            .take()
+            .map_or(previous_frame, |sent| sent.min(previous_frame));
+        self.emit(FeedEvent::Gap {
+            connection: self.id,
+            products: rest.clone(),
+            expected: next,
+            got: next,
+            since,
+            at,
+        })
+        .await?;
+        self.subscribe_products(ws, &rest, Priority::Low)
+            .await
+            .map_err(|e| End::Retry(format!("subscribe failed: {e}")))
+    }
+}
+
+/// Whether `message` names `product` as a whole word (so `BTC-USD` is not found in
+/// `BTC-USDC`).
+fn names_product(message: &str, product: &str) -> bool {
+    let is_id_char = |c: char| c.is_ascii_alphanumeric() || c == '-';
+    message.match_indices(product).any(|(at, _)| {
+        let before = message[..at].chars().next_back();
+        let after = message[at + product.len()..].chars().next();
+        !before.is_some_and(is_id_char) && !after.is_some_and(is_id_char)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_product;
+
+    #[test]
+    fn products_are_named_as_whole_words() {
+        let message = "Failed to subscribe: unknown product_id ETH-USD";
+        assert!(names_product(message, "ETH-USD"));
+        assert!(!names_product(message, "ETH-US"));
+        assert!(!names_product("unknown product_id BTC-USDC", "BTC-USD"));
+        assert!(names_product("BTC-USD, ETH-USD refused", "BTC-USD"));
+        assert!(!names_product("authentication failure", "BTC-USD"));
+    }
+}
