@@ -13,7 +13,7 @@ use chrono::DateTime;
 use futures_util::StreamExt;
 use rust_decimal::Decimal;
 use spot_canvas::bus::{EmbeddedNats, LiveState, Publisher};
-use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId, Version};
+use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -36,13 +36,8 @@ fn update(key: usize, round: u64) -> CandleUpdate {
         },
         complete: false,
         revision: 0,
-        version: Version {
-            bucket_start: start,
-            revision: 0,
-            complete: false,
-            trade_count: round,
-            last_trade_id: TradeId(round),
-        },
+        counted_trades: round,
+        last_trade_id: TradeId(round),
         last_trade_time: time,
         last_received: time,
     }
@@ -129,7 +124,7 @@ async fn publisher_and_latency(url: &str, keys: usize, rate: f64, duration: Dura
             if let Some(t) = sent_map
                 .lock()
                 .expect("lock")
-                .remove(&(key, u.version.trade_count))
+                .remove(&(key, u.version().trade_count))
             {
                 latencies.push(t.elapsed());
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::DateTime;
 use rust_decimal::Decimal;
-use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId, Version};
+use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
 use spot_canvas::store::{BatchWriter, EmbeddedPostgres, Repository, WriterSettings};
 use tokio::sync::mpsc;
 
@@ -37,13 +37,8 @@ fn update(key: usize, round: u64) -> CandleUpdate {
         },
         complete: false,
         revision: 0,
-        version: Version {
-            bucket_start: start,
-            revision: 0,
-            complete: false,
-            trade_count: round,
-            last_trade_id: TradeId(round),
-        },
+        counted_trades: round,
+        last_trade_id: TradeId(round),
         last_trade_time: DateTime::from_timestamp(start, 0).expect("time"),
         last_received: DateTime::from_timestamp(start, 0).expect("time"),
     }

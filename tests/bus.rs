@@ -38,13 +38,8 @@ fn update(product: &str, bucket: i64, count: u64) -> CandleUpdate {
         },
         complete: false,
         revision: 0,
-        version: Version {
-            bucket_start: start,
-            revision: 0,
-            complete: false,
-            trade_count: count,
-            last_trade_id: TradeId(1_000 + count),
-        },
+        counted_trades: count,
+        last_trade_id: TradeId(1_000 + count),
         last_trade_time: time + chrono::TimeDelta::milliseconds(1500),
         last_received: time + chrono::TimeDelta::milliseconds(1600),
     }
@@ -134,7 +129,7 @@ async fn published_updates_arrive_on_their_subject_and_in_the_kv() {
     task.await.expect("join").expect("publisher");
     assert_eq!(
         kv_version(&n.kv, &kv_key("BTC-USD", Granularity::OneMinute)).await,
-        Some(sent.version)
+        Some(sent.version())
     );
     n.server.stop().await;
 }
@@ -160,14 +155,13 @@ async fn the_kv_keeps_the_newest_version_whatever_the_order_and_the_producers() 
     flushed(&stats, sent + 1).await;
     let mut late = update("ETH-USD", 4, 99);
     late.revision = 1;
-    late.version.revision = 1;
     tx.send(vec![late]).await.expect("send");
     drop(tx);
     task.await.expect("join").expect("publisher");
     let key = kv_key("ETH-USD", Granularity::OneMinute);
     assert_eq!(
         kv_version(&n.kv, &key).await,
-        Some(update("ETH-USD", 5, 1).version)
+        Some(update("ETH-USD", 5, 1).version())
     );
 
     // Two producers (a rolling deploy) racing over the same series in shuffled order.
@@ -300,7 +294,7 @@ async fn a_killed_nats_server_is_restarted_and_state_and_kv_become_whole_again()
         || async {
             last.iter().all(|(p, round)| {
                 live.current(p, Granularity::OneMinute)
-                    .is_some_and(|u| u.version.trade_count == *round)
+                    .is_some_and(|u| u.version().trade_count == *round)
             })
         },
     )
@@ -340,12 +334,16 @@ async fn subscribers_get_the_current_candle_then_every_newer_update_without_gap_
                 Some(vec![("BTC-USD".to_owned(), Granularity::OneMinute)]),
                 N as usize,
             );
-            let mut seen: Vec<u64> = sub.initial.iter().map(|u| u.version.trade_count).collect();
+            let mut seen: Vec<u64> = sub
+                .initial
+                .iter()
+                .map(|u| u.version().trade_count)
+                .collect();
             while let Ok(Some(u)) =
                 tokio::time::timeout(Duration::from_millis(500), sub.updates.recv()).await
             {
-                seen.push(u.version.trade_count);
-                if u.version.trade_count == N {
+                seen.push(u.version().trade_count);
+                if u.version().trade_count == N {
                     break;
                 }
             }
@@ -382,7 +380,7 @@ async fn a_client_that_does_not_drain_its_queue_is_cut_off_and_others_are_not() 
     assert_eq!(got, 4, "the queue it had, then the end of its stream");
     let mut fast_count = 0;
     while let Ok(u) = fast.updates.try_recv() {
-        fast_count = u.version.trade_count;
+        fast_count = u.version().trade_count;
     }
     assert_eq!(fast_count, 100);
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use spot_canvas::candles::crosscheck::Verdict;
-use spot_canvas::candles::{Aggregator, Backfill, Timing};
+use spot_canvas::candles::{Aggregator, Backfill, FeedNotice, Timing};
 use spot_canvas::coinbase::{FrameBody, parse_frame};
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, Side, Trade, TradeId};
 
@@ -80,7 +80,7 @@ fn latest(updates: &[CandleUpdate]) -> BTreeMap<Key, CandleUpdate> {
             u.candle.start.timestamp(),
         );
         match out.get(&key) {
-            Some(existing) if existing.version >= u.version => {}
+            Some(existing) if existing.version() >= u.version() => {}
             _ => {
                 out.insert(key, u.clone());
             }
@@ -298,41 +298,86 @@ fn memory_stays_flat_for_500_products_running_for_days() {
     let mut engine = Aggregator::new(Timing::default());
     let products: Vec<String> = (0..500).map(|i| format!("P{i}-USD")).collect();
     let start = at("2026-09-01T00:00:00Z");
+    for p in &products {
+        engine.feed_notice(p, FeedNotice::Subscribed { at: start });
+    }
     let mut out = Vec::new();
     let mut footprints = Vec::new();
     let mut id = 0u64;
-    // Three days, one trade per product every 5 minutes, ticking every 5 minutes.
+    // Three days, one trade per product every 5 minutes, ticking every 5 minutes; every
+    // structure the engine keeps gets input: Coinbase's 5-minute candles every step, a
+    // reconnect window every hour, and a trade too late to apply (which is logged) every
+    // hour.
     for step in 0..(3 * 288) {
         let now = start + TimeDelta::minutes(5 * step);
-        let trades: Vec<Trade> = products
-            .iter()
-            .map(|p| {
+        let hourly = step % 12 == 0;
+        let mut trades: Vec<Trade> = Vec::new();
+        let mut theirs: Vec<Candle> = Vec::new();
+        for p in &products {
+            id += 1;
+            let t = Trade {
+                product_id: p.clone(),
+                trade_id: TradeId(id),
+                price: Decimal::ONE,
+                size: Decimal::ONE,
+                side: Side::Buy,
+                time: now,
+                received: now,
+            };
+            theirs.push(Candle {
+                product_id: p.clone(),
+                granularity: Granularity::FiveMinutes,
+                start: now,
+                open: t.price,
+                high: t.price,
+                low: t.price,
+                close: t.price,
+                volume: t.size,
+                buy_volume: None,
+                trade_count: None,
+            });
+            if hourly {
                 id += 1;
-                Trade {
-                    product_id: p.clone(),
+                trades.push(Trade {
                     trade_id: TradeId(id),
-                    price: Decimal::ONE,
-                    size: Decimal::ONE,
-                    side: Side::Buy,
-                    time: now,
-                    received: now,
-                }
-            })
-            .collect();
-        engine.apply(&trades, now, &mut out);
+                    time: now - TimeDelta::minutes(30),
+                    ..t.clone()
+                });
+                engine.feed_notice(
+                    p,
+                    FeedNotice::Missing {
+                        from: now - TimeDelta::seconds(20),
+                        to: now - TimeDelta::seconds(10),
+                    },
+                );
+            }
+            trades.push(t);
+        }
+        engine.exchange_candles(&theirs, now);
+        let outcome = engine.apply(&trades, now, &mut out);
+        assert_eq!(outcome.too_late, if hourly { 500 } else { 0 });
         engine.tick(now + TimeDelta::seconds(1), &mut out);
         out.clear();
         if step % 288 == 287 {
             footprints.push(engine.footprint());
         }
     }
-    let (products_held, candles, ids) = footprints[2];
-    assert_eq!(products_held, 500);
+    let f = footprints[2];
+    assert_eq!(f.products, 500);
     // The current day's minutes (one trade every 5 minutes: 288), held so a backfill can
     // recompute the day's larger candles, and a few candles of each other granularity.
-    assert!(candles <= 500 * (288 + 16), "{candles} candles held");
-    assert!(ids <= 500 * 3, "{ids} trade ids held");
+    assert!(f.candles <= 500 * (288 + 16), "{f:?}");
+    assert!(f.trade_ids <= 500 * 3, "{f:?}");
+    assert_eq!(
+        f.ids_filed, f.trade_ids,
+        "each id filed once by minute: {f:?}"
+    );
+    assert!(f.id_minutes <= 500 * 3, "{f:?}");
+    assert!(f.exchange_candles <= 500 * 4, "{f:?}");
+    assert!(f.windows <= 500 * 2, "{f:?}");
+    assert!(f.log_keys <= 500 * 3, "{f:?}");
     assert_eq!(footprints[1], footprints[2], "flat from day to day");
+    assert_eq!(footprints[0], footprints[1], "flat from day to day");
 }
 
 fn arb_trades() -> impl Strategy<Value = (Vec<Trade>, Vec<(u64, bool)>)> {
@@ -681,6 +726,13 @@ fn a_restart_seeded_from_stored_minutes_and_rest_builds_the_whole_day() {
 fn completed_five_minute_candles_are_checked_against_coinbases() {
     let truth = trade_series("2026-09-30T12:00:00Z", 60); // 12:00:00 - 12:06:53
     let mut engine = Aggregator::new(Timing::default());
+    // Subscribed before the first bucket: its minutes are all seen whole.
+    engine.feed_notice(
+        "BTC-USD",
+        FeedNotice::Subscribed {
+            at: at("2026-09-30T11:59:00Z"),
+        },
+    );
     let mut out = Vec::new();
     let bucket = at("2026-09-30T12:00:00Z").timestamp();
     let mut theirs = aggregate(&truth)
@@ -736,4 +788,122 @@ fn completed_five_minute_candles_are_checked_against_coinbases() {
         checks[0].theirs.close,
         checks[0].ours.close + Decimal::new(1, 2)
     );
+}
+
+#[test]
+fn a_trade_overflowing_a_larger_candle_is_rejected_in_every_granularity() {
+    let mut engine = Aggregator::new(Timing::default());
+    let mut out = Vec::new();
+    // 4e19 each: two fill minute 12:00 to 8e19; a third in 12:01 fits its minute but would
+    // take the 5-minute (and every larger) candle past the sum limit.
+    let big = "40000000000000000000";
+    let outcome = engine.apply(
+        &[
+            trade(1, "2026-09-30T12:00:10Z", "100", big, Side::Buy),
+            trade(2, "2026-09-30T12:00:20Z", "100", big, Side::Buy),
+        ],
+        at("2026-09-30T12:00:21Z"),
+        &mut out,
+    );
+    assert_eq!(outcome.applied, 2);
+    out.clear();
+    let normal = trade(4, "2026-09-30T12:01:30Z", "101", "1", Side::Sell);
+    let outcome = engine.apply(
+        &[
+            trade(3, "2026-09-30T12:01:10Z", "100", big, Side::Buy),
+            normal.clone(),
+            trade(
+                5,
+                "2026-09-30T12:01:40Z",
+                "1",
+                "79228162514264337593543950335",
+                Side::Buy,
+            ),
+        ],
+        at("2026-09-30T12:01:41Z"),
+        &mut out,
+    );
+    assert_eq!((outcome.applied, outcome.rejected_overflow), (1, 2));
+    // Only the normal trade went anywhere: a 12:01 minute of it alone, and every larger
+    // candle holds 8e19 + 1.
+    let minute = one_minute(&out);
+    assert_eq!(minute.len(), 1);
+    assert_eq!(minute[0].candle.volume, Decimal::ONE);
+    assert_eq!(minute[0].candle.trade_count, Some(1));
+    let sum = big.parse::<Decimal>().expect("d") * Decimal::from(2) + Decimal::ONE;
+    for u in out
+        .iter()
+        .filter(|u| u.candle.granularity != Granularity::OneMinute)
+    {
+        assert_eq!(u.candle.volume, sum, "{u:?}");
+        assert_eq!(u.candle.trade_count, Some(3), "{u:?}");
+    }
+    assert_eq!(out.len(), 8);
+    // The rejected trade is not remembered: were it to come back, it is rejected again.
+    let again = engine.apply(
+        &[trade(3, "2026-09-30T12:01:10Z", "100", big, Side::Buy)],
+        at("2026-09-30T12:01:42Z"),
+        &mut out,
+    );
+    assert_eq!((again.rejected_overflow, again.duplicates), (1, 0));
+}
+
+#[test]
+fn a_backfill_whose_candles_would_overflow_changes_nothing() {
+    let truth = trade_series("2026-09-30T12:00:00Z", 30);
+    let mut engine = Aggregator::new(Timing::default());
+    let mut out = Vec::new();
+    feed(&mut engine, &truth, &mut out);
+    engine.tick(at("2026-09-30T12:04:00Z"), &mut out);
+    let before = latest(&out);
+    out.clear();
+    let mut minutes = minute_candles(&truth, 0, i64::MAX, false);
+    minutes[1].volume = "79228162514264337593543950335".parse().expect("d");
+    let outcome = engine.backfill(
+        &Backfill {
+            product_id: "BTC-USD".into(),
+            from: at("2026-09-30T12:00:00Z").timestamp(),
+            to: at("2026-09-30T12:03:00Z").timestamp(),
+            minutes,
+            context: Vec::new(),
+            stored: Vec::new(),
+        },
+        at("2026-09-30T12:04:00Z"),
+        &mut out,
+    );
+    assert!(outcome.rejected_overflow);
+    assert_eq!((outcome.replaced, outcome.recomputed), (0, 0));
+    assert!(out.is_empty(), "nothing emitted");
+    // Later trades still land on the candles as they were.
+    let late = trade(99, "2026-09-30T12:00:05Z", "1", "1", Side::Buy);
+    engine.apply(
+        std::slice::from_ref(&late),
+        at("2026-09-30T12:04:01Z"),
+        &mut out,
+    );
+    let mut all: Vec<Trade> = truth.clone();
+    all.push(late);
+    let expected = aggregate(&all);
+    for (key, u) in latest(&out) {
+        assert_eq!(u.candle.volume, expected[&key].volume, "{key:?}");
+        assert!(before.contains_key(&key));
+    }
+}
+
+#[test]
+fn trades_more_than_five_seconds_ahead_of_the_clock_are_rejected() {
+    let mut engine = Aggregator::new(Timing::default());
+    let mut out = Vec::new();
+    let now = at("2026-09-30T12:00:30Z");
+    let outcome = engine.apply(
+        &[
+            trade(1, "2026-09-30T12:00:35Z", "100", "1", Side::Buy),
+            trade(2, "2026-09-30T12:00:35.001Z", "100", "1", Side::Buy),
+            trade(3, "2100-01-01T00:00:00Z", "100", "1", Side::Buy),
+        ],
+        now,
+        &mut out,
+    );
+    assert_eq!((outcome.applied, outcome.rejected_future), (1, 2));
+    assert!(out.iter().all(|u| u.candle.start <= now), "{out:?}");
 }

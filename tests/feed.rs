@@ -1025,14 +1025,14 @@ async fn multi_product_frames_through_the_engine_match_the_trade_log() {
             u.candle.granularity,
             u.candle.start.timestamp(),
         );
-        if latest.get(&key).is_none_or(|e| e.version < u.version) {
+        if latest.get(&key).is_none_or(|e| e.version() < u.version()) {
             latest.insert(key, u);
         }
     }
     let mut last_seen: BTreeMap<&str, u64> = BTreeMap::new();
     for u in latest.values() {
         let e = last_seen.entry(u.candle.product_id.as_str()).or_default();
-        *e = (*e).max(u.version.last_trade_id.0);
+        *e = (*e).max(u.last_trade_id.0);
     }
     // The shared aggregation of the log over the trades the engine was given.
     let log = common::read_trade_log(&log);

@@ -18,7 +18,7 @@ use serde_json::Value;
 use spot_canvas::app::App;
 use spot_canvas::config::Config;
 use spot_canvas::feed::FeedSettings;
-use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId, Version};
+use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
 use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope};
 use spot_canvas::sim::{SimConfig, Simulator};
 use spot_canvas::store::Repository;
@@ -248,13 +248,8 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
         CandleUpdate {
             complete: true,
             revision: 0,
-            version: Version {
-                bucket_start: stale_minute,
-                revision: 0,
-                complete: true,
-                trade_count: 1,
-                last_trade_id: TradeId(1),
-            },
+            counted_trades: 1,
+            last_trade_id: TradeId(1),
             last_trade_time: candle.start,
             last_received: candle.start,
             candle,

@@ -36,13 +36,8 @@ fn update(product: &str, start: i64, revision: u32, count: u64, close: &str) -> 
         },
         complete: false,
         revision,
-        version: Version {
-            bucket_start: start,
-            revision,
-            complete: false,
-            trade_count: count,
-            last_trade_id: TradeId(count),
-        },
+        counted_trades: count,
+        last_trade_id: TradeId(count),
         last_trade_time: at(start + 1),
         last_received: at(start + 1),
     }

@@ -119,7 +119,7 @@ async fn candles_survive_a_database_crash_while_trades_flow() {
             counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
             for u in &batch {
                 let id = last.entry(u.candle.product_id.clone()).or_default();
-                *id = (*id).max(u.version.last_trade_id.0);
+                *id = (*id).max(u.version().last_trade_id.0);
             }
             if writer_tx.send(batch).await.is_err() {
                 break;

@@ -119,7 +119,7 @@ impl LiveState {
         if inner
             .latest
             .get(&series)
-            .is_some_and(|current| current.version >= update.version)
+            .is_some_and(|current| current.version() >= update.version())
         {
             self.stats.stale.fetch_add(1, Ordering::Relaxed);
             return false;

@@ -66,7 +66,7 @@ impl CandleMessage {
             trade_count: c.trade_count,
             complete: u.complete,
             revision: u.revision,
-            version: hex(&u.version.to_bytes()),
+            version: hex(&u.version().to_bytes()),
             last_trade_time: u.last_trade_time,
             last_received: u.last_received,
         }
@@ -95,6 +95,7 @@ impl CandleMessage {
 
     /// Back to the engine's type (the version must be valid: see [`CandleMessage::parse`]).
     pub fn to_update(&self) -> Result<CandleUpdate, MessageError> {
+        let version = self.parsed_version()?;
         Ok(CandleUpdate {
             candle: Candle {
                 product_id: self.product_id.clone(),
@@ -108,9 +109,10 @@ impl CandleMessage {
                 buy_volume: self.buy_volume,
                 trade_count: self.trade_count,
             },
-            complete: self.complete,
-            revision: self.revision,
-            version: self.parsed_version()?,
+            complete: version.complete,
+            revision: version.revision,
+            counted_trades: version.trade_count,
+            last_trade_id: version.last_trade_id,
             last_trade_time: self.last_trade_time,
             last_received: self.last_received,
         })

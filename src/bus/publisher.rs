@@ -137,7 +137,7 @@ async fn publish_all(
 ) -> Result<(), String> {
     let mut rows: Vec<&CandleUpdate> = rows.iter().collect();
     // Oldest first, so subscribers see each series' updates in version order.
-    rows.sort_by_key(|u| u.version);
+    rows.sort_by_key(|u| u.version());
     // Per KV key, only the highest version is a candidate for the KV.
     let mut newest: HashMap<String, (&CandleUpdate, Vec<u8>)> = HashMap::new();
     for u in rows {
@@ -151,7 +151,7 @@ async fn publish_all(
         .await?;
         let key = kv_key(&u.candle.product_id, u.candle.granularity);
         match newest.get(&key) {
-            Some((existing, _)) if existing.version >= u.version => {}
+            Some((existing, _)) if existing.version() >= u.version() => {}
             _ => {
                 newest.insert(key, (u, payload));
             }
@@ -168,7 +168,7 @@ async fn publish_all(
         let mut writes = Vec::with_capacity(group.len());
         for (key, (update, payload)) in group {
             let known = cache.get(key).copied();
-            writes.push(put_if_newer(kv, key, update.version, payload, known));
+            writes.push(put_if_newer(kv, key, update.version(), payload, known));
         }
         let results = futures_util::future::join_all(writes).await;
         for ((key, _), result) in group.iter().zip(results) {

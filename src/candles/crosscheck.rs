@@ -6,7 +6,9 @@
 //! the last decimal. Coinbase re-sends the open 5-minute bucket every second, so the last
 //! candle it sent for a bucket may predate the bucket's last trades: a candle sent before the
 //! bucket ended that is a consistent earlier state of ours (same open, range inside ours, less
-//! volume) cannot be judged and counts as `behind`, not as a mismatch.
+//! volume) cannot be judged and counts as `behind`, not as a mismatch. A candle of ours
+//! with a minute not held whole (before the subscribe and not yet backfilled, or in a
+//! reconnect or gap window) is `not_comparable`: it is counted, never judged.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,6 +26,9 @@ pub enum Verdict {
     Mismatch,
     /// Theirs was sent before the bucket ended and is an earlier state of ours.
     Behind,
+    /// Ours is not built from whole minutes (some of its trades may be missing): not
+    /// compared. Never returned by [`compare`].
+    NotComparable,
 }
 
 /// Compares `ours` with `theirs` (the same bucket). `theirs_final`: theirs was sent after the
@@ -62,6 +67,7 @@ pub struct CheckCounts {
     matched: AtomicU64,
     mismatched: AtomicU64,
     behind: AtomicU64,
+    not_comparable: AtomicU64,
 }
 
 /// What `/health` shows of one kind of comparison.
@@ -71,6 +77,8 @@ pub struct CheckReport {
     pub mismatched: u64,
     /// Comparisons that could not be judged (theirs predates the bucket's last trades).
     pub behind: u64,
+    /// Candles of ours not built from whole minutes: not compared.
+    pub not_comparable: u64,
     /// `matched / (matched + mismatched)`; `None` before the first judged comparison.
     pub match_rate: Option<f64>,
 }
@@ -81,6 +89,7 @@ impl CheckCounts {
         let counter = match check.verdict {
             Verdict::Match => &self.matched,
             Verdict::Behind => &self.behind,
+            Verdict::NotComparable => &self.not_comparable,
             Verdict::Mismatch => {
                 tracing::warn!(
                     source,
@@ -108,6 +117,7 @@ impl CheckCounts {
             matched,
             mismatched,
             behind: self.behind.load(Ordering::Relaxed),
+            not_comparable: self.not_comparable.load(Ordering::Relaxed),
             match_rate: (judged > 0).then(|| matched as f64 / judged as f64),
         }
     }
@@ -118,6 +128,7 @@ fn verdict_name(v: Verdict) -> &'static str {
         Verdict::Match => "match",
         Verdict::Mismatch => "mismatch",
         Verdict::Behind => "behind",
+        Verdict::NotComparable => "not_comparable",
     }
 }
 

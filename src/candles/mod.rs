@@ -4,12 +4,18 @@
 //! cross-check) and [`Backfill`]s from the reconciler. Out: batches of [`CandleUpdate`] on one
 //! bounded channel, one update per candle a frame, a backfill or a completion tick touched;
 //! and the feed's subscribes, reconnects and gaps, passed on to the reconciler (which answers
-//! with backfills). 16 shards, chosen by FNV-1a of the product id, each own their
+//! with backfills) and to the shards of their products (which cross-check only candles of
+//! whole minutes). 16 shards, chosen by FNV-1a of the product id, each own their
 //! products' [`Aggregator`] and a bounded input queue. Nothing is dropped: a full queue makes
 //! the dispatcher wait, which makes the feed wait, which stops reading the socket.
 
 pub mod aggregator;
+mod backfill;
+mod coverage;
 pub mod crosscheck;
+mod limiter;
+mod product;
+mod shard;
 mod stats;
 mod tally;
 
@@ -24,7 +30,11 @@ use chrono::{DateTime, Utc};
 
 use crate::model::{Candle, CandleUpdate, Clock, Trade};
 
-pub use aggregator::{Aggregator, Backfill, BackfillOutcome, BatchOutcome, Timing};
+use shard::{Shard, ShardInput};
+
+pub use aggregator::{Aggregator, BatchOutcome, Footprint, Timing};
+pub use backfill::{Backfill, BackfillOutcome};
+pub use coverage::FeedNotice;
 pub use stats::{EngineReport, EngineStats};
 
 /// Number of engine shards.
@@ -203,6 +213,9 @@ impl Engine {
                         }
                         _ => {}
                     }
+                    if !self.dispatch_notice(&shards, &notice).await {
+                        break;
+                    }
                     if let Some(notices) = &self.notices
                         && notices.send(notice).is_err()
                     {
@@ -240,6 +253,60 @@ impl Engine {
         true
     }
 
+    /// Tells the shards of the products a subscribe, reconnect or gap names; false when the
+    /// shards are gone.
+    async fn dispatch_notice(
+        &self,
+        shards: &[mpsc::Sender<ShardInput>],
+        event: &FeedEvent,
+    ) -> bool {
+        let (products, notice) = match event {
+            FeedEvent::Subscribed { products, at, .. } => {
+                (products, FeedNotice::Subscribed { at: *at })
+            }
+            FeedEvent::Reconnected {
+                products,
+                disconnected_at,
+                reconnected_at,
+                ..
+            } => (
+                products,
+                FeedNotice::Missing {
+                    from: *disconnected_at,
+                    to: *reconnected_at,
+                },
+            ),
+            FeedEvent::Gap {
+                products,
+                since,
+                at,
+                ..
+            } => (
+                products,
+                FeedNotice::Missing {
+                    from: *since,
+                    to: *at,
+                },
+            ),
+            _ => return true,
+        };
+        let mut parts: Vec<Vec<String>> = vec![Vec::new(); SHARDS];
+        for p in products {
+            parts[shard_of(p)].push(p.clone());
+        }
+        for (index, part) in parts.into_iter().enumerate() {
+            if !part.is_empty()
+                && shards[index]
+                    .send(ShardInput::Notice(part, notice))
+                    .await
+                    .is_err()
+            {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Queues Coinbase's candles with the shards of their products; false when they are gone.
     async fn dispatch_candles(
         &self,
@@ -270,79 +337,6 @@ async fn recv_backfill(backfills: &mut Option<mpsc::Receiver<Backfill>>) -> Opti
     match backfills {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// What a shard receives.
-#[derive(Debug)]
-enum ShardInput {
-    Trades(Vec<Trade>),
-    ExchangeCandles(Vec<Candle>, DateTime<Utc>),
-    Backfill(Box<Backfill>),
-}
-
-struct Shard {
-    index: usize,
-    aggregator: Aggregator,
-    clock: Arc<dyn Clock>,
-    /// Trade batches, Coinbase's candles and backfills from the dispatcher; closed when the
-    /// engine stops.
-    input: mpsc::Receiver<ShardInput>,
-    /// Candle updates to the sinks.
-    output: mpsc::Sender<Vec<CandleUpdate>>,
-    stats: Arc<EngineStats>,
-    tick_interval: Duration,
-}
-
-impl Shard {
-    async fn run(mut self) {
-        let mut ticks = tokio::time::interval(self.tick_interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let mut updates = Vec::new();
-            tokio::select! {
-                input = self.input.recv() => match input {
-                    Some(ShardInput::Trades(trades)) => {
-                        let now = self.clock.now();
-                        let outcome = self.aggregator.apply(&trades, now, &mut updates);
-                        self.stats.record_batch(outcome);
-                    }
-                    Some(ShardInput::ExchangeCandles(candles, received)) => {
-                        self.aggregator.exchange_candles(&candles, received);
-                    }
-                    Some(ShardInput::Backfill(backfill)) => {
-                        let now = self.clock.now();
-                        let outcome = self.aggregator.backfill(&backfill, now, &mut updates);
-                        tracing::info!(
-                            shard = self.index,
-                            product = %backfill.product_id,
-                            from = backfill.from,
-                            to = backfill.to,
-                            replaced = outcome.replaced,
-                            kept = outcome.kept,
-                            recomputed = outcome.recomputed,
-                            "backfill merged"
-                        );
-                        self.stats.record_backfill(outcome);
-                    }
-                    None => break,
-                },
-                _ = ticks.tick() => {
-                    self.aggregator.tick(self.clock.now(), &mut updates);
-                    for check in self.aggregator.take_checks() {
-                        self.stats.exchange_5m.record("ws_candles_5m", &check);
-                    }
-                }
-            }
-            if updates.is_empty() {
-                continue;
-            }
-            self.stats.record_updates(&updates);
-            if self.output.send(updates).await.is_err() {
-                tracing::warn!(shard = self.index, "candle output closed, shard stops");
-                break;
-            }
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The engine's counters for `/health` and logs: updates and completions per granularity,
-//! revisions, duplicates, trades too late to apply, reconnects and gaps seen, backfills merged
+//! revisions, duplicates, trades too late to apply, trades rejected (from the future, or
+//! overflowing a sum), reconnects and gaps seen, backfills merged
 //! and the cross-check with Coinbase's 5-minute candles.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,9 @@ pub struct EngineStats {
     duplicates: AtomicU64,
     too_late: AtomicU64,
     superseded: AtomicU64,
+    rejected_future: AtomicU64,
+    rejected_overflow: AtomicU64,
+    backfills_rejected: AtomicU64,
     backfills: AtomicU64,
     backfilled_minutes: AtomicU64,
     recomputed: AtomicU64,
@@ -46,7 +50,13 @@ pub struct EngineReport {
     pub too_late: u64,
     /// Trades for minutes already replaced by REST candles.
     pub superseded: u64,
+    /// Trades stamped more than the tolerance after the engine's clock: not applied.
+    pub rejected_future: u64,
+    /// Trades that would overflow a candle's sums: not applied.
+    pub rejected_overflow: u64,
     pub backfills: u64,
+    /// Backfills not merged because their candles would overflow a sum.
+    pub backfills_rejected: u64,
     pub backfilled_minutes: u64,
     /// Larger candles recomputed after backfills.
     pub recomputed: u64,
@@ -64,9 +74,17 @@ impl EngineStats {
         self.too_late.fetch_add(outcome.too_late, Ordering::Relaxed);
         self.superseded
             .fetch_add(outcome.superseded, Ordering::Relaxed);
+        self.rejected_future
+            .fetch_add(outcome.rejected_future, Ordering::Relaxed);
+        self.rejected_overflow
+            .fetch_add(outcome.rejected_overflow, Ordering::Relaxed);
         metrics::counter!("spot_canvas_engine_trades_total").increment(outcome.applied);
         metrics::counter!("spot_canvas_engine_duplicates_total").increment(outcome.duplicates);
         metrics::counter!("spot_canvas_engine_too_late_total").increment(outcome.too_late);
+        metrics::counter!("spot_canvas_engine_rejected_total", "reason" => "future")
+            .increment(outcome.rejected_future);
+        metrics::counter!("spot_canvas_engine_rejected_total", "reason" => "overflow")
+            .increment(outcome.rejected_overflow);
     }
 
     pub fn record_updates(&self, updates: &[CandleUpdate]) {
@@ -85,6 +103,10 @@ impl EngineStats {
     }
 
     pub fn record_backfill(&self, outcome: BackfillOutcome) {
+        if outcome.rejected_overflow {
+            self.backfills_rejected.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         self.backfills.fetch_add(1, Ordering::Relaxed);
         self.backfilled_minutes
             .fetch_add(outcome.replaced, Ordering::Relaxed);
@@ -109,6 +131,9 @@ impl EngineStats {
             duplicates: load(&self.duplicates),
             too_late: load(&self.too_late),
             superseded: load(&self.superseded),
+            rejected_future: load(&self.rejected_future),
+            rejected_overflow: load(&self.rejected_overflow),
+            backfills_rejected: load(&self.backfills_rejected),
             backfills: load(&self.backfills),
             backfilled_minutes: load(&self.backfilled_minutes),
             recomputed: load(&self.recomputed),

@@ -4,6 +4,12 @@
 //! In: trades and candles (REST or stored minutes). Out: merged tallies and the candles they
 //! describe. A tally built from a candle without a trade count (a REST candle) is `partial`:
 //! its trade count and buy volume are unknown, and so are those of every merge it is part of.
+//! Every sum is checked: an addition that would overflow changes nothing and says so.
+//!
+//! Sums are kept at most [`SUM_LIMIT`], far below `Decimal::MAX`: one absurd trade (a size
+//! near `Decimal::MAX`) could otherwise take a candle's whole range, and every normal trade
+//! after it would overflow. Below the limit a sum of sizes with up to 8 decimals is exact
+//! (10^28 < 2^96), and no real market comes near it.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
@@ -28,6 +34,23 @@ pub(crate) struct Tally {
     pub(crate) first: (DateTime<Utc>, TradeId),
     pub(crate) last: (DateTime<Utc>, TradeId),
     pub(crate) last_received: DateTime<Utc>,
+}
+
+/// The largest volume a candle may sum to (10^20): a trade that would pass it is rejected.
+pub(crate) const SUM_LIMIT: Decimal =
+    Decimal::from_parts(1_661_992_960, 1_808_227_885, 5, false, 0);
+
+/// Whether `volume` is within [`SUM_LIMIT`].
+pub(crate) fn within_limit(volume: Decimal) -> bool {
+    volume <= SUM_LIMIT
+}
+
+/// The sums of a tally with one more trade, checked before anything changes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sums {
+    volume: Decimal,
+    buy_volume: Decimal,
+    trade_count: u64,
 }
 
 impl Tally {
@@ -71,7 +94,27 @@ impl Tally {
         }
     }
 
-    pub(crate) fn add(&mut self, t: &Trade) {
+    /// The sums after adding `t`, or `None` when one would overflow. Nothing changes: the
+    /// caller checks every tally a trade goes to before it changes any ([`Tally::add`]).
+    pub(crate) fn sums_with(&self, t: &Trade) -> Option<Sums> {
+        let buy = if t.side.taker() == Side::Buy {
+            t.size
+        } else {
+            Decimal::ZERO
+        };
+        let volume = self
+            .volume
+            .checked_add(t.size)
+            .filter(|v| within_limit(*v))?;
+        Some(Sums {
+            volume,
+            buy_volume: self.buy_volume.checked_add(buy)?,
+            trade_count: self.trade_count.checked_add(1)?,
+        })
+    }
+
+    /// Adds `t` with the sums [`Tally::sums_with`] computed for it (cannot fail).
+    pub(crate) fn add(&mut self, t: &Trade, sums: Sums) {
         let key = t.order_key();
         if key < self.first {
             self.first = key;
@@ -88,14 +131,19 @@ impl Tally {
         if t.price < self.low {
             self.low = t.price;
         }
-        self.volume += t.size;
-        if t.side.taker() == Side::Buy {
-            self.buy_volume += t.size;
-        }
-        self.trade_count += 1;
+        self.set(sums);
     }
 
-    pub(crate) fn merge(&mut self, other: &Tally) {
+    /// Merges `other` in; `None` (and nothing changed) when a sum would overflow.
+    pub(crate) fn merge(&mut self, other: &Tally) -> Option<()> {
+        let sums = Sums {
+            volume: self
+                .volume
+                .checked_add(other.volume)
+                .filter(|v| within_limit(*v))?,
+            buy_volume: self.buy_volume.checked_add(other.buy_volume)?,
+            trade_count: self.trade_count.checked_add(other.trade_count)?,
+        };
         if other.first < self.first {
             self.first = other.first;
             self.open = other.open;
@@ -111,10 +159,15 @@ impl Tally {
         if other.low < self.low {
             self.low = other.low;
         }
-        self.volume += other.volume;
-        self.buy_volume += other.buy_volume;
-        self.trade_count += other.trade_count;
+        self.set(sums);
         self.partial |= other.partial;
+        Some(())
+    }
+
+    fn set(&mut self, sums: Sums) {
+        self.volume = sums.volume;
+        self.buy_volume = sums.buy_volume;
+        self.trade_count = sums.trade_count;
     }
 
     /// The candle of `product_id` at `granularity` this tally describes.
@@ -131,5 +184,54 @@ impl Tally {
             buy_volume: (!self.partial).then_some(self.buy_volume),
             trade_count: (!self.partial).then_some(self.trade_count),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+
+    fn trade(id: u64, size: Decimal) -> Trade {
+        let time = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        Trade {
+            product_id: "BTC-USD".into(),
+            trade_id: TradeId(id),
+            price: Decimal::ONE,
+            size,
+            side: Side::Sell,
+            time,
+            received: time,
+        }
+    }
+
+    #[test]
+    fn the_sum_limit_is_ten_to_the_twentieth() {
+        assert_eq!(
+            SUM_LIMIT,
+            Decimal::from(10u64.pow(10)) * Decimal::from(10u64.pow(10))
+        );
+    }
+
+    #[test]
+    fn a_sum_past_the_limit_is_refused_and_changes_nothing() {
+        let mut tally = Tally::of(&trade(1, Decimal::ONE));
+        let absurd = trade(2, Decimal::MAX);
+        assert!(
+            tally.sums_with(&absurd).is_none(),
+            "Decimal::MAX + 1 overflows"
+        );
+        let just = trade(3, SUM_LIMIT - Decimal::ONE);
+        let sums = tally.sums_with(&just).expect("exactly the limit fits");
+        tally.add(&just, sums);
+        assert_eq!(tally.volume, SUM_LIMIT);
+        assert!(tally.sums_with(&trade(4, Decimal::new(1, 8))).is_none());
+        let before = tally.clone();
+        assert!(tally.merge(&Tally::of(&trade(5, Decimal::ONE))).is_none());
+        assert_eq!(
+            (tally.volume, tally.trade_count, tally.last),
+            (before.volume, before.trade_count, before.last),
+            "a refused merge changes nothing"
+        );
     }
 }

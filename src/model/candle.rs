@@ -38,7 +38,7 @@ impl Candle {
 
     /// Volume of trades whose taker sold, when the buy volume is known.
     pub fn sell_volume(&self) -> Option<Decimal> {
-        self.buy_volume.map(|buy| self.volume - buy)
+        self.buy_volume.and_then(|buy| self.volume.checked_sub(buy))
     }
 }
 
@@ -97,7 +97,9 @@ impl Version {
     }
 }
 
-/// One change of one candle, as the engine emits it.
+/// One change of one candle, as the engine emits it. Every field is held once: the
+/// [`Version`] that orders the updates of a key is derived from them by
+/// [`CandleUpdate::version`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CandleUpdate {
     pub candle: Candle,
@@ -105,7 +107,12 @@ pub struct CandleUpdate {
     pub complete: bool,
     /// 0 for the live candle; incremented each time a late trade changes a complete candle.
     pub revision: u32,
-    pub version: Version,
+    /// Trades counted one by one: the candle's trade count when it is known; when it is not
+    /// (the candle holds REST minutes), the trades of its other minutes. Orders the live
+    /// updates of one revision.
+    pub counted_trades: u64,
+    /// The newest trade in the candle, by (exchange time, numeric id); 0 for a candle from REST.
+    pub last_trade_id: TradeId,
     /// Exchange time of the newest trade in the candle.
     pub last_trade_time: DateTime<Utc>,
     /// When the newest trade in the candle was received.
@@ -113,6 +120,17 @@ pub struct CandleUpdate {
 }
 
 impl CandleUpdate {
+    /// The version of this update, derived from its fields (the one source of truth).
+    pub fn version(&self) -> Version {
+        Version {
+            bucket_start: self.candle.start.timestamp(),
+            revision: self.revision,
+            complete: self.complete,
+            trade_count: self.counted_trades,
+            last_trade_id: self.last_trade_id,
+        }
+    }
+
     /// The candle this update is of: product, granularity, bucket start (Unix seconds).
     pub fn candle_key(&self) -> (&str, Granularity, i64) {
         (
@@ -129,7 +147,7 @@ impl CandleUpdate {
         U: std::borrow::Borrow<CandleUpdate>,
     {
         match map.get(&key) {
-            Some(existing) if existing.borrow().version >= update.borrow().version => {}
+            Some(existing) if existing.borrow().version() >= update.borrow().version() => {}
             _ => {
                 map.insert(key, update);
             }
@@ -174,6 +192,38 @@ mod tests {
                 "bytes keep the order"
             );
         }
+    }
+
+    #[test]
+    fn the_version_is_derived_from_the_update_so_it_cannot_disagree() {
+        let start = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let mut u = CandleUpdate {
+            candle: Candle {
+                product_id: "BTC-USD".into(),
+                granularity: Granularity::OneMinute,
+                start,
+                open: Decimal::ONE,
+                high: Decimal::ONE,
+                low: Decimal::ONE,
+                close: Decimal::ONE,
+                volume: Decimal::ONE,
+                buy_volume: None,
+                trade_count: None,
+            },
+            complete: false,
+            revision: 0,
+            counted_trades: 4,
+            last_trade_id: TradeId(9),
+            last_trade_time: start,
+            last_received: start,
+        };
+        assert_eq!(u.version(), v(1_800_000_000, 0, false, 4, 9));
+        u.complete = true;
+        u.revision = 2;
+        assert_eq!(u.version(), v(1_800_000_000, 2, true, 4, 9));
+        let later = u.version();
+        u.revision = 1;
+        assert!(u.version() < later, "the revision orders updates");
     }
 
     #[test]

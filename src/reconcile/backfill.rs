@@ -19,7 +19,7 @@ use super::windows::{Job, WindowKind, at, ceil_minute};
 use crate::backoff::equal_jitter;
 use crate::candles::Backfill;
 use crate::coinbase::pacer::Priority;
-use crate::model::{Candle, CandleUpdate, Granularity, TradeId, Version};
+use crate::model::{Candle, CandleUpdate, Granularity, TradeId};
 
 /// Attempts of a whole window (REST pages retry on their own) before it is given up.
 const JOB_ATTEMPTS: u32 = 10;
@@ -229,13 +229,8 @@ impl Worker {
                     CandleUpdate {
                         complete: true,
                         revision,
-                        version: Version {
-                            bucket_start: start,
-                            revision,
-                            complete: true,
-                            trade_count: 0,
-                            last_trade_id: TradeId(0),
-                        },
+                        counted_trades: 0,
+                        last_trade_id: TradeId(0),
                         last_trade_time: candle.end(),
                         last_received: now,
                         candle,

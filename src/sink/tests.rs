@@ -8,7 +8,7 @@ use chrono::DateTime;
 use rust_decimal::Decimal;
 
 use super::*;
-use crate::model::{Candle, TradeId, Version};
+use crate::model::{Candle, TradeId};
 
 fn update(key: i64, count: u64) -> CandleUpdate {
     let start = 1_790_000_040 + 60 * key;
@@ -28,13 +28,8 @@ fn update(key: i64, count: u64) -> CandleUpdate {
         },
         complete: false,
         revision: 0,
-        version: Version {
-            bucket_start: start,
-            revision: 0,
-            complete: false,
-            trade_count: count,
-            last_trade_id: TradeId(count),
-        },
+        counted_trades: count,
+        last_trade_id: TradeId(count),
         last_trade_time: time,
         last_received: time,
     }
@@ -80,7 +75,7 @@ fn record(written: &Mutex<HashMap<i64, u64>>, rows: &[CandleUpdate]) {
     let mut written = written.lock().expect("lock");
     for u in rows {
         let key = (u.candle.start.timestamp() - 1_790_000_040) / 60;
-        written.insert(key, u.version.trade_count);
+        written.insert(key, u.version().trade_count);
     }
 }
 

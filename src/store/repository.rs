@@ -158,7 +158,7 @@ impl Repository {
             trade_count.push(c.trade_count.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
             buy_volume.push(c.buy_volume);
             revision.push(i32::try_from(u.revision).unwrap_or(i32::MAX));
-            version.push(u.version.to_bytes().to_vec());
+            version.push(u.version().to_bytes().to_vec());
             complete.push(u.complete);
             // Candles without a trade count come (at least partly) from REST backfill; the
             // time of their last trade is unknown.
