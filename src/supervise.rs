@@ -218,11 +218,14 @@ impl Supervisor {
     {
         let fault = self.stages.register(name, Policy::Fatal);
         let token = either(stop, &fault);
+        // Ends the watcher behind `token` once the stage has ended.
+        let done = token.clone().drop_guard();
         let future = stage(token);
         let stages = self.stages.clone();
         let early = self.early_tx.clone();
         tokio::spawn(async move {
             let outcome = catch(future).await;
+            drop(done);
             if stages.is_stopping() {
                 report_end(name, &outcome);
                 stages.set(name, StageState::Stopped, error_text(&outcome));
@@ -255,7 +258,11 @@ impl Supervisor {
             let mut attempt: u32 = 0;
             loop {
                 let started = tokio::time::Instant::now();
-                let outcome = catch(stage(either(&stop, &fault))).await;
+                let token = either(&stop, &fault);
+                let done = token.clone().drop_guard();
+                let outcome = catch(stage(token)).await;
+                // The run is over: its watcher task ends with it.
+                drop(done);
                 if stop.is_cancelled() || stages.is_stopping() {
                     report_end(name, &outcome);
                     stages.set(name, StageState::Stopped, error_text(&outcome));
@@ -308,7 +315,8 @@ impl Stages {
     }
 }
 
-/// A token cancelled when either is.
+/// A token cancelled when either is. The watcher task behind it ends when the token is
+/// cancelled, so callers cancel it once the stage that uses it has ended.
 fn either(a: &CancellationToken, b: &CancellationToken) -> CancellationToken {
     let token = a.child_token();
     let (b, child) = (b.clone(), token.clone());

@@ -239,6 +239,7 @@ impl Drop for Serve {
                 .status();
             let deadline = Instant::now() + EXIT;
             while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                // Polling interval of the exit check, from synchronous code (Drop).
                 std::thread::sleep(Duration::from_millis(50));
             }
             let _ = self.child.kill();
@@ -350,6 +351,50 @@ async fn sigterm_while_the_cluster_is_created_leaves_nothing_and_the_next_start_
     assert!(
         output.status.success(),
         "the next start works: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(processes_of(&data.path), Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn sigterm_during_migrate_leaves_no_database_running_and_the_next_migrate_works() {
+    let data = DataDir::new();
+    let migrate = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_spot-canvas"));
+        command
+            .args(["migrate", "up"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATA_DIR", data.text())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    let mut child = migrate().spawn().expect("migrate starts");
+    wait_for("migrate to start the database", START, || {
+        let running = !processes_of(&data.path).is_empty();
+        async move { running }
+    })
+    .await;
+    signal(child.id(), "-TERM");
+    let status = common::eventually("migrate to exit", START, || {
+        let exited = child.try_wait().ok().flatten();
+        async move { exited }
+    })
+    .await;
+    assert!(
+        !status.success(),
+        "an interrupted migrate says so in its exit code"
+    );
+    assert_eq!(
+        processes_of(&data.path),
+        Vec::<u32>::new(),
+        "initdb or the server outlived migrate"
+    );
+    let output = migrate().output().expect("runs");
+    assert!(
+        output.status.success(),
+        "the next migrate works: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(processes_of(&data.path), Vec::<u32>::new());

@@ -271,8 +271,16 @@ fn install_tls_provider() {
     let _already = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// `spot-canvas migrate up|down|status`.
+/// `spot-canvas migrate up|down|status`. A SIGTERM or SIGINT drops the work (a migration's
+/// transaction rolls back with its connection) and the embedded database's guard stops it.
 pub async fn migrate(config: Config, action: crate::cli::MigrateAction) -> anyhow::Result<()> {
+    tokio::select! {
+        result = migrate_now(config, action) => result,
+        () = crate::shutdown::signal() => anyhow::bail!("interrupted by a stop signal"),
+    }
+}
+
+async fn migrate_now(config: Config, action: crate::cli::MigrateAction) -> anyhow::Result<()> {
     use crate::cli::MigrateAction;
     let (pool, embedded) = open_database(&config).await?;
     let result = async {

@@ -40,6 +40,14 @@ pub(crate) struct Tally {
 pub(crate) const SUM_LIMIT: Decimal =
     Decimal::from_parts(1_661_992_960, 1_808_227_885, 5, false, 0);
 
+/// `a + b` when it is exact: `Decimal` rounds a sum whose digits do not fit its 96-bit
+/// mantissa (the result then has a smaller scale than the larger operand's), and that would
+/// silently lose digits of exchange input.
+pub(crate) fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
+    a.checked_add(b)
+        .filter(|sum| sum.scale() >= a.scale().max(b.scale()))
+}
+
 /// Whether `volume` is within [`SUM_LIMIT`].
 pub(crate) fn within_limit(volume: Decimal) -> bool {
     volume <= SUM_LIMIT
@@ -102,13 +110,10 @@ impl Tally {
         } else {
             Decimal::ZERO
         };
-        let volume = self
-            .volume
-            .checked_add(t.size)
-            .filter(|v| within_limit(*v))?;
+        let volume = exact_add(self.volume, t.size).filter(|v| within_limit(*v))?;
         Some(Sums {
             volume,
-            buy_volume: self.buy_volume.checked_add(buy)?,
+            buy_volume: exact_add(self.buy_volume, buy)?,
             trade_count: self.trade_count.checked_add(1)?,
         })
     }
@@ -137,11 +142,8 @@ impl Tally {
     /// Merges `other` in; `None` (and nothing changed) when a sum would overflow.
     pub(crate) fn merge(&mut self, other: &Tally) -> Option<()> {
         let sums = Sums {
-            volume: self
-                .volume
-                .checked_add(other.volume)
-                .filter(|v| within_limit(*v))?,
-            buy_volume: self.buy_volume.checked_add(other.buy_volume)?,
+            volume: exact_add(self.volume, other.volume).filter(|v| within_limit(*v))?,
+            buy_volume: exact_add(self.buy_volume, other.buy_volume)?,
             trade_count: self.trade_count.checked_add(other.trade_count)?,
         };
         if other.first < self.first {
@@ -203,6 +205,25 @@ mod tests {
             time,
             received: time,
         }
+    }
+
+    #[test]
+    fn a_sum_that_would_round_is_refused() {
+        // 28 significant digits fit; a 29th would make `Decimal` round the sum.
+        let a: Decimal = "1234567890.123456789012345678".parse().expect("decimal");
+        let b: Decimal = "99999999999.1".parse().expect("decimal");
+        assert!(a.checked_add(b).is_some(), "Decimal itself rounds it");
+        assert_eq!(exact_add(a, b), None);
+        let c: Decimal = "0.000000000000000001".parse().expect("decimal");
+        assert_eq!(exact_add(a, c), Some(a + c));
+        let mut tally = Tally::of(&trade(1, a));
+        assert!(
+            tally.sums_with(&trade(2, b)).is_none(),
+            "the trade is rejected"
+        );
+        let sums = tally.sums_with(&trade(3, c)).expect("exact");
+        tally.add(&trade(3, c), sums);
+        assert_eq!(tally.volume, a + c);
     }
 
     #[test]

@@ -46,6 +46,14 @@ pub fn redact(text: &str) -> String {
             rest = &rest[c.len_utf8()..];
             continue;
         }
+        // A URL's user info may hold any of the word delimiters (`)`, `'`, `,`, …): hide
+        // everything up to its last `@` before reading the rest as a word.
+        if let Some((host_start, at)) = url_user_info(rest) {
+            out.push_str(&rest[..host_start]);
+            out.push_str(REDACTED);
+            rest = &rest[at..];
+            continue;
+        }
         let end = rest.find(is_delimiter).unwrap_or(rest.len());
         let (word, after) = rest.split_at(end);
         let (redacted, value_follows) = redact_word(word);
@@ -61,6 +69,48 @@ pub fn redact(text: &str) -> String {
         }
     }
     out
+}
+
+/// For text that starts with `scheme://` and has user info: where the user info starts and
+/// where its last `@` is. The URL ends at white space or where the next URL of a
+/// comma-separated list begins.
+fn url_user_info(text: &str) -> Option<(usize, usize)> {
+    let scheme_end = text.find("://")?;
+    let scheme = &text[..scheme_end];
+    if scheme.is_empty()
+        || !scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    {
+        return None;
+    }
+    let start = scheme_end + 3;
+    let body = &text[start..];
+    let mut end = body.find(char::is_whitespace).unwrap_or(body.len());
+    // `a://u:p@h,b://u:p@h`: the first URL ends before `,b://`.
+    for (i, _) in body[..end].match_indices(',') {
+        if url_start(&body[i + 1..]) {
+            end = i;
+            break;
+        }
+    }
+    let at = body[..end].rfind('@')?;
+    Some((start, start + at))
+}
+
+/// Whether `text` starts with `scheme://`.
+fn url_start(text: &str) -> bool {
+    match text.find("://") {
+        Some(i) => {
+            i > 0
+                && text.starts_with(|c: char| c.is_ascii_alphabetic())
+                && text[..i]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        }
+        None => false,
+    }
 }
 
 /// Where the quote that closes `body` is (a backslash escapes the next character).
@@ -159,6 +209,26 @@ mod tests {
             &["p@ss", "w0rd"],
         );
         hides("nats://nats:4222", "nats://nats:4222", &[]);
+    }
+
+    #[test]
+    fn passwords_holding_word_delimiters_are_hidden_whole() {
+        // RFC 3986 allows `( ) ' ! * ,` unescaped in user info.
+        hides(
+            "postgres://spot:ab)cd@h/db",
+            "postgres://[REDACTED]@h/db",
+            &["ab)cd", "cd@"],
+        );
+        hides(
+            "error: postgres://spot:it's(x),y@db:5432/spot failed",
+            "error: postgres://[REDACTED]@db:5432/spot failed",
+            &["it's", "(x)", ",y"],
+        );
+        hides(
+            "nats://a:p)1@h1,nats://b:p'2@h2",
+            "nats://[REDACTED]@h1,nats://[REDACTED]@h2",
+            &["p)1", "p'2"],
+        );
     }
 
     #[test]

@@ -11,10 +11,22 @@ use super::FrameError;
 /// Parses a decimal string exactly: a value that would need rounding to fit is an error,
 /// never silently rounded.
 pub fn parse_decimal(field: &'static str, value: &str) -> Result<Decimal, FrameError> {
-    Decimal::from_str_exact(value).map_err(|_| FrameError::BadDecimal {
+    let bad = || FrameError::BadDecimal {
         field,
         value: value.to_owned(),
-    })
+    };
+    // Coinbase writes plain decimals: digits, at most one point between digits, an optional
+    // minus. `from_str_exact` alone would also take `+5`, `1_000` and `.5`.
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    let (whole, fraction) = match digits.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (digits, None),
+    };
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(whole) || fraction.is_some_and(|f| !all_digits(f)) {
+        return Err(bad());
+    }
+    Decimal::from_str_exact(value).map_err(|_| bad())
 }
 
 pub(super) fn parse_positive_decimal(
@@ -100,6 +112,24 @@ pub fn parse_unix_seconds(field: &'static str, value: &str) -> Result<DateTime<U
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_plain_digits_only() {
+        for good in [
+            "0",
+            "42000.5",
+            "0.00000001",
+            "-1.5",
+            "79228162514264337593543950335",
+        ] {
+            assert!(parse_decimal("price", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "", "+5", "1_000", ".5", "5.", "1e5", "1.2.3", "- 1", "0x10", " 1", "1 ", "--1", "NaN",
+        ] {
+            assert!(parse_decimal("price", bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn the_fast_time_path_agrees_with_chrono() {
