@@ -825,7 +825,10 @@ async fn a_refused_product_is_dropped_and_the_others_keep_flowing_whole() {
             product_id: "ETH-USD".into(),
         },
     });
-    let mut feed = Running::start(settings(&sim, Some(&["BTC-USD", "ETH-USD", "SOL-USD"])));
+    let mut settings = settings(&sim, Some(&["BTC-USD", "ETH-USD", "SOL-USD"]));
+    // No retry of the refused product within this test.
+    settings.refresh_interval = Duration::from_secs(600);
+    let mut feed = Running::start(settings);
     let mut delivered = Delivered::default();
     let mut gap = None;
     let mut updates = BTreeMap::<String, usize>::new();
@@ -873,6 +876,61 @@ async fn a_refused_product_is_dropped_and_the_others_keep_flowing_whole() {
         delivered.assert_whole(&log, product);
     }
     assert!(sim.state.stats.refused_subscribes.get() >= 1);
+    feed.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_product_is_tried_again_after_a_cool_down() {
+    let (sim, _dir, _log) = logged_sim(SimConfig {
+        products: 3,
+        trades_per_second: 10.0,
+        history_minutes: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    // This connection refuses ETH-USD for good: every try is refused.
+    sim.arm(FaultRequest {
+        scope: Scope::Named(ScopeName::All),
+        after_frames: 0,
+        kind: FaultKind::RefuseSubscribe {
+            product_id: "ETH-USD".into(),
+        },
+    });
+    let mut settings = settings(&sim, Some(&["BTC-USD", "ETH-USD", "SOL-USD"]));
+    settings.refresh_interval = Duration::from_secs(1);
+    let mut feed = Running::start(settings);
+    let mut others = 0;
+    let refused = || sim.state.stats.refused_subscribes.get();
+    feed.until(Duration::from_secs(60), |e| {
+        match e {
+            FeedEvent::Reconnected { .. } => panic!("no reconnect needed: {e:?}"),
+            FeedEvent::Trades(b) => {
+                assert!(b.trades.iter().all(|t| t.product_id != "ETH-USD"));
+                others += b.trades.len();
+            }
+            _ => {}
+        }
+        // Refused, then tried again (and refused again) after each cool-down.
+        refused() >= 3
+    })
+    .await;
+    let others_then = others;
+    feed.until(Duration::from_secs(30), |e| {
+        if let FeedEvent::Trades(b) = e {
+            others += b.trades.len();
+        }
+        others >= others_then + 20
+    })
+    .await;
+    assert!(
+        feed.health
+            .report()
+            .refused_products
+            .iter()
+            .any(|r| r.product_id == "ETH-USD"),
+        "/health names the refused product"
+    );
     feed.stop().await;
     sim.stop().await;
 }

@@ -6,12 +6,13 @@
 //! 8 client messages a second, a fresh connection's first subscribes first); new listings
 //! subscribed, delisted or disabled products unsubscribed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -48,6 +49,10 @@ pub struct Feed {
     /// The exchange's product list (spot, aliases left out, any status) as last fetched, for
     /// storage to keep `trading_pairs` in step.
     catalog: watch::Sender<Vec<Product>>,
+    /// Products the exchange refused, from the connections.
+    refused: mpsc::UnboundedReceiver<Vec<String>>,
+    /// Refused products and when: they are not subscribed again before a refresh interval.
+    cooling: BTreeMap<String, Instant>,
 }
 
 impl Feed {
@@ -72,6 +77,7 @@ impl Feed {
                 }
             },
         };
+        let (refused, refused_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             connect_pacer: Pacer::new(settings.connect_interval),
             message_pacer: Pacer::new(settings.message_interval),
@@ -79,6 +85,7 @@ impl Feed {
             auth_failed: AtomicBool::new(false),
             health: Arc::new(FeedHealth::new(auth)),
             events,
+            refused,
             settings,
         });
         Feed {
@@ -87,6 +94,8 @@ impl Feed {
             handles: Vec::new(),
             next_id: 0,
             catalog: watch::Sender::new(Vec::new()),
+            refused: refused_rx,
+            cooling: BTreeMap::new(),
         }
     }
 
@@ -135,7 +144,14 @@ impl Feed {
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => break,
-                    _ = refresh.tick(), if discovering => self.refresh(&tracker, &cancel).await,
+                    Some(refused) = self.refused.recv() => {
+                        self.on_refused(refused);
+                        if discovering {
+                            // Delisted since the last refresh? The list says so now.
+                            self.refresh(&tracker, &cancel).await;
+                        }
+                    }
+                    _ = refresh.tick() => self.refresh(&tracker, &cancel).await,
                 }
             }
         }
@@ -179,18 +195,51 @@ impl Feed {
         }
     }
 
+    /// Takes refused products off their connections (which already dropped them) and lets
+    /// them cool down for a refresh interval before they are subscribed again.
+    fn on_refused(&mut self, refused: Vec<String>) {
+        let now = Instant::now();
+        for product in refused {
+            for handle in &mut self.handles {
+                handle.products.remove(&product);
+            }
+            self.cooling.insert(product, now);
+        }
+        // A connection left without products is dropped: its task closes politely.
+        let health = self.shared.health.clone();
+        self.handles.retain(|h| {
+            let keep = !h.products.is_empty();
+            if !keep {
+                health.remove(h.id);
+            }
+            keep
+        });
+    }
+
+    /// Brings the subscriptions in line with the products list (fetched again when
+    /// discovering, `PRODUCTS` otherwise): delisted products go, new ones and refused ones
+    /// whose cool-down is over come (back).
     async fn refresh(&mut self, tracker: &TaskTracker, cancel: &CancellationToken) {
-        let all = match fetch_products(&self.http, &self.shared.settings.rest_url).await {
-            Ok(products) => {
-                self.publish_catalog(&products);
-                ingestible_ids(&products)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot refresh the products list, keeping the current one");
-                return;
-            }
+        let all = match &self.shared.settings.products {
+            Some(products) => products.clone(),
+            None => match fetch_products(&self.http, &self.shared.settings.rest_url).await {
+                Ok(products) => {
+                    self.publish_catalog(&products);
+                    ingestible_ids(&products)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot refresh the products list, keeping the current one");
+                    return;
+                }
+            },
         };
-        let wanted: BTreeSet<String> = self.mine(&all).into_iter().collect();
+        let cool_down = self.shared.settings.refresh_interval;
+        self.cooling.retain(|_, at| at.elapsed() < cool_down);
+        let wanted: BTreeSet<String> = self
+            .mine(&all)
+            .into_iter()
+            .filter(|p| !self.cooling.contains_key(p))
+            .collect();
         let current: BTreeSet<String> = self
             .handles
             .iter()

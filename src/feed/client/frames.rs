@@ -304,6 +304,8 @@ impl Connection {
                 .health
                 .refuse(product, self.id, message.clone(), at);
         }
+        // The manager takes them off this connection and tries them again later.
+        let _manager_gone = self.shared.refused.send(refused.clone());
         let rest: Vec<String> = self.products.iter().cloned().collect();
         self.shared.health.register(self.id, rest.clone());
         if rest.is_empty() {

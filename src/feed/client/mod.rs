@@ -64,6 +64,9 @@ pub struct Shared {
     pub health: Arc<FeedHealth>,
     /// Sender of every feed event; the engine holds the receiver.
     pub events: mpsc::Sender<FeedEvent>,
+    /// Products the exchange refused to subscribe, for the manager to take off their
+    /// connection and try again after a cool-down.
+    pub refused: mpsc::UnboundedSender<Vec<String>>,
 }
 
 /// How a session ended.
