@@ -239,6 +239,8 @@ impl Drop for Serve {
                 .status();
             let deadline = Instant::now() + EXIT;
             while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                // Time is not the subject: the polling interval of a synchronous exit check
+                // (`Drop` cannot await).
                 std::thread::sleep(Duration::from_millis(50));
             }
             let _ = self.child.kill();
