@@ -218,19 +218,24 @@ fn assert_candles_match_the_log(
         .count()
 }
 
+/// One product trading 8 times a second, every trade logged to `log`.
+async fn logging_sim(log: &std::path::Path) -> Simulator {
+    Simulator::start(SimConfig {
+        products: 1,
+        trades_per_second: 8.0,
+        history_minutes: 3,
+        trade_log: Some(log.to_owned()),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim")
+}
+
 #[tokio::test]
 async fn a_reconnect_snapshot_is_deduplicated_and_candles_match_the_trade_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("trades.jsonl");
-    let sim = Simulator::start(SimConfig {
-        products: 1,
-        trades_per_second: 8.0,
-        history_minutes: 3,
-        trade_log: Some(log.clone()),
-        ..SimConfig::default()
-    })
-    .await
-    .expect("sim");
+    let sim = logging_sim(&log).await;
     sim.arm(FaultRequest {
         scope: Scope::Named(ScopeName::Next),
         after_frames: 25,
@@ -261,15 +266,7 @@ async fn a_reconnect_snapshot_is_deduplicated_and_candles_match_the_trade_log() 
 async fn absurd_and_future_trades_from_the_exchange_are_rejected_and_the_rest_is_exact() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("trades.jsonl");
-    let sim = Simulator::start(SimConfig {
-        products: 1,
-        trades_per_second: 8.0,
-        history_minutes: 3,
-        trade_log: Some(log.clone()),
-        ..SimConfig::default()
-    })
-    .await
-    .expect("sim");
+    let sim = logging_sim(&log).await;
     // Several of each, a few frames apart, into frames with normal trades.
     for after_frames in [5, 15, 30] {
         sim.arm(FaultRequest {
@@ -305,15 +302,7 @@ async fn absurd_and_future_trades_from_the_exchange_are_rejected_and_the_rest_is
 async fn every_candles_buy_volume_is_the_volume_the_trade_logs_takers_bought() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("trades.jsonl");
-    let sim = Simulator::start(SimConfig {
-        products: 1,
-        trades_per_second: 8.0,
-        history_minutes: 3,
-        trade_log: Some(log.clone()),
-        ..SimConfig::default()
-    })
-    .await
-    .expect("sim");
+    let sim = logging_sim(&log).await;
     let pipeline = start(&sim);
     let stats = pipeline.stats.clone();
     // The snapshot's 100 trades and some live ones.

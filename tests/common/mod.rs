@@ -207,17 +207,22 @@ pub fn aggregate(trades: &[&LoggedTrade]) -> BTreeMap<(String, Granularity, i64)
 pub fn buy_volumes(trades: &[&LoggedTrade]) -> BTreeMap<(String, Granularity, i64), Decimal> {
     let mut out = BTreeMap::new();
     for t in trades {
-        let secs = t.time.timestamp();
-        for (g, width) in WIDTHS {
-            let buy = out
-                .entry((t.product_id.clone(), g, secs - secs.rem_euclid(width)))
-                .or_insert(Decimal::ZERO);
+        for key in buckets_of(t) {
+            let buy = out.entry(key).or_insert(Decimal::ZERO);
             if t.side.taker_bought() {
                 *buy += t.size;
             }
         }
     }
     out
+}
+
+/// The key of every bucket `t` falls into, one per granularity, as [`aggregate`] keys them.
+pub fn buckets_of(t: &LoggedTrade) -> impl Iterator<Item = (String, Granularity, i64)> + '_ {
+    let secs = t.time.timestamp();
+    WIDTHS
+        .into_iter()
+        .map(move |(g, width)| (t.product_id.clone(), g, secs - secs.rem_euclid(width)))
 }
 
 /// Bucket width of `g` in seconds, from [`WIDTHS`].
