@@ -201,6 +201,7 @@ fn aggregate(trades: &[Trade]) -> BTreeMap<Key, common::Ohlcv> {
             trade_id: t.trade_id.0,
             price: t.price,
             size: t.size,
+            side: common::MakerSide::parse(t.side.as_str()),
             time: t.time,
         })
         .collect();

@@ -1,8 +1,10 @@
 //! The feed and the engine together against the simulator: a reconnect's snapshot repeats
 //! trades already applied (they change nothing) and brings the missed ones; absurd and
 //! future trades the simulator slips into frames are rejected while their neighbours count;
-//! every candle then equals an aggregation of the simulator's trade log written separately
-//! (tests/common), over the trade ids the simulator says the engine could have seen.
+//! every candle, its buy volume (the volume whose taker bought: the log records the maker's
+//! side, as Coinbase sends it) included, then equals an aggregation of the simulator's trade
+//! log written separately (tests/common), over the trade ids the simulator says the engine
+//! could have seen.
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rust_decimal::Decimal;
 use spot_canvas::candles::{Engine, EngineReport, EngineSettings, EngineStats};
 use spot_canvas::feed::{Feed, FeedHealth, FeedSettings, ReconnectPolicy};
 use spot_canvas::model::FeedEvent;
@@ -169,12 +172,13 @@ impl Pipeline {
     }
 }
 
-/// The newest update of each candle equals the aggregation of the logged trades in `seen`.
+/// The newest update of each candle equals the aggregation of the logged trades in `seen`,
+/// its buy volume too. Returns how many candles had both taker buys and taker sells.
 fn assert_candles_match_the_log(
     updates: Vec<CandleUpdate>,
     log: &std::path::Path,
     seen: std::ops::RangeInclusive<u64>,
-) {
+) -> usize {
     let mut latest: BTreeMap<(Granularity, i64), CandleUpdate> = BTreeMap::new();
     for u in updates {
         let key = (u.candle.granularity, u.candle.start.timestamp());
@@ -186,6 +190,7 @@ fn assert_candles_match_the_log(
     let in_range: Vec<&common::LoggedTrade> =
         log.iter().filter(|t| seen.contains(&t.trade_id)).collect();
     let expected = common::aggregate(&in_range);
+    let buy_volumes = common::buy_volumes(&in_range);
     assert_eq!(
         latest.keys().copied().collect::<Vec<_>>(),
         expected
@@ -204,22 +209,33 @@ fn assert_candles_match_the_log(
             count: c.trade_count.expect("count"),
         };
         assert_eq!(&got, e, "{g} {start}");
+        let buy = buy_volumes[&(c.product_id.clone(), *g, *start)];
+        assert_eq!(c.buy_volume, Some(buy), "{g} {start}: buy volume");
     }
+    buy_volumes
+        .iter()
+        .filter(|(key, buy)| **buy > Decimal::ZERO && **buy < expected[*key].volume)
+        .count()
+}
+
+/// One product trading 8 times a second, every trade logged to `log`.
+async fn logging_sim(log: &std::path::Path) -> Simulator {
+    Simulator::start(SimConfig {
+        products: 1,
+        trades_per_second: 8.0,
+        history_minutes: 3,
+        trade_log: Some(log.to_owned()),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim")
 }
 
 #[tokio::test]
 async fn a_reconnect_snapshot_is_deduplicated_and_candles_match_the_trade_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("trades.jsonl");
-    let sim = Simulator::start(SimConfig {
-        products: 1,
-        trades_per_second: 8.0,
-        history_minutes: 3,
-        trade_log: Some(log.clone()),
-        ..SimConfig::default()
-    })
-    .await
-    .expect("sim");
+    let sim = logging_sim(&log).await;
     sim.arm(FaultRequest {
         scope: Scope::Named(ScopeName::Next),
         after_frames: 25,
@@ -250,15 +266,7 @@ async fn a_reconnect_snapshot_is_deduplicated_and_candles_match_the_trade_log() 
 async fn absurd_and_future_trades_from_the_exchange_are_rejected_and_the_rest_is_exact() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("trades.jsonl");
-    let sim = Simulator::start(SimConfig {
-        products: 1,
-        trades_per_second: 8.0,
-        history_minutes: 3,
-        trade_log: Some(log.clone()),
-        ..SimConfig::default()
-    })
-    .await
-    .expect("sim");
+    let sim = logging_sim(&log).await;
     // Several of each, a few frames apart, into frames with normal trades.
     for after_frames in [5, 15, 30] {
         sim.arm(FaultRequest {
@@ -288,4 +296,29 @@ async fn absurd_and_future_trades_from_the_exchange_are_rejected_and_the_rest_is
     assert_eq!(report.rejected_overflow, 3, "{report:?}");
     assert_eq!(report.rejected_future, 3, "{report:?}");
     assert_candles_match_the_log(updates, &log, seen);
+}
+
+#[tokio::test]
+async fn every_candles_buy_volume_is_the_volume_the_trade_logs_takers_bought() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("trades.jsonl");
+    let sim = logging_sim(&log).await;
+    let pipeline = start(&sim);
+    let stats = pipeline.stats.clone();
+    // The snapshot's 100 trades and some live ones.
+    common::wait_for("200 trades applied", WAIT, || {
+        let applied = stats.report().trades;
+        async move { applied >= 200 }
+    })
+    .await;
+    let (seen, updates, report, _) = pipeline.finish(&sim, &log).await;
+    sim.stop().await;
+    assert_eq!(report.too_late, 0, "{report:?}");
+    // The log's side is the maker's: a candle whose buy volume counted the maker buys instead
+    // would show the volume less ours, which differs wherever both sides traded.
+    let mixed = assert_candles_match_the_log(updates, &log, seen);
+    assert!(
+        mixed >= Granularity::ALL.len(),
+        "candles with taker buys and taker sells in every granularity: {mixed}"
+    );
 }

@@ -11,19 +11,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
-use common::{LoggedTrade, StoredRow, TestDb, aggregate, read_trade_log, stored_rows, width};
+use common::{
+    AppEnv, LoggedTrade, StoredRow, TestApp, TestDb, aggregate, read_trade_log, stored_rows, width,
+};
 use rust_decimal::Decimal;
-use secrecy::ExposeSecret;
 use serde_json::Value;
-use spot_canvas::app::App;
-use spot_canvas::config::Config;
-use spot_canvas::feed::FeedSettings;
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
 use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope};
 use spot_canvas::sim::{SimConfig, Simulator};
 use spot_canvas::store::Repository;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 async fn sim(
     dir: &std::path::Path,
@@ -47,72 +43,46 @@ async fn sim(
     .expect("sim")
 }
 
-struct Running {
-    port: u16,
-    cancel: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+/// The service on `db`, fed by `sim`, for `products`: REST paced generously, the periodic
+/// REST cross-check off unless `extra` sets it; the feed's silence timeout is `silence`.
+async fn start_app(
+    sim: &Simulator,
+    db: &TestDb,
+    data_dir: &std::path::Path,
+    products: &[&str],
+    extra: &[(&str, &str)],
+    silence: Duration,
+) -> TestApp {
+    let env = extra.iter().fold(
+        AppEnv::for_sim(sim, data_dir)
+            .database(db)
+            .set("PRODUCTS", products.join(","))
+            .set("REST_REQUESTS_PER_SECOND", "50")
+            .set("CROSSCHECK_INTERVAL_SECS", "0"),
+        |env, (name, value)| env.set(name, *value),
+    );
+    TestApp::start(&env, |s| s.silence_timeout = silence).await
 }
 
-impl Running {
-    async fn start(
-        sim: &Simulator,
-        db: &TestDb,
-        data_dir: &std::path::Path,
-        products: &[&str],
-        extra: &[(&str, &str)],
-        silence: Duration,
-    ) -> Running {
-        let mut vars: BTreeMap<String, String> = [
-            ("PORT", "0".to_owned()),
-            ("DATA_DIR", data_dir.display().to_string()),
-            ("DATABASE_URL", db.url.expose_secret().to_owned()),
-            ("COINBASE_WS_URL", sim.ws_url()),
-            ("COINBASE_REST_URL", sim.rest_url()),
-            ("PRODUCTS", products.join(",")),
-            ("REST_REQUESTS_PER_SECOND", "50".to_owned()),
-            ("CROSSCHECK_INTERVAL_SECS", "0".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for (k, v) in extra {
-            vars.insert((*k).to_owned(), (*v).to_owned());
-        }
-        let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("config");
-        let mut settings = FeedSettings::from_config(&config);
-        settings.silence_timeout = silence;
-        let app = App::build_with(&config, settings)
-            .await
-            .expect("app builds");
-        let port = app.port();
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(cancel.clone()));
-        Running { port, cancel, task }
-    }
+/// `/health` of `app`, which must answer.
+async fn health_of(app: &TestApp) -> Value {
+    app.health().await.expect("/health answers").1
+}
 
-    async fn health(&self) -> Value {
-        get_json(&format!("http://127.0.0.1:{}/health", self.port)).await
-    }
+/// Polls `/health` of `app` until `done` holds; the last answer shows when it never does.
+async fn wait_for(app: &TestApp, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) {
+    let last = LastSeen(std::sync::Mutex::new(Value::Null));
+    app.wait_for_health(what, timeout, |_, health| {
+        let ok = done(health);
+        *last.0.lock().expect("last health") = health.clone();
+        ok
+    })
+    .await;
+}
 
-    /// Polls `/health` until `done` holds; the last answer shows when it never does.
-    async fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) {
-        let last = LastSeen(std::sync::Mutex::new(Value::Null));
-        common::wait_for(what, timeout, || async {
-            let health = self.health().await;
-            let ok = done(&health);
-            *last.0.lock().expect("last health") = health;
-            ok
-        })
-        .await;
-    }
-
-    async fn stop(self) {
-        self.cancel.cancel();
-        self.task
-            .await
-            .expect("app task")
-            .expect("app stops cleanly");
-    }
+/// Stops `app`, which must stop cleanly.
+async fn stop(app: TestApp) {
+    app.stop().await.expect("app stops cleanly");
 }
 
 /// The last `/health` answer of a wait, printed if the wait fails.
@@ -265,7 +235,7 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
     let data = tempfile::tempdir().expect("data dir");
     let started = std::time::Instant::now();
     let buckets = FRESH_HISTORY_BUCKETS.to_string();
-    let app = Running::start(
+    let app = start_app(
         &sim,
         &db,
         data.path(),
@@ -278,13 +248,13 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
     )
     .await;
     // Each product's start window (with its history) and start-edge window.
-    app.wait_for("the start windows", Duration::from_secs(180), |h| {
+    wait_for(&app, "the start windows", Duration::from_secs(180), |h| {
         reconcile(h, "windows_done") >= 4 && reconcile(h, "windows_pending") == 0
     })
     .await;
     let history_filled = Utc::now().timestamp();
     println!("history filled after {:?}", started.elapsed());
-    let health = app.health().await;
+    let health = health_of(&app).await;
     assert_eq!(reconcile(&health, "windows_failed"), 0, "{health:#}");
     assert!(reconcile(&health, "history_candles") > 0, "{health:#}");
 
@@ -397,7 +367,7 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
             .is_some_and(|m| m.contains("granularity")),
         "{message}"
     );
-    app.stop().await;
+    stop(app).await;
     sim.stop().await;
 }
 
@@ -411,7 +381,7 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
     let per_connection = [("PRODUCTS_PER_CONNECTION", "1")];
 
     // A first run stores some history, then the service is down for a while (trades go on).
-    let first = Running::start(
+    let first = start_app(
         &sim,
         &db,
         data.path(),
@@ -420,11 +390,10 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
         Duration::from_secs(10),
     )
     .await;
-    first
-        .wait_for("the start windows", Duration::from_secs(60), |h| {
-            reconcile(h, "windows_done") >= 2
-        })
-        .await;
+    wait_for(&first, "the start windows", Duration::from_secs(60), |h| {
+        reconcile(h, "windows_done") >= 2
+    })
+    .await;
     // Live candles of both products are stored before the first run stops.
     common::wait_for("live candles stored", Duration::from_secs(60), || async {
         let rows = stored_rows(&db.pool).await;
@@ -434,13 +403,13 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
         })
     })
     .await;
-    first.stop().await;
+    stop(first).await;
     // Time is the subject: the service is down for a while, and trades go on meanwhile.
     tokio::time::sleep(Duration::from_secs(20)).await;
 
     // The second run: a long silence timeout, so a 65 s stall is a sequence gap and a longer
     // one a reconnect after 70 s.
-    let second = Running::start(
+    let second = start_app(
         &sim,
         &db,
         data.path(),
@@ -449,11 +418,10 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
         Duration::from_secs(70),
     )
     .await;
-    second
-        .wait_for("both connections", Duration::from_secs(30), |h| {
-            h["feed"]["connected"].as_u64() == Some(2)
-        })
-        .await;
+    wait_for(&second, "both connections", Duration::from_secs(30), |h| {
+        h["feed"]["connected"].as_u64() == Some(2)
+    })
+    .await;
     let connection_of = |product: &str| -> u64 {
         let connections = sim.state.connections();
         connections
@@ -479,19 +447,25 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
         after_frames: 0,
         kind: FaultKind::Stall { secs: Some(300) },
     });
-    second
-        .wait_for("a gap and a reconnect", Duration::from_secs(120), |h| {
+    wait_for(
+        &second,
+        "a gap and a reconnect",
+        Duration::from_secs(120),
+        |h| {
             h["engine"]["gaps_seen"].as_u64() >= Some(1)
                 && h["engine"]["reconnects_seen"].as_u64() >= Some(1)
-        })
-        .await;
+        },
+    )
+    .await;
     // Start (2), start edge (2), the gap and the reconnect.
-    second
-        .wait_for("every window backfilled", Duration::from_secs(150), |h| {
-            reconcile(h, "windows_done") >= 6 && reconcile(h, "windows_pending") == 0
-        })
-        .await;
-    let health = second.health().await;
+    wait_for(
+        &second,
+        "every window backfilled",
+        Duration::from_secs(150),
+        |h| reconcile(h, "windows_done") >= 6 && reconcile(h, "windows_pending") == 0,
+    )
+    .await;
+    let health = health_of(&second).await;
     assert_eq!(reconcile(&health, "windows_failed"), 0, "{health:#}");
     assert!(health["engine"]["backfilled_minutes"].as_u64() > Some(0));
 
@@ -526,7 +500,7 @@ async fn restarts_gaps_and_reconnects_are_filled_from_rest_and_every_candle_is_w
         },
     )
     .await;
-    second.stop().await;
+    stop(second).await;
     let rows = stored_rows(&db.pool).await;
     assert_eq!(
         rows.keys().collect::<Vec<_>>(),
@@ -591,7 +565,7 @@ async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check_and_repaired() 
     let sim = sim(dir.path(), &["BTC-USD"], 20, 2.0).await;
     let db = TestDb::migrated().await;
     let data = tempfile::tempdir().expect("data dir");
-    let app = Running::start(
+    let app = start_app(
         &sim,
         &db,
         data.path(),
@@ -601,9 +575,12 @@ async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check_and_repaired() 
     )
     .await;
     let judged = |h: &Value, f: &str| h["reconcile"]["crosscheck_rest_1m"][f].as_u64();
-    app.wait_for("a live minute checked", Duration::from_secs(240), |h| {
-        judged(h, "matched") >= Some(1)
-    })
+    wait_for(
+        &app,
+        "a live minute checked",
+        Duration::from_secs(240),
+        |h| judged(h, "matched") >= Some(1),
+    )
     .await;
     // Corrupt a minute that is complete and stored but not yet checked: the check lags the
     // clock by 12 s, the completion by 2 s.
@@ -632,11 +609,11 @@ async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check_and_repaired() 
         },
     )
     .await;
-    app.wait_for("the mismatch", Duration::from_secs(60), |h| {
+    wait_for(&app, "the mismatch", Duration::from_secs(60), |h| {
         judged(h, "mismatched") >= Some(1)
     })
     .await;
-    let health = app.health().await;
+    let health = health_of(&app).await;
     let check = &health["reconcile"]["crosscheck_rest_1m"];
     assert_eq!(
         check["mismatched"].as_u64(),
@@ -670,6 +647,6 @@ async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check_and_repaired() 
         close, expected.close,
         "the repaired close is the exchange's"
     );
-    app.stop().await;
+    stop(app).await;
     sim.stop().await;
 }

@@ -99,6 +99,30 @@ pub const WIDTHS: [(Granularity, i64); 8] = [
     (Granularity::OneDay, 86400),
 ];
 
+/// The `side` of a trade on Coinbase's `market_trades` channel, which is the side of the
+/// **maker** (reference, section 5.1): a trade whose maker sold was bought by its taker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MakerSide {
+    Buy,
+    Sell,
+}
+
+impl MakerSide {
+    /// `BUY` or `SELL`, as on the wire and in the simulator's log.
+    pub fn parse(s: &str) -> MakerSide {
+        match s {
+            "BUY" => MakerSide::Buy,
+            "SELL" => MakerSide::Sell,
+            other => panic!("a side is BUY or SELL, not {other:?}"),
+        }
+    }
+
+    /// Whether the taker (the aggressor) bought: the maker sold.
+    pub fn taker_bought(self) -> bool {
+        self == MakerSide::Sell
+    }
+}
+
 /// A trade from the simulator's JSON-lines log.
 #[derive(Debug, Clone)]
 pub struct LoggedTrade {
@@ -106,6 +130,8 @@ pub struct LoggedTrade {
     pub trade_id: u64,
     pub price: Decimal,
     pub size: Decimal,
+    /// The maker's side, as `market_trades` reports it.
+    pub side: MakerSide,
     pub time: DateTime<Utc>,
 }
 
@@ -128,6 +154,7 @@ pub fn read_trade_log(path: &std::path::Path) -> Vec<LoggedTrade> {
                     .parse()
                     .expect("decimal"),
                 size: v["size"].as_str().expect("size").parse().expect("decimal"),
+                side: MakerSide::parse(v["side"].as_str().expect("side")),
                 time: DateTime::parse_from_rfc3339(v["time"].as_str().expect("time"))
                     .expect("time")
                     .with_timezone(&Utc),
@@ -173,6 +200,29 @@ pub fn aggregate(trades: &[&LoggedTrade]) -> BTreeMap<(String, Granularity, i64)
         }
     }
     out
+}
+
+/// Buy volume of every bucket [`aggregate`] has: the summed size of the trades whose taker
+/// bought (whose maker sold), zero where every trade was a taker sell.
+pub fn buy_volumes(trades: &[&LoggedTrade]) -> BTreeMap<(String, Granularity, i64), Decimal> {
+    let mut out = BTreeMap::new();
+    for t in trades {
+        for key in buckets_of(t) {
+            let buy = out.entry(key).or_insert(Decimal::ZERO);
+            if t.side.taker_bought() {
+                *buy += t.size;
+            }
+        }
+    }
+    out
+}
+
+/// The key of every bucket `t` falls into, one per granularity, as [`aggregate`] keys them.
+pub fn buckets_of(t: &LoggedTrade) -> impl Iterator<Item = (String, Granularity, i64)> + '_ {
+    let secs = t.time.timestamp();
+    WIDTHS
+        .into_iter()
+        .map(move |(g, width)| (t.product_id.clone(), g, secs - secs.rem_euclid(width)))
 }
 
 /// Bucket width of `g` in seconds, from [`WIDTHS`].
