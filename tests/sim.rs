@@ -480,6 +480,31 @@ async fn malformed_fault_sends_one_frame_the_parser_rejects() {
 }
 
 #[tokio::test]
+async fn bad_heartbeat_fault_sends_one_refused_frame_that_takes_a_sequence_number() {
+    let sim = start(quick(1)).await;
+    sim.arm(fault(3, FaultKind::BadHeartbeat));
+    let mut ws = subscribed(&sim).await;
+    let mut seqs = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..6 {
+        match next(&mut ws, Duration::from_secs(5)).await {
+            Some(Ok(Message::Text(t))) => {
+                let value: Value = serde_json::from_str(&t).expect("well-formed JSON");
+                let seq = value["sequence_num"].as_u64().expect("sequenced");
+                seqs.push(seq);
+                if parse_frame(t.as_bytes(), Utc::now()).is_err() {
+                    refused.push(seq);
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seqs, (0..6).collect::<Vec<u64>>(), "no number skipped");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    sim.stop().await;
+}
+
+#[tokio::test]
 async fn oversized_fault_sends_one_frame_of_the_given_size() {
     let sim = start(quick(1)).await;
     sim.arm(fault(2, FaultKind::Oversized { bytes: 2 << 20 }));
