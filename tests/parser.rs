@@ -373,7 +373,10 @@ fn an_unreadable_envelope_timestamp_costs_only_the_timestamp() {
     let hb = HEARTBEAT_FRAME.replace("2026-09-30T02:39:59.551901038Z", "yesterday");
     let parsed = parse_frame(hb.as_bytes(), received()).expect("heartbeat");
     assert_eq!(parsed.timestamp, None);
-    assert!(matches!(parsed.body, FrameBody::Heartbeat { counter: 12, .. }));
+    assert!(matches!(
+        parsed.body,
+        FrameBody::Heartbeat { counter: 12, .. }
+    ));
 }
 
 const HEARTBEAT_FRAME: &str = r#"{"channel":"heartbeats","timestamp":"2026-09-30T02:39:59.551901038Z","sequence_num":31,"events":[{"current_time":"2026-09-30 02:39:59.5 +0000 UTC m=+12.0","heartbeat_counter":12}]}"#;
@@ -607,7 +610,10 @@ fn rest_examples_parse() {
         "fixtures/coinbase/example-http-products.json"
     ))
     .expect("ok");
-    assert!(list.skipped.is_empty() && list.degraded.is_empty(), "{list:?}");
+    assert!(
+        list.skipped.is_empty() && list.degraded.is_empty(),
+        "{list:?}"
+    );
     let products = list.products;
     assert!(!products.is_empty());
     let btc = products
@@ -691,7 +697,11 @@ fn a_malformed_product_costs_that_product_alone() {
     ] {
         let list = parse_products(products_around(&middle).as_bytes())
             .unwrap_or_else(|e| panic!("{name}: the list survives: {e}"));
-        let ids: Vec<&str> = list.products.iter().map(|p| p.product_id.as_str()).collect();
+        let ids: Vec<&str> = list
+            .products
+            .iter()
+            .map(|p| p.product_id.as_str())
+            .collect();
         assert_eq!(ids, ["BTC-USD", "SOL-USD"], "{name}");
         assert_eq!(list.skipped.len(), 1, "{name}: {list:?}");
         assert_eq!(list.skipped[0].product_id, id, "{name}");
@@ -699,7 +709,11 @@ fn a_malformed_product_costs_that_product_alone() {
     }
     // Kept: an optional field that cannot be read is left out, and reported.
     for (name, middle, field) in [
-        ("exponent max size", eth.replace(r#""3400""#, r#""1e10""#), "base_max_size"),
+        (
+            "exponent max size",
+            eth.replace(r#""3400""#, r#""1e10""#),
+            "base_max_size",
+        ),
         (
             "increment as a number",
             eth.replace(r#""price_increment":"0.01""#, r#""price_increment":0.01"#),
@@ -707,7 +721,11 @@ fn a_malformed_product_costs_that_product_alone() {
         ),
     ] {
         let list = parse_products(products_around(&middle).as_bytes()).expect(name);
-        let ids: Vec<&str> = list.products.iter().map(|p| p.product_id.as_str()).collect();
+        let ids: Vec<&str> = list
+            .products
+            .iter()
+            .map(|p| p.product_id.as_str())
+            .collect();
         assert_eq!(ids, ["BTC-USD", "ETH-USD", "SOL-USD"], "{name}");
         assert!(list.skipped.is_empty(), "{name}");
         assert_eq!(list.degraded.len(), 1, "{name}");
@@ -719,7 +737,10 @@ fn a_malformed_product_costs_that_product_alone() {
             "base_max_size" => assert_eq!(eth.base_max_size, None),
             _ => assert_eq!(eth.price_increment, None),
         }
-        assert_eq!(eth.base_min_size.map(|d| d.to_string()).as_deref(), Some("0.00000001"));
+        assert_eq!(
+            eth.base_min_size.map(|d| d.to_string()).as_deref(),
+            Some("0.00000001")
+        );
     }
     // `trading_disabled: null` reads as absent: not disabled.
     let list = parse_products(

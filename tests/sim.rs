@@ -629,7 +629,10 @@ async fn products_list_parses_with_the_service_parser_and_has_entries_to_filter(
     let (status, body) = get(format!("{}/market/products", sim.rest_url())).await;
     assert_eq!(status, 200);
     let list = parse_products(&body).expect("the service parses it");
-    assert!(list.skipped.is_empty() && list.degraded.is_empty(), "{list:?}");
+    assert!(
+        list.skipped.is_empty() && list.degraded.is_empty(),
+        "{list:?}"
+    );
     let products = list.products;
     let ingestible: BTreeSet<&str> = products
         .iter()

@@ -136,10 +136,12 @@ fn product_from_value(
         Some(serde_json::Value::Array(items)) => items
             .iter()
             .map(|item| {
-                item.as_str().map(str::to_owned).ok_or(FrameError::BadValue {
-                    field: "alias_to",
-                    value: item.to_string(),
-                })
+                item.as_str()
+                    .map(str::to_owned)
+                    .ok_or(FrameError::BadValue {
+                        field: "alias_to",
+                        value: item.to_string(),
+                    })
             })
             .collect::<Result<_, _>>()?,
         Some(other) => {

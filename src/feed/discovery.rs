@@ -98,3 +98,21 @@ pub fn ingestible_ids(products: &[Product]) -> Vec<String> {
         .collect();
     ids.into_iter().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_request_does_not_name_its_url() {
+        // Nothing listens on port 9 of loopback in the test environment: the connect fails.
+        let http = reqwest::Client::new();
+        let err = fetch_products(&http, "http://127.0.0.1:9/secret-path")
+            .await
+            .expect_err("no server");
+        assert!(matches!(err, DiscoveryError::Http(_)), "{err:?}");
+        let text = format!("{err} {err:?}");
+        // The connect error's socket address may remain; the URL (path, query) must not.
+        assert!(!text.contains("secret-path"), "{text}");
+    }
+}
