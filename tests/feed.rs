@@ -376,6 +376,49 @@ async fn a_malformed_frame_is_skipped_and_counted() {
 }
 
 #[tokio::test]
+async fn a_malformed_frame_that_took_a_sequence_number_is_no_gap() {
+    // Well-formed JSON with a bad body (a heartbeat counter that is not a number) and a
+    // `sequence_num`: the frame is skipped, but its number is counted, so the next frame is
+    // not a gap and nothing is resubscribed.
+    let sim = sim(1).await;
+    sim.arm(next_fault(8, FaultKind::BadHeartbeat));
+    let mut feed = Running::start(settings(&sim, Some(&["BTC-USD"])));
+    let mut seen = feed.until(Duration::from_secs(10), is_snapshot).await;
+    let report = feed
+        .health_until(Duration::from_secs(10), |r| {
+            r.connections.first().is_some_and(|c| c.malformed == 1)
+        })
+        .await;
+    let trades_then = connection(&report).trades;
+    // Trades of frames after the bad one count (the frame right after it was checked for a
+    // gap before any of them).
+    let report = feed
+        .health_until(Duration::from_secs(10), |r| {
+            r.connections
+                .first()
+                .is_some_and(|c| c.trades > trades_then)
+        })
+        .await;
+    seen.extend(feed.until(Duration::from_secs(10), is_update).await);
+    let c = connection(&report);
+    assert_eq!(c.malformed, 1);
+    assert_eq!(c.gaps, 0, "the bad frame's number was counted");
+    assert_eq!(c.sequence_resets, 0);
+    assert_eq!(c.reconnects, 0);
+    assert!(
+        !seen.iter().any(|e| matches!(e, FeedEvent::Gap { .. })),
+        "no gap reported"
+    );
+    assert_eq!(
+        seen.iter().filter(|e| is_snapshot(e)).count(),
+        1,
+        "no resubscribe (which would bring a fresh snapshot)"
+    );
+    feed.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
 async fn backoff_grows_while_connections_keep_failing() {
     let sim = sim(1).await;
     sim.arm(FaultRequest {

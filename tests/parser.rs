@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::Value;
 use spot_canvas::coinbase::rest::{parse_candles, parse_error, parse_product, parse_products};
-use spot_canvas::coinbase::{FrameBody, FrameError, parse_frame};
+use spot_canvas::coinbase::{FrameBody, FrameError, frame_sequence, parse_frame};
 use spot_canvas::model::{Granularity, Side, Trade, TradeId};
 
 const STREAM: &str = include_str!("fixtures/coinbase/production-stream-2026-09-30.jsonl");
@@ -215,12 +215,13 @@ fn documented_examples_parse_with_client_id_present() {
     assert_eq!(trades[1].side, Side::Sell);
 
     let candles = include_str!("fixtures/coinbase/example-ws-candles.json");
-    let FrameBody::Candles { candles } = parse_frame(candles.as_bytes(), received())
+    let FrameBody::Candles { candles, rejected } = parse_frame(candles.as_bytes(), received())
         .expect("candles")
         .body
     else {
         panic!("not candles");
     };
+    assert!(rejected.is_empty());
     assert_eq!(candles.len(), 1);
     let c = &candles[0];
     assert_eq!(c.granularity, Granularity::FiveMinutes);
@@ -332,10 +333,6 @@ fn malformed_frames_return_errors_without_panicking() {
             good.replace("247", "184467440737095516160"),
         ),
         (
-            "bad timestamp",
-            good.replace("2026-09-30T02:39:59.551901038Z", "now"),
-        ),
-        (
             "trades not an array",
             good.replace(r#""trades":["#, r#""trades":{"x":["#)
                 .replace("}]}]}", "}]}}]}"),
@@ -354,6 +351,116 @@ fn malformed_frames_return_errors_without_panicking() {
     let at = good.find("ETH-USD").expect("product");
     bytes[at] = 0xff;
     assert!(parse_frame(&bytes, received()).is_err());
+}
+
+#[test]
+fn an_unreadable_envelope_timestamp_costs_only_the_timestamp() {
+    // Trades carry their own times: the envelope's is informational and is left out.
+    let frame = GOOD_TRADE_FRAME.replace("2026-09-30T02:39:59.551901038Z", "now");
+    let parsed = parse_frame(frame.as_bytes(), received()).expect("the trades still count");
+    assert_eq!(parsed.timestamp, None);
+    assert_eq!(parsed.sequence_num, Some(247));
+    let FrameBody::MarketTrades {
+        trades, rejected, ..
+    } = parsed.body
+    else {
+        panic!("not trades");
+    };
+    assert!(rejected.is_empty());
+    assert_eq!(trades.len(), 1);
+    assert_eq!(trades[0].trade_id, TradeId(846_155_167));
+
+    let hb = HEARTBEAT_FRAME.replace("2026-09-30T02:39:59.551901038Z", "yesterday");
+    let parsed = parse_frame(hb.as_bytes(), received()).expect("heartbeat");
+    assert_eq!(parsed.timestamp, None);
+    assert!(matches!(
+        parsed.body,
+        FrameBody::Heartbeat { counter: 12, .. }
+    ));
+}
+
+const HEARTBEAT_FRAME: &str = r#"{"channel":"heartbeats","timestamp":"2026-09-30T02:39:59.551901038Z","sequence_num":31,"events":[{"current_time":"2026-09-30 02:39:59.5 +0000 UTC m=+12.0","heartbeat_counter":12}]}"#;
+
+const GOOD_CANDLE: &str = r#"{"start":"1775521800","high":"68950.00","low":"68850.00","open":"68900.00","close":"68920.50","volume":"42.15000000","product_id":"BTC-USD"}"#;
+
+/// A candles frame of three candles: two good ones (BTC-USD, SOL-USD) around `middle`.
+fn candles_around(middle: &str) -> String {
+    let after = GOOD_CANDLE.replace("BTC-USD", "SOL-USD");
+    format!(
+        r#"{{"channel":"candles","timestamp":"2026-09-30T02:39:59.551901038Z","sequence_num":88,"events":[{{"type":"update","candles":[{GOOD_CANDLE},{middle},{after}]}}]}}"#
+    )
+}
+
+#[test]
+fn a_malformed_candle_costs_that_candle_alone() {
+    let eth = GOOD_CANDLE.replace("BTC-USD", "ETH-USD");
+    let cases: &[(&str, String, &str)] = &[
+        ("empty volume", eth.replace("42.15000000", ""), "ETH-USD"),
+        ("exponent", eth.replace("68900.00", "1e5"), "ETH-USD"),
+        (
+            "number instead of a string",
+            eth.replace(r#""68950.00""#, "68950.00"),
+            "ETH-USD",
+        ),
+        (
+            "missing product_id",
+            GOOD_CANDLE.replace(r#","product_id":"BTC-USD""#, ""),
+            "",
+        ),
+        ("not an object", "17".to_owned(), ""),
+        ("bad start", eth.replace("1775521800", "soon"), "ETH-USD"),
+    ];
+    for (name, middle, product) in cases {
+        let frame = candles_around(middle);
+        let parsed = parse_frame(frame.as_bytes(), received())
+            .unwrap_or_else(|e| panic!("{name}: the frame survives: {e}"));
+        assert_eq!(parsed.sequence_num, Some(88), "{name}");
+        let FrameBody::Candles { candles, rejected } = parsed.body else {
+            panic!("{name}: not candles");
+        };
+        let ids: Vec<&str> = candles.iter().map(|c| c.product_id.as_str()).collect();
+        assert_eq!(ids, ["BTC-USD", "SOL-USD"], "{name}");
+        assert_eq!(rejected.len(), 1, "{name}");
+        assert_eq!(rejected[0].product_id, *product, "{name}");
+        assert!(!rejected[0].reason.is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn a_refused_frame_still_gives_its_sequence_number() {
+    // A bad heartbeat counter fails the frame, but the number it took can still be read, so
+    // the connection does not take the next frame for a gap.
+    for (name, frame) in [
+        (
+            "non-numeric counter",
+            HEARTBEAT_FRAME.replace(r#""heartbeat_counter":12"#, r#""heartbeat_counter":"x""#),
+        ),
+        (
+            "fractional counter",
+            HEARTBEAT_FRAME.replace(r#""heartbeat_counter":12"#, r#""heartbeat_counter":1.5"#),
+        ),
+        (
+            "timestamp not text",
+            HEARTBEAT_FRAME.replace(r#""2026-09-30T02:39:59.551901038Z""#, "17"),
+        ),
+        (
+            "candles not an array",
+            candles_around(GOOD_CANDLE).replace(r#""candles":["#, r#""candles":7,"x":["#),
+        ),
+    ] {
+        assert!(
+            parse_frame(frame.as_bytes(), received()).is_err(),
+            "{name}: refused"
+        );
+        let seq = if frame.contains("heartbeats") { 31 } else { 88 };
+        assert_eq!(frame_sequence(frame.as_bytes()), Some(seq), "{name}");
+    }
+    // A frame whose number cannot be read at all gives none.
+    let truncated = &HEARTBEAT_FRAME[..HEARTBEAT_FRAME.len() / 2];
+    assert_eq!(frame_sequence(truncated.as_bytes()), None);
+    let text_seq = HEARTBEAT_FRAME.replace(r#""sequence_num":31"#, r#""sequence_num":"31""#);
+    assert_eq!(frame_sequence(text_seq.as_bytes()), None);
+    assert_eq!(frame_sequence(br#"{"type":"error","message":"x"}"#), None);
 }
 
 /// One good trade, as production sends it.
@@ -499,10 +606,15 @@ fn meme_coin_prices_and_huge_volumes_stay_exact() {
 
 #[test]
 fn rest_examples_parse() {
-    let products = parse_products(include_bytes!(
+    let list = parse_products(include_bytes!(
         "fixtures/coinbase/example-http-products.json"
     ))
     .expect("ok");
+    assert!(
+        list.skipped.is_empty() && list.degraded.is_empty(),
+        "{list:?}"
+    );
+    let products = list.products;
     assert!(!products.is_empty());
     let btc = products
         .iter()
@@ -542,6 +654,105 @@ fn rest_examples_parse() {
     let err = parse_error(br#"{"error":"INVALID_ARGUMENT","message":"number of candles requested should be less than 350"}"#)
         .expect("an error answer");
     assert_eq!(err.error, "INVALID_ARGUMENT");
+}
+
+const GOOD_PRODUCT: &str = r#"{"product_id":"BTC-USD","base_currency_id":"BTC","quote_currency_id":"USD","status":"online","product_type":"SPOT","trading_disabled":false,"base_min_size":"0.00000001","base_max_size":"3400","base_increment":"0.00000001","price_increment":"0.01","alias":"","alias_to":["BTC-USDC"]}"#;
+
+fn products_around(middle: &str) -> String {
+    let after = GOOD_PRODUCT
+        .replace("BTC-USD", "SOL-USD")
+        .replace(r#""BTC""#, r#""SOL""#);
+    format!(r#"{{"products":[{GOOD_PRODUCT},{middle},{after}],"num_products":3}}"#)
+}
+
+#[test]
+fn a_malformed_product_costs_that_product_alone() {
+    let eth = GOOD_PRODUCT
+        .replace("BTC-USD", "ETH-USD")
+        .replace(r#""BTC""#, r#""ETH""#);
+    // Skipped: a product the service cannot select safely.
+    for (name, middle, id) in [
+        ("product_id a number", eth.replace(r#""ETH-USD""#, "7"), ""),
+        (
+            "no product_id",
+            eth.replace(r#""product_id":"ETH-USD","#, ""),
+            "",
+        ),
+        ("not an object", "[]".to_owned(), ""),
+        (
+            "status a number",
+            eth.replace(r#""online""#, "1"),
+            "ETH-USD",
+        ),
+        (
+            "trading_disabled a string",
+            eth.replace(r#""trading_disabled":false"#, r#""trading_disabled":"no""#),
+            "ETH-USD",
+        ),
+        (
+            "alias_to of numbers",
+            eth.replace(r#"["ETH-USDC"]"#, "[1]"),
+            "ETH-USD",
+        ),
+    ] {
+        let list = parse_products(products_around(&middle).as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: the list survives: {e}"));
+        let ids: Vec<&str> = list
+            .products
+            .iter()
+            .map(|p| p.product_id.as_str())
+            .collect();
+        assert_eq!(ids, ["BTC-USD", "SOL-USD"], "{name}");
+        assert_eq!(list.skipped.len(), 1, "{name}: {list:?}");
+        assert_eq!(list.skipped[0].product_id, id, "{name}");
+        assert!(list.degraded.is_empty(), "{name}");
+    }
+    // Kept: an optional field that cannot be read is left out, and reported.
+    for (name, middle, field) in [
+        (
+            "exponent max size",
+            eth.replace(r#""3400""#, r#""1e10""#),
+            "base_max_size",
+        ),
+        (
+            "increment as a number",
+            eth.replace(r#""price_increment":"0.01""#, r#""price_increment":0.01"#),
+            "price_increment",
+        ),
+    ] {
+        let list = parse_products(products_around(&middle).as_bytes()).expect(name);
+        let ids: Vec<&str> = list
+            .products
+            .iter()
+            .map(|p| p.product_id.as_str())
+            .collect();
+        assert_eq!(ids, ["BTC-USD", "ETH-USD", "SOL-USD"], "{name}");
+        assert!(list.skipped.is_empty(), "{name}");
+        assert_eq!(list.degraded.len(), 1, "{name}");
+        assert_eq!(list.degraded[0].product_id, "ETH-USD", "{name}");
+        assert!(list.degraded[0].reason.contains(field), "{name}: {list:?}");
+        let eth = &list.products[1];
+        assert!(eth.is_ingestible(), "{name}");
+        match field {
+            "base_max_size" => assert_eq!(eth.base_max_size, None),
+            _ => assert_eq!(eth.price_increment, None),
+        }
+        assert_eq!(
+            eth.base_min_size.map(|d| d.to_string()).as_deref(),
+            Some("0.00000001")
+        );
+    }
+    // `trading_disabled: null` reads as absent: not disabled.
+    let list = parse_products(
+        products_around(&eth.replace(r#""trading_disabled":false"#, r#""trading_disabled":null"#))
+            .as_bytes(),
+    )
+    .expect("null");
+    assert_eq!(list.products.len(), 3);
+    assert!(!list.products[1].trading_disabled);
+    assert!(list.skipped.is_empty() && list.degraded.is_empty());
+    // A body that is not a products list at all is still an error.
+    assert!(parse_products(br#"{"products":7}"#).is_err());
 }
 
 #[test]

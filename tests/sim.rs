@@ -480,6 +480,31 @@ async fn malformed_fault_sends_one_frame_the_parser_rejects() {
 }
 
 #[tokio::test]
+async fn bad_heartbeat_fault_sends_one_refused_frame_that_takes_a_sequence_number() {
+    let sim = start(quick(1)).await;
+    sim.arm(fault(3, FaultKind::BadHeartbeat));
+    let mut ws = subscribed(&sim).await;
+    let mut seqs = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..6 {
+        match next(&mut ws, Duration::from_secs(5)).await {
+            Some(Ok(Message::Text(t))) => {
+                let value: Value = serde_json::from_str(&t).expect("well-formed JSON");
+                let seq = value["sequence_num"].as_u64().expect("sequenced");
+                seqs.push(seq);
+                if parse_frame(t.as_bytes(), Utc::now()).is_err() {
+                    refused.push(seq);
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seqs, (0..6).collect::<Vec<u64>>(), "no number skipped");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    sim.stop().await;
+}
+
+#[tokio::test]
 async fn oversized_fault_sends_one_frame_of_the_given_size() {
     let sim = start(quick(1)).await;
     sim.arm(fault(2, FaultKind::Oversized { bytes: 2 << 20 }));
@@ -603,7 +628,12 @@ async fn products_list_parses_with_the_service_parser_and_has_entries_to_filter(
     let sim = start(quick(3)).await;
     let (status, body) = get(format!("{}/market/products", sim.rest_url())).await;
     assert_eq!(status, 200);
-    let products = parse_products(&body).expect("the service parses it");
+    let list = parse_products(&body).expect("the service parses it");
+    assert!(
+        list.skipped.is_empty() && list.degraded.is_empty(),
+        "{list:?}"
+    );
+    let products = list.products;
     let ingestible: BTreeSet<&str> = products
         .iter()
         .filter(|p| p.is_ingestible())
@@ -636,7 +666,7 @@ async fn products_list_parses_with_the_service_parser_and_has_entries_to_filter(
         .expect("admin");
     assert_eq!(delisted.status(), 204);
     let (_, body) = get(format!("{}/market/products", sim.rest_url())).await;
-    let products = parse_products(&body).expect("parses");
+    let products = parse_products(&body).expect("parses").products;
     let ingestible: BTreeSet<&str> = products
         .iter()
         .filter(|p| p.is_ingestible())

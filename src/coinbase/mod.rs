@@ -10,7 +10,7 @@ pub mod frame;
 pub mod pacer;
 pub mod rest;
 
-pub use frame::{Frame, FrameBody, FrameError, parse_frame};
+pub use frame::{Frame, FrameBody, FrameError, frame_sequence, parse_frame};
 
 /// Coinbase's production market-data WebSocket endpoint.
 pub const PRODUCTION_WS_URL: &str = "wss://advanced-trade-ws.coinbase.com";

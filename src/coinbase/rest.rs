@@ -3,6 +3,7 @@
 //!
 //! In: the body of `GET /market/products` or `GET /market/products/{id}/candles`. Out:
 //! [`Product`]s and [`Candle`]s with exact decimals, or a [`FrameError`] naming the bad field.
+//! In a products list one malformed product costs only that product ([`ProductList`]).
 //! REST candles carry no `product_id` (the caller knows it) and come newest first.
 
 use std::borrow::Cow;
@@ -23,76 +24,166 @@ pub struct RestError {
 }
 
 #[derive(Deserialize)]
-struct RawProducts<'a> {
-    #[serde(borrow)]
-    products: Vec<RawProduct<'a>>,
+struct RawProducts {
+    products: Vec<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
-struct RawProduct<'a> {
-    #[serde(borrow)]
-    product_id: Cow<'a, str>,
-    #[serde(borrow, default)]
-    base_currency_id: Cow<'a, str>,
-    #[serde(borrow, default)]
-    quote_currency_id: Cow<'a, str>,
-    #[serde(borrow, default)]
-    status: Cow<'a, str>,
-    #[serde(borrow, default)]
-    product_type: Cow<'a, str>,
-    #[serde(default)]
-    trading_disabled: bool,
-    #[serde(borrow, default)]
-    base_min_size: Cow<'a, str>,
-    #[serde(borrow, default)]
-    base_max_size: Cow<'a, str>,
-    #[serde(borrow, default)]
-    base_increment: Cow<'a, str>,
-    #[serde(borrow, default)]
-    price_increment: Cow<'a, str>,
-    #[serde(borrow, default)]
-    alias: Cow<'a, str>,
-    #[serde(default)]
-    alias_to: Vec<String>,
+/// A product of a products list that was skipped, or kept with some fields left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductIssue {
+    /// The product's id when it named one as text, else empty.
+    pub product_id: String,
+    /// What was wrong, naming the field and the value.
+    pub reason: String,
 }
 
-/// Parses a products list answer.
-pub fn parse_products(body: &[u8]) -> Result<Vec<Product>, FrameError> {
-    let raw: RawProducts<'_> = serde_json::from_slice(body)?;
-    raw.products.into_iter().map(product_from_raw).collect()
+/// A parsed products list. One malformed product costs only that product: it is listed in
+/// `skipped`, and the others are kept.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProductList {
+    pub products: Vec<Product>,
+    /// Products left out: not an object, no text `product_id`, or a field the service selects
+    /// products by (`status`, `product_type`, currencies, `alias`, `alias_to`,
+    /// `trading_disabled`) of the wrong type.
+    pub skipped: Vec<ProductIssue>,
+    /// Products kept with an optional size or increment left out (`None`) because it was not
+    /// an exact decimal string (`"1e10"`, a JSON number, ...).
+    pub degraded: Vec<ProductIssue>,
 }
 
-/// Parses a single product answer (`GET /market/products/{id}`).
-pub fn parse_product(body: &[u8]) -> Result<Product, FrameError> {
-    product_from_raw(serde_json::from_slice(body)?)
-}
-
-fn product_from_raw(raw: RawProduct<'_>) -> Result<Product, FrameError> {
-    Ok(Product {
-        product_id: raw.product_id.into_owned(),
-        base: raw.base_currency_id.into_owned(),
-        quote: raw.quote_currency_id.into_owned(),
-        status: raw.status.into_owned(),
-        product_type: raw.product_type.into_owned(),
-        trading_disabled: raw.trading_disabled,
-        base_min_size: optional_decimal("base_min_size", &raw.base_min_size)?,
-        base_max_size: optional_decimal("base_max_size", &raw.base_max_size)?,
-        base_increment: optional_decimal("base_increment", &raw.base_increment)?,
-        price_increment: optional_decimal("price_increment", &raw.price_increment)?,
-        alias: raw.alias.into_owned(),
-        alias_to: raw.alias_to,
-    })
-}
-
-fn optional_decimal(
-    field: &'static str,
-    value: &str,
-) -> Result<Option<rust_decimal::Decimal>, FrameError> {
-    if value.is_empty() {
-        Ok(None)
-    } else {
-        parse_decimal(field, value).map(Some)
+/// Parses a products list answer, each product on its own. Only a body that is not a
+/// products list at all is an error.
+pub fn parse_products(body: &[u8]) -> Result<ProductList, FrameError> {
+    let raw: RawProducts = serde_json::from_slice(body)?;
+    let mut list = ProductList {
+        products: Vec::with_capacity(raw.products.len()),
+        ..ProductList::default()
+    };
+    for value in &raw.products {
+        let product_id = value
+            .get("product_id")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let mut left_out = Vec::new();
+        match product_from_value(value, &mut left_out) {
+            Ok(product) => {
+                if !left_out.is_empty() {
+                    list.degraded.push(ProductIssue {
+                        product_id,
+                        reason: left_out.join("; "),
+                    });
+                }
+                list.products.push(product);
+            }
+            Err(e) => list.skipped.push(ProductIssue {
+                product_id,
+                reason: e.to_string(),
+            }),
+        }
     }
+    Ok(list)
+}
+
+/// Parses a single product answer (`GET /market/products/{id}`). Optional sizes and
+/// increments that cannot be read are left out, as in a list.
+pub fn parse_product(body: &[u8]) -> Result<Product, FrameError> {
+    let value: serde_json::Value = serde_json::from_slice(body)?;
+    product_from_value(&value, &mut Vec::new())
+}
+
+/// One product. Fields the service selects products by must be right (else the error);
+/// optional decimals that are not exact decimal strings become `None`, each noted in
+/// `left_out`. Absent text fields are empty and `trading_disabled` absent or `null` is false,
+/// as Coinbase omits them.
+fn product_from_value(
+    value: &serde_json::Value,
+    left_out: &mut Vec<String>,
+) -> Result<Product, FrameError> {
+    let object = value.as_object().ok_or(FrameError::BadValue {
+        field: "product",
+        value: "(not an object)".into(),
+    })?;
+    let text = |field: &'static str| -> Result<String, FrameError> {
+        match object.get(field) {
+            None | Some(serde_json::Value::Null) => Ok(String::new()),
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(FrameError::BadValue {
+                field,
+                value: other.to_string(),
+            }),
+        }
+    };
+    let product_id = text("product_id")?;
+    if product_id.is_empty() {
+        return Err(FrameError::MissingField {
+            channel: "products",
+            field: "product_id",
+        });
+    }
+    let trading_disabled = match object.get("trading_disabled") {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(FrameError::BadValue {
+                field: "trading_disabled",
+                value: other.to_string(),
+            });
+        }
+    };
+    let alias_to = match object.get("alias_to") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_owned)
+                    .ok_or(FrameError::BadValue {
+                        field: "alias_to",
+                        value: item.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(FrameError::BadValue {
+                field: "alias_to",
+                value: other.to_string(),
+            });
+        }
+    };
+    let mut decimal = |field: &'static str| match object.get(field) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s.is_empty() => None,
+        Some(serde_json::Value::String(s)) => match parse_decimal(field, s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                left_out.push(e.to_string());
+                None
+            }
+        },
+        Some(other) => {
+            left_out.push(format!("field `{field}` is not a decimal string: {other}"));
+            None
+        }
+    };
+    let base_min_size = decimal("base_min_size");
+    let base_max_size = decimal("base_max_size");
+    let base_increment = decimal("base_increment");
+    let price_increment = decimal("price_increment");
+    Ok(Product {
+        product_id,
+        base: text("base_currency_id")?,
+        quote: text("quote_currency_id")?,
+        status: text("status")?,
+        product_type: text("product_type")?,
+        trading_disabled,
+        base_min_size,
+        base_max_size,
+        base_increment,
+        price_increment,
+        alias: text("alias")?,
+        alias_to,
+    })
 }
 
 #[derive(Deserialize)]

@@ -2,11 +2,13 @@
 //!
 //! In: `GET {COINBASE_REST_URL}/market/products`. Out: the ids of online, tradable spot
 //! products, without `-USDC` aliases of `-USD` products (Coinbase sends aliases the same data).
+//! A malformed product costs only itself: it is skipped, counted and logged (once per fetch,
+//! with a few examples), and the others are used.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::coinbase::rest::{parse_error, parse_products};
+use crate::coinbase::rest::{ProductIssue, parse_error, parse_products};
 use crate::model::Product;
 
 /// Time allowed for one REST request.
@@ -15,13 +17,23 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Why discovery failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
+    /// The request failed; the error carries no URL.
     #[error("products request failed: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(reqwest::Error),
     #[error("products request answered {status}: {message}")]
     Status { status: u16, message: String },
     #[error("products answer is malformed: {0}")]
     Parse(#[from] crate::coinbase::FrameError),
 }
+
+impl From<reqwest::Error> for DiscoveryError {
+    fn from(e: reqwest::Error) -> Self {
+        DiscoveryError::Http(e.without_url())
+    }
+}
+
+/// Products named in one log line about a fetch's malformed products.
+const ISSUES_LOGGED: usize = 5;
 
 /// Fetches the products list.
 pub async fn fetch_products(
@@ -47,7 +59,28 @@ pub async fn fetch_products(
             message,
         });
     }
-    Ok(parse_products(&body)?)
+    let list = parse_products(&body)?;
+    report_issues(&list.skipped, "skipped malformed products");
+    report_issues(
+        &list.degraded,
+        "products kept with unreadable optional fields left out",
+    );
+    metrics::counter!("spot_canvas_feed_skipped_products_total")
+        .increment(list.skipped.len() as u64);
+    Ok(list.products)
+}
+
+/// Logs a fetch's product issues in one line: how many, and the first few.
+fn report_issues(issues: &[ProductIssue], what: &'static str) {
+    if issues.is_empty() {
+        return;
+    }
+    let examples: Vec<String> = issues
+        .iter()
+        .take(ISSUES_LOGGED)
+        .map(|i| format!("{:?}: {}", i.product_id, i.reason))
+        .collect();
+    tracing::warn!(count = issues.len(), ?examples, "{what}");
 }
 
 /// The ids the service ingests from a products list, sorted.
@@ -64,4 +97,22 @@ pub fn ingestible_ids(products: &[Product]) -> Vec<String> {
         .map(|p| p.product_id.clone())
         .collect();
     ids.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_request_does_not_name_its_url() {
+        // Nothing listens on port 9 of loopback in the test environment: the connect fails.
+        let http = reqwest::Client::new();
+        let err = fetch_products(&http, "http://127.0.0.1:9/secret-path")
+            .await
+            .expect_err("no server");
+        assert!(matches!(err, DiscoveryError::Http(_)), "{err:?}");
+        let text = format!("{err} {err:?}");
+        // The connect error's socket address may remain; the URL (path, query) must not.
+        assert!(!text.contains("secret-path"), "{text}");
+    }
 }

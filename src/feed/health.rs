@@ -50,6 +50,8 @@ pub struct ConnectionHealth {
     pub malformed: u64,
     /// Malformed trades skipped alone inside otherwise good frames.
     pub rejected_trades: u64,
+    /// Malformed candles skipped alone inside otherwise good `candles` frames.
+    pub rejected_candles: u64,
     pub error_frames: u64,
     /// The backoff delays waited so far, most recent last (at most 16 kept).
     pub backoffs_ms: Vec<u64>,
@@ -74,6 +76,7 @@ impl ConnectionHealth {
             sequence_resets: 0,
             malformed: 0,
             rejected_trades: 0,
+            rejected_candles: 0,
             error_frames: 0,
             backoffs_ms: Vec::new(),
             last_error: None,

@@ -38,8 +38,12 @@ pub enum FaultKind {
     },
     /// Skip `count` sequence numbers.
     SkipSequence { count: u64 },
-    /// Send one malformed (truncated) frame.
+    /// Send one malformed (truncated) frame. It names no `sequence_num`, so it takes none.
     Malformed,
+    /// Send one `heartbeats` frame that takes the next `sequence_num` but whose
+    /// `heartbeat_counter` is not a number: well-formed JSON with a bad body, as a client must
+    /// count without taking it for a gap.
+    BadHeartbeat,
     /// Send one frame of `bytes` bytes.
     Oversized { bytes: usize },
     /// Send the next trades update twice (same trade ids).

@@ -1,11 +1,14 @@
 //! The bodies of `candles`, `heartbeats` and `subscriptions` frames.
 //!
-//! In: a frame's events of that channel. Out: its [`FrameBody`].
+//! In: a frame's events of that channel. Out: its [`FrameBody`]. A malformed candle (a missing
+//! or non-text field, a value that is not an exact decimal, a bad start) costs only that
+//! candle: it is listed as a [`RejectedCandle`] beside the frame's good candles.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::values::{parse_decimal, parse_unix_seconds};
 use super::{FrameBody, FrameError, count_skipped};
@@ -15,8 +18,26 @@ use crate::model::{Candle, Granularity};
 pub(super) struct RawCandlesEvent<'a> {
     #[serde(borrow, rename = "type")]
     kind: Cow<'a, str>,
+    /// Kept raw so that each candle is parsed on its own: one bad candle cannot fail the
+    /// frame.
     #[serde(borrow, default)]
-    candles: Vec<RawWsCandle<'a>>,
+    candles: Vec<&'a RawValue>,
+}
+
+/// A candle of a `candles` frame that was not taken, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedCandle {
+    /// The candle's product when it named one as text, else empty.
+    pub product_id: String,
+    /// What was wrong, naming the field and the value.
+    pub reason: String,
+}
+
+/// Only the product of a candle that failed, for its [`RejectedCandle`].
+#[derive(Deserialize)]
+struct CandleProduct<'a> {
+    #[serde(borrow)]
+    product_id: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -57,30 +78,49 @@ pub(super) struct RawSubscriptionsEvent {
     pub(super) subscriptions: BTreeMap<String, Vec<String>>,
 }
 
-pub(super) fn candles_body(events: Vec<RawCandlesEvent<'_>>) -> Result<FrameBody, FrameError> {
+pub(super) fn candles_body(events: Vec<RawCandlesEvent<'_>>) -> FrameBody {
     let mut candles = Vec::new();
+    let mut rejected = Vec::new();
     for event in events {
         if !matches!(event.kind.as_ref(), "snapshot" | "update") {
             count_skipped("event_type", &event.kind);
             continue;
         }
         for raw in event.candles {
-            let start = parse_unix_seconds("start", &raw.start)?;
-            candles.push(Candle {
-                product_id: raw.product_id.into_owned(),
-                granularity: Granularity::FiveMinutes,
-                start,
-                open: parse_decimal("open", &raw.open)?,
-                high: parse_decimal("high", &raw.high)?,
-                low: parse_decimal("low", &raw.low)?,
-                close: parse_decimal("close", &raw.close)?,
-                volume: parse_decimal("volume", &raw.volume)?,
-                buy_volume: None,
-                trade_count: None,
-            });
+            match candle_from_raw(raw) {
+                Ok(candle) => candles.push(candle),
+                Err(e) => rejected.push(RejectedCandle {
+                    product_id: serde_json::from_str::<CandleProduct<'_>>(raw.get())
+                        .map(|c| c.product_id.into_owned())
+                        .unwrap_or_default(),
+                    reason: e.to_string(),
+                }),
+            }
         }
     }
-    Ok(FrameBody::Candles { candles })
+    FrameBody::Candles { candles, rejected }
+}
+
+fn candle_from_raw(raw: &RawValue) -> Result<Candle, FrameError> {
+    let raw: RawWsCandle<'_> = serde_json::from_str(raw.get())?;
+    if raw.product_id.is_empty() {
+        return Err(FrameError::BadValue {
+            field: "product_id",
+            value: String::new(),
+        });
+    }
+    Ok(Candle {
+        product_id: raw.product_id.into_owned(),
+        granularity: Granularity::FiveMinutes,
+        start: parse_unix_seconds("start", &raw.start)?,
+        open: parse_decimal("open", &raw.open)?,
+        high: parse_decimal("high", &raw.high)?,
+        low: parse_decimal("low", &raw.low)?,
+        close: parse_decimal("close", &raw.close)?,
+        volume: parse_decimal("volume", &raw.volume)?,
+        buy_volume: None,
+        trade_count: None,
+    })
 }
 
 pub(super) fn heartbeat_body(events: Vec<RawHeartbeatEvent<'_>>) -> Result<FrameBody, FrameError> {

@@ -3,7 +3,10 @@
 //! In: the raw bytes of one text frame and the time it was read. Out: a [`Frame`] with exact
 //! decimals and parsed times, or a [`FrameError`] that says what was wrong with the frame as a
 //! whole. A malformed trade costs only that trade: it is listed as a [`RejectedTrade`] beside
-//! the frame's good trades (module `trades`). Unknown channels
+//! the frame's good trades (module `trades`); likewise a malformed candle ([`RejectedCandle`]),
+//! and an unreadable envelope `timestamp` costs only the timestamp. When a frame is refused,
+//! [`frame_sequence`] still reads its `sequence_num`, so the connection can count the number it
+//! took. Unknown channels
 //! and event types are counted and skipped, never an error: Coinbase may add them at any time.
 //! Tolerant where production differs from the docs: `client_id` may be absent,
 //! `heartbeat_counter` may be a number or a string, `current_time` is Go's time format and is
@@ -25,6 +28,7 @@ use self::envelope::{RawEvents, RawFrame};
 use self::trades::trades_body;
 use crate::model::{Candle, Trade};
 
+pub use self::body::RejectedCandle;
 pub use self::trades::RejectedTrade;
 pub use self::values::{parse_decimal, parse_time, parse_unix_seconds};
 
@@ -33,7 +37,8 @@ pub use self::values::{parse_decimal, parse_time, parse_unix_seconds};
 pub struct Frame {
     /// Per-connection counter across all channels; absent on error frames.
     pub sequence_num: Option<u64>,
-    /// The envelope's send time; absent on error frames.
+    /// The envelope's send time; absent on error frames and when it could not be read (it is
+    /// informational only: trades and candles carry their own times).
     pub timestamp: Option<DateTime<Utc>>,
     pub body: FrameBody,
 }
@@ -50,7 +55,11 @@ pub enum FrameBody {
         rejected: Vec<RejectedTrade>,
     },
     /// `candles`: Coinbase's own 5-minute candles (no trade count, no buy volume).
-    Candles { candles: Vec<Candle> },
+    Candles {
+        candles: Vec<Candle>,
+        /// The frame's malformed candles, each left out alone.
+        rejected: Vec<RejectedCandle>,
+    },
     /// `heartbeats`.
     Heartbeat {
         counter: u64,
@@ -89,6 +98,21 @@ pub enum FrameError {
     BadValue { field: &'static str, value: String },
 }
 
+/// The `sequence_num` of a frame [`parse_frame`] refused, when the frame is JSON and names
+/// one: a frame whose body is malformed still took its number, and the connection must count
+/// it so the next frame is not taken for a gap. Only called on that error path, so the frames
+/// that parse are read once.
+pub fn frame_sequence(bytes: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct SequenceOnly {
+        #[serde(default)]
+        sequence_num: Option<u64>,
+    }
+    serde_json::from_slice::<SequenceOnly>(bytes)
+        .ok()?
+        .sequence_num
+}
+
 /// Parses one frame read at `received`.
 pub fn parse_frame(bytes: &[u8], received: DateTime<Utc>) -> Result<Frame, FrameError> {
     // One UTF-8 check of the whole frame is cheaper than one per string.
@@ -116,11 +140,19 @@ pub fn parse_frame(bytes: &[u8], received: DateTime<Utc>) -> Result<Frame, Frame
             None => Err(FrameError::NoChannel),
         };
     };
+    // The envelope's time is informational (trades and candles carry their own): one that
+    // cannot be read is counted and left out, never a reason to drop the frame's data.
     let timestamp = raw
         .timestamp
         .as_deref()
-        .map(|t| parse_time("timestamp", t))
-        .transpose()?;
+        .and_then(|t| match parse_time("timestamp", t) {
+            Ok(time) => Some(time),
+            Err(e) => {
+                metrics::counter!("spot_canvas_feed_bad_timestamps_total").increment(1);
+                tracing::debug!(error = %e, "frame timestamp unreadable, left out");
+                None
+            }
+        });
     let body = match channel {
         "market_trades" => {
             let events = events_of("market_trades", raw.events, |e| match e {
@@ -134,7 +166,7 @@ pub fn parse_frame(bytes: &[u8], received: DateTime<Utc>) -> Result<Frame, Frame
                 RawEvents::Candles(events) => Some(events),
                 _ => None,
             })?;
-            candles_body(events)?
+            candles_body(events)
         }
         "heartbeats" => {
             let events = events_of("heartbeats", raw.events, |e| match e {

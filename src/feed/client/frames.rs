@@ -4,8 +4,10 @@
 //! In: one frame's bytes. Out: events on the shared channel (waiting when it is full),
 //! counters in health, and resubscribes: after a gap or a sequence that went backwards (a
 //! fresh snapshot), after a refused key (unauthenticated), and after a refused product (the
-//! others again, without it). A malformed frame is skipped and counted; a malformed trade
-//! costs only that trade, is counted, and is logged at most once a minute per product.
+//! others again, without it). A malformed frame is skipped and counted, but the sequence
+//! number it took (when it names one) is still counted, so it is not taken for a gap; a
+//! malformed trade or candle costs only that trade or candle, is counted, and is logged at most
+//! once a minute per product.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,13 +16,13 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::{Connection, End, Socket};
-use crate::coinbase::frame::RejectedTrade;
+use crate::coinbase::frame::{RejectedCandle, RejectedTrade};
 use crate::coinbase::pacer::Priority;
-use crate::coinbase::{FrameBody, parse_frame};
+use crate::coinbase::{FrameBody, frame_sequence, parse_frame};
 use crate::feed::health::AuthState;
 use crate::model::{FeedEvent, TradeBatch};
 
-/// Malformed trades of one product are logged at most this often.
+/// Malformed trades (or candles) of one product are logged at most this often.
 const BAD_TRADE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Connection {
@@ -38,10 +40,17 @@ impl Connection {
                 let preview: String =
                     String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into();
                 tracing::warn!(conn = self.id, error = %e, %preview, "skipping malformed frame");
+                let mut previous_frame = received;
                 self.shared.health.update(self.id, |h| {
+                    previous_frame = h.last_frame.unwrap_or(received);
                     h.malformed += 1;
                     h.last_frame = Some(received);
                 });
+                // Coinbase numbers every frame: a bad body still took its number.
+                if let Some(seq) = frame_sequence(bytes) {
+                    self.follow_sequence(ws, seq, last_seq, previous_frame, received)
+                        .await?;
+                }
                 return Ok(());
             }
         };
@@ -53,22 +62,8 @@ impl Connection {
             h.last_frame = Some(received);
         });
         if let Some(seq) = frame.sequence_num {
-            match *last_seq {
-                Some(last) if seq <= last => {
-                    // Coinbase's counter is per connection: a number that goes back means the
-                    // server started a new sequence. Follow it, and treat the break like a
-                    // gap (frames may be lost around it).
-                    *last_seq = Some(seq);
-                    self.on_sequence_reset(ws, last, seq, previous_frame, received)
-                        .await?;
-                }
-                Some(last) if seq > last + 1 => {
-                    *last_seq = Some(seq);
-                    self.on_gap(ws, last + 1, seq, previous_frame, received)
-                        .await?;
-                }
-                _ => *last_seq = Some(seq),
-            }
+            self.follow_sequence(ws, seq, last_seq, previous_frame, received)
+                .await?;
         }
         let event = match frame.body {
             FrameBody::MarketTrades {
@@ -92,11 +87,19 @@ impl Connection {
                     trades,
                 })
             }
-            FrameBody::Candles { candles } => FeedEvent::ExchangeCandles {
-                connection: self.id,
-                received,
-                candles,
-            },
+            FrameBody::Candles { candles, rejected } => {
+                if !rejected.is_empty() {
+                    self.on_rejected_candles(&rejected);
+                }
+                if candles.is_empty() {
+                    return Ok(());
+                }
+                FeedEvent::ExchangeCandles {
+                    connection: self.id,
+                    received,
+                    candles,
+                }
+            }
             FrameBody::Heartbeat { .. } => FeedEvent::Heartbeat {
                 connection: self.id,
                 time: frame.timestamp,
@@ -114,6 +117,37 @@ impl Connection {
             FrameBody::Skipped { .. } => return Ok(()),
         };
         self.emit(event).await
+    }
+
+    /// Checks a frame's `sequence_num` against the last one and follows it: a gap or a number
+    /// that went backwards reports a window and resubscribes.
+    async fn follow_sequence(
+        &mut self,
+        ws: &mut Socket,
+        seq: u64,
+        last_seq: &mut Option<u64>,
+        previous_frame: DateTime<Utc>,
+        received: DateTime<Utc>,
+    ) -> Result<(), End> {
+        match *last_seq {
+            Some(last) if seq <= last => {
+                // Coinbase's counter is per connection: a number that goes back means the
+                // server started a new sequence. Follow it, and treat the break like a
+                // gap (frames may be lost around it).
+                *last_seq = Some(seq);
+                self.on_sequence_reset(ws, last, seq, previous_frame, received)
+                    .await
+            }
+            Some(last) if seq > last.saturating_add(1) => {
+                *last_seq = Some(seq);
+                self.on_gap(ws, last + 1, seq, previous_frame, received)
+                    .await
+            }
+            _ => {
+                *last_seq = Some(seq);
+                Ok(())
+            }
+        }
     }
 
     /// Sends an event downstream, measuring how long a full channel made it wait.
@@ -155,6 +189,33 @@ impl Connection {
                     trade_id = %bad.trade_id,
                     reason = %bad.reason,
                     "skipping a malformed trade (logged at most once a minute per product)"
+                );
+            }
+        }
+    }
+
+    /// Counts the malformed candles of a frame whose other candles go on, and logs them at
+    /// most once a minute per product (sharing the trades' log budget).
+    fn on_rejected_candles(&mut self, rejected: &[RejectedCandle]) {
+        let count = rejected.len() as u64;
+        metrics::counter!("spot_canvas_feed_rejected_candles_total").increment(count);
+        self.shared
+            .health
+            .update(self.id, |h| h.rejected_candles += count);
+        let now = Instant::now();
+        for bad in rejected {
+            let key = format!("candles:{}", bad.product_id);
+            let due = self
+                .bad_trades_logged
+                .get(&key)
+                .is_none_or(|last| now.duration_since(*last) >= BAD_TRADE_LOG_INTERVAL);
+            if due {
+                self.bad_trades_logged.insert(key, now);
+                tracing::warn!(
+                    conn = self.id,
+                    product = %bad.product_id,
+                    reason = %bad.reason,
+                    "skipping a malformed candle (logged at most once a minute per product)"
                 );
             }
         }

@@ -1,5 +1,5 @@
 //! How a connection applies the faults armed for it: closing, dropping, stalling, bending the
-//! sequence, sending a malformed or oversized frame, repeating an update, refusing a
+//! sequence, sending a malformed (unsequenced or sequenced) or oversized frame, repeating an update, refusing a
 //! product's subscribes, and adding malformed, absurd or future trades to an update frame.
 //!
 //! In: the fault board and the frames about to be sent. Out: changed frames and connection
@@ -58,6 +58,16 @@ impl Connection {
                 FaultKind::Malformed => {
                     self.write(r#"{"channel":"market_trades","timestamp":"2026-"#.to_owned())
                         .await?;
+                }
+                FaultKind::BadHeartbeat => {
+                    // Not through `send`: that applies faults again.
+                    let seq = self.seq;
+                    self.seq += 1;
+                    self.write(format!(
+                        r#"{{"channel":"heartbeats","timestamp":"{}","sequence_num":{seq},"events":[{{"current_time":"","heartbeat_counter":"not-a-number"}}]}}"#,
+                        crate::sim::format::go_time(chrono::Utc::now())
+                    ))
+                    .await?;
                 }
                 FaultKind::Oversized { bytes } => {
                     const WRAPPER: &str = r#"{"channel":"oversized","padding":""}"#;
