@@ -852,9 +852,12 @@ async fn a_sequence_going_backwards_starts_a_new_sequence_with_a_gap_window() {
     sim.stop().await;
 }
 
-#[tokio::test]
-async fn a_refused_product_is_dropped_and_the_others_keep_flowing_whole() {
-    let (sim, _dir, log) = logged_sim(SimConfig {
+/// A logged simulator of three products whose connections refuse every subscribe naming
+/// ETH-USD, and a feed of the three that tries refused products again after `retry`.
+async fn refusing_eth(
+    retry: Duration,
+) -> (Simulator, tempfile::TempDir, std::path::PathBuf, Running) {
+    let (sim, dir, log) = logged_sim(SimConfig {
         products: 3,
         trades_per_second: 10.0,
         history_minutes: 2,
@@ -869,9 +872,15 @@ async fn a_refused_product_is_dropped_and_the_others_keep_flowing_whole() {
         },
     });
     let mut settings = settings(&sim, Some(&["BTC-USD", "ETH-USD", "SOL-USD"]));
+    settings.refresh_interval = retry;
+    let feed = Running::start(settings);
+    (sim, dir, log, feed)
+}
+
+#[tokio::test]
+async fn a_refused_product_is_dropped_and_the_others_keep_flowing_whole() {
     // No retry of the refused product within this test.
-    settings.refresh_interval = Duration::from_secs(600);
-    let mut feed = Running::start(settings);
+    let (sim, _dir, log, mut feed) = refusing_eth(Duration::from_secs(600)).await;
     let mut delivered = Delivered::default();
     let mut gap = None;
     let mut updates = BTreeMap::<String, usize>::new();
@@ -925,24 +934,8 @@ async fn a_refused_product_is_dropped_and_the_others_keep_flowing_whole() {
 
 #[tokio::test]
 async fn a_refused_product_is_tried_again_after_a_cool_down() {
-    let (sim, _dir, _log) = logged_sim(SimConfig {
-        products: 3,
-        trades_per_second: 10.0,
-        history_minutes: 2,
-        ..SimConfig::default()
-    })
-    .await;
-    // This connection refuses ETH-USD for good: every try is refused.
-    sim.arm(FaultRequest {
-        scope: Scope::Named(ScopeName::All),
-        after_frames: 0,
-        kind: FaultKind::RefuseSubscribe {
-            product_id: "ETH-USD".into(),
-        },
-    });
-    let mut settings = settings(&sim, Some(&["BTC-USD", "ETH-USD", "SOL-USD"]));
-    settings.refresh_interval = Duration::from_secs(1);
-    let mut feed = Running::start(settings);
+    // The connection refuses ETH-USD for good: every try is refused.
+    let (sim, _dir, _log, mut feed) = refusing_eth(Duration::from_secs(1)).await;
     let mut others = 0;
     let refused = || sim.state.stats.refused_subscribes.get();
     feed.until(Duration::from_secs(60), |e| {

@@ -155,10 +155,6 @@ impl App {
                 "writer flushed"
             );
             joined(summary_task).await;
-            watchdog_stop.cancel();
-            for watchdog in [pg_watchdog, nats_watchdog].into_iter().flatten() {
-                joined(watchdog).await;
-            }
         };
         let in_time = tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_ok();
         if !in_time {
@@ -166,7 +162,16 @@ impl App {
             overdue.cancel();
             feed_stop.cancel();
             live_stop.cancel();
-            watchdog_stop.cancel();
+        }
+        // The watchdogs end before the servers stop, so that none starts a server again.
+        watchdog_stop.cancel();
+        for watchdog in [pg_watchdog, nats_watchdog].into_iter().flatten() {
+            if tokio::time::timeout(Duration::from_secs(10), joined(watchdog))
+                .await
+                .is_err()
+            {
+                tracing::warn!("an embedded server's watchdog did not stop within 10 s");
+            }
         }
         // The servers go last, whatever happened above.
         stop_embedded(embedded.as_deref(), embedded_nats.as_ref()).await;

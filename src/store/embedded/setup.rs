@@ -12,6 +12,9 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{EmbeddedError, EmbeddedPostgres, USER};
 use crate::children::{self, OwnedChild, Signal, StopPlan};
 
+/// The longest `initdb` may take (a few seconds is usual).
+const INITDB_WITHIN: Duration = Duration::from_secs(300);
+
 /// How an abandoned `initdb` is stopped (it cleans up on SIGTERM).
 const INITDB_ON_DROP: StopPlan = &[(Signal::TERM, Duration::from_secs(5))];
 
@@ -64,9 +67,17 @@ impl EmbeddedPostgres {
         tracing::info!(cluster = %self.cluster.display(), "creating the embedded PostgreSQL cluster (initdb)");
         // Dropped before it ends (a stop signal while starting), the guard stops initdb.
         let mut initdb = OwnedChild::spawn(&mut command, "initdb", INITDB_ON_DROP)?;
+        let deadline = tokio::time::Instant::now() + INITDB_WITHIN;
         let status = loop {
             if let Some(status) = initdb.exited() {
                 break status;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Dropping the guard stops initdb; the staging directory is redone next time.
+                return Err(EmbeddedError::Command {
+                    what: "initdb".into(),
+                    detail: format!("did not finish within {INITDB_WITHIN:?}"),
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
