@@ -177,6 +177,21 @@ impl LiveState {
             .cloned()
     }
 
+    /// Per product, when its newest update was received (the newest `last_received` of its
+    /// series): whether live data flows for it.
+    pub fn product_activity(&self) -> HashMap<String, chrono::DateTime<chrono::Utc>> {
+        let inner = lock(&self.inner);
+        let mut activity: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
+        for ((product, _), update) in &inner.latest {
+            let at = update.last_received;
+            activity
+                .entry(product.clone())
+                .and_modify(|t| *t = (*t).max(at))
+                .or_insert(at);
+        }
+        activity
+    }
+
     pub fn report(&self) -> LiveReport {
         let inner = lock(&self.inner);
         let products: HashSet<&str> = inner.latest.keys().map(|(p, _)| p.as_str()).collect();
