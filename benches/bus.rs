@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::DateTime;
 use futures_util::StreamExt;
 use rust_decimal::Decimal;
-use spot_canvas::bus::{EmbeddedNats, LiveState, Publisher};
+use spot_canvas::bus::{ClientSettings, Delivery, EmbeddedNats, Filter, LiveState, Publisher};
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -106,27 +106,45 @@ async fn publisher_and_latency(url: &str, keys: usize, rate: f64, duration: Dura
     let cancel = CancellationToken::new();
     let live_task = tokio::spawn(live.clone().run(live_client, kv.clone(), cancel.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut client_view = live.subscribe(None, 1 << 20);
+    let (mut client_view, _initial) = live.subscribe(
+        Filter::all(),
+        ClientSettings {
+            capacity: 1 << 20,
+            ..ClientSettings::default()
+        },
+        CancellationToken::new(),
+    );
     let sent_at: Arc<Mutex<HashMap<(usize, u64), Instant>>> = Arc::default();
     let (tx, rx) = mpsc::channel(1024);
     let publisher = Publisher::new(publish_client, kv, rx);
     let stats = publisher.stats();
     let publisher_task = tokio::spawn(publisher.run());
     let sent_map = sent_at.clone();
+    let done = cancel.clone();
     let measuring = tokio::spawn(async move {
         let mut latencies = Vec::new();
-        while let Some(u) = client_view.updates.recv().await {
-            let key = Granularity::ALL
-                .iter()
-                .position(|g| *g == u.candle.granularity)
-                .unwrap_or(0)
-                + 8 * u.candle.product_id[1..5].parse::<usize>().unwrap_or(0);
-            if let Some(t) = sent_map
-                .lock()
-                .expect("lock")
-                .remove(&(key, u.version().trade_count))
-            {
-                latencies.push(t.elapsed());
+        loop {
+            let entries = tokio::select! {
+              () = done.cancelled() => break,
+              delivery = client_view.next() => match delivery {
+                  Delivery::Updates(entries) => entries,
+                  _ => break,
+              },
+            };
+            for entry in entries {
+                let u = &entry.update;
+                let key = Granularity::ALL
+                    .iter()
+                    .position(|g| *g == u.candle.granularity)
+                    .unwrap_or(0)
+                    + 8 * u.candle.product_id[1..5].parse::<usize>().unwrap_or(0);
+                if let Some(t) = sent_map
+                    .lock()
+                    .expect("lock")
+                    .remove(&(key, u.version().trade_count))
+                {
+                    latencies.push(t.elapsed());
+                }
             }
         }
         latencies

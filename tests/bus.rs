@@ -12,7 +12,10 @@ use common::wait_for;
 use chrono::DateTime;
 use futures_util::StreamExt;
 use rust_decimal::Decimal;
-use spot_canvas::bus::{CandleMessage, EmbeddedNats, LiveState, Publisher, PublisherStats, kv_key};
+use spot_canvas::bus::{
+    CandleMessage, ClientSettings, Delivery, EmbeddedNats, Filter, LiveState, Publisher,
+    PublisherStats, kv_key,
+};
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId, Version};
 use spot_canvas::sink::SinkSettings;
 use tokio::sync::mpsc;
@@ -305,6 +308,13 @@ async fn a_killed_nats_server_is_restarted_and_state_and_kv_become_whole_again()
     n.server.stop().await;
 }
 
+fn settings(capacity: usize) -> ClientSettings {
+    ClientSettings {
+        capacity,
+        ..ClientSettings::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_get_the_current_candle_then_every_newer_update_without_gap_or_duplicate() {
     let live = LiveState::new();
@@ -330,21 +340,24 @@ async fn subscribers_get_the_current_candle_then_every_newer_update_without_gap_
         clients.push(tokio::spawn(async move {
             // Time is the subject: clients join at staggered moments while updates flow.
             tokio::time::sleep(Duration::from_micros(300 * i)).await;
-            let mut sub = live.subscribe(
-                Some(vec![("BTC-USD".to_owned(), Granularity::OneMinute)]),
-                N as usize,
+            let (mut sub, initial) = live.subscribe(
+                Filter::of(&["BTC-USD"], &[Granularity::OneMinute]),
+                settings(N as usize),
+                CancellationToken::new(),
             );
-            let mut seen: Vec<u64> = sub
-                .initial
+            let mut seen: Vec<u64> = initial
                 .iter()
-                .map(|u| u.version().trade_count)
+                .map(|e| e.update.version().trade_count)
                 .collect();
             // One overall deadline, generous for a loaded CI: the stream must reach N.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             while seen.last() != Some(&N) {
-                match tokio::time::timeout_at(deadline, sub.updates.recv()).await {
-                    Ok(Some(u)) => seen.push(u.version().trade_count),
-                    Ok(None) | Err(_) => break,
+                match tokio::time::timeout_at(deadline, sub.next()).await {
+                    Ok(Delivery::Updates(entries)) => {
+                        seen.extend(entries.iter().map(|e| e.update.version().trade_count));
+                    }
+                    Ok(other) => panic!("no resync or cut-off expected: {other:?}"),
+                    Err(_) => break,
                 }
             }
             seen
@@ -364,25 +377,88 @@ async fn subscribers_get_the_current_candle_then_every_newer_update_without_gap_
 }
 
 #[tokio::test]
-async fn a_client_that_does_not_drain_its_queue_is_cut_off_and_others_are_not() {
+async fn a_client_that_overflows_is_resynced_then_cut_off_when_it_stays_behind() {
     let live = LiveState::new();
-    let slow = live.subscribe(None, 4);
-    let mut fast = live.subscribe(None, 1_000);
+    let slow_cut = CancellationToken::new();
+    let (mut slow, _) = live.subscribe(
+        Filter::all(),
+        ClientSettings {
+            capacity: 4,
+            stall: Duration::from_millis(200),
+            ..ClientSettings::default()
+        },
+        slow_cut.clone(),
+    );
+    let (mut fast, _) = live.subscribe(Filter::all(), settings(1_000), CancellationToken::new());
+    // Another series' client costs nothing and gets nothing.
+    let (mut other, _) = live.subscribe(
+        Filter::of(&["ETH-USD"], &[Granularity::OneMinute]),
+        settings(1_000),
+        CancellationToken::new(),
+    );
     for count in 1..=100 {
         live.apply(update("SOL-USD", 0, count));
     }
+    live.apply(update("ETH-USD", 0, 1));
+    // The slow one overflowed: its next read is the latest state, not the 96 it missed.
+    match slow.next().await {
+        Delivery::Resync(entries) => {
+            let mut versions: Vec<(String, u64)> = entries
+                .iter()
+                .map(|e| {
+                    (
+                        e.update.candle.product_id.clone(),
+                        e.update.version().trade_count,
+                    )
+                })
+                .collect();
+            versions.sort();
+            assert_eq!(
+                versions,
+                [("ETH-USD".to_owned(), 1), ("SOL-USD".to_owned(), 100)]
+            );
+        }
+        other => panic!("expected a resync, got {other:?}"),
+    }
+    assert_eq!(live.report().client_resyncs, 1);
+    assert!(!slow_cut.is_cancelled());
+    // It overflows again and stops reading past its stall limit: the next update cuts it off.
+    for count in 101..=110 {
+        live.apply(update("SOL-USD", 0, count));
+    }
+    // Time is the subject: the stall limit must pass.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    live.apply(update("SOL-USD", 0, 111));
+    assert!(slow_cut.is_cancelled(), "its connection is told to close");
+    assert!(matches!(slow.next().await, Delivery::CutOff));
     assert_eq!(live.report().clients_cut_off, 1);
-    let mut slow = slow;
-    let mut got = 0;
-    while slow.updates.recv().await.is_some() {
-        got += 1;
+    assert_eq!(live.report().clients, 2);
+    // The fast one got every update, in order.
+    let mut fast_seen = Vec::new();
+    while fast_seen.len() < 112 {
+        match tokio::time::timeout(Duration::from_secs(10), fast.next()).await {
+            Ok(Delivery::Updates(entries)) => fast_seen.extend(entries.iter().map(|e| {
+                (
+                    e.update.candle.product_id.clone(),
+                    e.update.version().trade_count,
+                )
+            })),
+            other => panic!("fast client: {other:?}"),
+        }
     }
-    assert_eq!(got, 4, "the queue it had, then the end of its stream");
-    let mut fast_count = 0;
-    while let Ok(u) = fast.updates.try_recv() {
-        fast_count = u.version().trade_count;
+    let sol: Vec<u64> = fast_seen
+        .iter()
+        .filter(|(p, _)| p == "SOL-USD")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(sol, (1..=111).collect::<Vec<u64>>());
+    match other.next().await {
+        Delivery::Updates(entries) => {
+            assert_eq!(entries.len(), 1);
+            assert_eq!(entries[0].update.candle.product_id, "ETH-USD");
+        }
+        got => panic!("other: {got:?}"),
     }
-    assert_eq!(fast_count, 100);
 }
 
 #[tokio::test]

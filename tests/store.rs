@@ -670,6 +670,7 @@ fn app_state(repository: Repository) -> spot_canvas::web::AppState {
         stages: spot_canvas::supervise::Stages::new(),
         simulated: true,
         ws_url: "ws://127.0.0.1:1".to_owned(),
+        streams: spot_canvas::web::stream::Streams::new(Default::default()),
     }
 }
 

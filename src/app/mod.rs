@@ -173,6 +173,7 @@ impl App {
             stages: stages.clone(),
             simulated: !config.is_production_feed(),
             ws_url: config.coinbase_ws_url.clone(),
+            streams: crate::web::stream::Streams::new(config.stream),
         };
         Ok(App {
             listener,

@@ -20,6 +20,9 @@ use crate::store::Repository;
 use crate::supervise::Supervisor;
 use crate::web::{AppState, router};
 
+/// Time open connections get to finish their requests once the HTTP server stops.
+const HTTP_GRACE: Duration = Duration::from_secs(1);
+
 /// Awaits a stage's end, for the ordered stop.
 async fn joined(handle: JoinHandle<()>) {
     // A panic is caught inside the stage's task; an abort only happens at runtime shutdown.
@@ -116,8 +119,7 @@ impl App {
             supervisor.spawn_fatal("publisher", &overdue, |token| until(token, publisher.run()));
         let routes = router(state.clone());
         let http_task = supervisor.spawn_fatal("http", &http_stop, |token| async move {
-            axum::serve(listener, routes)
-                .with_graceful_shutdown(token.cancelled_owned())
+            crate::web::serve::serve(listener, routes, token, HTTP_GRACE)
                 .await
                 .map_err(anyhow::Error::from)
         });
@@ -129,6 +131,8 @@ impl App {
         };
         stages.begin_stop();
         tracing::info!("stopping");
+        // Streams end first: their clients reconnect (to another instance) at once.
+        state.streams.stop.cancel();
         let writer_report = state.writer.clone();
         let stopped = async {
             feed_stop.cancel();

@@ -6,6 +6,7 @@
 //! JSON), the newest candle per key in the KV bucket `live-candles`, and for the web layer the
 //! current candle of any key followed by every newer update.
 
+pub mod element;
 pub mod live;
 pub mod message;
 pub mod publisher;
@@ -13,7 +14,7 @@ pub mod server;
 
 use std::time::Duration;
 
-pub use live::{LiveState, LiveSubscription};
+pub use live::{ClientSettings, Delivery, Filter, LiveEntry, LiveState, Subscription};
 pub use message::CandleMessage;
 pub use publisher::{Publisher, PublisherReport, PublisherStats};
 pub use server::EmbeddedNats;

@@ -1,15 +1,22 @@
-//! The publisher: every candle update onto its NATS subject, the newest candle per series
-//! into the KV bucket `live-candles`, never stalling the engine or storage.
+//! The publisher: every candle update onto its NATS subject as it comes, the newest candle per
+//! series into the KV bucket `live-candles`, never stalling the engine or storage.
 //!
-//! In: batches of [`CandleUpdate`]. Out: versioned JSON on `candles.<exchange>.<product>.
-//! <granularity>` and KV entries. Runs on the coalescing [`sink`](crate::sink) (its own
-//! bounded memory, newest per candle, retries with backoff while NATS is slow or away). KV
-//! writes are compare-and-set on the KV revision and happen only when the incoming version is
-//! higher than the stored one, so an older update never replaces a newer one, whatever the
-//! order of arrival or the number of producers. A stored value that does not parse (another
-//! schema version during a rolling deploy, garbage) counts as older than any update: it is
-//! overwritten and counted, and never blocks a key. Every publish, flush and KV operation has
-//! a timeout, so a server that stops reading fails the flush (retried) instead of stalling it.
+//! In: batches of [`CandleUpdate`] (one per feed frame). Out: versioned JSON on
+//! `candles.<exchange>.<product>.<granularity>` and KV entries. Two coalescing
+//! [`sink`](crate::sink)s (bounded memory, newest per candle, retries with backoff while NATS
+//! is slow or away) take every batch:
+//! - the live path publishes as soon as an update arrives (one flush at a time, of everything
+//!   that arrived meanwhile: updates coalesce only while a publish is under way, that is under
+//!   overload); async-nats batches the socket writes by itself. No batch timer sits on the
+//!   path from a frame to the subject.
+//! - the KV path batches (50 candles or 100 ms) and writes compare-and-set on the KV revision,
+//!   only when the incoming version is higher than the stored one, so an older update never
+//!   replaces a newer one, whatever the order of arrival or the number of producers. A stored
+//!   value that does not parse (another schema version during a rolling deploy, garbage)
+//!   counts as older than any update: it is overwritten and counted, and never blocks a key.
+//!
+//! Every publish, flush and KV operation has a timeout, so a server that stops reading fails
+//! the flush (retried) instead of stalling it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,15 +37,18 @@ const CONCURRENT_KV_WRITES: usize = 64;
 /// Longest wait for one publish to be queued (the client's buffer is full while the server
 /// does not read).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for the client to hand its buffer to the server.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Batches between the publisher's input and its two paths.
+const LIVE_CHANNEL: usize = 1024;
 /// Longest wait for one KV operation.
 const KV_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The publisher's counters.
 #[derive(Debug, Default)]
 pub struct PublisherStats {
+    /// The KV path.
     sink: Arc<SinkStats>,
+    /// The live path (subjects).
+    live: Arc<SinkStats>,
     /// KV values that did not parse as a candle message (another schema, garbage), treated
     /// as older than any update and overwritten.
     kv_unreadable: AtomicU64,
@@ -47,8 +57,11 @@ pub struct PublisherStats {
 /// What `/health` shows of the publisher.
 #[derive(Debug, Clone, Serialize)]
 pub struct PublisherReport {
+    /// The KV path.
     #[serde(flatten)]
     pub sink: SinkReport,
+    /// The live path: publishes to the subjects.
+    pub live: SinkReport,
     pub kv_unreadable_overwritten: u64,
 }
 
@@ -56,6 +69,7 @@ impl PublisherStats {
     pub fn report(&self) -> PublisherReport {
         PublisherReport {
             sink: self.sink.report(),
+            live: self.live.report(),
             kv_unreadable_overwritten: self.kv_unreadable.load(Ordering::Relaxed),
         }
     }
@@ -100,17 +114,41 @@ impl Publisher {
         self.stats.clone()
     }
 
-    /// Runs until the input closes and everything received is published.
+    /// Runs until the input closes and everything received is published and in the KV.
     pub async fn run(self) -> anyhow::Result<()> {
         let cache: Arc<Mutex<KvCache>> = Arc::new(Mutex::new(HashMap::new()));
         let (client, kv, stats) = (self.client, self.kv, self.stats);
-        let sink_stats = stats.sink.clone();
-        crate::sink::run("nats", self.input, self.settings, sink_stats, move |rows| {
-            let (client, kv, cache, stats) =
-                (client.clone(), kv.clone(), cache.clone(), stats.clone());
-            async move { publish_all(&client, &kv, &cache, &stats, &rows).await }
-        })
-        .await;
+        let (live_tx, live_rx) = mpsc::channel(LIVE_CHANNEL);
+        let (kv_tx, kv_rx) = mpsc::channel(LIVE_CHANNEL);
+        // The live path flushes whenever anything is pending: one update is enough.
+        let live_settings = SinkSettings {
+            max_rows: 1,
+            ..self.settings
+        };
+        let live = crate::sink::run("nats", live_rx, live_settings, stats.live.clone(), {
+            let client = client.clone();
+            move |rows| {
+                let client = client.clone();
+                async move { publish(&client, &rows).await }
+            }
+        });
+        let kv_path = crate::sink::run("nats-kv", kv_rx, self.settings, stats.sink.clone(), {
+            let stats = stats.clone();
+            move |rows| {
+                let (kv, cache, stats) = (kv.clone(), cache.clone(), stats.clone());
+                async move { write_kv(&kv, &cache, &stats, &rows).await }
+            }
+        });
+        let mut input = self.input;
+        let forward = async move {
+            // Both sinks keep receiving while they write: these sends do not wait on NATS.
+            while let Some(batch) = input.recv().await {
+                if live_tx.send(batch.clone()).await.is_err() || kv_tx.send(batch).await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::join!(forward, live, kv_path);
         Ok(())
     }
 }
@@ -128,36 +166,44 @@ async fn within<T, E: std::fmt::Display>(
     }
 }
 
-async fn publish_all(
-    client: &async_nats::Client,
-    kv: &Store,
-    cache: &Mutex<KvCache>,
-    stats: &PublisherStats,
-    rows: &[CandleUpdate],
-) -> Result<(), String> {
+/// Publishes `rows` on their subjects, oldest version first; async-nats sends them as soon as
+/// its connection can (no flush is awaited: that would cost a round trip per frame).
+async fn publish(client: &async_nats::Client, rows: &[CandleUpdate]) -> Result<(), String> {
     let mut rows: Vec<&CandleUpdate> = rows.iter().collect();
     // Oldest first, so subscribers see each series' updates in version order.
     rows.sort_by_key(|u| u.version());
-    // Per KV key, only the highest version is a candidate for the KV.
-    let mut newest: HashMap<String, (&CandleUpdate, Vec<u8>)> = HashMap::new();
     for u in rows {
         let payload = CandleMessage::from_update(u).to_json();
         let subject = subject(&u.candle.product_id, u.candle.granularity);
         within(
             "publish",
             PUBLISH_TIMEOUT,
-            client.publish(subject, payload.clone().into()),
+            client.publish(subject, payload.into()),
         )
         .await?;
+    }
+    Ok(())
+}
+
+/// Writes the newest version of each KV key among `rows`, when it is newer than the stored one.
+async fn write_kv(
+    kv: &Store,
+    cache: &Mutex<KvCache>,
+    stats: &PublisherStats,
+    rows: &[CandleUpdate],
+) -> Result<(), String> {
+    // Per KV key, only the highest version is a candidate for the KV.
+    let mut newest: HashMap<String, (&CandleUpdate, Vec<u8>)> = HashMap::new();
+    for u in rows {
         let key = kv_key(&u.candle.product_id, u.candle.granularity);
         match newest.get(&key) {
             Some((existing, _)) if existing.version() >= u.version() => {}
             _ => {
+                let payload = CandleMessage::from_update(u).to_json();
                 newest.insert(key, (u, payload));
             }
         }
     }
-    within("flush", FLUSH_TIMEOUT, client.flush()).await?;
     let mut cache = cache.lock().await;
     let entries: Vec<(String, (&CandleUpdate, Vec<u8>))> = newest.into_iter().collect();
     // Every key is tried, whatever happens to the others; the first error fails the flush

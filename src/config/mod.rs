@@ -8,6 +8,7 @@
 
 mod parse;
 mod redact;
+mod stream;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::coinbase::{PRODUCTION_REST_URL, PRODUCTION_WS_URL};
 
 pub use redact::{REDACTED, redact};
+pub use stream::StreamConfig;
 
 /// Documentation of one environment variable the service reads.
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +139,41 @@ pub const VARIABLES: &[Variable] = &[
         description: "Seconds between rounds comparing stored one-minute candles with REST (0–86400; 0 turns it off)",
     },
     Variable {
+        name: "STREAM_MAX_CLIENTS",
+        default: "10000",
+        description: "Most concurrent SSE streams of the instance (1–1000000); beyond it a new stream gets 503",
+    },
+    Variable {
+        name: "STREAM_MAX_PER_ADDRESS",
+        default: "100",
+        description: "Most concurrent SSE streams from one client address (1–1000000); beyond it a new stream gets 429",
+    },
+    Variable {
+        name: "STREAM_MAX_SERIES",
+        default: "800",
+        description: "Most series (products × granularities) one stream may name (1–100000); a stream of all products is exempt",
+    },
+    Variable {
+        name: "STREAM_QUEUE",
+        default: "1024",
+        description: "Events a stream client's queue holds (1–1000000); a client that overflows it is resynced to the latest state",
+    },
+    Variable {
+        name: "STREAM_STALL_SECS",
+        default: "10",
+        description: "Seconds a resynced-but-not-reading stream client may stay behind before it is disconnected (1–3600)",
+    },
+    Variable {
+        name: "STREAM_KEEPALIVE_SECS",
+        default: "15",
+        description: "Seconds between keep-alive comments on an idle stream (1–300)",
+    },
+    Variable {
+        name: "TRUST_FORWARDED_FOR",
+        default: "false",
+        description: "Count streams per address by the last `X-Forwarded-For` entry (the one a trusted proxy such as Cloud Run's front end added) instead of the peer address",
+    },
+    Variable {
         name: "RUST_LOG",
         default: "info",
         description: "Log filter (tracing EnvFilter syntax)",
@@ -201,6 +238,7 @@ pub struct Config {
     pub crosscheck_interval_secs: u64,
     pub log_filter: String,
     pub log_format: LogFormat,
+    pub stream: StreamConfig,
 }
 
 impl fmt::Debug for Config {
@@ -234,6 +272,7 @@ impl fmt::Debug for Config {
             .field("crosscheck_interval_secs", &self.crosscheck_interval_secs)
             .field("log_filter", &self.log_filter)
             .field("log_format", &self.log_format)
+            .field("stream", &self.stream)
             .finish()
     }
 }

@@ -6,7 +6,7 @@ use secrecy::SecretString;
 
 use super::{CoinbaseCredentials, Config, ConfigError, LogFormat, VARIABLES};
 
-type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub(super) type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
     let shard_count: u32 = number(lookup, "SHARD_COUNT", 1, 1024, "an integer 1-1024")?;
@@ -83,6 +83,7 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
         )?,
         log_filter: log_filter(lookup)?,
         log_format: log_format(lookup)?,
+        stream: super::stream::parse(lookup)?,
     })
 }
 
@@ -101,7 +102,7 @@ fn value_or_default(lookup: Lookup<'_>, var: &str) -> String {
 }
 
 /// An integer in `min..=max`. The default (from [`VARIABLES`]) is checked like a set value.
-fn number<T>(
+pub(super) fn number<T>(
     lookup: Lookup<'_>,
     var: &'static str,
     min: T,
@@ -127,7 +128,7 @@ where
     Ok(value)
 }
 
-fn boolean(lookup: Lookup<'_>, var: &'static str) -> Result<bool, ConfigError> {
+pub(super) fn boolean(lookup: Lookup<'_>, var: &'static str) -> Result<bool, ConfigError> {
     match value_or_default(lookup, var)
         .trim()
         .to_ascii_lowercase()

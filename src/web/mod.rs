@@ -5,6 +5,8 @@
 
 pub mod candles;
 pub mod health;
+pub mod serve;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -35,6 +37,8 @@ pub struct AppState {
     /// The feed is the exchange simulator, not Coinbase.
     pub simulated: bool,
     pub ws_url: String,
+    /// The SSE streams' limits, caps and stop.
+    pub streams: stream::Streams,
 }
 
 /// Every route of the service.
@@ -42,5 +46,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/api/v1/candles", get(candles::candles))
+        .route("/stream", get(stream::stream))
+        .route("/api/v1/stream", get(stream::stream))
         .with_state(state)
 }

@@ -1,0 +1,360 @@
+//! The per-instance live state: the newest candle of every series and its fan-out to stream
+//! clients.
+//!
+//! In: candle updates ([`LiveState::apply`]), fed by one NATS subscription per instance (see
+//! `nats.rs`) whatever the number of clients. Out: for each client, the current candle of each
+//! series it wants, then every newer update, with no gap and no duplicate between the two and
+//! never an update older than one already delivered.
+//!
+//! Each update is rendered once into its server-sent event ([`LiveEntry::event`], shared
+//! `Bytes`) and costs nothing for clients that did not ask for its series: subscribers are
+//! indexed by series (and, for clients of every product, by granularity). Each client has a
+//! bounded queue; one that overflows is marked lagged and resynced to the latest state of its
+//! series when it next reads, and one that stays behind (lagged for longer than its stall
+//! limit, or resynced too often) is cut off. Queue pushes happen under the state's lock, so a
+//! subscribe sees every update either in its initial state or in its queue; no lock is held
+//! while a client writes its socket.
+
+mod client;
+mod nats;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use client::{ClientQueue, Pushed};
+pub use client::{ClientSettings, Delivery, Subscription};
+
+use super::element::candle_event;
+use crate::model::{CandleUpdate, Granularity};
+
+/// A candle series: product and granularity.
+pub type Series = (String, Granularity);
+
+/// The newest update of a series, with its event text.
+#[derive(Debug)]
+pub struct LiveEntry {
+    pub update: CandleUpdate,
+    /// Position in the order of applied updates (the event's `id:`).
+    pub seq: u64,
+    /// The `datastar-patch-elements` event, shared by every client.
+    pub event: Bytes,
+}
+
+/// Which series a client wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    /// `None`: every product.
+    pub products: Option<HashSet<String>>,
+    /// At least one.
+    pub granularities: Vec<Granularity>,
+}
+
+impl Filter {
+    /// Every series.
+    pub fn all() -> Filter {
+        Filter {
+            products: None,
+            granularities: Granularity::ALL.to_vec(),
+        }
+    }
+
+    /// Only these series' products and granularities.
+    pub fn of(products: &[&str], granularities: &[Granularity]) -> Filter {
+        Filter {
+            products: Some(products.iter().map(|p| (*p).to_owned()).collect()),
+            granularities: granularities.to_vec(),
+        }
+    }
+
+    pub fn matches(&self, product: &str, granularity: Granularity) -> bool {
+        self.granularities.contains(&granularity)
+            && self.products.as_ref().is_none_or(|p| p.contains(product))
+    }
+}
+
+/// Subscribers by what they want.
+#[derive(Debug, Default)]
+struct Index {
+    /// Clients of named products, by series.
+    by_series: HashMap<Series, HashMap<u64, Arc<ClientQueue>>>,
+    /// Clients of every product, by granularity.
+    by_granularity: [HashMap<u64, Arc<ClientQueue>>; 8],
+    /// Every client: its filter and queue.
+    clients: HashMap<u64, (Filter, Arc<ClientQueue>)>,
+}
+
+impl Index {
+    fn insert(&mut self, id: u64, filter: Filter, queue: Arc<ClientQueue>) {
+        for &g in &filter.granularities {
+            match &filter.products {
+                None => {
+                    self.by_granularity[g.index()].insert(id, queue.clone());
+                }
+                Some(products) => {
+                    for p in products {
+                        self.by_series
+                            .entry((p.clone(), g))
+                            .or_default()
+                            .insert(id, queue.clone());
+                    }
+                }
+            }
+        }
+        self.clients.insert(id, (filter, queue));
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Arc<ClientQueue>> {
+        let (filter, queue) = self.clients.remove(&id)?;
+        for &g in &filter.granularities {
+            match &filter.products {
+                None => {
+                    self.by_granularity[g.index()].remove(&id);
+                }
+                Some(products) => {
+                    for p in products {
+                        let key = (p.clone(), g);
+                        if let Some(set) = self.by_series.get_mut(&key) {
+                            set.remove(&id);
+                            if set.is_empty() {
+                                self.by_series.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Some(queue)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    latest: HashMap<Series, Arc<LiveEntry>>,
+    index: Index,
+    next_client: u64,
+}
+
+impl Inner {
+    /// The entries `filter` wants, in the order they were applied.
+    fn snapshot(&self, filter: &Filter) -> Vec<Arc<LiveEntry>> {
+        let mut entries: Vec<Arc<LiveEntry>> = match &filter.products {
+            None => self
+                .latest
+                .iter()
+                .filter(|((_, g), _)| filter.granularities.contains(g))
+                .map(|(_, e)| e.clone())
+                .collect(),
+            Some(products) => products
+                .iter()
+                .flat_map(|p| {
+                    filter
+                        .granularities
+                        .iter()
+                        .filter_map(|g| self.latest.get(&(p.clone(), *g)).cloned())
+                })
+                .collect(),
+        };
+        entries.sort_by_key(|e| e.seq);
+        entries
+    }
+}
+
+/// Counters of the live state.
+#[derive(Debug, Default)]
+pub(crate) struct LiveStats {
+    pub(crate) messages: AtomicU64,
+    applied: AtomicU64,
+    stale: AtomicU64,
+    pub(crate) bad: AtomicU64,
+    /// Reloads from the KV (start, NATS reconnects, slow consumers).
+    pub(crate) kv_reloads: AtomicU64,
+    /// Clients resynced after their queue overflowed.
+    client_resyncs: AtomicU64,
+    clients_cut_off: AtomicU64,
+    /// Events handed to client queues.
+    events_queued: AtomicU64,
+}
+
+/// What `/health` shows of the live state.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveReport {
+    pub series: usize,
+    pub products: usize,
+    pub clients: usize,
+    pub messages: u64,
+    pub applied: u64,
+    pub stale: u64,
+    pub bad: u64,
+    pub kv_reloads: u64,
+    pub client_resyncs: u64,
+    pub clients_cut_off: u64,
+    pub events_queued: u64,
+}
+
+/// The live state; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct LiveState {
+    inner: Arc<Mutex<Inner>>,
+    stats: Arc<LiveStats>,
+    /// The id of the next applied update.
+    seq: Arc<AtomicU64>,
+    /// Asks the running loop to reload from the KV (NATS reconnects, slow consumers).
+    resync: Arc<Notify>,
+}
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // Every change keeps the maps consistent step by step, even if a holder panicked.
+    inner.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LiveState {
+    pub fn new() -> Self {
+        LiveState::default()
+    }
+
+    /// A handle that makes the running loop reload from the KV.
+    pub fn resync_trigger(&self) -> Arc<Notify> {
+        self.resync.clone()
+    }
+
+    /// Takes `update` if it is newer than what the series holds, and queues its event for the
+    /// clients of the series. Returns whether it was newer.
+    pub fn apply(&self, update: CandleUpdate) -> bool {
+        let series: Series = (update.candle.product_id.clone(), update.candle.granularity);
+        // Rendered before the lock; the id is spent even if the update turns out stale.
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let entry = Arc::new(LiveEntry {
+            event: candle_event(&update, seq),
+            update,
+            seq,
+        });
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        if inner
+            .latest
+            .get(&series)
+            .is_some_and(|current| current.update.version() >= entry.update.version())
+        {
+            self.stats.stale.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let mut cut_off = Vec::new();
+        let mut queued = 0u64;
+        let named = inner.index.by_series.get(&series).into_iter().flatten();
+        let every = inner.index.by_granularity[series.1.index()].iter();
+        for (id, queue) in named.chain(every) {
+            match queue.push(&entry, now) {
+                Pushed::Queued => queued += 1,
+                Pushed::Dropped => {}
+                Pushed::CutOff => cut_off.push(*id),
+            }
+        }
+        for id in cut_off {
+            if inner.index.remove(id).is_some() {
+                self.stats.clients_cut_off.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        inner.latest.insert(series, entry);
+        self.stats.applied.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .events_queued
+            .fetch_add(queued, Ordering::Relaxed);
+        true
+    }
+
+    /// The current candle of each series `filter` wants (oldest applied first), then, through
+    /// the returned subscription, every newer update. `cut_off` is cancelled if the client is
+    /// cut off for staying behind (the stream closes its connection with it).
+    pub fn subscribe(
+        &self,
+        filter: Filter,
+        settings: ClientSettings,
+        cut_off: CancellationToken,
+    ) -> (Subscription, Vec<Arc<LiveEntry>>) {
+        let queue = Arc::new(ClientQueue::new(settings, cut_off));
+        let mut inner = lock(&self.inner);
+        let initial = inner.snapshot(&filter);
+        let id = inner.next_client;
+        inner.next_client += 1;
+        inner.index.insert(id, filter.clone(), queue.clone());
+        drop(inner);
+        let subscription = Subscription::new(id, filter, queue, self.clone());
+        (subscription, initial)
+    }
+
+    /// Under the lock: the client's queue is emptied and its snapshot taken, so that
+    /// everything after the snapshot reaches the queue. `None` when the client is gone or is
+    /// cut off for resyncing too often.
+    fn resync_client(
+        &self,
+        id: u64,
+        filter: &Filter,
+        queue: &ClientQueue,
+    ) -> Option<Vec<Arc<LiveEntry>>> {
+        let mut inner = lock(&self.inner);
+        if !inner.index.clients.contains_key(&id) {
+            return None;
+        }
+        if !queue.restart(Instant::now()) {
+            inner.index.remove(id);
+            self.stats.clients_cut_off.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.stats.client_resyncs.fetch_add(1, Ordering::Relaxed);
+        Some(inner.snapshot(filter))
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        lock(&self.inner).index.remove(id);
+    }
+
+    /// The current candle of a series.
+    pub fn current(&self, product_id: &str, granularity: Granularity) -> Option<CandleUpdate> {
+        lock(&self.inner)
+            .latest
+            .get(&(product_id.to_owned(), granularity))
+            .map(|e| e.update.clone())
+    }
+
+    /// Per product, when its newest update was received (the newest `last_received` of its
+    /// series): whether live data flows for it.
+    pub fn product_activity(&self) -> HashMap<String, DateTime<Utc>> {
+        let inner = lock(&self.inner);
+        let mut activity: HashMap<String, DateTime<Utc>> = HashMap::new();
+        for ((product, _), entry) in &inner.latest {
+            let at = entry.update.last_received;
+            activity
+                .entry(product.clone())
+                .and_modify(|t| *t = (*t).max(at))
+                .or_insert(at);
+        }
+        activity
+    }
+
+    pub fn report(&self) -> LiveReport {
+        let inner = lock(&self.inner);
+        let products: HashSet<&str> = inner.latest.keys().map(|(p, _)| p.as_str()).collect();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LiveReport {
+            series: inner.latest.len(),
+            products: products.len(),
+            clients: inner.index.clients.len(),
+            messages: load(&self.stats.messages),
+            applied: load(&self.stats.applied),
+            stale: load(&self.stats.stale),
+            bad: load(&self.stats.bad),
+            kv_reloads: load(&self.stats.kv_reloads),
+            client_resyncs: load(&self.stats.client_resyncs),
+            clients_cut_off: load(&self.stats.clients_cut_off),
+            events_queued: load(&self.stats.events_queued),
+        }
+    }
+}

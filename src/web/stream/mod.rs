@@ -1,0 +1,173 @@
+//! `GET /stream` and `GET /api/v1/stream`: candle changes as Datastar server-sent events.
+//!
+//! In: the query (see `params.rs`), the client's address, `Last-Event-ID`. Out:
+//! `text/event-stream` with one `datastar-patch-elements` event per candle change holding a
+//! `<spot-candle>` element (see `bus::element`): first the current candle of every subscribed
+//! series, then the live changes, then keep-alive comments when idle. Each event has an `id:`;
+//! a client that comes back with `Last-Event-ID` gets a full, consistent snapshot again (the
+//! latest state of each series, then the changes after it). A client that falls behind is
+//! resynced to the latest state of each series; one that stays behind is disconnected. 400 for
+//! bad parameters, 429 beyond the per-address cap, 503 beyond the instance's cap or while
+//! stopping.
+
+mod body;
+mod gate;
+mod params;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub use gate::{Refusal, StreamGate};
+pub use params::{StreamRequest, parse};
+
+use super::AppState;
+use super::serve::Connection;
+use crate::bus::ClientSettings;
+use crate::config::StreamConfig;
+
+/// What the stream handlers share.
+#[derive(Debug, Clone)]
+pub struct Streams {
+    pub config: StreamConfig,
+    pub gate: Arc<StreamGate>,
+    /// Cancelled at the start of the stop: every stream ends (clients reconnect elsewhere).
+    pub stop: CancellationToken,
+}
+
+impl Streams {
+    pub fn new(config: StreamConfig) -> Streams {
+        Streams {
+            gate: StreamGate::new(config.max_clients, config.max_per_address),
+            config,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    fn client_settings(&self) -> ClientSettings {
+        ClientSettings {
+            capacity: self.config.queue,
+            stall: self.config.stall,
+            ..ClientSettings::default()
+        }
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The handler of both stream routes.
+pub async fn stream(
+    State(state): State<AppState>,
+    connection: Option<Extension<Connection>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let streams = &state.streams;
+    if streams.stop.is_cancelled() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is stopping; reconnect",
+        );
+    }
+    let request = match parse(query.as_deref(), streams.config.max_series) {
+        Ok(request) => request,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let connection = connection.map(|Extension(c)| c);
+    let address = client_address(
+        &headers,
+        connection.as_ref(),
+        streams.config.trust_forwarded_for,
+    );
+    let permit = match streams.gate.try_acquire(address) {
+        Ok(permit) => permit,
+        Err(Refusal::Full { max }) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this instance serves its maximum of {max} streams; retry later"),
+            );
+        }
+        Err(Refusal::TooManyFromAddress { max }) => {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("at most {max} concurrent streams per client address; close one first"),
+            );
+        }
+    };
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let opening = match resumed {
+        // Any id, ours or not: the snapshot that follows replaces whatever the client holds.
+        Some(id) if id.len() <= 32 && id.bytes().all(|b| b.is_ascii_digit()) => {
+            format!(": resumed after event {id}: full snapshot follows\n\n")
+        }
+        _ => ": spot-canvas candle stream\n\n".to_owned(),
+    };
+    // Cut off for staying behind: the connection is dropped (the peer may not be reading).
+    let cut_off = connection
+        .as_ref()
+        .map(|c| c.close.clone())
+        .unwrap_or_default();
+    let (subscription, initial) =
+        state
+            .live
+            .subscribe(request.filter(), streams.client_settings(), cut_off);
+    let body = body::body(
+        opening,
+        initial,
+        subscription,
+        permit,
+        streams.stop.clone(),
+        streams.config.keepalive,
+    );
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The address streams are counted by.
+fn client_address(
+    headers: &HeaderMap,
+    connection: Option<&Connection>,
+    trust_forwarded_for: bool,
+) -> IpAddr {
+    if trust_forwarded_for
+        && let Some(last) = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .last()
+        && let Ok(address) = last.parse::<IpAddr>()
+    {
+        return address;
+    }
+    connection
+        .map(|c| c.peer.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
