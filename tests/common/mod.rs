@@ -7,11 +7,13 @@
 mod app;
 mod service;
 mod wait;
+mod web;
 pub use app::{
     AppEnv, STOP_WITHIN, TestApp, data_dir, health, processes_mentioning, wait_for_health,
 };
 pub use service::{READY_WITHIN, Service, environment_of, signal};
 pub use wait::{eventually, wait_for};
+pub use web::{Served, SseEvent, SseReader, app_state, serve};
 
 use std::os::unix::fs::PermissionsExt;
 
