@@ -123,12 +123,20 @@ async fn products_lists_every_trading_pair_with_its_shard_ingestion_and_live_sta
     let (status, body) = get(&state, "/api/v1/products?ignored=yes").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["schema"], 1);
-    assert_eq!((body["shard_index"].as_u64(), body["shard_count"].as_u64()), (Some(1), Some(3)));
+    assert_eq!(
+        (body["shard_index"].as_u64(), body["shard_count"].as_u64()),
+        (Some(1), Some(3))
+    );
     let shard = |id: &str| spot_canvas::feed::shard::instance_for(id, 3);
     let mut products = body["products"].as_array().expect("products").clone();
     let last_updates: Vec<Value> = products
         .iter_mut()
-        .map(|p| p.as_object_mut().expect("object").remove("last_update").expect("last_update"))
+        .map(|p| {
+            p.as_object_mut()
+                .expect("object")
+                .remove("last_update")
+                .expect("last_update")
+        })
         .collect();
     assert_eq!(
         Value::Array(products),
@@ -165,7 +173,11 @@ async fn the_directory_learns_new_products_within_about_a_second_and_keeps_its_l
     let directory = ProductDirectory::new(Repository::new(spot_canvas::store::api_pool(&db.pool)));
     assert!(directory.contains("BTC-USD").await.expect("answers"));
     assert!(!directory.contains("ETH-USD").await.expect("answers"));
-    let ids = ["BTC-USD".to_owned(), "ETH-USD".to_owned(), "NOPE-USD".to_owned()];
+    let ids = [
+        "BTC-USD".to_owned(),
+        "ETH-USD".to_owned(),
+        "NOPE-USD".to_owned(),
+    ];
     assert_eq!(
         directory.unknown(&ids).await.expect("answers"),
         vec!["ETH-USD", "NOPE-USD"]
@@ -184,7 +196,10 @@ async fn the_directory_learns_new_products_within_about_a_second_and_keeps_its_l
         inserted.elapsed() < Duration::from_secs(20),
         "learned within the deadline"
     );
-    assert_eq!(directory.unknown(&ids).await.expect("answers"), vec!["NOPE-USD"]);
+    assert_eq!(
+        directory.unknown(&ids).await.expect("answers"),
+        vec!["NOPE-USD"]
+    );
 
     // The database goes away: the list read before keeps answering (a miss cannot refresh it),
     // while a directory that never read one answers an error (the handlers' 503).
@@ -192,12 +207,22 @@ async fn the_directory_learns_new_products_within_about_a_second_and_keeps_its_l
     let fresh = ProductDirectory::new(Repository::new(spot_canvas::store::api_pool(&db.pool)));
     let error = fresh.contains("BTC-USD").await.expect_err("no list yet");
     assert!(error.to_string().contains("not available"), "{error}");
-    assert!(directory.contains("BTC-USD").await.expect("the cached list"));
-    assert_eq!(directory.unknown(&ids).await.expect("the cached list"), vec!["NOPE-USD"]);
+    assert!(
+        directory
+            .contains("BTC-USD")
+            .await
+            .expect("the cached list")
+    );
+    assert_eq!(
+        directory.unknown(&ids).await.expect("the cached list"),
+        vec!["NOPE-USD"]
+    );
     db.pg.restart().await.expect("start again");
-    common::eventually("a list once the database is back", Duration::from_secs(60), || async {
-        fresh.contains("BTC-USD").await.ok().filter(|known| *known)
-    })
+    common::eventually(
+        "a list once the database is back",
+        Duration::from_secs(60),
+        || async { fresh.contains("BTC-USD").await.ok().filter(|known| *known) },
+    )
     .await;
 }
 
@@ -219,7 +244,10 @@ async fn walk(state: &AppState, uri: &str) -> Vec<Vec<i64>> {
         let (status, body) = get(state, &uri).await;
         assert_eq!(status, 200, "{uri}: {body}");
         let page = timestamps(&body);
-        assert!(page.windows(2).all(|w| w[0] < w[1]), "oldest first: {page:?}");
+        assert!(
+            page.windows(2).all(|w| w[0] < w[1]),
+            "oldest first: {page:?}"
+        );
         pages.push(page.clone());
         assert!(pages.len() < 100, "next never ends");
         match body.get("next") {
@@ -262,7 +290,10 @@ async fn candles_page_through_start_and_end_without_gaps_or_repeats_and_keep_dec
     // The whole range, 37 a page: the pages join up to exactly what is stored.
     let pages = walk(&state, &format!("{base}&limit=37")).await;
     let all: Vec<i64> = pages.iter().rev().flatten().copied().collect();
-    assert_eq!(all, stored, "pages newest to oldest, each oldest first, no gap or repeat");
+    assert_eq!(
+        all, stored,
+        "pages newest to oldest, each oldest first, no gap or repeat"
+    );
     assert!(pages[..pages.len() - 1].iter().all(|p| p.len() == 37));
     assert_eq!(pages.len(), stored.len().div_ceil(37));
 
@@ -292,8 +323,7 @@ async fn candles_page_through_start_and_end_without_gaps_or_repeats_and_keep_dec
     assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10]);
     // A range with nothing stored: empty, no next.
     let hole = T0 + 60 * 3;
-    let (status, body) =
-        get(&state, &format!("{base}&start={hole}&end={}", hole + 60)).await;
+    let (status, body) = get(&state, &format!("{base}&start={hole}&end={}", hole + 60)).await;
     assert_eq!(status, 200);
     assert_eq!(body["candles"], json!([]));
     assert!(body.get("next").is_none(), "{body}");
@@ -415,12 +445,17 @@ async fn readiness_is_503_while_the_database_is_stopped_and_200_when_it_is_back(
     .await;
     assert_eq!(down["status"], "degraded");
     assert_eq!(down["checks"]["database"]["ok"], false, "{down}");
-    let detail = down["checks"]["database"]["detail"].as_str().expect("detail");
+    let detail = down["checks"]["database"]["detail"]
+        .as_str()
+        .expect("detail");
     assert!(detail.starts_with("SELECT 1 "), "{detail}");
     let (status, health) = fetch(port, "/health").await.expect("/health answers");
     assert_eq!(status, 503);
     assert_eq!(health["checks"]["database"]["ok"], false);
-    assert!(health["engine"].is_object(), "/health keeps its fields: {health}");
+    assert!(
+        health["engine"].is_object(),
+        "/health keeps its fields: {health}"
+    );
     // The process itself is fine.
     let (status, _) = fetch(port, "/health/live").await.expect("live");
     assert_eq!(status, 200);

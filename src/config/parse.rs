@@ -287,9 +287,9 @@ fn cors_origins(lookup: Lookup<'_>) -> Result<CorsOrigins, ConfigError> {
             .or_else(|| origin.strip_prefix("http://"))
             .unwrap_or("");
         let valid = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'));
+            && host.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']')
+            });
         if !valid {
             return Err(ConfigError {
                 var: "CORS_ORIGINS",

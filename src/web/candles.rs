@@ -267,10 +267,20 @@ mod tests {
         let q = with(("end", "1790000040")).expect("valid end");
         assert_eq!(q.end, DateTime::from_timestamp(1_790_000_040, 0));
         assert_eq!(q.granularity, Granularity::OneHour);
-        for bad in ["-", "1.5", "99999999999999999999", "-60", "253402300800", "1e9"] {
+        for bad in [
+            "-",
+            "1.5",
+            "99999999999999999999",
+            "-60",
+            "253402300800",
+            "1e9",
+        ] {
             let error = with(("end", bad)).expect_err(bad);
             assert!(error.contains("invalid end"), "{bad}: {error}");
-            assert!(error.contains("Unix seconds, an integer 0-"), "{bad}: {error}");
+            assert!(
+                error.contains("Unix seconds, an integer 0-"),
+                "{bad}: {error}"
+            );
             let error = with(("start", bad)).expect_err(bad);
             assert!(error.contains("invalid start"), "{bad}: {error}");
         }

@@ -37,12 +37,8 @@ struct Answer {
 
 impl Answer {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "{e}: not JSON: {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: not JSON: {:?}", String::from_utf8_lossy(&self.body)))
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -128,7 +124,10 @@ async fn without_a_database_the_api_answers_503_in_json_and_names_no_secret() {
         assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
         let text = String::from_utf8_lossy(&answer.body).into_owned();
         assert!(answer.json()["error"].as_str().is_some(), "{uri}: {text}");
-        assert!(!text.contains(PASSWORD) && !text.contains("postgres://"), "{text}");
+        assert!(
+            !text.contains(PASSWORD) && !text.contains("postgres://"),
+            "{text}"
+        );
     }
     let answer = get_uri(state(), "/health/ready").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -137,18 +136,37 @@ async fn without_a_database_the_api_answers_503_in_json_and_names_no_secret() {
     assert_eq!(body["schema"], 1);
     assert_eq!(body["checks"]["database"]["ok"], false, "{body}");
     assert_eq!(body["checks"]["feed"]["ok"], false, "{body}");
-    assert_eq!(body["checks"]["feed"]["detail"], "0 of 0 feed connections up");
+    assert_eq!(
+        body["checks"]["feed"]["detail"],
+        "0 of 0 feed connections up"
+    );
     assert_eq!(body["checks"]["nats"]["ok"], true, "{body}");
     assert_eq!(body["checks"]["stages"]["ok"], true, "{body}");
-    let detail = body["checks"]["database"]["detail"].as_str().expect("detail");
+    let detail = body["checks"]["database"]["detail"]
+        .as_str()
+        .expect("detail");
     assert!(detail.starts_with("SELECT 1 "), "{detail}");
     let text = String::from_utf8_lossy(&answer.body).into_owned();
-    assert!(!text.contains(PASSWORD) && !text.contains("127.0.0.1:1"), "{text}");
+    assert!(
+        !text.contains(PASSWORD) && !text.contains("127.0.0.1:1"),
+        "{text}"
+    );
     // /health keeps its fields beside the checks.
     let answer = get_uri(state(), "/health").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     let body = answer.json();
-    for field in ["version", "simulated", "feed_url", "failed_stages", "stages", "feed", "engine", "store", "reconcile", "bus"] {
+    for field in [
+        "version",
+        "simulated",
+        "feed_url",
+        "failed_stages",
+        "stages",
+        "feed",
+        "engine",
+        "store",
+        "reconcile",
+        "bus",
+    ] {
         assert!(body.get(field).is_some(), "/health lacks {field}: {body}");
     }
     assert_eq!(body["checks"]["database"]["ok"], false);
@@ -158,7 +176,10 @@ async fn without_a_database_the_api_answers_503_in_json_and_names_no_secret() {
 async fn health_live_answers_200_whatever_else_is_down() {
     let answer = get_uri(state(), "/health/live").await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(answer.json(), serde_json::json!({"schema": 1, "status": "ok"}));
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"schema": 1, "status": "ok"})
+    );
     assert_eq!(answer.header("content-type"), Some("application/json"));
 }
 
@@ -170,9 +191,17 @@ async fn every_answer_carries_the_security_headers() {
         "/no/such/route",
     ] {
         let answer = get_uri(state(), uri).await;
-        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"), "{uri}");
+        assert_eq!(
+            answer.header("x-content-type-options"),
+            Some("nosniff"),
+            "{uri}"
+        );
         assert_eq!(answer.header("x-frame-options"), Some("DENY"), "{uri}");
-        assert_eq!(answer.header("referrer-policy"), Some("no-referrer"), "{uri}");
+        assert_eq!(
+            answer.header("referrer-policy"),
+            Some("no-referrer"),
+            "{uri}"
+        );
         assert_eq!(
             answer.header("content-security-policy"),
             Some("default-src 'none'; frame-ancestors 'none'"),
@@ -183,7 +212,10 @@ async fn every_answer_carries_the_security_headers() {
     let page = Router::new().route(
         "/page",
         get(|| async {
-            ([(header::CONTENT_SECURITY_POLICY, "default-src 'self'")], "<p>page</p>")
+            (
+                [(header::CONTENT_SECURITY_POLICY, "default-src 'self'")],
+                "<p>page</p>",
+            )
         }),
     );
     let request = Request::get("/page").body(Body::empty()).expect("request");
@@ -227,11 +259,16 @@ async fn rejections_unknown_routes_and_wrong_methods_answer_in_the_json_shape() 
         "/typed",
         get(|_: axum::extract::Query<Numbered>| async { "fine" }),
     );
-    let request = Request::get("/typed?n=many").body(Body::empty()).expect("request");
+    let request = Request::get("/typed?n=many")
+        .body(Body::empty())
+        .expect("request");
     let answer = send(layers::wrap(typed, &HttpSettings::default()), request).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     let error = answer.json()["error"].as_str().expect("error").to_owned();
-    assert!(error.contains("Failed to deserialize query string"), "{error}");
+    assert!(
+        error.contains("Failed to deserialize query string"),
+        "{error}"
+    );
     assert!(error.contains("n: invalid digit"), "{error}");
 }
 
@@ -323,10 +360,18 @@ async fn an_sse_answer_is_never_compressed_even_when_gzip_is_accepted() {
             .header(header::ACCEPT_ENCODING, "gzip")
             .body(Body::empty())
             .expect("request");
-        send(layers::wrap(sse_and_json(), &HttpSettings::default()), request).await
+        send(
+            layers::wrap(sse_and_json(), &HttpSettings::default()),
+            request,
+        )
+        .await
     };
     let json = call("/test-json").await;
-    assert_eq!(json.header("content-encoding"), Some("gzip"), "JSON is compressed");
+    assert_eq!(
+        json.header("content-encoding"),
+        Some("gzip"),
+        "JSON is compressed"
+    );
     let sse = call("/test-sse").await;
     assert_eq!(sse.header("content-encoding"), None);
     assert_eq!(sse.header("content-type"), Some("text/event-stream"));
@@ -355,7 +400,9 @@ async fn the_timeout_answers_503_on_api_routes_but_not_on_routes_merged_outside_
         answer.json()["error"],
         "the request was not answered within 10 s (REQUEST_TIMEOUT_SECS); try again"
     );
-    let request = Request::get("/stream-like").body(Body::empty()).expect("request");
+    let request = Request::get("/stream-like")
+        .body(Body::empty())
+        .expect("request");
     let answer = send(app, request).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.body, b"late");
