@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -157,9 +156,6 @@ async fn products_lists_every_trading_pair_with_its_shard_ingestion_and_live_sta
     assert_eq!(shown, old.last_received);
     assert!(last_updates[0].is_string());
     assert!(last_updates[2].is_null());
-    // The three shards are not all the same (the field is computed per product).
-    let shards: BTreeSet<u32> = ["BTC-USD", "ETH-USD", "XYZ-EUR"].map(shard).into();
-    assert!(shards.iter().all(|s| *s < 3));
 }
 
 #[tokio::test]
@@ -182,20 +178,16 @@ async fn the_directory_learns_new_products_within_about_a_second_and_keeps_its_l
         directory.unknown(&ids).await.expect("answers"),
         vec!["ETH-USD", "NOPE-USD"]
     );
-    // A product inserted now is known after the next miss-read (at most a second away); the
-    // deadline is generous for a loaded machine.
+    // A product inserted now is known after the next miss-read (at most a second away: the
+    // unit tests in src/web/directory.rs pin the timing); the deadline is generous for a loaded
+    // machine.
     repo.upsert_products(&[product("ETH-USD", None)])
         .await
         .expect("products");
-    let inserted = tokio::time::Instant::now();
     wait_for("ETH-USD to be known", Duration::from_secs(20), || async {
         directory.contains("ETH-USD").await.expect("answers")
     })
     .await;
-    assert!(
-        inserted.elapsed() < Duration::from_secs(20),
-        "learned within the deadline"
-    );
     assert_eq!(
         directory.unknown(&ids).await.expect("answers"),
         vec!["NOPE-USD"]
