@@ -655,23 +655,7 @@ async fn pools_have_a_statement_timeout_and_the_api_pool_is_small_and_separate()
 
 /// The service's HTTP state around `repository` (the rest idle).
 fn app_state(repository: Repository) -> spot_canvas::web::AppState {
-    use spot_canvas::feed::health::AuthState;
-    spot_canvas::web::AppState {
-        feed: std::sync::Arc::new(spot_canvas::feed::FeedHealth::new(
-            AuthState::Unauthenticated,
-        )),
-        engine: Default::default(),
-        writer: Default::default(),
-        publisher: Default::default(),
-        reconcile: Default::default(),
-        live: spot_canvas::bus::LiveState::new(),
-        table: None,
-        repository,
-        stages: spot_canvas::supervise::Stages::new(),
-        simulated: true,
-        ws_url: "ws://127.0.0.1:1".to_owned(),
-        streams: spot_canvas::web::stream::Streams::new(Default::default()),
-    }
+    spot_canvas::web::AppState::idle(repository)
 }
 
 /// `GET uri` through the router, in process: status and JSON body.
@@ -712,6 +696,23 @@ async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_da
     let mut five = update("BTC-USD", T0, 0, 1, "9");
     five.candle.granularity = Granularity::FiveMinutes;
     repo.upsert_candle(&five).await.expect("insert");
+    // The API answers for known products only (those in trading_pairs).
+    repo.upsert_products(&[Product {
+        product_id: "BTC-USD".into(),
+        base: "BTC".into(),
+        quote: "USD".into(),
+        status: "online".into(),
+        product_type: "SPOT".into(),
+        trading_disabled: false,
+        base_min_size: None,
+        base_max_size: None,
+        base_increment: None,
+        price_increment: None,
+        alias: String::new(),
+        alias_to: Vec::new(),
+    }])
+    .await
+    .expect("insert the product");
     let state = app_state(Repository::new(spot_canvas::store::api_pool(&db.pool)));
 
     // `end` is exclusive; the newest `limit` before it come back oldest first.

@@ -169,7 +169,7 @@ async fn the_current_state_comes_first_then_the_live_changes_in_order() {
     let mut stream = s
         .open("/stream?products=BTC-USD,ETH-USD&granularities=1m")
         .await;
-    let mut initial = vec![
+    let mut initial = [
         stream.next(SOON).await.expect("first"),
         stream.next(SOON).await.expect("second"),
     ];
@@ -340,7 +340,7 @@ async fn a_client_back_with_last_event_id_gets_a_full_consistent_snapshot() {
     s.live.apply(update("ETH-USD", Granularity::OneMinute, 2));
     s.live.apply(update("ETH-USD", Granularity::OneMinute, 3));
     let mut back = s.open_with(query, &[("last-event-id", &last_id)]).await;
-    let mut snapshot = vec![
+    let mut snapshot = [
         back.next(SOON).await.expect("first"),
         back.next(SOON).await.expect("second"),
     ];

@@ -3,8 +3,8 @@
 //!
 //! In: the [`Config`] and a cancellation token. Out: the running pipeline
 //! feed → engine → fan-out → batch writer (PostgreSQL) and publisher (NATS), the reconciler
-//! beside the engine (feed windows in, REST backfills out), and the HTTP server (`GET /health`,
-//! `GET /api/v1/candles`).
+//! beside the engine (feed windows in, REST backfills out), and the HTTP server (health, candle
+//! history, products).
 //! On cancel, the stages stop in order: the feed closes its sockets politely, the engine
 //! finishes what it holds, the writer flushes everything to the database, then the embedded
 //! database (if any) and the HTTP server stop.
@@ -169,7 +169,12 @@ impl App {
             reconcile: reconciler.stats(),
             live,
             table,
+            products: crate::web::ProductDirectory::new(api_repository.clone()),
             repository: api_repository,
+            nats: Some(nats.0.clone()),
+            shard_index: config.shard_index,
+            shard_count: config.shard_count,
+            http: crate::web::HttpSettings::from_config(config),
             stages: stages.clone(),
             simulated: !config.is_production_feed(),
             ws_url: config.coinbase_ws_url.clone(),

@@ -174,6 +174,16 @@ pub const VARIABLES: &[Variable] = &[
         description: "Count streams per address by the last `X-Forwarded-For` entry (the one a trusted proxy such as Cloud Run's front end added) instead of the peer address",
     },
     Variable {
+        name: "CORS_ORIGINS",
+        default: "",
+        description: "Origins allowed to call the HTTP API from a browser: comma-separated `https://host[:port]` origins, or `*` for any; unset sends no CORS headers",
+    },
+    Variable {
+        name: "REQUEST_TIMEOUT_SECS",
+        default: "10",
+        description: "Longest time (seconds, 1–600) an HTTP request may take before it is answered 503; the SSE streams are exempt",
+    },
+    Variable {
         name: "RUST_LOG",
         default: "info",
         description: "Log filter (tracing EnvFilter syntax)",
@@ -190,6 +200,18 @@ pub const VARIABLES: &[Variable] = &[
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// Which browser origins may call the HTTP API (CORS).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// No CORS headers: browsers refuse cross-origin reads.
+    #[default]
+    None,
+    /// `*`: any origin.
+    Any,
+    /// These origins exactly (`scheme://host[:port]`, lowercase).
+    List(Vec<String>),
 }
 
 /// Optional CDP credentials for authenticated subscribes.
@@ -236,6 +258,8 @@ pub struct Config {
     pub history_buckets: u32,
     pub rest_requests_per_second: u32,
     pub crosscheck_interval_secs: u64,
+    pub cors_origins: CorsOrigins,
+    pub request_timeout_secs: u64,
     pub log_filter: String,
     pub log_format: LogFormat,
     pub stream: StreamConfig,
@@ -270,6 +294,8 @@ impl fmt::Debug for Config {
             .field("history_buckets", &self.history_buckets)
             .field("rest_requests_per_second", &self.rest_requests_per_second)
             .field("crosscheck_interval_secs", &self.crosscheck_interval_secs)
+            .field("cors_origins", &self.cors_origins)
+            .field("request_timeout_secs", &self.request_timeout_secs)
             .field("log_filter", &self.log_filter)
             .field("log_format", &self.log_format)
             .field("stream", &self.stream)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use secrecy::SecretString;
 
-use super::{CoinbaseCredentials, Config, ConfigError, LogFormat, VARIABLES};
+use super::{CoinbaseCredentials, Config, ConfigError, CorsOrigins, LogFormat, VARIABLES};
 
 pub(super) type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -81,6 +81,8 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
             86_400,
             "an integer 0-86400",
         )?,
+        cors_origins: cors_origins(lookup)?,
+        request_timeout_secs: number(lookup, "REQUEST_TIMEOUT_SECS", 1, 600, "an integer 1-600")?,
         log_filter: log_filter(lookup)?,
         log_format: log_format(lookup)?,
         stream: super::stream::parse(lookup)?,
@@ -268,6 +270,39 @@ fn products(lookup: Lookup<'_>) -> Result<Option<Vec<String>>, ConfigError> {
         }
     }
     Ok(Some(products))
+}
+
+fn cors_origins(lookup: Lookup<'_>) -> Result<CorsOrigins, ConfigError> {
+    let Some(value) = lookup("CORS_ORIGINS") else {
+        return Ok(CorsOrigins::None);
+    };
+    const ACCEPTED: &str = "`*`, or comma-separated origins such as https://charts.example.com,http://localhost:3000 (scheme, host and optional port; no path)";
+    if value.trim() == "*" {
+        return Ok(CorsOrigins::Any);
+    }
+    let mut origins: Vec<String> = Vec::new();
+    for part in value.split(',') {
+        let origin = part.trim().to_ascii_lowercase();
+        let host = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .unwrap_or("");
+        let valid = !host.is_empty()
+            && host.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']')
+            });
+        if !valid {
+            return Err(ConfigError {
+                var: "CORS_ORIGINS",
+                problem: format!("{:?} is not an origin", part.trim()),
+                accepted: ACCEPTED,
+            });
+        }
+        if !origins.contains(&origin) {
+            origins.push(origin);
+        }
+    }
+    Ok(CorsOrigins::List(origins))
 }
 
 fn log_filter(lookup: Lookup<'_>) -> Result<String, ConfigError> {

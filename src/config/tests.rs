@@ -367,3 +367,42 @@ fn variables_are_listed_once_each() {
     names.dedup();
     assert_eq!(before, names.len());
 }
+
+#[test]
+fn cors_origins_are_none_any_or_a_list_of_origins() {
+    let config = config_with(&[]).expect("defaults");
+    assert_eq!(config.cors_origins, CorsOrigins::None);
+    assert_eq!(config.request_timeout_secs, 10);
+    let config = config_with(&[("CORS_ORIGINS", " * ")]).expect("any");
+    assert_eq!(config.cors_origins, CorsOrigins::Any);
+    let config = config_with(&[(
+        "CORS_ORIGINS",
+        "https://Charts.example.com, http://localhost:3000,https://charts.example.com",
+    )])
+    .expect("a list");
+    assert_eq!(
+        config.cors_origins,
+        CorsOrigins::List(vec![
+            "https://charts.example.com".to_owned(),
+            "http://localhost:3000".to_owned()
+        ])
+    );
+    for bad in [
+        "charts.example.com",
+        "https://charts.example.com/",
+        "https://a.com,,https://b.com",
+        "ftp://a.com",
+        "https://a.com/path",
+    ] {
+        let error = config_with(&[("CORS_ORIGINS", bad)]).expect_err(bad);
+        assert_eq!(error.var, "CORS_ORIGINS", "{bad}");
+        assert!(error.accepted.contains("origins"), "{bad}: {error}");
+    }
+    for bad in ["0", "601", "ten"] {
+        let error = config_with(&[("REQUEST_TIMEOUT_SECS", bad)]).expect_err(bad);
+        assert_eq!(error.var, "REQUEST_TIMEOUT_SECS", "{bad}");
+        assert!(error.to_string().contains("1-600"), "{error}");
+    }
+    let config = config_with(&[("REQUEST_TIMEOUT_SECS", "600")]).expect("the cap");
+    assert_eq!(config.request_timeout_secs, 600);
+}

@@ -301,6 +301,24 @@ ON CONFLICT (exchange, product_id) DO UPDATE SET
         Ok(result.rows_affected())
     }
 
+    /// The ids of all stored products, by id.
+    pub async fn product_ids(&self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT product_id FROM trading_pairs WHERE exchange = $1 ORDER BY product_id",
+        )
+        .bind(EXCHANGE)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Whether the database answers (`SELECT 1`).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&self.pool)
+            .await
+            .map(|_one| ())
+    }
+
     /// All stored products, by id.
     pub async fn products(&self) -> Result<Vec<Product>, sqlx::Error> {
         let rows = sqlx::query(

@@ -1,24 +1,28 @@
 //! The JSON history API: `GET /api/v1/candles`.
 //!
-//! In: `product`, `granularity` (any accepted spelling), optional `limit` (1–1000, default
-//! 300) and `end` (Unix seconds, exclusive; default: now and later). Out: the newest `limit`
-//! stored candles before `end`, oldest first, decimals as exact strings; 400 with a message
-//! naming the bad parameter, 503 when the database cannot answer (within [`QUERY_TIMEOUT`]).
-//! Reads go through the API's own small pool (`AppState::repository`), never the writer's.
+//! In: `product` (one in `trading_pairs`), `granularity` (any accepted spelling), optional
+//! `limit` (1–1000, default 300), `start` (Unix seconds, inclusive; default: the beginning) and
+//! `end` (Unix seconds, exclusive; default: now and later). Out: the newest `limit` stored
+//! candles in `[start, end)`, oldest first, decimals as exact strings, and `next` (the request
+//! for the candles before these) while older ones exist in the range: following `next` until it
+//! is absent walks the whole range, without gaps or repeats. 400 with a message naming the bad
+//! parameter and what it accepts; 503 when the database cannot answer (within
+//! [`QUERY_TIMEOUT`]). Reads go through the API's own small pool (`AppState::repository`),
+//! never the writer's.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
+use super::json::{self, ApiQuery};
 use crate::model::Granularity;
 
 /// Most candles one request returns.
@@ -27,6 +31,8 @@ pub const MAX_LIMIT: u32 = 1_000;
 pub const DEFAULT_LIMIT: u32 = 300;
 /// Longest wait for the database (a server that stopped answering): then 503.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The latest `start` or `end` accepted: 9999-12-31T23:59:59Z.
+pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
 
 /// One candle as the API returns it.
 #[derive(Debug, Serialize)]
@@ -51,7 +57,37 @@ pub struct HistoryQuery {
     pub product: String,
     pub granularity: Granularity,
     pub limit: u32,
+    pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
+}
+
+impl HistoryQuery {
+    /// The request for the candles before `oldest` (the oldest one returned), same range start.
+    pub fn next_url(&self, oldest: i64) -> String {
+        let mut url = format!(
+            "/api/v1/candles?product={}&granularity={}&limit={}",
+            self.product,
+            self.granularity.as_str(),
+            self.limit
+        );
+        if let Some(start) = self.start {
+            url.push_str(&format!("&start={}", start.timestamp()));
+        }
+        url.push_str(&format!("&end={oldest}"));
+        url
+    }
+}
+
+/// A Unix-seconds parameter.
+fn timestamp(name: &str, raw: &str) -> Result<DateTime<Utc>, String> {
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|s| (0..=MAX_TIMESTAMP).contains(s))
+        .and_then(|s| DateTime::from_timestamp(s, 0))
+        .ok_or_else(|| {
+            format!("invalid {name} {raw:?}: Unix seconds, an integer 0-{MAX_TIMESTAMP}")
+        })
 }
 
 /// Validates the query string; the error names the parameter and what it accepts.
@@ -60,14 +96,14 @@ pub fn parse_query(query: &HashMap<String, String>) -> Result<HistoryQuery, Stri
         .get("product")
         .map(|p| p.trim().to_owned())
         .filter(|p| !p.is_empty())
-        .ok_or("missing product, e.g. product=BTC-USD")?;
+        .ok_or("missing product, e.g. product=BTC-USD (GET /api/v1/products lists them)")?;
     if product.len() > 64
         || !product
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
         return Err(format!(
-            "invalid product {product:?}: letters, digits and '-' only"
+            "invalid product {product:?}: a product id such as BTC-USD (letters, digits and '-' only)"
         ));
     }
     let granularity = query
@@ -82,82 +118,107 @@ pub fn parse_query(query: &HashMap<String, String>) -> Result<HistoryQuery, Stri
             _ => return Err(format!("invalid limit {raw:?}: an integer 1-{MAX_LIMIT}")),
         },
     };
-    let end = match query.get("end") {
-        None => None,
-        Some(raw) => Some(
-            raw.parse::<i64>()
-                .ok()
-                .and_then(|s| DateTime::from_timestamp(s, 0))
-                .ok_or_else(|| format!("invalid end {raw:?}: Unix seconds"))?,
-        ),
-    };
+    let start = query
+        .get("start")
+        .map(|raw| timestamp("start", raw))
+        .transpose()?;
+    let end = query
+        .get("end")
+        .map(|raw| timestamp("end", raw))
+        .transpose()?;
+    if let (Some(s), Some(e)) = (start, end)
+        && s >= e
+    {
+        return Err(format!(
+            "start {} is not before end {}: start is inclusive, end exclusive, so start < end",
+            s.timestamp(),
+            e.timestamp()
+        ));
+    }
     Ok(HistoryQuery {
         product,
         granularity,
         limit,
+        start,
         end,
     })
 }
 
 /// `GET /api/v1/candles`.
-pub async fn candles(
-    State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
+pub async fn candles(State(state): State<AppState>, ApiQuery(query): ApiQuery) -> Response {
     let q = match parse_query(&query) {
         Ok(q) => q,
-        Err(message) => {
-            return (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response();
-        }
+        Err(message) => return json::bad_request(message),
     };
+    match state.products.contains(&q.product).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return json::bad_request(format!(
+                "unknown product {:?}: a product id listed by GET /api/v1/products",
+                q.product
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the product");
+            return unavailable();
+        }
+    }
     // Buckets start at most one bucket before now; a day of slack covers clock skew.
     let end = q
         .end
         .unwrap_or_else(|| Utc::now() + chrono::TimeDelta::days(1));
-    let query = state.repository.candles(
-        &q.product,
-        q.granularity,
-        DateTime::UNIX_EPOCH,
-        end,
-        q.limit,
-    );
+    let start = q.start.unwrap_or(DateTime::UNIX_EPOCH);
+    // One more than asked: whether older candles remain in the range.
+    let query = state
+        .repository
+        .candles(&q.product, q.granularity, start, end, q.limit + 1);
     let rows = match tokio::time::timeout(QUERY_TIMEOUT, query).await {
-        Ok(rows) => rows.map_err(|e| e.to_string()),
+        Ok(rows) => rows.map_err(|e| crate::config::redact(&e.to_string())),
         Err(_elapsed) => Err(format!("no answer within {QUERY_TIMEOUT:?}")),
     };
-    match rows {
-        Ok(rows) => {
-            let candles: Vec<ApiCandle> = rows
-                .into_iter()
-                .map(|s| ApiCandle {
-                    timestamp: s.candle.start.timestamp(),
-                    open: s.candle.open,
-                    high: s.candle.high,
-                    low: s.candle.low,
-                    close: s.candle.close,
-                    volume: s.candle.volume,
-                    trade_count: s.candle.trade_count,
-                    buy_volume: s.candle.buy_volume,
-                    complete: s.complete,
-                    backfilled: s.backfilled,
-                })
-                .collect();
-            Json(json!({
-                "product": q.product,
-                "granularity": q.granularity,
-                "candles": candles,
-            }))
-            .into_response()
-        }
+    let mut rows = match rows {
+        Ok(rows) => rows,
         Err(e) => {
             tracing::warn!(error = %e, "history query failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "error": "the candle store is not available, try again" })),
-            )
-                .into_response()
+            return unavailable();
         }
+    };
+    let more = rows.len() > q.limit as usize;
+    if more {
+        // Oldest first: the extra row is the first.
+        rows.remove(0);
     }
+    let candles: Vec<ApiCandle> = rows
+        .into_iter()
+        .map(|s| ApiCandle {
+            timestamp: s.candle.start.timestamp(),
+            open: s.candle.open,
+            high: s.candle.high,
+            low: s.candle.low,
+            close: s.candle.close,
+            volume: s.candle.volume,
+            trade_count: s.candle.trade_count,
+            buy_volume: s.candle.buy_volume,
+            complete: s.complete,
+            backfilled: s.backfilled,
+        })
+        .collect();
+    let mut body = json!({
+        "product": q.product,
+        "granularity": q.granularity,
+        "candles": candles,
+    });
+    if more && let Some(oldest) = candles.first().map(|c| c.timestamp) {
+        body["next"] = json!({ "end": oldest, "url": q.next_url(oldest) });
+    }
+    json::answer(StatusCode::OK, body)
+}
+
+fn unavailable() -> Response {
+    json::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the candle store is not available, try again",
+    )
 }
 
 #[cfg(test)]
@@ -185,6 +246,7 @@ mod tests {
             assert_eq!(q.granularity, expected, "{g}");
             assert_eq!(q.limit, DEFAULT_LIMIT);
             assert_eq!(q.end, None);
+            assert_eq!(q.start, None);
         }
     }
 
@@ -205,10 +267,71 @@ mod tests {
         let q = with(("end", "1790000040")).expect("valid end");
         assert_eq!(q.end, DateTime::from_timestamp(1_790_000_040, 0));
         assert_eq!(q.granularity, Granularity::OneHour);
-        for bad in ["-", "1.5", "99999999999999999999"] {
+        for bad in [
+            "-",
+            "1.5",
+            "99999999999999999999",
+            "-60",
+            "253402300800",
+            "1e9",
+        ] {
             let error = with(("end", bad)).expect_err(bad);
             assert!(error.contains("invalid end"), "{bad}: {error}");
+            assert!(
+                error.contains("Unix seconds, an integer 0-"),
+                "{bad}: {error}"
+            );
+            let error = with(("start", bad)).expect_err(bad);
+            assert!(error.contains("invalid start"), "{bad}: {error}");
         }
+        let q = with(("start", "1790000040")).expect("valid start");
+        assert_eq!(q.start, DateTime::from_timestamp(1_790_000_040, 0));
+    }
+
+    #[test]
+    fn start_must_come_before_end() {
+        let with = |start: &str, end: &str| {
+            parse_query(&query(&[
+                ("product", "BTC-USD"),
+                ("granularity", "1m"),
+                ("start", start),
+                ("end", end),
+            ]))
+        };
+        let q = with("60", "120").expect("start < end");
+        assert_eq!(
+            (q.start.map(|t| t.timestamp()), q.end.map(|t| t.timestamp())),
+            (Some(60), Some(120))
+        );
+        for (start, end) in [("120", "120"), ("180", "120")] {
+            let error = with(start, end).expect_err("start >= end");
+            assert_eq!(
+                error,
+                format!(
+                    "start {start} is not before end {end}: start is inclusive, end exclusive, \
+                     so start < end"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn next_keeps_the_range_start_and_moves_the_end() {
+        let mut q = parse_query(&query(&[
+            ("product", "ETH-USD"),
+            ("granularity", "5m"),
+            ("limit", "2"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            q.next_url(600),
+            "/api/v1/candles?product=ETH-USD&granularity=FIVE_MINUTES&limit=2&end=600"
+        );
+        q.start = DateTime::from_timestamp(300, 0);
+        assert_eq!(
+            q.next_url(600),
+            "/api/v1/candles?product=ETH-USD&granularity=FIVE_MINUTES&limit=2&start=300&end=600"
+        );
     }
 
     #[test]

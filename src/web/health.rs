@@ -1,28 +1,151 @@
-//! `GET /health`: the feed's connections, every stage's state and counts.
+//! Health: `GET /health/live` (the process answers), `GET /health/ready` and `GET /health`
+//! (the feed, NATS, the database and the stages).
 //!
-//! Out: 200 with `"status": "ok"` while a feed connection is up and every stage runs; 503 with
-//! `"status": "degraded"` otherwise, naming the stages that ended (`"failed_stages"`).
+//! In: the feed's connections, the NATS client's connection state, a `SELECT 1` through the
+//! API pool (within [`DATABASE_TIMEOUT`]) and the stage registry. Out: 200 with
+//! `"status": "ok"` when every check passes; 503 with `"status": "degraded"` otherwise, and
+//! `"checks"` saying which check failed and why. `/health` adds every stage's state and counts.
+
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json, Response};
-use serde_json::json;
+use axum::response::Response;
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use super::AppState;
+use super::json;
+use crate::supervise::StagesReport;
 
-/// The handler.
-pub async fn health(State(state): State<AppState>) -> Response {
+/// Longest wait for the database's `SELECT 1`.
+pub const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One check's outcome.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Check {
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Check {
+    fn new(ok: bool, detail: impl Into<String>) -> Check {
+        Check {
+            ok,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The four checks of readiness.
+#[derive(Debug, Clone, Serialize)]
+pub struct Checks {
+    pub feed: Check,
+    pub nats: Check,
+    pub database: Check,
+    pub stages: Check,
+}
+
+impl Checks {
+    pub fn ok(&self) -> bool {
+        self.feed.ok && self.nats.ok && self.database.ok && self.stages.ok
+    }
+}
+
+/// Runs the checks (the database one waits up to [`DATABASE_TIMEOUT`]).
+pub async fn checks(state: &AppState, stages: &StagesReport) -> Checks {
     let feed = state.feed.report();
+    let feed = Check::new(
+        feed.connected > 0,
+        format!(
+            "{} of {} feed connections up",
+            feed.connected,
+            feed.connections.len()
+        ),
+    );
+    let nats = match &state.nats {
+        None => Check::new(true, "not checked: no NATS client in this process"),
+        Some(client) => {
+            let connection = client.connection_state();
+            Check::new(
+                connection == async_nats::connection::State::Connected,
+                format!("NATS connection {connection}"),
+            )
+        }
+    };
+    let database = match tokio::time::timeout(DATABASE_TIMEOUT, state.repository.ping()).await {
+        Ok(Ok(())) => Check::new(true, "SELECT 1 answered"),
+        // The kind of failure only: sqlx errors may quote connection details.
+        Ok(Err(e)) => Check::new(false, format!("SELECT 1 failed: {}", error_kind(&e))),
+        Err(_elapsed) => Check::new(
+            false,
+            format!("SELECT 1 did not answer within {DATABASE_TIMEOUT:?}"),
+        ),
+    };
+    let stages = if stages.failed.is_empty() {
+        Check::new(true, "every stage runs")
+    } else {
+        Check::new(
+            false,
+            format!("stages not running: {}", stages.failed.join(", ")),
+        )
+    };
+    Checks {
+        feed,
+        nats,
+        database,
+        stages,
+    }
+}
+
+/// What went wrong, without anything the error may quote (URLs, hosts, user names).
+fn error_kind(e: &sqlx::Error) -> &'static str {
+    match e {
+        sqlx::Error::PoolTimedOut => "no connection available (the database does not answer)",
+        sqlx::Error::PoolClosed => "the pool is closed",
+        sqlx::Error::Io(_) => "connection error",
+        sqlx::Error::Tls(_) => "TLS error",
+        sqlx::Error::Database(_) => "the database refused the query",
+        sqlx::Error::Protocol(_) => "protocol error",
+        _ => "error",
+    }
+}
+
+fn status_of(ok: bool) -> (StatusCode, &'static str) {
+    if ok {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "degraded")
+    }
+}
+
+/// `GET /health/live`: 200 while the process answers; nothing else is checked.
+pub async fn live() -> Response {
+    json::answer(StatusCode::OK, json!({ "status": "ok" }))
+}
+
+/// `GET /health/ready`: the checks alone.
+pub async fn ready(State(state): State<AppState>) -> Response {
     let stages = state.stages.report();
-    let ok = feed.connected > 0 && stages.failed.is_empty();
-    let body = json!({
-        "status": if ok { "ok" } else { "degraded" },
+    let checks = checks(&state, &stages).await;
+    let (status, word) = status_of(checks.ok());
+    json::answer(status, json!({ "status": word, "checks": checks }))
+}
+
+/// `GET /health`: the checks and every stage's state and counts.
+pub async fn health(State(state): State<AppState>) -> Response {
+    let stages = state.stages.report();
+    let checks = checks(&state, &stages).await;
+    let (status, word) = status_of(checks.ok());
+    let body: Value = json!({
+        "status": word,
+        "checks": checks,
         "version": env!("CARGO_PKG_VERSION"),
         "simulated": state.simulated,
         "feed_url": crate::config::redact_url(&state.ws_url),
         "failed_stages": stages.failed,
         "stages": stages.stages,
-        "feed": feed,
+        "feed": state.feed.report(),
         "engine": state.engine.report(),
         "store": {
             "table": state.table,
@@ -34,10 +157,5 @@ pub async fn health(State(state): State<AppState>) -> Response {
             "live": state.live.report(),
         },
     });
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+    json::answer(status, body)
 }

@@ -1,12 +1,22 @@
 //! HTTP: the router and its handlers, one file per concern.
 //!
-//! In: the [`AppState`] the service hands over (stage reports, live state, repository). Out:
-//! an axum [`Router`] serving `GET /health` and `GET /api/v1/candles`.
+//! In: the [`AppState`] the service hands over (stage reports, live state, repository, NATS
+//! client, known products). Out: an axum [`Router`] serving `GET /health`, `/health/live`,
+//! `/health/ready`, `/api/v1/candles`, `/api/v1/products` and the SSE streams `/stream`
+//! and `/api/v1/stream`, wrapped in the hygiene layers
+//! ([`layers`]). Every JSON answer carries `"schema": 1` ([`json::SCHEMA`]).
 
 pub mod candles;
+pub mod directory;
 pub mod health;
+pub mod json;
+pub mod layers;
+pub mod products;
 pub mod serve;
 pub mod stream;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -16,9 +26,13 @@ use axum::routing::get;
 use crate::bus::{LiveState, PublisherStats};
 use crate::candles::EngineStats;
 use crate::feed::FeedHealth;
+use crate::feed::health::AuthState;
 use crate::reconcile::ReconcileStats;
 use crate::store::{Repository, TableKind, WriterStats};
 use crate::supervise::Stages;
+
+pub use directory::{DirectoryError, ProductDirectory};
+pub use layers::HttpSettings;
 
 /// State the HTTP handlers read.
 #[derive(Debug, Clone)]
@@ -32,6 +46,15 @@ pub struct AppState {
     pub table: Option<TableKind>,
     /// Reads for the API (its own small pool, so API reads cannot starve the writer).
     pub repository: Repository,
+    /// The products in `trading_pairs`, cached (reads through `repository`).
+    pub products: ProductDirectory,
+    /// The service's NATS client, for the readiness check (`None`: not checked).
+    pub nats: Option<async_nats::Client>,
+    /// This instance's shard, `0 ≤ shard_index < shard_count`.
+    pub shard_index: u32,
+    pub shard_count: u32,
+    /// CORS origins and the request timeout.
+    pub http: HttpSettings,
     /// Which stages run, and which ended before the stop signal.
     pub stages: Arc<Stages>,
     /// The feed is the exchange simulator, not Coinbase.
@@ -41,12 +64,48 @@ pub struct AppState {
     pub streams: stream::Streams,
 }
 
+impl AppState {
+    /// State around `repository` with idle counts, no feed connection, no NATS client, shard 0
+    /// of 1 and default HTTP settings: for tests of the handlers.
+    pub fn idle(repository: Repository) -> AppState {
+        AppState {
+            feed: Arc::new(FeedHealth::new(AuthState::Unauthenticated)),
+            engine: Arc::default(),
+            writer: Arc::default(),
+            publisher: Arc::default(),
+            reconcile: Arc::default(),
+            live: LiveState::new(),
+            table: None,
+            products: ProductDirectory::new(repository.clone()),
+            repository,
+            nats: None,
+            shard_index: 0,
+            shard_count: 1,
+            http: HttpSettings::default(),
+            stages: Stages::new(),
+            simulated: true,
+            ws_url: "ws://127.0.0.1:1".to_owned(),
+            streams: stream::Streams::new(crate::config::StreamConfig::default()),
+        }
+    }
+}
+
 /// Every route of the service.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // Request/response routes: each answers within the request timeout.
+    let api = Router::new()
         .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
         .route("/api/v1/candles", get(candles::candles))
+        .route("/api/v1/products", get(products::products))
+        .with_state(state.clone());
+    // The streams last: outside the timeout, inside the hygiene layers (CORS, headers,
+    // tracing; compression skips `text/event-stream`).
+    let streams = Router::new()
         .route("/stream", get(stream::stream))
         .route("/api/v1/stream", get(stream::stream))
-        .with_state(state)
+        .with_state(state.clone());
+    let routes = layers::with_timeout(api, state.http.request_timeout).merge(streams);
+    layers::wrap(routes, &state.http)
 }

@@ -13,22 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 /// The service's HTTP state around `repository` and `live` (the pipeline idle).
 pub fn app_state(repository: Repository, live: LiveState, streams: StreamConfig) -> AppState {
-    use spot_canvas::feed::health::AuthState;
     AppState {
-        feed: std::sync::Arc::new(spot_canvas::feed::FeedHealth::new(
-            AuthState::Unauthenticated,
-        )),
-        engine: Default::default(),
-        writer: Default::default(),
-        publisher: Default::default(),
-        reconcile: Default::default(),
         live,
-        table: None,
-        repository,
-        stages: spot_canvas::supervise::Stages::new(),
-        simulated: true,
-        ws_url: "ws://127.0.0.1:1".to_owned(),
         streams: Streams::new(streams),
+        ..AppState::idle(repository)
     }
 }
 

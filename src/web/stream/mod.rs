@@ -17,17 +17,17 @@ mod params;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 pub use gate::{Refusal, StreamGate};
 pub use params::{StreamRequest, parse};
 
 use super::AppState;
+use super::json::error;
 use super::serve::Connection;
 use crate::bus::ClientSettings;
 use crate::config::StreamConfig;
@@ -59,10 +59,6 @@ impl Streams {
     }
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
 /// The handler of both stream routes.
 pub async fn stream(
     State(state): State<AppState>,
@@ -81,6 +77,26 @@ pub async fn stream(
         Ok(request) => request,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    // A product is unknown when it is not in `trading_pairs` (not merely outside this shard).
+    match state.products.unknown(&request.products).await {
+        Ok(unknown) if unknown.is_empty() => {}
+        Ok(unknown) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown product(s): {}; accepted: products Coinbase lists (GET /api/v1/products)",
+                    unknown.join(", ")
+                ),
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the stream's products");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the product list is not available; retry shortly",
+            );
+        }
+    }
     let connection = connection.map(|Extension(c)| c);
     let address = client_address(
         &headers,
@@ -161,8 +177,7 @@ fn client_address(
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .last()
+            .rfind(|v| !v.is_empty())
         && let Ok(address) = last.parse::<IpAddr>()
     {
         return address;

@@ -1,0 +1,106 @@
+//! `GET /api/v1/products`: every product in `trading_pairs`, with its shard, whether this
+//! instance ingests it and whether live data flows.
+//!
+//! In: the products table (through the API pool, within [`QUERY_TIMEOUT`]), the feed's
+//! connections and the live state. Out: JSON sorted by id; 503 when the database cannot answer.
+//! Query parameters are ignored.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::json;
+
+use super::AppState;
+use super::json;
+use crate::feed::shard::instance_for;
+
+/// Longest wait for the database: then 503.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A product whose newest live update arrived within this long counts as live.
+pub const LIVE_WITHIN: Duration = Duration::from_secs(300);
+
+/// One product as the API returns it.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ApiProduct {
+    pub id: String,
+    pub base: String,
+    pub quote: String,
+    /// Coinbase's status: `online`, `delisted`, …
+    pub status: String,
+    pub trading_disabled: bool,
+    /// Exact decimal string; `null` when Coinbase did not say.
+    pub price_increment: Option<Decimal>,
+    /// The instance (0-based, of `SHARD_COUNT`) whose feed the product belongs to.
+    pub shard: u32,
+    /// A feed connection of this instance carries the product now.
+    pub ingested: bool,
+    /// The live state received an update of the product within the last 5 minutes.
+    pub live: bool,
+    /// When the newest live update of the product arrived (`null`: none since start).
+    pub last_update: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/v1/products`.
+pub async fn products(State(state): State<AppState>) -> Response {
+    let rows = match tokio::time::timeout(QUERY_TIMEOUT, state.repository.products()).await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::config::redact(&e.to_string()), "products query failed");
+            return unavailable();
+        }
+        Err(_elapsed) => {
+            tracing::warn!(timeout = ?QUERY_TIMEOUT, "products query timed out");
+            return unavailable();
+        }
+    };
+    let ingested: std::collections::HashSet<String> = state
+        .feed
+        .report()
+        .connections
+        .into_iter()
+        .flat_map(|c| c.products)
+        .collect();
+    let activity: HashMap<String, DateTime<Utc>> = state.live.product_activity();
+    let live_since = Utc::now()
+        - chrono::TimeDelta::from_std(LIVE_WITHIN).unwrap_or(chrono::TimeDelta::minutes(5));
+    let mut products: Vec<ApiProduct> = rows
+        .into_iter()
+        .map(|p| {
+            let last_update = activity.get(&p.product_id).copied();
+            ApiProduct {
+                shard: instance_for(&p.product_id, state.shard_count),
+                ingested: ingested.contains(&p.product_id),
+                live: last_update.is_some_and(|t| t >= live_since),
+                last_update,
+                id: p.product_id,
+                base: p.base,
+                quote: p.quote,
+                status: p.status,
+                trading_disabled: p.trading_disabled,
+                price_increment: p.price_increment,
+            }
+        })
+        .collect();
+    products.sort_by(|a, b| a.id.cmp(&b.id));
+    json::answer(
+        StatusCode::OK,
+        json!({
+            "shard_index": state.shard_index,
+            "shard_count": state.shard_count,
+            "products": products,
+        }),
+    )
+}
+
+fn unavailable() -> Response {
+    json::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the product list is not available, try again",
+    )
+}
