@@ -420,7 +420,8 @@ async fn a_client_that_overflows_is_resynced_then_cut_off_when_it_stays_behind()
         }
         other => panic!("expected a resync, got {other:?}"),
     }
-    assert_eq!(live.report().client_resyncs, 1);
+    assert_eq!(live.report().resyncs, 1);
+    assert_eq!(live.report().resync_snapshots, 1);
     assert!(!slow_cut.is_cancelled());
     // It overflows again and stops reading past its stall limit: the next update cuts it off.
     for count in 101..=110 {

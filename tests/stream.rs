@@ -113,6 +113,11 @@ impl Setup {
             "text/event-stream",
             "{path_and_query}"
         );
+        // Never compressed, whatever the client accepts.
+        assert!(
+            response.headers().get("content-encoding").is_none(),
+            "{path_and_query}"
+        );
         SseReader::new(response)
     }
 

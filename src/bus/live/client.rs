@@ -41,6 +41,8 @@ impl Default for ClientSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pushed {
     Queued,
+    /// The queue overflowed: emptied, the client will get the latest state on its next read.
+    Lagged,
     /// The client is lagged (or closed): its resync will bring the latest state.
     Dropped,
     /// The client stayed lagged past its stall limit: remove it.
@@ -107,7 +109,7 @@ impl ClientQueue {
             q.lagged_since = Some(now);
             drop(q);
             self.ready.notify_one();
-            return Pushed::Dropped;
+            return Pushed::Lagged;
         }
         q.events.push_back(entry.clone());
         let first = q.events.len() == 1;

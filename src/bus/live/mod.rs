@@ -176,8 +176,11 @@ pub(crate) struct LiveStats {
     pub(crate) bad: AtomicU64,
     /// Reloads from the KV (start, NATS reconnects, slow consumers).
     pub(crate) kv_reloads: AtomicU64,
-    /// Clients resynced after their queue overflowed.
-    client_resyncs: AtomicU64,
+    /// Clients whose queue overflowed: their backlog is dropped for the latest state of their
+    /// series, sent when they next read.
+    resyncs: AtomicU64,
+    /// Of those, the latest states sent.
+    resync_snapshots: AtomicU64,
     clients_cut_off: AtomicU64,
     /// Events handed to client queues.
     events_queued: AtomicU64,
@@ -194,7 +197,8 @@ pub struct LiveReport {
     pub stale: u64,
     pub bad: u64,
     pub kv_reloads: u64,
-    pub client_resyncs: u64,
+    pub resyncs: u64,
+    pub resync_snapshots: u64,
     pub clients_cut_off: u64,
     pub events_queued: u64,
 }
@@ -253,6 +257,9 @@ impl LiveState {
         for (id, queue) in named.chain(every) {
             match queue.push(&entry, now) {
                 Pushed::Queued => queued += 1,
+                Pushed::Lagged => {
+                    self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                }
                 Pushed::Dropped => {}
                 Pushed::CutOff => cut_off.push(*id),
             }
@@ -308,7 +315,7 @@ impl LiveState {
             self.stats.clients_cut_off.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        self.stats.client_resyncs.fetch_add(1, Ordering::Relaxed);
+        self.stats.resync_snapshots.fetch_add(1, Ordering::Relaxed);
         Some(inner.snapshot(filter))
     }
 
@@ -352,7 +359,8 @@ impl LiveState {
             stale: load(&self.stats.stale),
             bad: load(&self.stats.bad),
             kv_reloads: load(&self.stats.kv_reloads),
-            client_resyncs: load(&self.stats.client_resyncs),
+            resyncs: load(&self.stats.resyncs),
+            resync_snapshots: load(&self.stats.resync_snapshots),
             clients_cut_off: load(&self.stats.clients_cut_off),
             events_queued: load(&self.stats.events_queued),
         }
