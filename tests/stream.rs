@@ -160,7 +160,8 @@ async fn a_known_candle_is_sent_as_the_exact_designed_event() {
              data-low=\"0.0000000100\" data-close=\"0.7000000000\" \
              data-volume=\"1234567890123.123456789012\" data-complete=\"false\" data-trades=\"7\" \
              data-buy-volume=\"0.5000000000\" data-revision=\"0\" data-version=\"{version}\" \
-             data-last-trade-id=\"1007\" data-last-trade-time=\"2026-09-21T14:14:01.500Z\"></spot-candle>\n\n"
+             data-last-trade-id=\"1007\" data-last-trade-time=\"2026-09-21T14:14:01.500Z\" \
+             data-received=\"2026-09-21T14:14:01.600Z\"></spot-candle>\n\n"
         )
     );
 }

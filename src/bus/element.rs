@@ -8,7 +8,8 @@
 //! has more: never rounded), `data-complete`, then `data-trades`, `data-buy-volume` (empty when
 //! unknown: a candle from Coinbase's REST candles), `data-revision`, `data-version` (hex; string
 //! order is version order), `data-last-trade-id` and `data-last-trade-time` (the exchange time
-//! of the newest trade, RFC 3339), so a client can match an element to the trade behind it.
+//! of the newest trade, RFC 3339), so a client can match an element to the trade behind it, and
+//! `data-received` (when the service received that trade: a client measures its own latency).
 
 use std::fmt::Write as _;
 
@@ -49,7 +50,8 @@ pub fn candle_element(update: &CandleUpdate) -> String {
          data-granularity=\"{granularity}\" data-timestamp=\"{}\" data-open=\"{}\" \
          data-high=\"{}\" data-low=\"{}\" data-close=\"{}\" data-volume=\"{}\" \
          data-complete=\"{}\" data-trades=\"{}\" data-buy-volume=\"{}\" data-revision=\"{}\" \
-         data-version=\"{}\" data-last-trade-id=\"{}\" data-last-trade-time=\"{}\"></spot-candle>",
+         data-version=\"{}\" data-last-trade-id=\"{}\" data-last-trade-time=\"{}\" \
+         data-received=\"{}\"></spot-candle>",
         c.start.timestamp(),
         amount(c.open),
         amount(c.high),
@@ -64,6 +66,9 @@ pub fn candle_element(update: &CandleUpdate) -> String {
         update.last_trade_id.0,
         update
             .last_trade_time
+            .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        update
+            .last_received
             .to_rfc3339_opts(SecondsFormat::AutoSi, true),
     );
     html
@@ -163,7 +168,8 @@ mod tests {
                  data-close=\"42200.0000000000\" data-volume=\"123.4500000000\" \
                  data-complete=\"false\" data-trades=\"7\" data-buy-volume=\"100.000000000001\" \
                  data-revision=\"0\" data-version=\"{version}\" data-last-trade-id=\"987\" \
-                 data-last-trade-time=\"2024-01-06T19:00:59.123456Z\"></spot-candle>\n\n"
+                 data-last-trade-time=\"2024-01-06T19:00:59.123456Z\" \
+                 data-received=\"2024-01-06T19:00:59.200Z\"></spot-candle>\n\n"
             )
         );
     }
