@@ -85,7 +85,8 @@ async fn run(products: u32, trades_per_second: f64, duration: Duration) {
     let warm_up = Instant::now() + Duration::from_secs(5);
     let end = warm_up + duration;
     while Instant::now() < end {
-        let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_secs(5), response.chunk()).await
+        let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_secs(5), response.chunk()).await
         else {
             break;
         };

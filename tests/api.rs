@@ -8,14 +8,13 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{AppEnv, TestApp, TestDb, wait_for};
+use common::{AppEnv, TestApp, TestDb, get_json, product, wait_for};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use spot_canvas::model::{Candle, CandleUpdate, Granularity, Product, TradeId};
+use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
 use spot_canvas::sim::{SimConfig, Simulator};
 use spot_canvas::store::Repository;
-use spot_canvas::web::{AppState, ProductDirectory, router};
-use tower::ServiceExt;
+use spot_canvas::web::{AppState, ProductDirectory};
 
 const T0: i64 = 1_790_000_040; // a minute boundary
 
@@ -25,24 +24,6 @@ fn at(secs: i64) -> DateTime<Utc> {
 
 fn dec(s: &str) -> Decimal {
     s.parse().expect("decimal")
-}
-
-fn product(id: &str, price_increment: Option<&str>) -> Product {
-    let (base, quote) = id.split_once('-').expect("BASE-QUOTE");
-    Product {
-        product_id: id.into(),
-        base: base.into(),
-        quote: quote.into(),
-        status: "online".into(),
-        product_type: "SPOT".into(),
-        trading_disabled: false,
-        base_min_size: None,
-        base_max_size: None,
-        base_increment: None,
-        price_increment: price_increment.map(dec),
-        alias: String::new(),
-        alias_to: Vec::new(),
-    }
 }
 
 /// A one-minute candle of `product` at `start` whose close is `close`.
@@ -74,24 +55,6 @@ fn api_state(db: &TestDb) -> AppState {
     AppState::idle(Repository::new(spot_canvas::store::api_pool(&db.pool)))
 }
 
-/// `GET uri` through the router in process: status and JSON body.
-async fn get(state: &AppState, uri: &str) -> (u16, Value) {
-    let request = axum::http::Request::get(uri)
-        .body(axum::body::Body::empty())
-        .expect("request");
-    let response = router(state.clone())
-        .oneshot(request)
-        .await
-        .expect("an answer");
-    let status = response.status().as_u16();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 24)
-        .await
-        .expect("body");
-    let body = serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("{uri}: {e}: {}", String::from_utf8_lossy(&body)));
-    (status, body)
-}
-
 #[tokio::test]
 async fn products_lists_every_trading_pair_with_its_shard_ingestion_and_live_state() {
     let db = TestDb::migrated().await;
@@ -119,7 +82,7 @@ async fn products_lists_every_trading_pair_with_its_shard_ingestion_and_live_sta
     assert!(state.live.apply(fresh));
     assert!(state.live.apply(old.clone()));
 
-    let (status, body) = get(&state, "/api/v1/products?ignored=yes").await;
+    let (status, body) = get_json(&state, "/api/v1/products?ignored=yes").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["schema"], 1);
     assert_eq!(
@@ -233,7 +196,7 @@ async fn walk(state: &AppState, uri: &str) -> Vec<Vec<i64>> {
     let mut pages = Vec::new();
     let mut uri = uri.to_owned();
     loop {
-        let (status, body) = get(state, &uri).await;
+        let (status, body) = get_json(state, &uri).await;
         assert_eq!(status, 200, "{uri}: {body}");
         let page = timestamps(&body);
         assert!(
@@ -302,7 +265,7 @@ async fn candles_page_through_start_and_end_without_gaps_or_repeats_and_keep_dec
     assert_eq!(got.first(), Some(&start), "start is inclusive");
     assert!(!got.contains(&end), "end is exclusive");
     // The next URL keeps start and limit.
-    let (_, body) = get(&state, &format!("{base}&limit=50&start={start}&end={end}")).await;
+    let (_, body) = get_json(&state, &format!("{base}&limit=50&start={start}&end={end}")).await;
     let url = body["next"]["url"].as_str().expect("next");
     assert!(
         url.contains(&format!("&limit=50&start={start}&end=")),
@@ -315,7 +278,7 @@ async fn candles_page_through_start_and_end_without_gaps_or_repeats_and_keep_dec
     assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10]);
     // A range with nothing stored: empty, no next.
     let hole = T0 + 60 * 3;
-    let (status, body) = get(&state, &format!("{base}&start={hole}&end={}", hole + 60)).await;
+    let (status, body) = get_json(&state, &format!("{base}&start={hole}&end={}", hole + 60)).await;
     assert_eq!(status, 200);
     assert_eq!(body["candles"], json!([]));
     assert!(body.get("next").is_none(), "{body}");
@@ -328,7 +291,7 @@ async fn candles_page_through_start_and_end_without_gaps_or_repeats_and_keep_dec
     exact.candle.high = dec("98765432109876.5432109876");
     exact.candle.buy_volume = Some(dec("0.000000000000000001"));
     repo.upsert_candle(&exact).await.expect("exact");
-    let (status, body) = get(&state, &format!("{base}&start={t}")).await;
+    let (status, body) = get_json(&state, &format!("{base}&start={t}")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["candles"],
@@ -341,7 +304,7 @@ async fn candles_page_through_start_and_end_without_gaps_or_repeats_and_keep_dec
     );
 
     // An unknown product is a bad parameter, not an empty answer.
-    let (status, body) = get(&state, "/api/v1/candles?product=DOGE-USD&granularity=1m").await;
+    let (status, body) = get_json(&state, "/api/v1/candles?product=DOGE-USD&granularity=1m").await;
     assert_eq!(status, 400);
     assert_eq!(
         body["error"],

@@ -658,23 +658,6 @@ fn app_state(repository: Repository) -> spot_canvas::web::AppState {
     spot_canvas::web::AppState::idle(repository)
 }
 
-/// `GET uri` through the router, in process: status and JSON body.
-async fn get(state: &spot_canvas::web::AppState, uri: &str) -> (u16, serde_json::Value) {
-    use tower::ServiceExt;
-    let request = axum::http::Request::get(uri)
-        .body(axum::body::Body::empty())
-        .expect("request");
-    let response = spot_canvas::web::router(state.clone())
-        .oneshot(request)
-        .await
-        .expect("a response");
-    let status = response.status().as_u16();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 24)
-        .await
-        .expect("body");
-    (status, serde_json::from_slice(&body).expect("json"))
-}
-
 fn timestamps(body: &serde_json::Value) -> Vec<i64> {
     body["candles"]
         .as_array()
@@ -717,7 +700,7 @@ async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_da
 
     // `end` is exclusive; the newest `limit` before it come back oldest first.
     let end = T0 + 60 * 10;
-    let (status, body) = get(
+    let (status, body) = common::get_json(
         &state,
         &format!("/api/v1/candles?product=BTC-USD&granularity=1m&limit=3&end={end}"),
     )
@@ -729,13 +712,13 @@ async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_da
     assert_eq!(body["candles"][0]["trade_count"], 8);
 
     // The default limit is 300, the cap 1,000 (of the 1,200 stored: the newest).
-    let (_, body) = get(
+    let (_, body) = common::get_json(
         &state,
         "/api/v1/candles?product=BTC-USD&granularity=ONE_MINUTE",
     )
     .await;
     assert_eq!(timestamps(&body).len(), 300);
-    let (status, body) = get(
+    let (status, body) = common::get_json(
         &state,
         "/api/v1/candles?product=BTC-USD&granularity=ONE_MINUTE&limit=1000",
     )
@@ -745,20 +728,22 @@ async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_da
     assert_eq!(got.len(), 1_000);
     assert_eq!(got.first(), Some(&(T0 + 60 * 200)));
     assert_eq!(got.last(), Some(&(T0 + 60 * 1_199)));
-    let (status, body) = get(
+    let (status, body) = common::get_json(
         &state,
         "/api/v1/candles?product=BTC-USD&granularity=ONE_MINUTE&limit=1001",
     )
     .await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().expect("error").contains("limit"));
-    let (_, body) = get(&state, "/api/v1/candles?product=BTC-USD&granularity=5m").await;
+    let (_, body) =
+        common::get_json(&state, "/api/v1/candles?product=BTC-USD&granularity=5m").await;
     assert_eq!(body["granularity"], "FIVE_MINUTES");
     assert_eq!(timestamps(&body), vec![T0]);
 
     // The database goes away: 503 with a message that names no connection detail.
     db.pg.stop_with("immediate").await.expect("stop");
-    let (status, body) = get(&state, "/api/v1/candles?product=BTC-USD&granularity=1m").await;
+    let (status, body) =
+        common::get_json(&state, "/api/v1/candles?product=BTC-USD&granularity=1m").await;
     assert_eq!(status, 503, "{body}");
     let error = body["error"].as_str().expect("error");
     assert!(error.contains("not available"), "{error}");
@@ -766,7 +751,8 @@ async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_da
     // And back.
     db.pg.restart().await.expect("start again");
     common::eventually("200 again", Duration::from_secs(30), || async {
-        let (status, _) = get(&state, "/api/v1/candles?product=BTC-USD&granularity=1m").await;
+        let (status, _) =
+            common::get_json(&state, "/api/v1/candles?product=BTC-USD&granularity=1m").await;
         (status == 200).then_some(())
     })
     .await;

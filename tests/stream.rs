@@ -12,7 +12,7 @@ use common::{SseReader, TestDb, app_state, serve};
 use rust_decimal::Decimal;
 use spot_canvas::bus::LiveState;
 use spot_canvas::config::StreamConfig;
-use spot_canvas::model::{Candle, CandleUpdate, Granularity, Product, TradeId};
+use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
 use spot_canvas::store::Repository;
 use tokio::io::AsyncWriteExt;
 
@@ -44,24 +44,6 @@ fn update(product: &str, g: Granularity, count: u64) -> CandleUpdate {
     }
 }
 
-fn product(id: &str) -> Product {
-    let (base, quote) = id.split_once('-').expect("BASE-QUOTE");
-    Product {
-        product_id: id.to_owned(),
-        base: base.to_owned(),
-        quote: quote.to_owned(),
-        status: "online".to_owned(),
-        product_type: "SPOT".to_owned(),
-        trading_disabled: false,
-        base_min_size: None,
-        base_max_size: None,
-        base_increment: None,
-        price_increment: Some("0.01".parse().expect("d")),
-        alias: String::new(),
-        alias_to: Vec::new(),
-    }
-}
-
 /// A served router with a live state and a database knowing BTC-USD, ETH-USD and SOL-USD.
 struct Setup {
     live: LiveState,
@@ -74,7 +56,11 @@ async fn setup(config: StreamConfig) -> Setup {
     let db = TestDb::migrated().await;
     let repository = Repository::new(db.pool.clone());
     repository
-        .upsert_products(&[product("BTC-USD"), product("ETH-USD"), product("SOL-USD")])
+        .upsert_products(&[
+            common::product("BTC-USD", Some("0.01")),
+            common::product("ETH-USD", Some("0.01")),
+            common::product("SOL-USD", Some("0.01")),
+        ])
         .await
         .expect("products");
     let live = LiveState::new();

@@ -143,3 +143,41 @@ impl SseReader {
         fields.then_some(event)
     }
 }
+
+/// An online spot product `BASE-QUOTE` with the given price increment.
+pub fn product(id: &str, price_increment: Option<&str>) -> spot_canvas::model::Product {
+    let (base, quote) = id.split_once('-').expect("BASE-QUOTE");
+    spot_canvas::model::Product {
+        product_id: id.into(),
+        base: base.into(),
+        quote: quote.into(),
+        status: "online".into(),
+        product_type: "SPOT".into(),
+        trading_disabled: false,
+        base_min_size: None,
+        base_max_size: None,
+        base_increment: None,
+        price_increment: price_increment.map(|p| p.parse().expect("a decimal")),
+        alias: String::new(),
+        alias_to: Vec::new(),
+    }
+}
+
+/// `GET uri` through the router in process: status and JSON body.
+pub async fn get_json(state: &AppState, uri: &str) -> (u16, serde_json::Value) {
+    use tower::ServiceExt;
+    let request = axum::http::Request::get(uri)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let response = spot_canvas::web::router(state.clone())
+        .oneshot(request)
+        .await
+        .expect("an answer");
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .expect("body");
+    let body = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{uri}: {e}: {}", String::from_utf8_lossy(&body)));
+    (status, body)
+}
