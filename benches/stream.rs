@@ -49,7 +49,12 @@ async fn run(products: u32, trades_per_second: f64, duration: Duration) {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
+    // Our own NATS server, so that this benchmark can listen on the subjects too.
+    let nats = spot_canvas::bus::EmbeddedNats::start(None, data_dir.path())
+        .await
+        .expect("nats-server");
     let vars = [
+        ("NATS_URL", nats.url()),
         ("PORT", "0".to_owned()),
         ("DATA_DIR", data_dir.path().display().to_string()),
         ("COINBASE_WS_URL", sim.ws_url()),
@@ -79,6 +84,21 @@ async fn run(products: u32, trades_per_second: f64, duration: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // Frame → NATS, beside frame → SSE client.
+    let listener = async_nats::connect(nats.url()).await.expect("connect");
+    let mut messages = listener.subscribe("candles.>").await.expect("subscribe");
+    let on_nats = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut latencies = Vec::new();
+        let until = Instant::now() + Duration::from_secs(5) + duration;
+        while let Ok(Some(message)) = tokio::time::timeout_at(until.into(), messages.next()).await {
+            let now = Utc::now();
+            if let Ok(m) = spot_canvas::bus::CandleMessage::parse(&message.payload) {
+                latencies.push((now - m.last_received).to_std().unwrap_or(Duration::ZERO));
+            }
+        }
+        latencies
+    });
     let mut latencies = Vec::new();
     let mut buffer = String::new();
     // The first seconds hold the initial state and the start's snapshots: measure after them.
@@ -92,8 +112,11 @@ async fn run(products: u32, trades_per_second: f64, duration: Duration) {
         };
         let now = Utc::now();
         buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(at) = buffer.find("\n\n") {
-            let event: String = buffer.drain(..at + 2).collect();
+        // Every whole event of the buffer, then one drain (not one per event).
+        let mut used = 0;
+        while let Some(at) = buffer[used..].find("\n\n") {
+            let event = &buffer[used..used + at];
+            used += at + 2;
             if Instant::now() < warm_up {
                 continue;
             }
@@ -106,8 +129,19 @@ async fn run(products: u32, trades_per_second: f64, duration: Duration) {
                 latencies.push((now - received.to_utc()).to_std().unwrap_or(Duration::ZERO));
             }
         }
+        buffer.drain(..used);
     }
     latencies.sort();
+    let mut nats_latencies = on_nats.await.expect("join");
+    nats_latencies.sort();
+    println!(
+        "frame → NATS subscriber, {products} products × {trades_per_second} trades/s: \
+         p50 {:?}, p90 {:?}, p99 {:?} over {} messages",
+        percentile(&nats_latencies, 0.5),
+        percentile(&nats_latencies, 0.9),
+        percentile(&nats_latencies, 0.99),
+        nats_latencies.len()
+    );
     println!(
         "frame → SSE client, {products} products × {trades_per_second} trades/s, all series: \
          p50 {:?}, p90 {:?}, p99 {:?}, max {:?} over {} events",
@@ -119,6 +153,7 @@ async fn run(products: u32, trades_per_second: f64, duration: Duration) {
     );
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(90), task).await;
+    nats.stop().await;
 }
 
 fn main() {

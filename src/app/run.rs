@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{App, SHUTDOWN_GRACE, stop_embedded};
+use crate::bus::LiveState;
 use crate::model::CandleUpdate;
 use crate::store::Repository;
 use crate::supervise::Supervisor;
@@ -110,9 +111,12 @@ impl App {
         let engine_task = supervisor.spawn_fatal("engine", &overdue, |token| engine.run(token));
         let reconciler_task =
             supervisor.spawn_fatal("reconciler", &overdue, |token| reconciler.run(token));
-        let fanout_task = supervisor.spawn_fatal("fan-out", &overdue, |token| {
-            until(token, fan_out(updates, to_writer, to_publisher))
-        });
+        let fanout_task = {
+            let live = state.live.clone();
+            supervisor.spawn_fatal("fan-out", &overdue, |token| {
+                until(token, fan_out(updates, live, to_writer, to_publisher))
+            })
+        };
         let writer_task =
             supervisor.spawn_fatal("writer", &overdue, |token| until(token, writer.run()));
         let publisher_task =
@@ -218,15 +222,21 @@ async fn keep_products(
     anyhow::bail!("the feed's product list closed")
 }
 
-/// Hands every batch of the engine's output to the publisher and the writer. Neither blocks
-/// on NATS or the database (they coalesce while writing), so this never holds up the engine.
-/// A sink that stopped is an error: the fan-out ends, and the service with it.
+/// Hands every batch of the engine's output to this instance's live state (its stream
+/// clients get it without a NATS round trip; the same update coming back on NATS is then
+/// stale and dropped), the publisher and the writer. None of them blocks on NATS or the
+/// database (the sinks coalesce while writing), so this never holds up the engine. A sink
+/// that stopped is an error: the fan-out ends, and the service with it.
 async fn fan_out(
     mut updates: mpsc::Receiver<Vec<CandleUpdate>>,
+    live: LiveState,
     to_writer: mpsc::Sender<Vec<CandleUpdate>>,
     to_publisher: mpsc::Sender<Vec<CandleUpdate>>,
 ) -> anyhow::Result<()> {
     while let Some(batch) = updates.recv().await {
+        for update in &batch {
+            live.apply_local(update.clone());
+        }
         if to_publisher.send(batch.clone()).await.is_err() {
             anyhow::bail!("the publisher stopped; candle updates can no longer be published");
         }

@@ -37,16 +37,29 @@ pub fn amount(value: Decimal) -> String {
     text
 }
 
+/// Which element an update patches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElementId {
+    /// `<product>-<granularity>`: the series' newest bucket.
+    Series,
+    /// `<product>-<granularity>-<start>`: an older bucket (its completion, a revision).
+    Bucket,
+}
+
 /// The `<spot-candle>` element of an update, on one line.
-pub fn candle_element(update: &CandleUpdate) -> String {
+pub fn candle_element(update: &CandleUpdate, id: ElementId) -> String {
     let c = &update.candle;
     let product = escape(&c.product_id);
     let granularity = c.granularity.as_str();
     let mut html = String::with_capacity(512);
+    let bucket = match id {
+        ElementId::Series => String::new(),
+        ElementId::Bucket => format!("-{}", c.start.timestamp()),
+    };
     // Writing into a String cannot fail.
     let _infallible = write!(
         html,
-        "<spot-candle id=\"{product}-{granularity}\" data-product=\"{product}\" \
+        "<spot-candle id=\"{product}-{granularity}{bucket}\" data-product=\"{product}\" \
          data-granularity=\"{granularity}\" data-timestamp=\"{}\" data-open=\"{}\" \
          data-high=\"{}\" data-low=\"{}\" data-close=\"{}\" data-volume=\"{}\" \
          data-complete=\"{}\" data-trades=\"{}\" data-buy-volume=\"{}\" data-revision=\"{}\" \
@@ -75,17 +88,18 @@ pub fn candle_element(update: &CandleUpdate) -> String {
 }
 
 /// The whole server-sent event of an update, with `id: <id>`.
-pub fn candle_event(update: &CandleUpdate, id: u64) -> Bytes {
-    let event = PatchElements::new(candle_element(update))
+pub fn candle_event(update: &CandleUpdate, id: u64, element: ElementId) -> Bytes {
+    let event = PatchElements::new(candle_element(update, element))
         .id(id.to_string())
         .into_datastar_event();
     Bytes::from(event.to_string())
 }
 
 /// Escapes text for a double-quoted HTML attribute (product ids come from NATS, where any
-/// producer may write).
+/// producer may write). Control characters become character references: a raw CR or LF would
+/// end the SSE line and let the text write fields of its own.
 fn escape(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains(['&', '"', '<', '>', '\'']) {
+    if !text.contains(['&', '"', '<', '>', '\'']) && !text.contains(char::is_control) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 16);
@@ -96,6 +110,9 @@ fn escape(text: &str) -> std::borrow::Cow<'_, str> {
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '\'' => out.push_str("&#39;"),
+            control if control.is_control() => {
+                let _infallible = write!(out, "&#x{:x};", u32::from(control));
+            }
             other => out.push(other),
         }
     }
@@ -156,7 +173,14 @@ mod tests {
             last_trade_time: at("2024-01-06T19:00:59.123456Z"),
             last_received: at("2024-01-06T19:00:59.2Z"),
         };
-        let text = String::from_utf8(candle_event(&update, 41).to_vec()).expect("utf-8");
+        let text = String::from_utf8(candle_event(&update, 41, ElementId::Series).to_vec())
+            .expect("utf-8");
+        let older = String::from_utf8(candle_event(&update, 42, ElementId::Bucket).to_vec())
+            .expect("utf-8");
+        assert!(
+            older.contains("id=\"BTC-USD-ONE_MINUTE-1704567600\" data-product=\"BTC-USD\""),
+            "{older}"
+        );
         let version = hex(&update.version().to_bytes());
         assert_eq!(
             text,
@@ -181,5 +205,6 @@ mod tests {
             escape("A\"><script>&'"),
             "A&quot;&gt;&lt;script&gt;&amp;&#39;"
         );
+        assert_eq!(escape("X\rretry: 1\nid: 9"), "X&#xd;retry: 1&#xa;id: 9");
     }
 }

@@ -45,6 +45,8 @@ pub enum MessageError {
     Schema(u32),
     #[error("version {0:?} is not a candle version")]
     Version(String),
+    #[error("product id {0:?} is not 1-64 letters, digits, '-', '_' or '.'")]
+    Product(String),
 }
 
 impl CandleMessage {
@@ -84,6 +86,15 @@ impl CandleMessage {
             return Err(MessageError::Schema(message.schema));
         }
         message.parsed_version()?;
+        let id = &message.product_id;
+        let valid = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            let shown: String = id.chars().take(80).collect();
+            return Err(MessageError::Product(shown));
+        }
         Ok(message)
     }
 

@@ -37,6 +37,9 @@ const CONCURRENT_KV_WRITES: usize = 64;
 /// Longest wait for one publish to be queued (the client's buffer is full while the server
 /// does not read).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The KV path flushes every second, or at this many pending candles.
+const KV_MAX_PENDING: usize = 5_000;
+const KV_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Batches between the publisher's input and its two paths.
 const LIVE_CHANNEL: usize = 1024;
 /// Longest wait for one KV operation.
@@ -99,7 +102,13 @@ impl Publisher {
             client,
             kv,
             input,
-            settings: SinkSettings::default(),
+            settings: SinkSettings {
+                // The KV is recovery state (start, reconnects): a second behind is fine, and
+                // JetStream writes cost the NATS server far more than plain publishes.
+                max_rows: KV_MAX_PENDING,
+                flush_interval: KV_FLUSH_INTERVAL,
+                ..SinkSettings::default()
+            },
             stats: Arc::new(PublisherStats::default()),
         }
     }
@@ -123,6 +132,8 @@ impl Publisher {
         // The live path flushes whenever anything is pending: one update is enough.
         let live_settings = SinkSettings {
             max_rows: 1,
+            // NATS back after an outage: the live path catches up within a second.
+            retry_cap: self.settings.retry_cap.min(Duration::from_secs(1)),
             ..self.settings
         };
         let live = crate::sink::run("nats", live_rx, live_settings, stats.live.clone(), {

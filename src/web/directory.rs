@@ -92,6 +92,9 @@ impl ProductDirectory {
 
     /// The ids of `ids` that are not in `trading_pairs` (one read of the database at most).
     pub async fn unknown<'a>(&self, ids: &'a [String]) -> Result<Vec<&'a str>, DirectoryError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         // One reader at a time: concurrent requests wait for the read in flight instead of
         // each starting their own.
         let mut cache = self.cache.lock().await;
@@ -117,14 +120,16 @@ impl ProductDirectory {
             return Ok(unknown);
         }
         // A miss: the product may have been added since the last read.
-        self.read(&mut cache, now).await;
+        self.read(&mut cache, Instant::now()).await;
         Ok(cache.known.as_deref().map(missing).unwrap_or(unknown))
     }
 
-    /// Reads the set; on failure keeps the one it had.
+    /// Reads the set; on failure keeps the one it had. The attempt counts from its end, so
+    /// requests that waited on a failed read do not each read again.
     async fn read(&self, cache: &mut Cache, now: Instant) {
-        cache.attempted_at = Some(now);
-        match tokio::time::timeout(READ_TIMEOUT, (self.read)()).await {
+        let result = tokio::time::timeout(READ_TIMEOUT, (self.read)()).await;
+        cache.attempted_at = Some(Instant::now());
+        match result {
             Ok(Ok(ids)) => {
                 cache.known = Some(Arc::new(ids.into_iter().collect()));
                 cache.loaded_at = Some(now);

@@ -128,7 +128,13 @@ pub async fn live() -> Response {
 pub async fn ready(State(state): State<AppState>) -> Response {
     let stages = state.stages.report();
     let checks = checks(&state, &stages).await;
-    let (status, word) = status_of(checks.ok());
+    // Stopping: no new clients here (a load balancer sends them elsewhere).
+    let stopping = state.streams.stop.is_cancelled();
+    let (status, word) = if stopping {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+    } else {
+        status_of(checks.ok())
+    };
     json::answer(status, json!({ "status": word, "checks": checks }))
 }
 

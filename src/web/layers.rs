@@ -134,11 +134,13 @@ fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::HEAD])
-            // EventSource reconnects send Last-Event-ID.
+            // EventSource reconnects send Last-Event-ID; Datastar's fetches send
+            // Datastar-Request.
             .allow_headers([
                 header::ACCEPT,
                 header::CONTENT_TYPE,
                 HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("datastar-request"),
             ])
             .max_age(PREFLIGHT_MAX_AGE),
     )

@@ -1,8 +1,8 @@
 //! The accept loop: every connection served by hyper with the router, and closable from
 //! inside (a stream client cut off for staying behind) and from outside (the stop).
 //!
-//! In: a listener, the router, the stop token. Out: HTTP/1.1 and HTTP/2 (cleartext) served
-//! until the stop; then no new connections, in-flight requests get `grace` to finish (streams
+//! In: a listener, the router, the stop token. Out: HTTP/1.1 served until the stop (browsers
+//! speak HTTP/2 only over TLS, which a proxy in front terminates); then no new connections, in-flight requests get `grace` to finish (streams
 //! end by themselves on the stop), and the connections still open after it are dropped, which
 //! closes their sockets even when the peer never reads. `axum::serve` would wait forever on a
 //! peer that does not read; here every connection carries a [`Connection`] in its requests'
@@ -14,8 +14,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1::Builder;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,8 @@ pub struct Connection {
     pub close: CancellationToken,
 }
 
-/// Longest wait for a request's headers (a peer that opens connections and sends nothing).
+/// Longest wait for a request's headers, from the connection's start or the end of the previous
+/// request (a peer that opens connections and sends nothing is dropped after it).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (out of file descriptors): the loop must not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -45,9 +46,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     raise_open_files_limit();
     let connections = TaskTracker::new();
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
     loop {
@@ -86,7 +86,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
-    builder: Builder<TokioExecutor>,
+    builder: Builder,
     stop: CancellationToken,
     grace: Duration,
 ) {
@@ -103,7 +103,8 @@ async fn serve_connection(
         request
     });
     let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+        .with_upgrades();
     tokio::pin!(conn);
     let outcome = tokio::select! {
         outcome = conn.as_mut() => Some(outcome),

@@ -120,6 +120,18 @@ impl ClientQueue {
         Pushed::Queued
     }
 
+    /// Closes the queue when it has been lagged for longer than its stall limit.
+    pub(super) fn cut_off_if_stalled(&self, now: Instant) -> bool {
+        let mut q = self.lock();
+        let stalled = !q.closed
+            && q.lagged_since
+                .is_some_and(|since| now.duration_since(since) > self.settings.stall);
+        if stalled {
+            self.close(&mut q);
+        }
+        stalled
+    }
+
     /// Starts over after a lag: empties the queue and clears the lag. `false` (and closed)
     /// when the client has resynced too often.
     pub(super) fn restart(&self, now: Instant) -> bool {

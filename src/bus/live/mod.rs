@@ -18,7 +18,7 @@
 mod client;
 mod nats;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -32,8 +32,15 @@ use tokio_util::sync::CancellationToken;
 use client::{ClientQueue, Pushed};
 pub use client::{ClientSettings, Delivery, Subscription};
 
-use super::element::candle_event;
-use crate::model::{CandleUpdate, Granularity};
+use super::element::{ElementId, candle_event};
+use crate::model::{CandleUpdate, Granularity, Version};
+
+/// Older buckets per series whose last seen version is remembered (a revision window's worth
+/// of one-minute buckets is longer, but a revision that old is rare and still goes out when
+/// its bucket is forgotten: unknown counts as older).
+const OLDER_BUCKETS: usize = 16;
+/// Seconds beyond the next bucket's start that an update's bucket may start.
+const FUTURE_SLACK_SECS: i64 = 60;
 
 /// A candle series: product and granularity.
 pub type Series = (String, Granularity);
@@ -138,6 +145,10 @@ impl Index {
 #[derive(Debug, Default)]
 struct Inner {
     latest: HashMap<Series, Arc<LiveEntry>>,
+    /// The last version seen of each series' recent older buckets (at most [`OLDER_BUCKETS`]).
+    older: HashMap<Series, BTreeMap<i64, Version>>,
+    /// The id of the last applied update.
+    next_seq: u64,
     index: Index,
     next_client: u64,
 }
@@ -170,10 +181,17 @@ impl Inner {
 /// Counters of the live state.
 #[derive(Debug, Default)]
 pub(crate) struct LiveStats {
+    /// Messages from NATS.
     pub(crate) messages: AtomicU64,
+    /// Updates of this instance's engine, applied before they go to NATS.
+    local: AtomicU64,
     applied: AtomicU64,
     stale: AtomicU64,
     pub(crate) bad: AtomicU64,
+    /// Updates of buckets after the next one (a bad or clock-skewed producer), refused.
+    future: AtomicU64,
+    /// Updates of older buckets (completions, revisions) sent to the clients.
+    older_buckets: AtomicU64,
     /// Reloads from the KV (start, NATS reconnects, slow consumers).
     pub(crate) kv_reloads: AtomicU64,
     /// Clients whose queue overflowed: their backlog is dropped for the latest state of their
@@ -193,9 +211,12 @@ pub struct LiveReport {
     pub products: usize,
     pub clients: usize,
     pub messages: u64,
+    pub local: u64,
     pub applied: u64,
     pub stale: u64,
     pub bad: u64,
+    pub future: u64,
+    pub older_buckets: u64,
     pub kv_reloads: u64,
     pub resyncs: u64,
     pub resync_snapshots: u64,
@@ -208,8 +229,6 @@ pub struct LiveReport {
 pub struct LiveState {
     inner: Arc<Mutex<Inner>>,
     stats: Arc<LiveStats>,
-    /// The id of the next applied update.
-    seq: Arc<AtomicU64>,
     /// Asks the running loop to reload from the KV (NATS reconnects, slow consumers).
     resync: Arc<Notify>,
 }
@@ -230,26 +249,58 @@ impl LiveState {
     }
 
     /// Takes `update` if it is newer than what the series holds, and queues its event for the
-    /// clients of the series. Returns whether it was newer.
+    /// clients of the series. An update of an older bucket than the series' newest (its
+    /// completion, a late trade's revision) is not kept, but is news when it is newer than what
+    /// was last seen of that bucket: it goes to the clients as the element of that bucket
+    /// (`<product>-<granularity>-<start>`). Returns whether it was news.
     pub fn apply(&self, update: CandleUpdate) -> bool {
         let series: Series = (update.candle.product_id.clone(), update.candle.granularity);
-        // Rendered before the lock; the id is spent even if the update turns out stale.
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let start = update.candle.start.timestamp();
+        // A bucket after the next one comes from a bad or clock-skewed producer: taken, it
+        // would outrank every real update of the series until its time came.
+        let horizon = chrono::Utc::now().timestamp()
+            + update.candle.granularity.seconds()
+            + FUTURE_SLACK_SECS;
+        if start > horizon {
+            self.stats.future.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let version = update.version();
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        let current = inner
+            .latest
+            .get(&series)
+            .map(|e| (e.update.candle.start.timestamp(), e.update.version()));
+        let older_bucket = match current {
+            Some((_, newest)) if newest >= version => {
+                let known = inner
+                    .older
+                    .get(&series)
+                    .and_then(|b| b.get(&start))
+                    .copied();
+                let current_start = current.map_or(i64::MIN, |(s, _)| s);
+                if start >= current_start || known.is_some_and(|k| k >= version) {
+                    self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                true
+            }
+            _ => false,
+        };
+        // Ids follow the order of application: taken and rendered under the lock.
+        inner.next_seq += 1;
+        let seq = inner.next_seq;
+        let id = if older_bucket {
+            ElementId::Bucket
+        } else {
+            ElementId::Series
+        };
         let entry = Arc::new(LiveEntry {
-            event: candle_event(&update, seq),
+            event: candle_event(&update, seq, id),
             update,
             seq,
         });
-        let now = Instant::now();
-        let mut inner = lock(&self.inner);
-        if inner
-            .latest
-            .get(&series)
-            .is_some_and(|current| current.update.version() >= entry.update.version())
-        {
-            self.stats.stale.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
         let mut cut_off = Vec::new();
         let mut queued = 0u64;
         let named = inner.index.by_series.get(&series).into_iter().flatten();
@@ -269,12 +320,55 @@ impl LiveState {
                 self.stats.clients_cut_off.fetch_add(1, Ordering::Relaxed);
             }
         }
-        inner.latest.insert(series, entry);
-        self.stats.applied.fetch_add(1, Ordering::Relaxed);
+        // What was seen of older buckets: the one the series just left, and revisions.
+        let remembered = match current {
+            _ if older_bucket => Some((start, version)),
+            Some((previous, seen)) if previous < start => Some((previous, seen)),
+            _ => None,
+        };
+        if let Some((bucket, seen)) = remembered {
+            let buckets = inner.older.entry(series.clone()).or_default();
+            buckets.insert(bucket, seen);
+            while buckets.len() > OLDER_BUCKETS {
+                buckets.pop_first();
+            }
+        }
+        if older_bucket {
+            self.stats.older_buckets.fetch_add(1, Ordering::Relaxed);
+        } else {
+            inner.latest.insert(series, entry);
+            self.stats.applied.fetch_add(1, Ordering::Relaxed);
+        }
         self.stats
             .events_queued
             .fetch_add(queued, Ordering::Relaxed);
         true
+    }
+
+    /// [`LiveState::apply`] for an update of this instance's own engine, counted apart from
+    /// those that come over NATS.
+    pub fn apply_local(&self, update: CandleUpdate) -> bool {
+        self.stats.local.fetch_add(1, Ordering::Relaxed);
+        self.apply(update)
+    }
+
+    /// Cuts off the clients that stayed lagged past their stall limit: those of quiet series
+    /// are not reached by [`LiveState::apply`]. The running loop calls it every second.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        let stalled: Vec<u64> = inner
+            .index
+            .clients
+            .iter()
+            .filter(|(_, (_, queue))| queue.cut_off_if_stalled(now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stalled {
+            if inner.index.remove(id).is_some() {
+                self.stats.clients_cut_off.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The current candle of each series `filter` wants (oldest applied first), then, through
@@ -355,9 +449,12 @@ impl LiveState {
             products: products.len(),
             clients: inner.index.clients.len(),
             messages: load(&self.stats.messages),
+            local: load(&self.stats.local),
             applied: load(&self.stats.applied),
             stale: load(&self.stats.stale),
             bad: load(&self.stats.bad),
+            future: load(&self.stats.future),
+            older_buckets: load(&self.stats.older_buckets),
             kv_reloads: load(&self.stats.kv_reloads),
             resyncs: load(&self.stats.resyncs),
             resync_snapshots: load(&self.stats.resync_snapshots),

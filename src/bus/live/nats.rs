@@ -16,6 +16,8 @@ use crate::bus::{ALL_CANDLES, CandleMessage};
 
 /// Longest reload from the KV.
 const KV_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often clients that stayed behind on quiet series are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait to unsubscribe at the stop.
 const UNSUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -66,9 +68,12 @@ impl LiveState {
             .await
             .map_err(|e| anyhow::anyhow!("cannot subscribe to {ALL_CANDLES}: {e}"))?;
         self.resync_now(&kv).await;
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
+                _ = sweep.tick() => self.sweep(),
                 () = self.resync.notified() => self.resync_now(&kv).await,
                 message = messages.next() => {
                     let Some(message) = message else {

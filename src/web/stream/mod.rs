@@ -77,26 +77,6 @@ pub async fn stream(
         Ok(request) => request,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    // A product is unknown when it is not in `trading_pairs` (not merely outside this shard).
-    match state.products.unknown(&request.products).await {
-        Ok(unknown) if unknown.is_empty() => {}
-        Ok(unknown) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "unknown product(s): {}; accepted: products Coinbase lists (GET /api/v1/products)",
-                    unknown.join(", ")
-                ),
-            );
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot check the stream's products");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the product list is not available; retry shortly",
-            );
-        }
-    }
     let connection = connection.map(|Extension(c)| c);
     let address = client_address(
         &headers,
@@ -118,6 +98,32 @@ pub async fn stream(
             );
         }
     };
+    // After the caps (a refused client costs no database read). A product is unknown when it is not in `trading_pairs` (not merely outside this shard).
+    match state.products.unknown(&request.products).await {
+        Ok(unknown) if unknown.is_empty() => {}
+        Ok(unknown) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown product(s): {}{}; accepted: products Coinbase lists (GET /api/v1/products)",
+                    unknown
+                        .iter()
+                        .take(10)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if unknown.len() > 10 { ", …" } else { "" }
+                ),
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the stream's products");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the product list is not available; retry shortly",
+            );
+        }
+    }
     let resumed = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -178,11 +184,61 @@ fn client_address(
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .rfind(|v| !v.is_empty())
-        && let Ok(address) = last.parse::<IpAddr>()
+        && let Some(address) = parse_address(last)
     {
         return address;
     }
     connection
         .map(|c| c.peer.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// An address as proxies write it: `ip`, `ip:port`, `[v6]` or `[v6]:port`.
+fn parse_address(text: &str) -> Option<IpAddr> {
+    if let Ok(address) = text.parse::<IpAddr>() {
+        return Some(address);
+    }
+    if let Ok(socket) = text.parse::<std::net::SocketAddr>() {
+        return Some(socket.ip());
+    }
+    text.strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|t| t.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_in_every_form_proxies_write() {
+        for (text, expected) in [
+            ("203.0.113.7", "203.0.113.7"),
+            ("203.0.113.7:5123", "203.0.113.7"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+        ] {
+            assert_eq!(
+                parse_address(text),
+                Some(expected.parse().expect("ip")),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_address("unknown"), None);
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("10.0.0.1, 198.51.100.2:80"),
+        );
+        assert_eq!(
+            client_address(&headers, None, true),
+            "198.51.100.2".parse::<IpAddr>().expect("ip")
+        );
+        assert_eq!(
+            client_address(&headers, None, false),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            "not trusted: the peer"
+        );
+    }
 }
