@@ -376,7 +376,7 @@ async fn subscribers_get_the_current_candle_then_every_newer_update_without_gap_
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_overflows_is_resynced_then_cut_off_when_it_stays_behind() {
     let live = LiveState::new();
     let slow_cut = CancellationToken::new();
@@ -427,8 +427,7 @@ async fn a_client_that_overflows_is_resynced_then_cut_off_when_it_stays_behind()
     for count in 101..=110 {
         live.apply(update("SOL-USD", 0, count));
     }
-    // Time is the subject: the stall limit must pass.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::advance(Duration::from_millis(300)).await;
     live.apply(update("SOL-USD", 0, 111));
     assert!(slow_cut.is_cancelled(), "its connection is told to close");
     assert!(matches!(slow.next().await, Delivery::CutOff));
@@ -460,6 +459,133 @@ async fn a_client_that_overflows_is_resynced_then_cut_off_when_it_stays_behind()
         }
         got => panic!("other: {got:?}"),
     }
+}
+
+fn one_client(
+    live: &LiveState,
+    settings: ClientSettings,
+) -> (spot_canvas::bus::Subscription, CancellationToken) {
+    let cut = CancellationToken::new();
+    let (sub, _) = live.subscribe(Filter::all(), settings, cut.clone());
+    (sub, cut)
+}
+
+/// The element id and trade count of every event of one delivery.
+async fn delivered(sub: &mut spot_canvas::bus::Subscription) -> Vec<(String, u64)> {
+    match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
+        Ok(Delivery::Updates(entries)) => entries
+            .iter()
+            .map(|e| {
+                let text = String::from_utf8_lossy(&e.event).into_owned();
+                let id = text
+                    .split("<spot-candle id=\"")
+                    .nth(1)
+                    .and_then(|t| t.split('"').next())
+                    .expect("an element id")
+                    .to_owned();
+                (id, e.update.version().trade_count)
+            })
+            .collect(),
+        other => panic!("expected updates, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_older_buckets_completion_and_revisions_reach_clients_as_that_buckets_element() {
+    let live = LiveState::new();
+    let (mut sub, _) = one_client(&live, settings(100));
+    live.apply(update("BTC-USD", 0, 5));
+    // The next bucket starts before the first one's completion comes.
+    live.apply(update("BTC-USD", 1, 1));
+    let mut complete = update("BTC-USD", 0, 5);
+    complete.complete = true;
+    assert!(live.apply(complete.clone()), "the completion is news");
+    // The same completion again (a second producer) and an older one are not.
+    assert!(!live.apply(complete));
+    assert!(!live.apply(update("BTC-USD", 0, 4)));
+    let mut revised = update("BTC-USD", 0, 6);
+    revised.revision = 1;
+    assert!(live.apply(revised), "a late trade's revision is news");
+    let ids = delivered(&mut sub).await;
+    let bucket0 = format!("BTC-USD-ONE_MINUTE-{START}");
+    assert_eq!(
+        ids,
+        [
+            ("BTC-USD-ONE_MINUTE".to_owned(), 5),
+            ("BTC-USD-ONE_MINUTE".to_owned(), 1),
+            (bucket0.clone(), 5),
+            (bucket0, 6),
+        ]
+    );
+    // The series still holds its newest bucket.
+    let current = live
+        .current("BTC-USD", Granularity::OneMinute)
+        .expect("current");
+    assert_eq!(current.candle.start.timestamp(), START + 60);
+    assert_eq!(live.report().older_buckets, 2);
+}
+
+#[tokio::test]
+async fn a_bucket_after_the_next_one_is_refused_and_freezes_nothing() {
+    let live = LiveState::new();
+    let now = chrono::Utc::now().timestamp();
+    let bucket_now = (now - START).div_euclid(60);
+    assert!(live.apply(update("BTC-USD", bucket_now, 1)));
+    // A clock-skewed producer, a year ahead.
+    assert!(!live.apply(update("BTC-USD", bucket_now + 525_600, 9)));
+    assert_eq!(live.report().future, 1);
+    assert!(
+        live.apply(update("BTC-USD", bucket_now, 2)),
+        "the series goes on"
+    );
+    // The next bucket is fine (a producer's clock a little ahead).
+    assert!(live.apply(update("BTC-USD", bucket_now + 1, 1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_client_of_a_quiet_series_is_swept_and_one_resyncing_too_often_is_cut_off() {
+    let live = LiveState::new();
+    let stall = ClientSettings {
+        capacity: 2,
+        stall: Duration::from_secs(10),
+        ..ClientSettings::default()
+    };
+    let (mut stalled, stalled_cut) = one_client(&live, stall);
+    for count in 1..=5 {
+        live.apply(update("SOL-USD", 0, count));
+    }
+    // The series goes quiet: no update will reach the stalled client again.
+    live.sweep();
+    assert!(!stalled_cut.is_cancelled(), "not yet past its stall limit");
+    tokio::time::advance(Duration::from_secs(11)).await;
+    live.sweep();
+    assert!(stalled_cut.is_cancelled());
+    assert!(matches!(stalled.next().await, Delivery::CutOff));
+    // A client that overflows again and again is cut off at its sixth resync in a minute.
+    let (mut flapping, flapping_cut) = one_client(
+        &live,
+        ClientSettings {
+            capacity: 2,
+            max_resyncs: 5,
+            resync_window: Duration::from_secs(60),
+            ..ClientSettings::default()
+        },
+    );
+    let mut count = 100;
+    for round in 1..=6 {
+        for _ in 0..5 {
+            count += 1;
+            live.apply(update("SOL-USD", 0, count));
+        }
+        match flapping.next().await {
+            Delivery::Resync(_) if round <= 5 => {}
+            Delivery::CutOff if round == 6 => {}
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    assert!(flapping_cut.is_cancelled());
+    assert_eq!(live.report().clients_cut_off, 2);
+    assert_eq!(live.report().clients, 0);
 }
 
 #[tokio::test]

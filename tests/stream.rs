@@ -14,7 +14,7 @@ use spot_canvas::bus::LiveState;
 use spot_canvas::config::StreamConfig;
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
 use spot_canvas::store::Repository;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T0: i64 = 1_790_000_040;
 /// Generous for a loaded CI: an event that is due arrives well within it.
@@ -274,6 +274,10 @@ async fn bad_parameters_and_full_caps_are_refused_with_a_message() {
         ),
         ("/stream?products=BTC%20USD", "invalid product"),
         (
+            "/stream?products=BTC-USD,DOGE-USD&granularity=1m",
+            "unknown product(s): DOGE-USD; accepted:",
+        ),
+        (
             "/stream?products=BTC-USD,ETH-USD,SOL-USD&granularities=1m,5m",
             "subscription over the cap",
         ),
@@ -289,7 +293,12 @@ async fn bad_parameters_and_full_caps_are_refused_with_a_message() {
     let (status, error) = s.status_and_error("/stream?granularity=1m").await;
     assert_eq!(status, 429, "{error}");
     assert!(error.contains("at most 2 concurrent streams"), "{error}");
+    assert_eq!(s.live.report().clients, 2);
     drop(first);
+    common::wait_for("the closed stream's subscription to go", SOON, || async {
+        s.live.report().clients == 1
+    })
+    .await;
     common::wait_for("the closed stream's place to come back", SOON, || async {
         reqwest::Client::new()
             .get(s.url("/stream?granularity=1m"))
@@ -382,8 +391,12 @@ async fn the_stop_ends_open_streams_within_a_second_even_for_a_client_that_never
         stream.next(SOON).await.expect("the current candle");
         readers.push(stream);
     }
-    // A client that sent its request and never reads a byte of the answer.
-    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", s.served.port))
+    // A client that sent its request and never reads a byte of the answer, with a tiny
+    // receive buffer: its socket fills, so its response can never be finished.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut silent = socket
+        .connect(([127, 0, 0, 1], s.served.port).into())
         .await
         .expect("connects");
     silent
@@ -394,6 +407,11 @@ async fn the_stop_ends_open_streams_within_a_second_even_for_a_client_that_never
         s.live.report().clients == 4
     })
     .await;
+    // Enough events to fill the silent client's socket and the server's buffers.
+    for count in 2..=3_000 {
+        s.live
+            .apply(update("BTC-USD", Granularity::OneMinute, count));
+    }
     // The service's stop: streams first, then the HTTP server.
     let stopped_at = tokio::time::Instant::now();
     s.streams_stop.cancel();
@@ -411,5 +429,16 @@ async fn the_stop_ends_open_streams_within_a_second_even_for_a_client_that_never
     served.expect("served");
     assert!(stopped_at.elapsed() < Duration::from_secs(3));
     assert_eq!(s.live.report().clients, 0, "every subscription is gone");
-    drop(silent);
+    // The silent client's connection was dropped: what was on its way, then the end.
+    let closed = tokio::time::timeout(SOON, async {
+        let mut buffer = vec![0u8; 1 << 16];
+        loop {
+            match silent.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent client's connection is closed");
 }
