@@ -183,13 +183,16 @@ async fn publisher_and_latency(url: &str, keys: usize, rate: f64, duration: Dura
     drop(live);
     let mut latencies = measuring.await.expect("join");
     latencies.sort();
-    let report = stats.report().sink;
+    let report = stats.report();
+    let (kv, live_path) = (report.sink, report.live);
     println!(
-        "publisher, {keys} series, {:.0} updates/s offered: {:.0} published + KV-CAS updates/s ({} flushes of {:.0} on average); engine output → live-state client: p50 {:?}, p99 {:?} over {} updates",
+        "publisher, {keys} series, {:.0} updates/s offered: {:.0} published/s on subjects ({} flushes of {:.0} on average), {:.0} KV-CAS writes/s ({} flushes); engine output → live-state client: p50 {:?}, p99 {:?} over {} updates",
         sent as f64 / elapsed,
-        report.written_rows as f64 / elapsed,
-        report.batches,
-        report.written_rows as f64 / report.batches.max(1) as f64,
+        live_path.written_rows as f64 / elapsed,
+        live_path.batches,
+        live_path.written_rows as f64 / live_path.batches.max(1) as f64,
+        kv.written_rows as f64 / elapsed,
+        kv.batches,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies.len(),
