@@ -292,51 +292,25 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
         },
     )
     .await;
-    let rows = stored_rows(&db.pool).await;
-
-    // The service's own answer is what is stored: the newest candles of each granularity.
-    for g in Granularity::ALL {
-        let body = get_json(&format!(
-            "http://127.0.0.1:{}/api/v1/candles?product=ETH-USD&granularity={}&limit=1000",
-            app.port,
-            g.short_name()
-        ))
-        .await;
-        let candles = body["candles"].as_array().expect("candles");
-        let stored: Vec<(&(String, Granularity, i64), &StoredRow)> = rows
-            .iter()
-            .filter(|(k, _)| k.0 == "ETH-USD" && k.1 == g)
-            .collect();
-        let newest = &stored[stored.len().saturating_sub(1000)..];
-        assert_eq!(candles.len(), newest.len(), "{g}: the newest 1000 at most");
-        for (c, ((_, _, start), row)) in candles.iter().zip(newest) {
-            let decimal = |f: &str| -> Decimal { c[f].as_str().expect(f).parse().expect(f) };
-            assert_eq!(c["timestamp"].as_i64(), Some(*start), "{g}");
-            assert_eq!(
-                (
-                    decimal("open"),
-                    decimal("high"),
-                    decimal("low"),
-                    decimal("close"),
-                    decimal("volume")
-                ),
-                (
-                    row.ohlcv.open,
-                    row.ohlcv.high,
-                    row.ohlcv.low,
-                    row.ohlcv.close,
-                    row.ohlcv.volume
-                ),
-                "{g} {start}"
-            );
-            assert_eq!(c["trade_count"].as_u64(), row.trade_count, "{g} {start}");
-            assert_eq!(
-                c["backfilled"].as_bool(),
-                Some(row.backfilled),
-                "{g} {start}"
-            );
+    // The service's own answer is what is stored: the newest candles of each granularity. The
+    // writer may still be flushing (a backfill at a minute's edge lands between two reads):
+    // the answer and the table must agree once it is done.
+    let mut disagreement = String::new();
+    let agreed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match api_agrees_with_table(app.port, &db.pool).await {
+                Ok(()) => return,
+                Err(why) => disagreement = why,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-    }
+    })
+    .await;
+    assert!(
+        agreed.is_ok(),
+        "the API and the table disagree: {disagreement}"
+    );
+    let rows = stored_rows(&db.pool).await;
 
     // The stale product's partial candles (and every bucket around its minute) were replaced
     // by REST's.
@@ -649,4 +623,59 @@ async fn a_wrong_stored_candle_is_caught_by_the_rest_cross_check_and_repaired() 
     );
     stop(app).await;
     sim.stop().await;
+}
+
+/// Whether `/api/v1/candles` answers exactly the newest stored candles of ETH-USD in every
+/// granularity; the first difference otherwise.
+async fn api_agrees_with_table(port: u16, pool: &sqlx::PgPool) -> Result<(), String> {
+    for g in Granularity::ALL {
+        let body = get_json(&format!(
+            "http://127.0.0.1:{port}/api/v1/candles?product=ETH-USD&granularity={}&limit=1000",
+            g.short_name()
+        ))
+        .await;
+        let rows = stored_rows(pool).await;
+        let candles = body["candles"].as_array().ok_or("no candles")?;
+        let stored: Vec<(&(String, Granularity, i64), &StoredRow)> = rows
+            .iter()
+            .filter(|(k, _)| k.0 == "ETH-USD" && k.1 == g)
+            .collect();
+        let newest = &stored[stored.len().saturating_sub(1000)..];
+        if candles.len() != newest.len() {
+            return Err(format!(
+                "{g}: {} candles, {} stored",
+                candles.len(),
+                newest.len()
+            ));
+        }
+        for (c, ((_, _, start), row)) in candles.iter().zip(newest) {
+            let decimal = |f: &str| -> Option<Decimal> { c[f].as_str()?.parse().ok() };
+            let answered = (
+                c["timestamp"].as_i64(),
+                decimal("open"),
+                decimal("high"),
+                decimal("low"),
+                decimal("close"),
+                decimal("volume"),
+                c["trade_count"].as_u64(),
+                c["backfilled"].as_bool(),
+            );
+            let expected = (
+                Some(*start),
+                Some(row.ohlcv.open),
+                Some(row.ohlcv.high),
+                Some(row.ohlcv.low),
+                Some(row.ohlcv.close),
+                Some(row.ohlcv.volume),
+                row.trade_count,
+                Some(row.backfilled),
+            );
+            if answered != expected {
+                return Err(format!(
+                    "{g} {start}: answered {answered:?}, stored {expected:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
