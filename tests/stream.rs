@@ -318,6 +318,8 @@ async fn the_instance_cap_answers_503() {
     })
     .await;
     let _only = s.open("/stream").await;
+    let refused = reqwest::get(s.url("/stream")).await.expect("answers");
+    assert_eq!(refused.headers()["retry-after"], "5");
     let (status, error) = s.status_and_error("/stream").await;
     assert_eq!(status, 503, "{error}");
     assert!(error.contains("maximum of 1 streams"), "{error}");

@@ -256,6 +256,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn concurrent_requests_wait_for_one_hung_read_not_one_each() {
+        let (directory, db, reads) = directory();
+        *db.lock().expect("lock") = Db::Hangs;
+        let started = Instant::now();
+        let waiting: Vec<_> = (0..10)
+            .map(|_| {
+                let directory = directory.clone();
+                tokio::spawn(async move { directory.contains("BTC-USD").await })
+            })
+            .collect();
+        for request in waiting {
+            request.await.expect("join").expect_err("no list");
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one read for all of them");
+        assert_eq!(started.elapsed(), READ_TIMEOUT, "not ten timeouts in a row");
+        // Every product stream (no product named) never waits on the database.
+        *db.lock().expect("lock") = Db::Hangs;
+        assert_eq!(
+            directory.unknown(&[]).await.expect("nothing to check"),
+            Vec::<&str>::new()
+        );
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_list_read_before_stays_in_use_while_the_database_fails() {
         let (directory, db, reads) = directory();
         assert!(directory.contains("BTC-USD").await.expect("known"));

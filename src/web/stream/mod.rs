@@ -86,15 +86,21 @@ pub async fn stream(
     let permit = match streams.gate.try_acquire(address) {
         Ok(permit) => permit,
         Err(Refusal::Full { max }) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("this instance serves its maximum of {max} streams; retry later"),
+            return retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("this instance serves its maximum of {max} streams; retry later"),
+                ),
+                "5",
             );
         }
         Err(Refusal::TooManyFromAddress { max }) => {
-            return error(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("at most {max} concurrent streams per client address; close one first"),
+            return retry_after(
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("at most {max} concurrent streams per client address; close one first"),
+                ),
+                "5",
             );
         }
     };
@@ -168,6 +174,14 @@ pub async fn stream(
         body,
     )
         .into_response()
+}
+
+/// `response` with a `Retry-After` of `seconds`.
+fn retry_after(mut response: Response, seconds: &'static str) -> Response {
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+    response
 }
 
 /// The address streams are counted by.
