@@ -68,9 +68,12 @@ pub async fn stream(
 ) -> Response {
     let streams = &state.streams;
     if streams.stop.is_cancelled() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the service is stopping; reconnect",
+        return retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is stopping; reconnect",
+            ),
+            "1",
         );
     }
     let request = match parse(query.as_deref(), streams.config.max_series) {
@@ -104,7 +107,8 @@ pub async fn stream(
             );
         }
     };
-    // After the caps (a refused client costs no database read). A product is unknown when it is not in `trading_pairs` (not merely outside this shard).
+    // After the caps (a refused client costs no database read). A product is unknown when it
+    // is not in `trading_pairs` (not merely outside this shard).
     match state.products.unknown(&request.products).await {
         Ok(unknown) if unknown.is_empty() => {}
         Ok(unknown) => {
@@ -124,9 +128,12 @@ pub async fn stream(
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot check the stream's products");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the product list is not available; retry shortly",
+            return retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the product list is not available; retry shortly",
+                ),
+                "5",
             );
         }
     }
