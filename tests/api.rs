@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{AppEnv, TestApp, TestDb, get_json, product, wait_for};
+use common::{AppEnv, TestApp, TestDb, get_json, product, timestamps, wait_for};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
@@ -179,16 +179,6 @@ async fn the_directory_learns_new_products_within_about_a_second_and_keeps_its_l
         || async { fresh.contains("BTC-USD").await.ok().filter(|known| *known) },
     )
     .await;
-}
-
-/// The `timestamp`s of an answer's candles.
-fn timestamps(body: &Value) -> Vec<i64> {
-    body["candles"]
-        .as_array()
-        .expect("candles")
-        .iter()
-        .map(|c| c["timestamp"].as_i64().expect("timestamp"))
-        .collect()
 }
 
 /// Follows `next` from `uri` until it is absent; returns every page's timestamps.

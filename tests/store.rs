@@ -658,15 +658,6 @@ fn app_state(repository: Repository) -> spot_canvas::web::AppState {
     spot_canvas::web::AppState::idle(repository)
 }
 
-fn timestamps(body: &serde_json::Value) -> Vec<i64> {
-    body["candles"]
-        .as_array()
-        .expect("candles")
-        .iter()
-        .map(|c| c["timestamp"].as_i64().expect("timestamp"))
-        .collect()
-}
-
 #[tokio::test]
 async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_database_is_away() {
     let db = TestDb::migrated().await;
@@ -680,22 +671,9 @@ async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_da
     five.candle.granularity = Granularity::FiveMinutes;
     repo.upsert_candle(&five).await.expect("insert");
     // The API answers for known products only (those in trading_pairs).
-    repo.upsert_products(&[Product {
-        product_id: "BTC-USD".into(),
-        base: "BTC".into(),
-        quote: "USD".into(),
-        status: "online".into(),
-        product_type: "SPOT".into(),
-        trading_disabled: false,
-        base_min_size: None,
-        base_max_size: None,
-        base_increment: None,
-        price_increment: None,
-        alias: String::new(),
-        alias_to: Vec::new(),
-    }])
-    .await
-    .expect("insert the product");
+    repo.upsert_products(&[common::product("BTC-USD", None)])
+        .await
+        .expect("insert the product");
     let state = app_state(Repository::new(spot_canvas::store::api_pool(&db.pool)));
 
     // `end` is exclusive; the newest `limit` before it come back oldest first.
@@ -707,7 +685,10 @@ async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_da
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["granularity"], "ONE_MINUTE");
-    assert_eq!(timestamps(&body), vec![T0 + 420, T0 + 480, T0 + 540]);
+    assert_eq!(
+        common::timestamps(&body),
+        vec![T0 + 420, T0 + 480, T0 + 540]
+    );
     assert_eq!(body["candles"][0]["close"], "5");
     assert_eq!(body["candles"][0]["trade_count"], 8);
 
@@ -717,14 +698,14 @@ async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_da
         "/api/v1/candles?product=BTC-USD&granularity=ONE_MINUTE",
     )
     .await;
-    assert_eq!(timestamps(&body).len(), 300);
+    assert_eq!(common::timestamps(&body).len(), 300);
     let (status, body) = common::get_json(
         &state,
         "/api/v1/candles?product=BTC-USD&granularity=ONE_MINUTE&limit=1000",
     )
     .await;
     assert_eq!(status, 200);
-    let got = timestamps(&body);
+    let got = common::timestamps(&body);
     assert_eq!(got.len(), 1_000);
     assert_eq!(got.first(), Some(&(T0 + 60 * 200)));
     assert_eq!(got.last(), Some(&(T0 + 60 * 1_199)));
@@ -738,7 +719,7 @@ async fn the_history_api_honours_end_and_caps_limit_and_answers_503_while_the_da
     let (_, body) =
         common::get_json(&state, "/api/v1/candles?product=BTC-USD&granularity=5m").await;
     assert_eq!(body["granularity"], "FIVE_MINUTES");
-    assert_eq!(timestamps(&body), vec![T0]);
+    assert_eq!(common::timestamps(&body), vec![T0]);
 
     // The database goes away: 503 with a message that names no connection detail.
     db.pg.stop_with("immediate").await.expect("stop");

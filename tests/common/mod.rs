@@ -13,7 +13,7 @@ pub use app::{
 };
 pub use service::{READY_WITHIN, Service, environment_of, signal};
 pub use wait::{eventually, wait_for};
-pub use web::{Served, SseEvent, SseReader, app_state, get_json, product, serve};
+pub use web::{Served, SseEvent, SseReader, app_state, get_json, product, serve, timestamps};
 
 use std::os::unix::fs::PermissionsExt;
 

@@ -181,3 +181,13 @@ pub async fn get_json(state: &AppState, uri: &str) -> (u16, serde_json::Value) {
         .unwrap_or_else(|e| panic!("{uri}: {e}: {}", String::from_utf8_lossy(&body)));
     (status, body)
 }
+
+/// The `timestamp`s of a candles answer's candles.
+pub fn timestamps(body: &serde_json::Value) -> Vec<i64> {
+    body["candles"]
+        .as_array()
+        .expect("candles")
+        .iter()
+        .map(|c| c["timestamp"].as_i64().expect("timestamp"))
+        .collect()
+}
