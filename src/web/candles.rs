@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
-use super::json::{self, ApiQuery};
+use super::json;
 use crate::model::Granularity;
 
 /// Most candles one request returns.
@@ -145,7 +145,10 @@ pub fn parse_query(query: &HashMap<String, String>) -> Result<HistoryQuery, Stri
 }
 
 /// `GET /api/v1/candles`.
-pub async fn candles(State(state): State<AppState>, ApiQuery(query): ApiQuery) -> Response {
+pub async fn candles(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let q = match parse_query(&query) {
         Ok(q) => q,
         Err(message) => return json::bad_request(message),

@@ -102,9 +102,7 @@ async fn serve_connection(
         request.extensions_mut().insert(ConnectInfo(peer));
         request
     });
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-        .with_upgrades();
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let outcome = tokio::select! {
         outcome = conn.as_mut() => Some(outcome),

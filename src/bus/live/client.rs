@@ -221,11 +221,6 @@ impl Subscription {
             self.queue.ready.notified().await;
         }
     }
-
-    /// The series this subscription wants.
-    pub fn filter(&self) -> &Filter {
-        &self.filter
-    }
 }
 
 impl Drop for Subscription {
