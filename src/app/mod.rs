@@ -161,6 +161,20 @@ impl App {
         let (to_publisher, publisher_rx) = mpsc::channel(UPDATE_CHANNEL);
         let publisher = Publisher::new(nats.0.clone(), nats.1.clone(), publisher_rx);
         let stages = Stages::new();
+        let streams = crate::web::stream::Streams::new(config.stream);
+        let dev = if config.dev_reload {
+            tracing::warn!(dir = %config.static_dir.display(), "DEV_RELOAD: pages reload on restarts and asset changes");
+            Some(
+                crate::web::pages::dev::DevReload::start(
+                    config.static_dir.clone(),
+                    streams.stop.clone(),
+                )
+                .await,
+            )
+        } else {
+            None
+        };
+        let pages = crate::web::pages::Pages::new(api_repository.clone(), &config.static_dir, dev);
         let state = AppState {
             feed: feed.health(),
             engine: engine.stats(),
@@ -178,7 +192,8 @@ impl App {
             stages: stages.clone(),
             simulated: !config.is_production_feed(),
             ws_url: config.coinbase_ws_url.clone(),
-            streams: crate::web::stream::Streams::new(config.stream),
+            streams,
+            pages,
         };
         Ok(App {
             listener,

@@ -8,6 +8,7 @@
 //! also get a token that is cancelled when the grace period runs out, so that nothing outlives
 //! it. Whatever happens, the embedded servers are stopped at the end.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -107,6 +108,12 @@ impl App {
                 summarize(state.clone(), token)
             })
         };
+        let seed_task = {
+            let (day, repository) = (state.live.day().clone(), state.repository.clone());
+            supervisor.spawn_restarting("day-seed", &catalog_stop, move |token| {
+                seed_day(day.clone(), repository.clone(), token)
+            })
+        };
         let feed_task = supervisor.spawn_fatal("feed", &feed_stop, |token| feed.run(token));
         let engine_task = supervisor.spawn_fatal("engine", &overdue, |token| engine.run(token));
         let reconciler_task =
@@ -163,6 +170,7 @@ impl App {
                 "writer flushed"
             );
             joined(summary_task).await;
+            joined(seed_task).await;
         };
         let in_time = tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_ok();
         if !in_time {
@@ -200,6 +208,34 @@ impl App {
         Ok(())
     }
 }
+
+/// Seeds the board's rolling day from the stored one-minute candles, once, then idles until
+/// the stop (an error makes the supervisor try again).
+async fn seed_day(
+    day: Arc<crate::bus::day::DayStats>,
+    repository: Repository,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let seeded = tokio::select! {
+        () = token.cancelled() => return Ok(()),
+        r = tokio::time::timeout(SEED_TIMEOUT, day.seed(&repository, chrono::Utc::now())) => r,
+    };
+    match seeded {
+        Ok(Ok((rows, bad))) => {
+            tracing::info!(rows, bad, products = day.products(), "rolling day seeded");
+        }
+        Ok(Err(e)) => anyhow::bail!(
+            "cannot read the last day's candles: {}",
+            crate::config::redact(&e.to_string())
+        ),
+        Err(_elapsed) => anyhow::bail!("reading the last day's candles took over {SEED_TIMEOUT:?}"),
+    }
+    token.cancelled().await;
+    Ok(())
+}
+
+/// Longest the rolling day's seed read may take.
+const SEED_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Keeps `trading_pairs` in step with the feed's product list; ends when the feed does.
 async fn keep_products(

@@ -6,6 +6,7 @@
 //! JSON), the newest candle per key in the KV bucket `live-candles`, and for the web layer the
 //! current candle of any key followed by every newer update.
 
+pub mod day;
 pub mod element;
 pub mod live;
 pub mod message;

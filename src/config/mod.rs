@@ -184,6 +184,16 @@ pub const VARIABLES: &[Variable] = &[
         description: "Longest time (seconds, 1–600) an HTTP request may take before it is answered 503; the SSE streams are exempt",
     },
     Variable {
+        name: "STATIC_DIR",
+        default: "static",
+        description: "Directory of the dashboard's built assets (`app.css`, `app.js`, `datastar.js`; `task assets` builds them), served under `/static`",
+    },
+    Variable {
+        name: "DEV_RELOAD",
+        default: "false",
+        description: "Development: open pages reload when the server restarts or an asset in `STATIC_DIR` changes, and assets are not cached (`task live` sets it)",
+    },
+    Variable {
         name: "RUST_LOG",
         default: "info",
         description: "Log filter (tracing EnvFilter syntax)",
@@ -260,6 +270,8 @@ pub struct Config {
     pub crosscheck_interval_secs: u64,
     pub cors_origins: CorsOrigins,
     pub request_timeout_secs: u64,
+    pub static_dir: PathBuf,
+    pub dev_reload: bool,
     pub log_filter: String,
     pub log_format: LogFormat,
     pub stream: StreamConfig,
@@ -299,6 +311,8 @@ impl fmt::Debug for Config {
             .field("log_filter", &self.log_filter)
             .field("log_format", &self.log_format)
             .field("stream", &self.stream)
+            .field("static_dir", &self.static_dir)
+            .field("dev_reload", &self.dev_reload)
             .finish()
     }
 }

@@ -83,6 +83,8 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
         )?,
         cors_origins: cors_origins(lookup)?,
         request_timeout_secs: number(lookup, "REQUEST_TIMEOUT_SECS", 1, 600, "an integer 1-600")?,
+        static_dir: PathBuf::from(value_or_default(lookup, "STATIC_DIR")),
+        dev_reload: boolean(lookup, "DEV_RELOAD")?,
         log_filter: log_filter(lookup)?,
         log_format: log_format(lookup)?,
         stream: super::stream::parse(lookup)?,

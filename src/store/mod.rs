@@ -19,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub use embedded::EmbeddedPostgres;
-pub use repository::{Repository, StoredCandle};
+pub use repository::{MinuteRow, Repository, StoredCandle};
 pub use writer::{BatchWriter, WriterSettings, WriterStats};
 
 /// The schema migrations, embedded at compile time (no database needed to build).

@@ -95,6 +95,21 @@ const CANDLES_IN_RANGE: &str = concat!(
 ORDER BY "timestamp" DESC LIMIT $6) newest ORDER BY "timestamp" ASC"#
 );
 
+const MINUTES_SINCE: &str = r#"SELECT product_id, "timestamp", open, close, volume, version
+FROM live_candles
+WHERE exchange = $1 AND granularity = 'ONE_MINUTE' AND "timestamp" > $2"#;
+
+/// What the rolling day needs of a stored one-minute candle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinuteRow {
+    pub product_id: String,
+    pub start: DateTime<Utc>,
+    pub open: Decimal,
+    pub close: Decimal,
+    pub volume: Decimal,
+    pub version: Vec<u8>,
+}
+
 impl Repository {
     pub fn new(pool: PgPool) -> Self {
         Repository { pool }
@@ -239,6 +254,42 @@ impl Repository {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(stored_candle).collect()
+    }
+
+    /// Calls `each` with every stored one-minute candle of every product starting after
+    /// `since`, as the rows arrive (a day of hundreds of products is not collected first).
+    /// Returns the number of rows; a row that cannot be decoded is skipped and counted apart.
+    pub async fn each_minute_since(
+        &self,
+        since: DateTime<Utc>,
+        mut each: impl FnMut(MinuteRow),
+    ) -> Result<(u64, u64), sqlx::Error> {
+        use futures_util::TryStreamExt as _;
+        let mut rows = sqlx::query(MINUTES_SINCE)
+            .bind(EXCHANGE)
+            .bind(since)
+            .fetch(&self.pool);
+        let (mut taken, mut bad) = (0u64, 0u64);
+        while let Some(row) = rows.try_next().await? {
+            let decoded = (|| {
+                Ok::<_, sqlx::Error>(MinuteRow {
+                    product_id: row.try_get("product_id")?,
+                    start: row.try_get("timestamp")?,
+                    open: row.try_get("open")?,
+                    close: row.try_get("close")?,
+                    volume: row.try_get("volume")?,
+                    version: row.try_get("version")?,
+                })
+            })();
+            match decoded {
+                Ok(minute) => {
+                    taken += 1;
+                    each(minute);
+                }
+                Err(_) => bad += 1,
+            }
+        }
+        Ok((taken, bad))
     }
 
     /// The start of the newest stored one-minute candle of a product starting before

@@ -2,8 +2,9 @@
 //!
 //! In: the [`AppState`] the service hands over (stage reports, live state, repository, NATS
 //! client, known products). Out: an axum [`Router`] serving `GET /health`, `/health/live`,
-//! `/health/ready`, `/api/v1/candles`, `/api/v1/products` and the SSE streams `/stream`
-//! and `/api/v1/stream`, wrapped in the hygiene layers
+//! `/health/ready`, `/api/v1/candles`, `/api/v1/products`, the SSE streams `/stream`
+//! and `/api/v1/stream`, and the dashboard ([`pages`]: `/`, `/markets/{product}`, their
+//! streams and `/static/*`), wrapped in the hygiene layers
 //! ([`layers`]). Every JSON answer carries `"schema": 1` ([`json::SCHEMA`]).
 
 pub mod candles;
@@ -11,6 +12,7 @@ pub mod directory;
 pub mod health;
 pub mod json;
 pub mod layers;
+pub mod pages;
 pub mod products;
 pub mod serve;
 pub mod stream;
@@ -62,12 +64,15 @@ pub struct AppState {
     pub ws_url: String,
     /// The SSE streams' limits, caps and stop.
     pub streams: stream::Streams,
+    /// The dashboard's assets, product catalog and development reload.
+    pub pages: pages::Pages,
 }
 
 impl AppState {
     /// State around `repository` with idle counts, no feed connection, no NATS client, shard 0
     /// of 1 and default HTTP settings: for tests of the handlers.
     pub fn idle(repository: Repository) -> AppState {
+        let repository_for_pages = repository.clone();
         AppState {
             feed: Arc::new(FeedHealth::new(AuthState::Unauthenticated)),
             engine: Arc::default(),
@@ -86,6 +91,7 @@ impl AppState {
             simulated: true,
             ws_url: "ws://127.0.0.1:1".to_owned(),
             streams: stream::Streams::new(crate::config::StreamConfig::default()),
+            pages: pages::Pages::new(repository_for_pages, std::path::Path::new("static"), None),
         }
     }
 }
@@ -99,13 +105,19 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/api/v1/candles", get(candles::candles))
         .route("/api/v1/products", get(products::products))
+        .route("/", get(pages::board_page))
+        .route("/markets/{product}", get(pages::market_page))
         .with_state(state.clone());
     // The streams last: outside the timeout, inside the hygiene layers (CORS, headers,
     // tracing; compression skips `text/event-stream`).
     let streams = Router::new()
         .route("/stream", get(stream::stream))
         .route("/api/v1/stream", get(stream::stream))
+        .route("/board/stream", get(pages::board_stream))
+        .route("/markets/{product}/stream", get(pages::chart_stream))
         .with_state(state.clone());
-    let routes = layers::with_timeout(api, state.http.request_timeout).merge(streams);
+    let routes = layers::with_timeout(api, state.http.request_timeout)
+        .merge(streams)
+        .merge(state.pages.assets.router());
     layers::wrap(routes, &state.http)
 }

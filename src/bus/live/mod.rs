@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use client::{ClientQueue, Pushed};
 pub use client::{ClientSettings, Delivery, Subscription};
 
+use super::day::DayStats;
 use super::element::{ElementId, candle_event};
 use crate::model::{CandleUpdate, Granularity, Version};
 
@@ -231,6 +232,8 @@ pub struct LiveState {
     stats: Arc<LiveStats>,
     /// Asks the running loop to reload from the KV (NATS reconnects, slow consumers).
     resync: Arc<Notify>,
+    /// The rolling last day of every product, from the one-minute updates applied.
+    day: Arc<DayStats>,
 }
 
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -241,6 +244,11 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 impl LiveState {
     pub fn new() -> Self {
         LiveState::default()
+    }
+
+    /// The rolling last day of every product.
+    pub fn day(&self) -> &Arc<DayStats> {
+        &self.day
     }
 
     /// A handle that makes the running loop reload from the KV.
@@ -258,13 +266,14 @@ impl LiveState {
         let start = update.candle.start.timestamp();
         // A bucket after the next one comes from a bad or clock-skewed producer: taken, it
         // would outrank every real update of the series until its time came.
-        let horizon = chrono::Utc::now().timestamp()
-            + update.candle.granularity.seconds()
-            + FUTURE_SLACK_SECS;
+        let clock = chrono::Utc::now().timestamp();
+        let horizon = clock + update.candle.granularity.seconds() + FUTURE_SLACK_SECS;
         if start > horizon {
             self.stats.future.fetch_add(1, Ordering::Relaxed);
             return false;
         }
+        // Its own version check: a stale copy changes nothing there either.
+        self.day.record(&update, clock);
         let version = update.version();
         let now = Instant::now();
         let mut inner = lock(&self.inner);

@@ -11,7 +11,7 @@
 //! stopping.
 
 mod body;
-mod gate;
+pub(crate) mod gate;
 mod params;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -50,7 +50,7 @@ impl Streams {
         }
     }
 
-    fn client_settings(&self) -> ClientSettings {
+    pub(crate) fn client_settings(&self) -> ClientSettings {
         ClientSettings {
             capacity: self.config.queue,
             stall: self.config.stall,
@@ -68,44 +68,16 @@ pub async fn stream(
 ) -> Response {
     let streams = &state.streams;
     if streams.stop.is_cancelled() {
-        return retry_after(
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the service is stopping; reconnect",
-            ),
-            "1",
-        );
+        return stopping();
     }
     let request = match parse(query.as_deref(), streams.config.max_series) {
         Ok(request) => request,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let connection = connection.map(|Extension(c)| c);
-    let address = client_address(
-        &headers,
-        connection.as_ref(),
-        streams.config.trust_forwarded_for,
-    );
-    let permit = match streams.gate.try_acquire(address) {
+    let permit = match admit(streams, connection.as_ref(), &headers) {
         Ok(permit) => permit,
-        Err(Refusal::Full { max }) => {
-            return retry_after(
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("this instance serves its maximum of {max} streams; retry later"),
-                ),
-                "5",
-            );
-        }
-        Err(Refusal::TooManyFromAddress { max }) => {
-            return retry_after(
-                error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("at most {max} concurrent streams per client address; close one first"),
-                ),
-                "5",
-            );
-        }
+        Err(refusal) => return *refusal,
     };
     // After the caps (a refused client costs no database read). A product is unknown when it
     // is not in `trading_pairs` (not merely outside this shard).
@@ -166,6 +138,48 @@ pub async fn stream(
         streams.stop.clone(),
         streams.config.keepalive,
     );
+    event_stream(body)
+}
+
+/// A place among the instance's streams for this client, or the 503/429 that refuses it.
+pub(crate) fn admit(
+    streams: &Streams,
+    connection: Option<&Connection>,
+    headers: &HeaderMap,
+) -> Result<gate::Permit, Box<Response>> {
+    let address = client_address(headers, connection, streams.config.trust_forwarded_for);
+    match streams.gate.try_acquire(address) {
+        Ok(permit) => Ok(permit),
+        Err(Refusal::Full { max }) => Err(Box::new(retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this instance serves its maximum of {max} streams; retry later"),
+            ),
+            "5",
+        ))),
+        Err(Refusal::TooManyFromAddress { max }) => Err(Box::new(retry_after(
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("at most {max} concurrent streams per client address; close one first"),
+            ),
+            "5",
+        ))),
+    }
+}
+
+/// The answer while the service stops: 503, come back in a second (elsewhere).
+pub(crate) fn stopping() -> Response {
+    retry_after(
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is stopping; reconnect",
+        ),
+        "1",
+    )
+}
+
+/// The headers of an event stream.
+pub(crate) fn event_stream(body: axum::body::Body) -> Response {
     (
         [
             (
@@ -184,7 +198,7 @@ pub async fn stream(
 }
 
 /// `response` with a `Retry-After` of `seconds`.
-fn retry_after(mut response: Response, seconds: &'static str) -> Response {
+pub(crate) fn retry_after(mut response: Response, seconds: &'static str) -> Response {
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));

@@ -1,0 +1,345 @@
+//! The rolling 24-hour change and volume of every product, as exchanges show them, from the
+//! one-minute candles.
+//!
+//! In: one-minute candle updates (the live state records each one it sees, and the web role
+//! seeds the last day from the database at start). Out: per product, a [`DaySummary`]: the
+//! price a day ago (the open of the oldest minute in the window), the last price, the change,
+//! and the exact sum of the window's volumes.
+//!
+//! The window is the 1,440 one-minute buckets ending with the current one. Each bucket keeps
+//! only its newest version, so a revision replaces what it revises and a stale copy changes
+//! nothing. The volume is a running sum kept with checked arithmetic: exact, and when a sum
+//! would overflow (amounts near `Decimal::MAX`) the window's volume is unknown rather than
+//! wrong, until the offending minutes leave it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use crate::model::{CandleUpdate, Granularity, Version};
+use crate::store::Repository;
+
+/// Buckets in the window.
+pub const MINUTES: i64 = 1440;
+/// Seconds in the window.
+pub const WINDOW_SECS: i64 = MINUTES * 60;
+
+/// One bucket of the window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minute {
+    /// Bytes of the update's [`Version`]: bytewise order is version order.
+    pub version: [u8; Version::BYTES],
+    pub open: Decimal,
+    pub close: Decimal,
+    pub volume: Decimal,
+}
+
+impl Minute {
+    /// The bucket of a one-minute update.
+    pub fn of(update: &CandleUpdate) -> Minute {
+        Minute {
+            version: update.version().to_bytes(),
+            open: update.candle.open,
+            close: update.candle.close,
+            volume: update.candle.volume,
+        }
+    }
+}
+
+/// What the board shows of a product's last day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaySummary {
+    /// The open of the oldest minute in the window: the price a day ago, when the window is
+    /// full.
+    pub open: Decimal,
+    /// The close of the newest minute.
+    pub last: Decimal,
+    /// `last - open`; `None` if it overflows.
+    pub change: Option<Decimal>,
+    /// Sum of the window's volumes; `None` if it overflows.
+    pub volume: Option<Decimal>,
+    /// Start (Unix seconds) of the oldest minute in the window.
+    pub since: i64,
+    /// Minutes in the window that hold a candle.
+    pub minutes: usize,
+}
+
+impl DaySummary {
+    /// The change in percent of the open, rounded to `dp` decimals; `None` when the open is
+    /// zero or the division overflows.
+    pub fn change_percent(&self, dp: u32) -> Option<Decimal> {
+        percent(self.open, self.change?, dp)
+    }
+}
+
+/// `change / base × 100`, rounded to `dp` decimals, with checked arithmetic.
+pub fn percent(base: Decimal, change: Decimal, dp: u32) -> Option<Decimal> {
+    if base.is_zero() {
+        return None;
+    }
+    change
+        .checked_mul(Decimal::ONE_HUNDRED)?
+        .checked_div(base)
+        .map(|p| p.round_dp(dp))
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    minutes: BTreeMap<i64, Minute>,
+    /// Running sum of the minutes' volumes; `None` when it could not be kept (overflow).
+    volume: Option<Decimal>,
+}
+
+impl Window {
+    /// Takes `minute` at `start` if it is newer than what the bucket holds.
+    fn record(&mut self, start: i64, minute: Minute) -> bool {
+        let previous = match self.minutes.get(&start) {
+            Some(held) if held.version >= minute.version => return false,
+            Some(held) => Some(held.volume),
+            None => None,
+        };
+        let volume = minute.volume;
+        self.minutes.insert(start, minute);
+        self.volume = match (self.volume, previous) {
+            (Some(sum), Some(old)) => sum.checked_sub(old).and_then(|s| s.checked_add(volume)),
+            (Some(sum), None) => sum.checked_add(volume),
+            (None, _) => self.sum(),
+        };
+        true
+    }
+
+    /// Drops the minutes that start at or before `floor`.
+    fn expire(&mut self, floor: i64) {
+        let mut dropped = false;
+        while let Some(entry) = self.minutes.first_entry() {
+            if *entry.key() > floor {
+                break;
+            }
+            let minute = entry.remove();
+            dropped = true;
+            self.volume = self.volume.and_then(|s| s.checked_sub(minute.volume));
+        }
+        if dropped && self.volume.is_none() {
+            self.volume = self.sum();
+        }
+    }
+
+    /// The sum of every minute's volume, from scratch (`None` on overflow).
+    fn sum(&self) -> Option<Decimal> {
+        self.minutes
+            .values()
+            .try_fold(Decimal::ZERO, |sum, m| sum.checked_add(m.volume))
+    }
+
+    fn summary(&self) -> Option<DaySummary> {
+        let (&since, oldest) = self.minutes.first_key_value()?;
+        let (_, newest) = self.minutes.last_key_value()?;
+        Some(DaySummary {
+            open: oldest.open,
+            last: newest.close,
+            change: newest.close.checked_sub(oldest.open),
+            volume: self.volume,
+            since,
+            minutes: self.minutes.len(),
+        })
+    }
+}
+
+/// The last day of every product.
+#[derive(Debug, Default)]
+pub struct DayStats {
+    windows: Mutex<HashMap<String, Window>>,
+}
+
+/// The start of the oldest bucket a window at `now` excludes: buckets must start after it.
+fn floor(now: i64) -> i64 {
+    now.div_euclid(60) * 60 - WINDOW_SECS
+}
+
+impl DayStats {
+    pub fn new() -> Self {
+        DayStats::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Window>> {
+        // A panic while holding the lock cannot leave a window half-updated in a way that
+        // matters more than losing the board's 24-hour figures; keep serving.
+        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a one-minute update (others are ignored). `now`: Unix seconds. Returns whether
+    /// it changed the window.
+    pub fn record(&self, update: &CandleUpdate, now: i64) -> bool {
+        if update.candle.granularity != Granularity::OneMinute {
+            return false;
+        }
+        self.record_minute(
+            &update.candle.product_id,
+            update.candle.start.timestamp(),
+            Minute::of(update),
+            now,
+        )
+    }
+
+    /// Records one bucket of a product. Buckets outside the window (older than a day, or
+    /// after the current minute's next) are ignored.
+    pub fn record_minute(&self, product_id: &str, start: i64, minute: Minute, now: i64) -> bool {
+        let floor = floor(now);
+        if start <= floor || start > now + 60 {
+            return false;
+        }
+        let mut windows = self.lock();
+        let window = match windows.get_mut(product_id) {
+            Some(window) => window,
+            None => windows
+                .entry(product_id.to_owned())
+                .or_insert_with(|| Window {
+                    volume: Some(Decimal::ZERO),
+                    ..Window::default()
+                }),
+        };
+        window.expire(floor);
+        window.record(start, minute)
+    }
+
+    /// The product's last day at `now` (Unix seconds); `None` when no minute of it is in the
+    /// window.
+    pub fn summary(&self, product_id: &str, now: i64) -> Option<DaySummary> {
+        let mut windows = self.lock();
+        let window = windows.get_mut(product_id)?;
+        window.expire(floor(now));
+        window.summary()
+    }
+
+    /// Seeds the windows with the stored one-minute candles of the last day. Newer versions
+    /// already recorded from the live path win. Returns (rows taken, rows that could not be
+    /// decoded).
+    pub async fn seed(
+        &self,
+        repository: &Repository,
+        now: DateTime<Utc>,
+    ) -> Result<(u64, u64), sqlx::Error> {
+        let since = now - chrono::Duration::seconds(WINDOW_SECS);
+        let clock = now.timestamp();
+        let mut wrong_version = 0u64;
+        let (taken, bad) = repository
+            .each_minute_since(since, |row| {
+                let Ok(version) = <[u8; Version::BYTES]>::try_from(row.version.as_slice()) else {
+                    wrong_version += 1;
+                    return;
+                };
+                let minute = Minute {
+                    version,
+                    open: row.open,
+                    close: row.close,
+                    volume: row.volume,
+                };
+                self.record_minute(&row.product_id, row.start.timestamp(), minute, clock);
+            })
+            .await?;
+        Ok((taken - wrong_version, bad + wrong_version))
+    }
+
+    /// Products with a window.
+    pub fn products(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(text: &str) -> Decimal {
+        text.parse().expect("decimal literal")
+    }
+
+    fn minute(version: u8, open: &str, close: &str, volume: &str) -> Minute {
+        let mut bytes = [0u8; Version::BYTES];
+        bytes[Version::BYTES - 1] = version;
+        Minute {
+            version: bytes,
+            open: dec(open),
+            close: dec(close),
+            volume: dec(volume),
+        }
+    }
+
+    const NOW: i64 = 1_767_225_630; // 2026-01-01T00:00:30Z
+
+    #[test]
+    fn change_and_exact_volume_over_the_window() {
+        let day = DayStats::new();
+        let start = NOW - 30;
+        assert!(day.record_minute("BTC-USD", start - 120, minute(1, "100", "101", "0.1"), NOW));
+        assert!(day.record_minute("BTC-USD", start - 60, minute(1, "101", "99", "0.2"), NOW));
+        assert!(day.record_minute(
+            "BTC-USD",
+            start,
+            minute(1, "99", "110", "0.0000000001"),
+            NOW
+        ));
+        let s = day.summary("BTC-USD", NOW).expect("summary");
+        assert_eq!(s.open, dec("100"));
+        assert_eq!(s.last, dec("110"));
+        assert_eq!(s.change, Some(dec("10")));
+        assert_eq!(s.volume, Some(dec("0.3000000001")));
+        assert_eq!(s.change_percent(2), Some(dec("10.00")));
+        assert_eq!(s.minutes, 3);
+        assert_eq!(s.since, start - 120);
+        assert!(day.summary("ETH-USD", NOW).is_none());
+    }
+
+    #[test]
+    fn revisions_replace_and_stale_copies_change_nothing() {
+        let day = DayStats::new();
+        let start = NOW - 30;
+        assert!(day.record_minute("A-B", start, minute(2, "1", "2", "5"), NOW));
+        assert!(!day.record_minute("A-B", start, minute(1, "1", "9", "50"), NOW));
+        assert!(!day.record_minute("A-B", start, minute(2, "1", "9", "50"), NOW));
+        assert!(day.record_minute("A-B", start, minute(3, "1", "3", "7"), NOW));
+        let s = day.summary("A-B", NOW).expect("summary");
+        assert_eq!(s.volume, Some(dec("7")));
+        assert_eq!(s.last, dec("3"));
+    }
+
+    #[test]
+    fn minutes_leave_the_window_after_a_day() {
+        let day = DayStats::new();
+        let start = NOW - 30;
+        assert!(day.record_minute("A-B", start - 600, minute(1, "10", "11", "1"), NOW));
+        assert!(day.record_minute("A-B", start, minute(1, "11", "12", "2"), NOW));
+        // Outside the window from the start: ignored.
+        assert!(!day.record_minute("A-B", start - WINDOW_SECS, minute(1, "1", "1", "1"), NOW));
+        // Far in the future: ignored.
+        assert!(!day.record_minute("A-B", NOW + 3600, minute(1, "1", "1", "1"), NOW));
+        let later = NOW + WINDOW_SECS - 300;
+        let s = day.summary("A-B", later).expect("summary");
+        assert_eq!(s.open, dec("11"));
+        assert_eq!(s.volume, Some(dec("2")));
+        assert!(day.summary("A-B", NOW + WINDOW_SECS + 60).is_none());
+    }
+
+    #[test]
+    fn an_overflowing_sum_is_unknown_until_it_leaves_the_window() {
+        let day = DayStats::new();
+        let start = NOW - 30;
+        let max = Decimal::MAX.to_string();
+        assert!(day.record_minute("A-B", start - 60, minute(1, "1", "1", &max), NOW));
+        assert!(day.record_minute("A-B", start, minute(1, "1", "1", &max), NOW));
+        let s = day.summary("A-B", NOW).expect("summary");
+        assert_eq!(s.volume, None);
+        // A minute later the first bucket has left a window that ends a day after it.
+        let s = day
+            .summary("A-B", start - 60 + WINDOW_SECS + 30)
+            .expect("summary");
+        assert_eq!(s.volume, Some(Decimal::MAX));
+        assert_eq!(percent(Decimal::ZERO, Decimal::ONE, 2), None);
+        assert_eq!(
+            percent(dec("0.0000000000000000000000000001"), Decimal::MAX, 2),
+            None
+        );
+    }
+}

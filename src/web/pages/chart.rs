@@ -1,0 +1,381 @@
+//! `GET /markets/{product}/stream`: one product's chart and header, live.
+//!
+//! In: the product, the granularity (a parameter or the page's signal), the stored history
+//! (the newest [`CHART_HISTORY`] candles), the live state. Out: Datastar events: the
+//! connection signal; a `<spot-chart>` holding the history as `<spot-candle>` children (ids
+//! `<product>-<granularity>-<start>`), which replaces the page's chart so that a granularity
+//! switch reloads the history without a page reload; the header; then the live candles: a
+//! bucket the chart holds is morphed in place by id (the forming candle moving, a revision, its
+//! completion), a new bucket is appended to the chart. Changes are coalesced per bucket over
+//! [`FLUSH`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use chrono::Utc;
+use datastar::prelude::{ElementPatchMode, PatchElements, PatchSignals};
+use tokio::sync::watch;
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::templates::{SummaryPartial, render};
+use super::view::{ProductInfo, Row};
+use super::{CHART_HISTORY, dev, query};
+use crate::bus::element::{ElementId, candle_element};
+use crate::bus::{Delivery, Filter, LiveEntry, Subscription};
+use crate::model::{CandleUpdate, Granularity, Version};
+use crate::store::StoredCandle;
+use crate::web::AppState;
+use crate::web::json::error;
+use crate::web::serve::Connection;
+use crate::web::stream::gate::Permit;
+use crate::web::stream::{admit, event_stream, retry_after, stopping};
+
+/// Longest a changed candle waits before it is sent.
+pub const FLUSH: Duration = Duration::from_millis(250);
+/// Longest the history read may take.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+
+/// The handler.
+pub async fn chart_stream(
+    State(state): State<AppState>,
+    Path(product_id): Path<String>,
+    connection: Option<Extension<Connection>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if state.streams.stop.is_cancelled() {
+        return stopping();
+    }
+    let query = match query::parse(raw.as_deref()) {
+        Ok(query) => query,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let product = match state.pages.catalog.product(&product_id).await {
+        Ok(Some(product)) => product,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no such market; GET /api/v1/products lists them",
+            );
+        }
+        Err(message) => {
+            return retry_after(error(StatusCode::SERVICE_UNAVAILABLE, message), "5");
+        }
+    };
+    let connection = connection.map(|Extension(c)| c);
+    let permit = match admit(&state.streams, connection.as_ref(), &headers) {
+        Ok(permit) => permit,
+        Err(refusal) => return *refusal,
+    };
+    let granularity = query.granularity;
+    let now = Utc::now();
+    let span = chrono::Duration::seconds(granularity.seconds() * i64::from(CHART_HISTORY + 2));
+    let history = tokio::time::timeout(
+        HISTORY_TIMEOUT,
+        state.repository.candles(
+            &product.id,
+            granularity,
+            now - span,
+            now + chrono::Duration::seconds(granularity.seconds() * 2),
+            CHART_HISTORY,
+        ),
+    )
+    .await;
+    let history = match history {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::config::redact(&e.to_string()), product = %product.id, "cannot read a chart's history");
+            return retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the history is not available; retry shortly",
+                ),
+                "2",
+            );
+        }
+        Err(_elapsed) => {
+            tracing::warn!(product = %product.id, "a chart's history read timed out");
+            return retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the history read timed out; retry shortly",
+                ),
+                "2",
+            );
+        }
+    };
+    let mut granularities = vec![granularity];
+    if granularity != Granularity::OneMinute {
+        granularities.push(Granularity::OneMinute);
+    }
+    let cut_off = connection
+        .as_ref()
+        .map(|c| c.close.clone())
+        .unwrap_or_default();
+    let (subscription, initial) = state.live.subscribe(
+        Filter::of(&[product.id.as_str()], &granularities),
+        state.streams.client_settings(),
+        cut_off,
+    );
+    let stale_build = state.pages.dev.is_some()
+        && query
+            .build
+            .as_deref()
+            .is_some_and(|b| b != state.pages.build);
+    let reload = state.pages.dev.as_ref().map(dev::DevReload::subscribe);
+    let mut chart = Chart {
+        product: Arc::new(product),
+        granularity,
+        held: HashMap::new(),
+        changed: BTreeMap::new(),
+        newest: None,
+        summary_dirty: false,
+        summary_sent: 0,
+        pending: VecDeque::new(),
+        subscription,
+        flush: interval(FLUSH),
+        keepalive: interval(state.streams.config.keepalive),
+        stop: state.streams.stop.clone(),
+        reload,
+        state,
+        _permit: permit,
+    };
+    chart.open(history, initial, stale_build);
+    let events = futures_util::stream::unfold(chart, |mut chart| async move {
+        let chunk = chart.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), chart))
+    });
+    event_stream(Body::from_stream(events))
+}
+
+fn interval(period: Duration) -> Interval {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}
+
+/// A stored candle as the update it was written from.
+pub fn stored_update(stored: StoredCandle) -> CandleUpdate {
+    let version = Version::from_bytes(&stored.version).unwrap_or_default();
+    CandleUpdate {
+        complete: stored.complete,
+        revision: stored.revision,
+        counted_trades: version.trade_count,
+        last_trade_id: version.last_trade_id,
+        last_trade_time: stored.last_trade_time.unwrap_or(stored.candle.start),
+        last_received: stored.last_update,
+        candle: stored.candle,
+    }
+}
+
+struct Chart {
+    state: AppState,
+    product: Arc<ProductInfo>,
+    granularity: Granularity,
+    /// The version of every bucket the page's chart holds, by start.
+    held: HashMap<i64, Version>,
+    /// Buckets changed since the last flush.
+    changed: BTreeMap<i64, CandleUpdate>,
+    /// The newest bucket: the header's candle.
+    newest: Option<CandleUpdate>,
+    summary_dirty: bool,
+    summary_sent: u64,
+    pending: VecDeque<Bytes>,
+    subscription: Subscription,
+    flush: Interval,
+    keepalive: Interval,
+    stop: CancellationToken,
+    reload: Option<watch::Receiver<u64>>,
+    _permit: Permit,
+}
+
+impl Chart {
+    fn open(&mut self, history: Vec<StoredCandle>, initial: Vec<Arc<LiveEntry>>, stale: bool) {
+        if stale {
+            self.pending.push_back(dev::reload_event());
+        }
+        let signals = PatchSignals::new(r#"{"_link":"live"}"#).into_datastar_event();
+        self.pending.push_back(Bytes::from(signals.to_string()));
+        let mut buckets: BTreeMap<i64, CandleUpdate> = BTreeMap::new();
+        for stored in history {
+            let update = stored_update(stored);
+            buckets.insert(update.candle.start.timestamp(), update);
+        }
+        for entry in &initial {
+            if entry.update.candle.granularity != self.granularity {
+                continue;
+            }
+            let start = entry.update.candle.start.timestamp();
+            let newer = buckets
+                .get(&start)
+                .is_none_or(|held| held.version() < entry.update.version());
+            if newer {
+                buckets.insert(start, entry.update.clone());
+            }
+        }
+        let p = &self.product;
+        let mut html = format!(
+            "<spot-chart id=\"chart\" data-product=\"{}\" data-granularity=\"{}\" data-price-increment=\"{}\">",
+            p.id,
+            self.granularity.as_str(),
+            p.price_increment
+                .map(|i| i.normalize().to_string())
+                .unwrap_or_default()
+        );
+        for (start, update) in &buckets {
+            html.push('\n');
+            html.push_str(&candle_element(update, ElementId::Bucket));
+            self.held.insert(*start, update.version());
+        }
+        html.push_str("\n</spot-chart>");
+        self.newest = buckets.into_values().next_back();
+        let chart = PatchElements::new(html)
+            .mode(ElementPatchMode::Replace)
+            .into_datastar_event();
+        self.pending.push_back(Bytes::from(chart.to_string()));
+        self.summary_dirty = true;
+        self.push_summary();
+    }
+
+    fn note(&mut self, entry: &LiveEntry) {
+        let update = &entry.update;
+        if update.candle.product_id != self.product.id {
+            return;
+        }
+        if update.candle.granularity == Granularity::OneMinute {
+            self.summary_dirty = true;
+        }
+        if update.candle.granularity != self.granularity {
+            return;
+        }
+        let start = update.candle.start.timestamp();
+        let version = update.version();
+        let known = self
+            .changed
+            .get(&start)
+            .map(CandleUpdate::version)
+            .or_else(|| self.held.get(&start).copied());
+        if known.is_some_and(|k| k >= version) {
+            return;
+        }
+        if self
+            .newest
+            .as_ref()
+            .is_none_or(|n| n.candle.start.timestamp() <= start)
+        {
+            self.newest = Some(update.clone());
+            self.summary_dirty = true;
+        }
+        self.changed.insert(start, update.clone());
+    }
+
+    fn flush(&mut self) {
+        if !self.changed.is_empty() {
+            let mut morphs = String::new();
+            let mut appends = String::new();
+            for (start, update) in std::mem::take(&mut self.changed) {
+                let element = candle_element(&update, ElementId::Bucket);
+                let target = if self.held.contains_key(&start) {
+                    &mut morphs
+                } else {
+                    &mut appends
+                };
+                if !target.is_empty() {
+                    target.push('\n');
+                }
+                target.push_str(&element);
+                self.held.insert(start, update.version());
+            }
+            if !morphs.is_empty() {
+                let event = PatchElements::new(morphs).into_datastar_event();
+                self.pending.push_back(Bytes::from(event.to_string()));
+            }
+            if !appends.is_empty() {
+                let event = PatchElements::new(appends)
+                    .selector("#chart")
+                    .mode(ElementPatchMode::Append)
+                    .into_datastar_event();
+                self.pending.push_back(Bytes::from(event.to_string()));
+            }
+        }
+        self.push_summary();
+    }
+
+    fn push_summary(&mut self) {
+        if !self.summary_dirty {
+            return;
+        }
+        self.summary_dirty = false;
+        let now = Utc::now();
+        let day = self
+            .state
+            .live
+            .day()
+            .summary(&self.product.id, now.timestamp());
+        let row = Row::new(
+            &self.product,
+            self.granularity,
+            self.newest.as_ref(),
+            day.as_ref(),
+            now,
+        );
+        let html = render(&SummaryPartial { row: &row });
+        let mut hasher = DefaultHasher::new();
+        html.hash(&mut hasher);
+        let h = hasher.finish();
+        if h == self.summary_sent {
+            return;
+        }
+        self.summary_sent = h;
+        let event = PatchElements::new(html).into_datastar_event();
+        self.pending.push_back(Bytes::from(event.to_string()));
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(chunk) = self.pending.pop_front() {
+                return Some(chunk);
+            }
+            let reload = async {
+                match self.reload.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return None,
+                alive = reload => {
+                    if alive {
+                        self.pending.push_back(dev::reload_event());
+                    } else {
+                        self.reload = None;
+                    }
+                }
+                _ = self.flush.tick() => self.flush(),
+                _ = self.keepalive.tick() => {
+                    self.pending.push_back(Bytes::from_static(KEEPALIVE));
+                }
+                delivery = self.subscription.next() => match delivery {
+                    Delivery::Updates(entries) | Delivery::Resync(entries) => {
+                        for entry in &entries {
+                            self.note(entry);
+                        }
+                    }
+                    Delivery::CutOff => return None,
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The dashboard: `/`, the market board, and `/markets/{product}`, one product's chart.
+//! askama pages styled with Tailwind and DaisyUI, kept live by one Datastar stream each.
+//!
+//! In: the [`AppState`] (live state, rolling day, stage reports, products). Out: the pages,
+//! their streams (`/board/stream`, `/markets/{product}/stream`, see [`board`] and [`chart`]),
+//! and `/static/*` ([`assets`]). A page renders its current state at once; its stream then
+//! patches rows, headers and candles in place by id (Datastar morphs), coalesced so that the
+//! browser keeps up with hundreds of markets, and reconnects forever.
+
+pub mod assets;
+pub mod board;
+pub mod catalog;
+pub mod chart;
+pub mod dev;
+pub mod query;
+pub mod templates;
+pub mod view;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::Utc;
+
+use super::AppState;
+use crate::model::Granularity;
+use crate::store::Repository;
+use assets::Assets;
+use catalog::Catalog;
+use dev::DevReload;
+use templates::{
+    BoardPage, HealthPartial, Layout, MarketPage, RowPartial, SORTS, SummaryPartial, render,
+};
+use view::{ProductInfo, Row, STALE_SECS};
+
+pub use board::board_stream;
+pub use chart::chart_stream;
+
+/// Candles of history a chart starts with.
+pub const CHART_HISTORY: u32 = 300;
+
+/// What the pages share.
+#[derive(Debug, Clone)]
+pub struct Pages {
+    pub assets: Arc<Assets>,
+    pub catalog: Catalog,
+    /// Development reload (`DEV_RELOAD`).
+    pub dev: Option<DevReload>,
+    /// This process's build id: a page from another one reloads in development.
+    pub build: String,
+}
+
+impl Pages {
+    pub fn new(repository: Repository, static_dir: &Path, dev: Option<DevReload>) -> Pages {
+        Pages {
+            assets: Arc::new(Assets::load(static_dir, dev.is_some())),
+            catalog: Catalog::new(repository),
+            dev,
+            build: format!("{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    fn layout(&self, simulated: bool, stream_path: &str) -> Layout {
+        let stream_url = if self.dev.is_some() {
+            format!("{stream_path}?build={}", self.build)
+        } else {
+            stream_path.to_owned()
+        };
+        Layout {
+            css: self.assets.url("app.css"),
+            datastar: self.assets.url("datastar.js"),
+            app: self.assets.url("app.js"),
+            assets_complete: self.assets.complete(),
+            simulated,
+            stream_url,
+        }
+    }
+
+    /// The pages' Content-Security-Policy: everything from this origin; Datastar evaluates
+    /// its attribute expressions (`unsafe-eval`), and in development runs the reload script
+    /// it patches in (`unsafe-inline`).
+    fn csp(&self) -> &'static str {
+        if self.dev.is_some() {
+            "default-src 'self'; script-src 'self' 'unsafe-eval' 'unsafe-inline'; \
+             style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+             base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        } else {
+            "default-src 'self'; script-src 'self' 'unsafe-eval'; \
+             style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+             base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        }
+    }
+
+    fn page(&self, html: String) -> Response {
+        let mut response = Html(html).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(self.csp()),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
+    }
+}
+
+/// A small HTML error page (the JSON error shape is for the API).
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    let escaped = askama::filters::escape(message, askama::filters::Html)
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
+         content=\"width=device-width, initial-scale=1\"><title>{} · spot-canvas</title></head>\
+         <body><h1>{}</h1><p>{escaped}</p><p><a href=\"/\">Back to the markets</a></p></body></html>",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error"),
+    );
+    (status, Html(html)).into_response()
+}
+
+/// The board's rows for `granularity`, rendered.
+fn rows_html(state: &AppState, products: &[ProductInfo], granularity: Granularity) -> String {
+    let now = Utc::now();
+    let day = state.live.day();
+    let mut html = String::with_capacity(products.len() * 1500);
+    for product in products {
+        let current = state.live.current(&product.id, granularity);
+        let summary = day.summary(&product.id, now.timestamp());
+        let row = Row::new(
+            product,
+            granularity,
+            current.as_ref(),
+            summary.as_ref(),
+            now,
+        );
+        html.push_str(&render(&RowPartial { row: &row }));
+        html.push('\n');
+    }
+    html
+}
+
+/// The figures of the board's feed health panel.
+pub fn health(state: &AppState, products: usize) -> HealthPartial {
+    let feed = state.feed.report();
+    let check = state.reconcile.report().crosscheck_rest_1m;
+    let now = Utc::now();
+    let stale = state
+        .live
+        .product_activity()
+        .values()
+        .filter(|at| (now - **at).num_seconds() > STALE_SECS)
+        .count();
+    HealthPartial {
+        feed_here: !feed.connections.is_empty() || feed.products > 0,
+        connected: feed.connected,
+        connections: feed.connections.len(),
+        reconnects: feed.connections.iter().map(|c| c.reconnects).sum(),
+        gaps: feed.connections.iter().map(|c| c.gaps).sum(),
+        stale,
+        products,
+        match_rate: check
+            .match_rate
+            .map(|r| format!("{:.1}%", r * 100.0))
+            .unwrap_or_else(|| "—".to_owned()),
+        matched: check.matched,
+        judged: check.matched + check.mismatched,
+    }
+}
+
+/// `GET /`.
+pub async fn board_page(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let query = match query::parse(query.as_deref()) {
+        Ok(query) => query,
+        Err(message) => return error_page(StatusCode::BAD_REQUEST, &message),
+    };
+    let products = match state.pages.catalog.products().await {
+        Ok(products) => products,
+        Err(message) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &message),
+    };
+    let page = BoardPage {
+        layout: state.pages.layout(state.simulated, "/board/stream"),
+        granularity: query.granularity,
+        granularities: &Granularity::ALL,
+        sorts: &SORTS,
+        count: products.len(),
+        rows: rows_html(&state, &products, query.granularity),
+        health: render(&health(&state, products.len())),
+    };
+    match page.render() {
+        Ok(html) => state.pages.page(html),
+        Err(error) => {
+            tracing::error!(%error, "the board failed to render");
+            error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page failed to render",
+            )
+        }
+    }
+}
+
+/// `GET /markets/{product}`.
+pub async fn market_page(
+    State(state): State<AppState>,
+    UrlPath(product_id): UrlPath<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = match query::parse(query.as_deref()) {
+        Ok(query) => query,
+        Err(message) => return error_page(StatusCode::BAD_REQUEST, &message),
+    };
+    let product = match state.pages.catalog.product(&product_id).await {
+        Ok(Some(product)) => product,
+        Ok(None) => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "no market {:?}: the board lists every market",
+                    product_id.chars().take(64).collect::<String>()
+                ),
+            );
+        }
+        Err(message) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &message),
+    };
+    let now = Utc::now();
+    let current = state.live.current(&product.id, query.granularity);
+    let day = state.live.day().summary(&product.id, now.timestamp());
+    let row = Row::new(
+        &product,
+        query.granularity,
+        current.as_ref(),
+        day.as_ref(),
+        now,
+    );
+    let stream = format!("/markets/{}/stream", product.id);
+    let page = MarketPage {
+        layout: state.pages.layout(state.simulated, &stream),
+        product: &product,
+        granularity: query.granularity,
+        granularities: &Granularity::ALL,
+        increment: product
+            .price_increment
+            .map(|i| i.normalize().to_string())
+            .unwrap_or_default(),
+        summary: render(&SummaryPartial { row: &row }),
+    };
+    match page.render() {
+        Ok(html) => state.pages.page(html),
+        Err(error) => {
+            tracing::error!(%error, "the market page failed to render");
+            error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page failed to render",
+            )
+        }
+    }
+}
