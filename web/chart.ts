@@ -40,6 +40,8 @@ export interface DrawnBar {
 
 /** Past this many changed bars in one frame, one setData() is cheaper than many update() calls. */
 const MAX_INCREMENTAL = 32;
+/** Up to this many bars, a new series is fitted to the width; beyond, it opens on the newest. */
+const FIT_BARS = 200;
 
 const SHADOW_CSS = `
 :host { display: block; position: relative; height: 420px; min-height: 16rem; }
@@ -69,8 +71,10 @@ export class SpotChart extends HTMLElement {
   #volume: ISeriesApi<"Histogram"> | null = null;
   #observer: MutationObserver | null = null;
   #frame = 0;
-  /** Set when everything must be sent again (new product or granularity, new colours). */
+  /** Set when every bar must be sent again (new product or granularity, new colours). */
   #rebuild = true;
+  /** Set when the view must be fitted to the bars again (first draw, new product or granularity). */
+  #refit = true;
   /** The bars as drawn, ascending by time, parallel to the series' data. */
   #drawn: CandleBar[] = [];
   #byTime = new Map<number, CandleBar>();
@@ -105,16 +109,24 @@ export class SpotChart extends HTMLElement {
   /** The newest bar as the series hold it (not as the DOM says), or null when there is none. */
   lastBar(): DrawnBar | null {
     const candle = this.#candles?.data().at(-1);
-    if (!candle || !("open" in candle)) return null;
-    const time = candle.time as number;
-    const volume = this.#volume?.data().at(-1);
+    return candle ? this.barAt(candle.time as number) : null;
+  }
+
+  /** The bar of the bucket starting at `time` (Unix seconds) as the series hold it, or null. */
+  barAt(time: number): DrawnBar | null {
+    const candles = this.#candles?.data() ?? [];
+    const index = binarySearch(candles, time);
+    const candle = index < 0 ? undefined : candles[index];
+    if (!isCandle(candle)) return null;
+    const volumes = this.#volume?.data() ?? [];
+    const volume = volumes[binarySearch(volumes, time)];
     return {
       time,
       open: candle.open,
       high: candle.high,
       low: candle.low,
       close: candle.close,
-      volume: volume && volume.time === candle.time && "value" in volume ? volume.value : 0,
+      volume: volume && "value" in volume ? volume.value : 0,
       complete: this.#byTime.get(time)?.complete ?? false,
     };
   }
@@ -133,7 +145,7 @@ export class SpotChart extends HTMLElement {
       grid: { vertLines: { color: colors.grid }, horzLines: { color: colors.grid } },
       crosshair: { mode: CrosshairMode.Normal },
       rightPriceScale: { borderColor: colors.border, scaleMargins: { top: 0.1, bottom: 0.25 } },
-      timeScale: { borderColor: colors.border, rightOffset: 4, ...this.#timeOptions() },
+      timeScale: { borderColor: colors.border, rightOffset: 4, maxBarSpacing: 40, ...this.#timeOptions() },
     });
     this.#candles = chart.addSeries(CandlestickSeries, {
       ...this.#candleColors(colors),
@@ -154,6 +166,7 @@ export class SpotChart extends HTMLElement {
     this.#observer = new MutationObserver(this.#schedule);
     this.#observer.observe(this, { childList: true, subtree: true, attributes: true });
     this.#rebuild = true;
+    this.#refit = true;
     this.#flush();
     this.#ready = true;
   }
@@ -184,6 +197,7 @@ export class SpotChart extends HTMLElement {
     } else {
       // Another product or granularity: the drawn bars are all stale.
       this.#rebuild = true;
+      this.#refit = true;
       this.#chart?.timeScale().applyOptions(this.#timeOptions());
     }
     this.#schedule();
@@ -279,7 +293,13 @@ export class SpotChart extends HTMLElement {
     } else {
       candles.setData(next.map((bar) => candleData(bar, colors)));
       volume.setData(next.map((bar) => volumeData(bar, colors)));
-      if (this.#rebuild) this.#chart?.timeScale().scrollToRealTime();
+    }
+    if (this.#refit && next.length > 0) {
+      // Few bars fill the width; many show the newest at the default spacing.
+      const timeScale = this.#chart?.timeScale();
+      if (next.length <= FIT_BARS) timeScale?.fitContent();
+      else timeScale?.scrollToRealTime();
+      this.#refit = false;
     }
     this.#rebuild = false;
     this.#drawn = next;
@@ -323,6 +343,24 @@ export class SpotChart extends HTMLElement {
     this.#legend.style.color = colors.text;
     this.#legend.replaceChildren(...parts);
   }
+}
+
+function isCandle(item: unknown): item is CandlestickData<Time> {
+  return typeof item === "object" && item !== null && "open" in item && "close" in item;
+}
+
+/** Index of the item with this time in data sorted by time, or -1. */
+function binarySearch(data: readonly { time: Time }[], time: number): number {
+  let low = 0;
+  let high = data.length - 1;
+  while (low <= high) {
+    const mid = (low + high) >> 1;
+    const at = (data[mid] as { time: Time }).time as number;
+    if (at === time) return mid;
+    if (at < time) low = mid + 1;
+    else high = mid - 1;
+  }
+  return -1;
 }
 
 function sameBar(a: CandleBar, b: CandleBar): boolean {
