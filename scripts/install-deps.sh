@@ -37,3 +37,20 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
   say "installing PostgreSQL (Debian package postgresql)"
   apt_install postgresql
 fi
+
+# Debian's chromium for the browser tests (driven by playwright-core; no browser is ever downloaded).
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+  say "installing chromium (Debian package chromium) for the browser tests"
+  apt_install chromium
+fi
+
+# The web build's npm packages (package-lock.json), when node_modules is missing.
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ ! -d "$repo_root/node_modules" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    say "installing the web build's npm packages (npm ci)"
+    (cd "$repo_root" && npm ci --no-fund --no-audit)
+  else
+    say "cannot run npm ci: no npm; install Node.js 20+ by hand"
+  fi
+fi
