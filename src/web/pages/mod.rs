@@ -64,10 +64,10 @@ impl Pages {
     }
 
     fn layout(&self, simulated: bool, stream_path: &str) -> Layout {
-        let stream_url = if self.dev.is_some() {
-            format!("{stream_path}?build={}", self.build)
+        let build_param = if self.dev.is_some() {
+            format!("&build={}", self.build)
         } else {
-            stream_path.to_owned()
+            String::new()
         };
         Layout {
             css: self.assets.url("app.css"),
@@ -75,7 +75,8 @@ impl Pages {
             app: self.assets.url("app.js"),
             assets_complete: self.assets.complete(),
             simulated,
-            stream_url,
+            stream_path: stream_path.to_owned(),
+            build_param,
         }
     }
 

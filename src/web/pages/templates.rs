@@ -17,8 +17,10 @@ pub struct Layout {
     pub app: String,
     pub assets_complete: bool,
     pub simulated: bool,
-    /// The page's stream (with the build in development).
-    pub stream_url: String,
+    /// The page's stream; the page adds `?granularity=` from its signal.
+    pub stream_path: String,
+    /// `&build=<id>` in development (a page of another build reloads), else empty.
+    pub build_param: String,
 }
 
 /// `/`: the market board.

@@ -73,7 +73,8 @@ pub struct CandleView {
     pub closes_at: i64,
     /// When the bucket started, for a tooltip (RFC 3339).
     pub started: String,
-    /// Sort keys (plain numbers for the board's sorting).
+    /// Sort keys (plain numbers for the board's sorting, and the close for its flash).
+    pub sort_close: String,
     pub sort_change: String,
     pub sort_volume: String,
 }
@@ -163,6 +164,7 @@ fn candle_view(update: &CandleUpdate, increment: Option<Decimal>) -> CandleView 
         complete: update.complete,
         closes_at: c.start.timestamp() + c.granularity.seconds(),
         started: c.start.to_rfc3339(),
+        sort_close: sort_key(Some(c.close)),
         sort_change: sort_key(change_pct),
         sort_volume: sort_key(notional),
     }
