@@ -44,13 +44,4 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   apt_install chromium
 fi
 
-# The web build's npm packages (package-lock.json), when node_modules is missing.
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ ! -d "$repo_root/node_modules" ]; then
-  if command -v npm >/dev/null 2>&1; then
-    say "installing the web build's npm packages (npm ci)"
-    (cd "$repo_root" && npm ci --no-fund --no-audit)
-  else
-    say "cannot run npm ci: no npm; install Node.js 20+ by hand"
-  fi
-fi
+# The web build's npm packages are installed by `task assets` (npm ci from package-lock.json).

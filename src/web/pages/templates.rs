@@ -100,3 +100,188 @@ pub fn render(template: &impl Template) -> String {
         "<!-- render error -->".to_owned()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::day::DaySummary;
+    use crate::model::{Candle, CandleUpdate, TradeId};
+    use chrono::{DateTime, Utc};
+
+    fn product(id: &str) -> ProductInfo {
+        ProductInfo {
+            id: id.to_owned(),
+            base: id.split('-').next().unwrap_or_default().to_owned(),
+            quote: "USD".to_owned(),
+            price_increment: Some("0.01".parse().expect("decimal")),
+        }
+    }
+
+    fn update(product: &str, start: i64) -> CandleUpdate {
+        let time = DateTime::from_timestamp(start, 0).expect("time");
+        CandleUpdate {
+            candle: Candle {
+                product_id: product.into(),
+                granularity: Granularity::OneMinute,
+                start: time,
+                open: "100".parse().expect("d"),
+                high: "101".parse().expect("d"),
+                low: "99.5".parse().expect("d"),
+                close: "100.5".parse().expect("d"),
+                volume: "2.5".parse().expect("d"),
+                buy_volume: None,
+                trade_count: Some(4),
+            },
+            complete: false,
+            revision: 0,
+            counted_trades: 4,
+            last_trade_id: TradeId(9),
+            last_trade_time: time,
+            last_received: time,
+        }
+    }
+
+    fn layout() -> Layout {
+        Layout {
+            css: "/static/app.css?v=1".into(),
+            datastar: "/static/datastar.js?v=2".into(),
+            app: "/static/app.js?v=3".into(),
+            assets_complete: true,
+            simulated: false,
+            stream_path: "/board/stream".into(),
+            build_param: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_row_carries_the_ids_and_attributes_the_board_stream_and_elements_use() {
+        let now = Utc::now();
+        let start = now.timestamp() / 60 * 60;
+        let u = update("BTC-USD", start);
+        let day = DaySummary {
+            open: "50".parse().expect("d"),
+            last: "100.5".parse().expect("d"),
+            change: Some("50.5".parse().expect("d")),
+            volume: Some("1234.5".parse().expect("d")),
+            since: start - 3600,
+            minutes: 61,
+        };
+        let row = Row::new(
+            &product("BTC-USD"),
+            Granularity::OneMinute,
+            Some(&u),
+            Some(&day),
+            now,
+        );
+        let html = render(&RowPartial { row: &row });
+        for needle in [
+            "id=\"row-BTC-USD\"",
+            "data-product=\"BTC-USD\"",
+            "data-preserve-attr=\"style hidden\"",
+            "data-sort-change=\"0.5\"",
+            "data-sort-change24h=\"101\"",
+            "data-field=\"last\"",
+            ">100.50<",
+            "+0.50%",
+            "+101.00%",
+            "<spot-countdown data-close=",
+            "<spot-candle id=\"BTC-USD-ONE_MINUTE\" data-product=\"BTC-USD\"",
+            "href=\"/markets/BTC-USD?granularity=ONE_MINUTE\"",
+        ] {
+            assert!(html.contains(needle), "{needle} in {html}");
+        }
+        // The element is the stream's, byte for byte.
+        assert!(html.contains(&crate::bus::element::candle_element(
+            &u,
+            crate::bus::element::ElementId::Series
+        )));
+        // No candle yet: the row is there, saying so.
+        let empty = Row::new(&product("ETH-USD"), Granularity::OneMinute, None, None, now);
+        let html = render(&RowPartial { row: &empty });
+        assert!(html.contains("id=\"row-ETH-USD\""));
+        assert!(html.contains("no trades yet"));
+        assert!(!html.contains("<spot-candle"));
+    }
+
+    #[test]
+    fn the_board_page_has_the_controls_signals_and_stream_of_the_design() {
+        let page = BoardPage {
+            layout: layout(),
+            granularity: Granularity::FiveMinutes,
+            granularities: &Granularity::ALL,
+            sorts: &SORTS,
+            count: 2,
+            rows: "<div id=\"row-A-B\" class=\"board-row\"></div>".into(),
+            health: "<div id=\"feed-health\"></div>".into(),
+        };
+        let html = page.render().expect("renders");
+        for needle in [
+            "<div id=\"board-rows\" class=\"board-rows\"><div id=\"row-A-B\"",
+            "granularity: 'FIVE_MINUTES'",
+            "id=\"filter\"",
+            "data-bind:_filter",
+            "data-attr:sort=\"$_sort\"",
+            "data-attr:filter=\"$_filter\"",
+            "<spot-board id=\"board\"",
+            "id=\"board-empty\"",
+            "id=\"connection\"",
+            "id=\"offline-banner\"",
+            "<div id=\"feed-health\"></div>",
+            "@get('/board/stream?granularity=' + $granularity + '',",
+            "retry: 'always', retryMaxCount: Infinity",
+            "src=\"/static/datastar.js?v=2\"",
+        ] {
+            assert!(html.contains(needle), "{needle} in the board page");
+        }
+        for g in Granularity::ALL {
+            assert!(html.contains(&format!("data-granularity=\"{}\"", g.as_str())));
+        }
+        for (key, _) in SORTS {
+            assert!(html.contains(&format!("data-sort=\"{key}\"")));
+        }
+        assert!(!html.contains("SIMULATED FEED"), "Coinbase: no badge");
+    }
+
+    #[test]
+    fn the_market_page_holds_the_chart_the_stream_replaces() {
+        let p = product("SHIB-USD");
+        let row = Row::new(&p, Granularity::OneHour, None, None, Utc::now());
+        let page = MarketPage {
+            layout: Layout {
+                simulated: true,
+                stream_path: "/markets/SHIB-USD/stream".into(),
+                build_param: "&build=abc".into(),
+                ..layout()
+            },
+            product: &p,
+            granularity: Granularity::OneHour,
+            granularities: &Granularity::ALL,
+            increment: "0.00000001".into(),
+            summary: render(&SummaryPartial { row: &row }),
+        };
+        let html = page.render().expect("renders");
+        for needle in [
+            "<spot-chart id=\"chart\" data-product=\"SHIB-USD\" data-granularity=\"ONE_HOUR\"",
+            "data-price-increment=\"0.00000001\"",
+            "id=\"market-summary\"",
+            // `&` as an HTML attribute holds it (the browser decodes it back).
+            "@get('/markets/SHIB-USD/stream?granularity=' + $granularity + '&#38;build=abc',",
+            "id=\"simulated-badge\"",
+        ] {
+            assert!(html.contains(needle), "{needle} in the market page");
+        }
+    }
+
+    #[test]
+    fn text_from_outside_is_escaped() {
+        let mut p = product("X-USD");
+        p.base = "<script>alert(1)</script>".into();
+        let row = Row::new(&p, Granularity::OneMinute, None, None, Utc::now());
+        let html = render(&RowPartial { row: &row });
+        assert!(!html.contains("<script>"));
+        assert!(
+            html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"),
+            "{html}"
+        );
+    }
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `task live`: the development loop.
+#   - bacon rebuilds and restarts the server on Rust, template and migration changes;
+#   - Tailwind and esbuild rebuild static/app.css and static/app.js on change;
+#   - DEV_RELOAD=true makes open pages reload when the server restarts or an asset changes.
+# The feed is the simulator (works offline); LIVE_FEED=coinbase uses Coinbase instead.
+# Ctrl-C stops everything this script started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIM_PORT=${SIM_PORT:-8765}
+SIM_PRODUCTS=${SIM_PRODUCTS:-20}
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cargo build --locked
+npm run --silent watch:css &
+pids+=($!)
+npm run --silent watch:js &
+pids+=($!)
+
+if [ "${LIVE_FEED:-sim}" != "coinbase" ]; then
+  target/debug/spot-canvas sim --listen "127.0.0.1:${SIM_PORT}" --products "$SIM_PRODUCTS" \
+    --history-minutes 120 &
+  pids+=($!)
+  for _ in $(seq 1 600); do
+    curl -fsS "http://127.0.0.1:${SIM_PORT}/api/v3/brokerage/time" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  export COINBASE_WS_URL="ws://127.0.0.1:${SIM_PORT}"
+  export COINBASE_REST_URL="http://127.0.0.1:${SIM_PORT}/api/v3/brokerage"
+fi
+
+export DEV_RELOAD=true
+bacon --headless serve &
+pids+=($!)
+wait "${pids[-1]}"
