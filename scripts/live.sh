@@ -11,9 +11,13 @@ cd "$(dirname "$0")/.."
 SIM_PORT=${SIM_PORT:-8765}
 SIM_PRODUCTS=${SIM_PRODUCTS:-20}
 pids=()
+bacon_pid=""
 cleanup() {
+  # The server first, gracefully (bacon would SIGKILL it and orphan its children).
+  [ -n "$bacon_pid" ] && scripts/live-stop.sh "$bacon_pid"
+  # Each helper leads its own process group (setsid): the group goes, npm's children too.
   for pid in "${pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
+    kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
   done
   for pid in "${pids[@]}"; do
     wait "$pid" 2>/dev/null || true
@@ -23,13 +27,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 cargo build --locked
-npm run --silent watch:css &
+setsid npm run --silent watch:css &
 pids+=($!)
-npm run --silent watch:js &
+setsid npm run --silent watch:js &
 pids+=($!)
 
 if [ "${LIVE_FEED:-sim}" != "coinbase" ]; then
-  target/debug/spot-canvas sim --listen "127.0.0.1:${SIM_PORT}" --products "$SIM_PRODUCTS" \
+  setsid target/debug/spot-canvas sim --listen "127.0.0.1:${SIM_PORT}" --products "$SIM_PRODUCTS" \
     --history-minutes 120 &
   pids+=($!)
   for _ in $(seq 1 600); do
@@ -41,6 +45,7 @@ if [ "${LIVE_FEED:-sim}" != "coinbase" ]; then
 fi
 
 export DEV_RELOAD=true
-bacon --headless serve &
-pids+=($!)
-wait "${pids[-1]}"
+setsid bacon --headless serve &
+bacon_pid=$!
+pids+=("$bacon_pid")
+wait "$bacon_pid"
