@@ -19,6 +19,9 @@ export class SpotBoard extends HTMLElement {
   static observedAttributes = ["sort", "dir", "filter"];
 
   #observer: MutationObserver | null = null;
+  /** Rows on screen: only they flash (hundreds of off-screen animations would cost frames). */
+  #onScreen = new Set<Element>();
+  #viewport: IntersectionObserver | null = null;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #lastApplied = 0;
   #visible = 0;
@@ -30,6 +33,12 @@ export class SpotBoard extends HTMLElement {
   }
 
   connectedCallback(): void {
+    this.#viewport = new IntersectionObserver((entries) => {
+      for (const entry of entries) {
+        if (entry.isIntersecting) this.#onScreen.add(entry.target);
+        else this.#onScreen.delete(entry.target);
+      }
+    });
     this.#observer = new MutationObserver(this.#onMutations);
     this.#observer.observe(this, {
       childList: true,
@@ -47,6 +56,9 @@ export class SpotBoard extends HTMLElement {
   disconnectedCallback(): void {
     this.#observer?.disconnect();
     this.#observer = null;
+    this.#viewport?.disconnect();
+    this.#viewport = null;
+    this.#onScreen.clear();
     clearTimeout(this.#timer);
     this.#timer = undefined;
   }
@@ -62,8 +74,18 @@ export class SpotBoard extends HTMLElement {
       if (record.type === "childList") {
         // Rows added or removed: order and filter them at once. Morphs inside a row are not our business.
         now ||= [...record.addedNodes, ...record.removedNodes].some(isOrHasRow);
+        for (const node of record.removedNodes) {
+          if (!(node instanceof Element)) continue;
+          for (const row of node.matches(ROW) ? [node] : node.querySelectorAll(ROW)) {
+            this.#viewport?.unobserve(row);
+            this.#onScreen.delete(row);
+          }
+        }
       } else if (record.attributeName === "data-flash") {
-        flash(record.target, record.oldValue, this.#reducedMotion.matches);
+        const row = record.target instanceof Element ? record.target.closest(ROW) : null;
+        if (row !== null && this.#onScreen.has(row)) {
+          flash(record.target, record.oldValue, this.#reducedMotion.matches);
+        }
       } else if (record.attributeName === "data-product") {
         now = true;
       } else {
@@ -91,6 +113,8 @@ export class SpotBoard extends HTMLElement {
     this.#lastApplied = performance.now();
 
     const rows = [...this.querySelectorAll<HTMLElement>(ROW)];
+    // Observing an observed row again is a no-op.
+    for (const row of rows) this.#viewport?.observe(row);
     const needle = normalise(this.getAttribute("filter") ?? "");
     let visible = 0;
     for (const row of rows) {

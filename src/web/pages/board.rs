@@ -12,7 +12,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,11 +24,13 @@ use bytes::Bytes;
 use chrono::Utc;
 use datastar::prelude::{ElementPatchMode, PatchElements, PatchSignals};
 use tokio::sync::watch;
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 
-use super::templates::{HealthPartial, RowPartial, render};
-use super::view::{ProductInfo, Row};
+use super::pump::{KEEPALIVE, interval, reload_changed};
+use super::rows::RenderedRow;
+use super::templates::{HealthPartial, render};
+use super::view::ProductInfo;
 use super::{dev, health, query};
 use crate::bus::{Delivery, Filter, LiveEntry, Subscription};
 use crate::model::{CandleUpdate, Granularity};
@@ -40,12 +41,11 @@ use crate::web::stream::gate::Permit;
 use crate::web::stream::{admit, event_stream, retry_after, stopping};
 
 /// Longest a changed row waits before it is sent.
-pub const FLUSH: Duration = Duration::from_millis(500);
+pub const FLUSH: Duration = Duration::from_secs(1);
 /// How often the health panel is looked at.
 pub const HEALTH: Duration = Duration::from_secs(2);
 /// Every this many health ticks, every row is looked at again.
 const RECHECK_TICKS: u64 = 15;
-const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
 /// The handler.
 pub async fn board_stream(
@@ -127,12 +127,6 @@ pub async fn board_stream(
     event_stream(Body::from_stream(events))
 }
 
-fn interval(period: Duration) -> Interval {
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    interval
-}
-
 struct Board {
     state: AppState,
     products: Arc<Vec<ProductInfo>>,
@@ -174,9 +168,9 @@ impl Board {
         let now = Utc::now();
         let mut rows = String::with_capacity(self.products.len() * 1500);
         for product in self.products.iter() {
-            let html = self.row(product, now);
-            self.sent.insert(product.id.clone(), hash(&html));
-            rows.push_str(&html);
+            let row = self.row(product, now);
+            self.sent.insert(product.id.clone(), row.hash);
+            rows.push_str(&row.html);
             rows.push('\n');
         }
         let rows = PatchElements::new(rows)
@@ -193,16 +187,16 @@ impl Board {
         self.push_health();
     }
 
-    fn row(&self, product: &ProductInfo, now: chrono::DateTime<Utc>) -> String {
+    /// The product's row, from the cache shared by every board.
+    fn row(&self, product: &ProductInfo, now: chrono::DateTime<Utc>) -> RenderedRow {
         let day = self.state.live.day().summary(&product.id, now.timestamp());
-        let row = Row::new(
+        self.state.pages.rows.row(
             product,
             self.granularity,
             self.current.get(&product.id),
-            day.as_ref(),
+            day,
             now,
-        );
-        render(&RowPartial { row: &row })
+        )
     }
 
     /// Takes an update into the board's state.
@@ -246,12 +240,11 @@ impl Board {
         for i in dirty {
             let product = &products[i];
             let row = self.row(product, now);
-            let h = hash(&row);
-            if self.sent.get(&product.id) == Some(&h) {
+            if self.sent.get(&product.id) == Some(&row.hash) {
                 continue;
             }
-            self.sent.insert(product.id.clone(), h);
-            html.push_str(&row);
+            self.sent.insert(product.id.clone(), row.hash);
+            html.push_str(&row.html);
             html.push('\n');
         }
         if !html.is_empty() {
@@ -275,20 +268,12 @@ impl Board {
             if let Some(chunk) = self.pending.pop_front() {
                 return Some(chunk);
             }
-            let reload = async {
-                match self.reload.as_mut() {
-                    Some(rx) => rx.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return None,
-                alive = reload => {
-                    if alive {
+                changed = reload_changed(&mut self.reload) => {
+                    if changed {
                         self.pending.push_back(dev::reload_event());
-                    } else {
-                        self.reload = None;
                     }
                 }
                 _ = self.flush.tick() => self.flush(),
@@ -313,10 +298,4 @@ impl Board {
             }
         }
     }
-}
-
-fn hash(text: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
 }

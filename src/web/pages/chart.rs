@@ -24,9 +24,10 @@ use bytes::Bytes;
 use chrono::Utc;
 use datastar::prelude::{ElementPatchMode, PatchElements, PatchSignals};
 use tokio::sync::watch;
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 
+use super::pump::{KEEPALIVE, interval, reload_changed};
 use super::templates::{SummaryPartial, render};
 use super::view::{ProductInfo, Row};
 use super::{CHART_HISTORY, dev, query};
@@ -44,7 +45,6 @@ use crate::web::stream::{admit, event_stream, retry_after, stopping};
 pub const FLUSH: Duration = Duration::from_millis(250);
 /// Longest the history read may take.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
-const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
 /// The handler.
 pub async fn chart_stream(
@@ -157,12 +157,6 @@ pub async fn chart_stream(
         Some((Ok::<_, Infallible>(chunk), chart))
     });
     event_stream(Body::from_stream(events))
-}
-
-fn interval(period: Duration) -> Interval {
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    interval
 }
 
 /// A stored candle as the update it was written from.
@@ -347,20 +341,12 @@ impl Chart {
             if let Some(chunk) = self.pending.pop_front() {
                 return Some(chunk);
             }
-            let reload = async {
-                match self.reload.as_mut() {
-                    Some(rx) => rx.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return None,
-                alive = reload => {
-                    if alive {
+                changed = reload_changed(&mut self.reload) => {
+                    if changed {
                         self.pending.push_back(dev::reload_event());
-                    } else {
-                        self.reload = None;
                     }
                 }
                 _ = self.flush.tick() => self.flush(),

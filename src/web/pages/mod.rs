@@ -12,7 +12,9 @@ pub mod board;
 pub mod catalog;
 pub mod chart;
 pub mod dev;
+mod pump;
 pub mod query;
+pub mod rows;
 pub mod templates;
 pub mod view;
 
@@ -51,6 +53,8 @@ pub struct Pages {
     pub dev: Option<DevReload>,
     /// This process's build id: a page from another one reloads in development.
     pub build: String,
+    /// Board rows rendered once for all the boards showing them.
+    pub rows: Arc<rows::RowCache>,
 }
 
 impl Pages {
@@ -60,6 +64,7 @@ impl Pages {
             catalog: Catalog::new(repository),
             dev,
             build: format!("{:016x}", rand::random::<u64>()),
+            rows: Arc::default(),
         }
     }
 

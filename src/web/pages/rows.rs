@@ -1,0 +1,95 @@
+//! Board rows rendered once for every page showing them.
+//!
+//! In: a product's row inputs (its candle's version, its rolling day, whether it is stale, how
+//! much of the day is known). Out: the row's HTML and its hash, shared: every board stream of
+//! a granularity asks for the same rows, and a row is rendered again only when one of its
+//! inputs changed. Without it each open board rendered every changed row itself.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+
+use super::templates::{RowPartial, render};
+use super::view::{ProductInfo, Row, STALE_SECS};
+use crate::bus::day::{DaySummary, WINDOW_SECS};
+use crate::model::{CandleUpdate, Granularity, Version};
+
+/// What a row's HTML depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Inputs {
+    version: Option<[u8; Version::BYTES]>,
+    day: Option<DaySummary>,
+    stale: bool,
+    /// Minutes of the day known (the span shown while the window fills).
+    covered_minutes: i64,
+}
+
+/// A rendered row.
+#[derive(Debug, Clone)]
+pub struct RenderedRow {
+    pub html: Arc<str>,
+    pub hash: u64,
+}
+
+#[derive(Debug)]
+struct Cached {
+    inputs: Inputs,
+    row: RenderedRow,
+}
+
+/// The shared cache, one entry per product and granularity.
+#[derive(Debug, Default)]
+pub struct RowCache {
+    rows: Mutex<HashMap<(String, Granularity), Cached>>,
+}
+
+impl RowCache {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(String, Granularity), Cached>> {
+        // Entries are replaced whole: a panic elsewhere cannot leave one half-written.
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The row of `product`, rendered only if its inputs changed since it was last asked for.
+    pub fn row(
+        &self,
+        product: &ProductInfo,
+        granularity: Granularity,
+        update: Option<&CandleUpdate>,
+        day: Option<DaySummary>,
+        now: DateTime<Utc>,
+    ) -> RenderedRow {
+        let inputs = Inputs {
+            version: update.map(|u| u.version().to_bytes()),
+            stale: update.is_some_and(|u| (now - u.last_received).num_seconds() > STALE_SECS),
+            covered_minutes: day.as_ref().map_or(0, |d| {
+                (now.timestamp() - d.since).clamp(0, WINDOW_SECS) / 60
+            }),
+            day,
+        };
+        let key = (product.id.clone(), granularity);
+        if let Some(cached) = self.lock().get(&key)
+            && cached.inputs == inputs
+        {
+            return cached.row.clone();
+        }
+        // Rendered outside the lock: other streams are not held up by it.
+        let row = Row::new(product, granularity, update, inputs.day.as_ref(), now);
+        let html: Arc<str> = Arc::from(render(&RowPartial { row: &row }));
+        let mut hasher = DefaultHasher::new();
+        html.hash(&mut hasher);
+        let rendered = RenderedRow {
+            html,
+            hash: hasher.finish(),
+        };
+        self.lock().insert(
+            key,
+            Cached {
+                inputs,
+                row: rendered.clone(),
+            },
+        );
+        rendered
+    }
+}
