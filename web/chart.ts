@@ -28,15 +28,7 @@ import { type CandleBar, compareVersions, parseCandle, warnOnce } from "./candle
 import { GRANULARITY_LABELS, type Palette, formatPrice, formatVolume, palette, priceFormat } from "./chart-format";
 
 /** What lastBar() reports: the newest bar as the series hold it. */
-export interface DrawnBar {
-  time: number;
-  open: number;
-  high: number;
-  low: number;
-  close: number;
-  volume: number;
-  complete: boolean;
-}
+export type DrawnBar = Omit<CandleBar, "version">;
 
 /** Past this many changed bars in one frame, one setData() is cheaper than many update() calls. */
 const MAX_INCREMENTAL = 32;
