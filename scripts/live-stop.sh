@@ -15,8 +15,9 @@ below() {
   done
 }
 
+all=("$root" $(below "$root"))
 servers=()
-for pid in "$root" $(below "$root"); do
+for pid in "${all[@]}"; do
   if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "spot-canvas" ]; then
     servers+=("$pid")
   fi
@@ -32,6 +33,7 @@ if [ "${#servers[@]}" -gt 0 ]; then
     sleep 0.1
   done
 fi
-# The job itself (cargo run) ends with its child; anything left is killed.
-kill -KILL "$root" 2>/dev/null
+# The job itself (cargo run) ends with its child. Anything left, a server that overran its
+# stop included, is killed (with what it started: they were listed before the stop).
+kill -KILL "${all[@]}" 2>/dev/null
 exit 0

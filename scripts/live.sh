@@ -13,6 +13,8 @@ SIM_PRODUCTS=${SIM_PRODUCTS:-20}
 pids=()
 bacon_pid=""
 cleanup() {
+  # Nothing interrupts the cleanup (a second Ctrl-C would orphan what is left).
+  trap '' INT TERM HUP
   # The server first, gracefully (bacon would SIGKILL it and orphan its children).
   [ -n "$bacon_pid" ] && scripts/live-stop.sh "$bacon_pid"
   # Each helper leads its own process group (setsid): the group goes, npm's children too.
@@ -25,6 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+trap 'exit 129' HUP
 
 cargo build --locked
 setsid npm run --silent watch:css &
@@ -33,13 +36,25 @@ setsid npm run --silent watch:js &
 pids+=($!)
 
 if [ "${LIVE_FEED:-sim}" != "coinbase" ]; then
+  # A Coinbase key has no business with the simulator: set empty (unset, `.env` would fill
+  # them in; empty counts as unset).
+  export COINBASE_API_KEY="" COINBASE_PRIVATE_KEY=""
   setsid target/debug/spot-canvas sim --listen "127.0.0.1:${SIM_PORT}" --products "$SIM_PRODUCTS" \
     --history-minutes 120 &
   pids+=($!)
+  ready=false
   for _ in $(seq 1 600); do
-    curl -fsS "http://127.0.0.1:${SIM_PORT}/api/v3/brokerage/time" >/dev/null 2>&1 && break
+    if curl -fsS "http://127.0.0.1:${SIM_PORT}/api/v3/brokerage/time" >/dev/null 2>&1; then
+      ready=true
+      break
+    fi
+    kill -0 "${pids[-1]}" 2>/dev/null || break
     sleep 0.2
   done
+  if [ "$ready" != true ]; then
+    echo "live: the simulator did not start on port ${SIM_PORT}" >&2
+    exit 1
+  fi
   export COINBASE_WS_URL="ws://127.0.0.1:${SIM_PORT}"
   export COINBASE_REST_URL="http://127.0.0.1:${SIM_PORT}/api/v3/brokerage"
 fi

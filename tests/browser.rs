@@ -4,7 +4,9 @@
 //! The script checks that the board lists every product and its rows change as the simulator
 //! trades, that the granularity switch, filter and sort work, that the chart's last bar equals
 //! the newest `<spot-candle>` and its canvas changes, that both pages fit a phone in dark mode,
-//! that no console error happens, and that stopping the service shows the disconnected state.
+//! that a frozen service (SIGSTOP: sockets open, nothing sent) is noticed and the page comes
+//! back live after it resumes, that no console error happens, and that stopping the service
+//! shows the disconnected state.
 //! Each check writes a screenshot under `target/screenshots/`. It needs what `task test` sets
 //! up first: the built assets (`task assets`), `node_modules` and `/usr/bin/chromium`.
 
@@ -50,7 +52,9 @@ async fn the_dashboard_in_headless_chromium() {
     let data_dir = common::data_dir();
     let env = AppEnv::for_sim(&sim, data_dir.path())
         .set("STATIC_DIR", root.join("static").display().to_string())
-        .set("BACKFILL_HORIZON_HOURS", "2");
+        .set("BACKFILL_HORIZON_HOURS", "2")
+        // The pages presume a stream dead after three silent heartbeats: 6 s here.
+        .set("STREAM_KEEPALIVE_SECS", "2");
     let mut service = Service::start(&env, &logs.path().join("serve.log")).await;
     let base = format!("http://127.0.0.1:{}", service.port);
 

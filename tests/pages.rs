@@ -333,3 +333,48 @@ async fn in_development_pages_reload_on_a_new_build_and_on_asset_changes() {
     next_with(&mut current, "window.location.reload()").await;
     stop.cancel();
 }
+
+#[tokio::test]
+async fn the_rolling_day_is_seeded_from_the_stored_minutes_of_the_products_asked() {
+    let db = TestDb::migrated().await;
+    let repository = Repository::new(db.pool.clone());
+    let now = this_minute();
+    let with_volume = |product: &str, g: Granularity, start: i64, volume: &str| {
+        let mut u = update(product, g, start, 1);
+        u.candle.volume = volume.parse().expect("decimal");
+        u
+    };
+    let rows = vec![
+        with_volume("BTC-USD", Granularity::OneMinute, now - 60, "1.5"),
+        with_volume("BTC-USD", Granularity::OneMinute, now - 120, "2.25"),
+        with_volume(
+            "BTC-USD",
+            Granularity::OneMinute,
+            now - 3600,
+            "0.0000000001",
+        ),
+        // Older than a day, another granularity, another product: not in BTC-USD's day.
+        with_volume("BTC-USD", Granularity::OneMinute, now - 86_400 - 60, "1000"),
+        with_volume("BTC-USD", Granularity::FiveMinutes, now / 300 * 300, "500"),
+        with_volume("ETH-USD", Granularity::OneMinute, now - 60, "7"),
+    ];
+    repository.upsert_candles(&rows).await.expect("rows");
+    let day = spot_canvas::bus::day::DayStats::new();
+    let (taken, bad) = day
+        .seed(&repository, &["BTC-USD".to_owned()], Utc::now())
+        .await
+        .expect("seeds");
+    assert_eq!((taken, bad), (3, 0));
+    let summary = day.summary("BTC-USD", now + 30).expect("a day");
+    assert_eq!(summary.volume, Some("3.7500000001".parse().expect("d")));
+    assert_eq!(summary.since, now - 3600);
+    assert_eq!(summary.minutes, 3);
+    assert!(day.summary("ETH-USD", now + 30).is_none(), "not asked for");
+    // A live update of a seeded minute replaces it (newer version); a stale copy does not.
+    let mut newer = with_volume("BTC-USD", Granularity::OneMinute, now - 60, "2");
+    newer.counted_trades = 5;
+    assert!(day.record(&newer, now + 30));
+    assert!(!day.record(&rows[0], now + 30));
+    let summary = day.summary("BTC-USD", now + 30).expect("a day");
+    assert_eq!(summary.volume, Some("4.2500000001".parse().expect("d")));
+}

@@ -1,5 +1,6 @@
 // The page bundle (static/app.js): registers spot-canvas's custom elements and nothing else.
 
+import { SpotBeat } from "./beat";
 import { SpotBoard } from "./board";
 import { SpotCandle } from "./candle";
 import { SpotChart } from "./chart";
@@ -10,6 +11,7 @@ const elements: ReadonlyArray<readonly [string, CustomElementConstructor]> = [
   ["spot-chart", SpotChart],
   ["spot-board", SpotBoard],
   ["spot-countdown", SpotCountdown],
+  ["spot-beat", SpotBeat],
 ];
 
 for (const [name, element] of elements) {

@@ -218,7 +218,10 @@ async fn seed_day(
 ) -> anyhow::Result<()> {
     let seeded = tokio::select! {
         () = token.cancelled() => return Ok(()),
-        r = tokio::time::timeout(SEED_TIMEOUT, day.seed(&repository, chrono::Utc::now())) => r,
+        r = tokio::time::timeout(SEED_TIMEOUT, async {
+            let products = repository.product_ids().await?;
+            day.seed(&repository, &products, chrono::Utc::now()).await
+        }) => r,
     };
     match seeded {
         Ok(Ok((rows, bad))) => {

@@ -13,7 +13,7 @@
 //! wrong, until the offending minutes leave it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -110,18 +110,20 @@ impl Window {
         true
     }
 
-    /// Drops the minutes that start at or before `floor`.
+    /// Drops the minutes that start at or before `floor`. When any goes, the sum is made
+    /// again from scratch (once a minute at most): `Decimal` rounds a sum whose scale it must
+    /// shrink instead of failing, so a running sum could drift from the exact one by a last
+    /// digit; this bounds that to the current minute.
     fn expire(&mut self, floor: i64) {
         let mut dropped = false;
         while let Some(entry) = self.minutes.first_entry() {
             if *entry.key() > floor {
                 break;
             }
-            let minute = entry.remove();
+            entry.remove();
             dropped = true;
-            self.volume = self.volume.and_then(|s| s.checked_sub(minute.volume));
         }
-        if dropped && self.volume.is_none() {
+        if dropped {
             self.volume = self.sum();
         }
     }
@@ -147,10 +149,15 @@ impl Window {
     }
 }
 
-/// The last day of every product.
+/// The last day of every product: a lock per product, so that the ingest path recording one
+/// product and the boards reading others do not wait on each other.
 #[derive(Debug, Default)]
 pub struct DayStats {
-    windows: Mutex<HashMap<String, Window>>,
+    windows: RwLock<HashMap<String, Arc<Mutex<Window>>>>,
+}
+
+fn lock(window: &Mutex<Window>) -> MutexGuard<'_, Window> {
+    window.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The start of the oldest bucket a window at `now` excludes: buckets must start after it.
@@ -163,10 +170,28 @@ impl DayStats {
         DayStats::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Window>> {
-        // A panic while holding the lock cannot leave a window half-updated in a way that
-        // matters more than losing the board's 24-hour figures; keep serving.
-        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+    /// The window of a product, if it has one.
+    fn window(&self, product_id: &str) -> Option<Arc<Mutex<Window>>> {
+        // A panic while holding a lock cannot leave a window in a state that matters more than
+        // the board's 24-hour figures: keep serving.
+        let windows = self.windows.read().unwrap_or_else(|e| e.into_inner());
+        windows.get(product_id).cloned()
+    }
+
+    fn window_or_new(&self, product_id: &str) -> Arc<Mutex<Window>> {
+        if let Some(window) = self.window(product_id) {
+            return window;
+        }
+        let mut windows = self.windows.write().unwrap_or_else(|e| e.into_inner());
+        windows
+            .entry(product_id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Window {
+                    volume: Some(Decimal::ZERO),
+                    ..Window::default()
+                }))
+            })
+            .clone()
     }
 
     /// Records a one-minute update (others are ignored). `now`: Unix seconds. Returns whether
@@ -190,16 +215,8 @@ impl DayStats {
         if start <= floor || start > now + 60 {
             return false;
         }
-        let mut windows = self.lock();
-        let window = match windows.get_mut(product_id) {
-            Some(window) => window,
-            None => windows
-                .entry(product_id.to_owned())
-                .or_insert_with(|| Window {
-                    volume: Some(Decimal::ZERO),
-                    ..Window::default()
-                }),
-        };
+        let window = self.window_or_new(product_id);
+        let mut window = lock(&window);
         window.expire(floor);
         window.record(start, minute)
     }
@@ -207,25 +224,27 @@ impl DayStats {
     /// The product's last day at `now` (Unix seconds); `None` when no minute of it is in the
     /// window.
     pub fn summary(&self, product_id: &str, now: i64) -> Option<DaySummary> {
-        let mut windows = self.lock();
-        let window = windows.get_mut(product_id)?;
+        let window = self.window(product_id)?;
+        let mut window = lock(&window);
         window.expire(floor(now));
         window.summary()
     }
 
-    /// Seeds the windows with the stored one-minute candles of the last day. Newer versions
+    /// Seeds the windows of `products` with their stored one-minute candles of the last day
+    /// (read through the table's key index, product by product). Newer versions
     /// already recorded from the live path win. Returns (rows taken, rows that could not be
     /// decoded).
     pub async fn seed(
         &self,
         repository: &Repository,
+        products: &[String],
         now: DateTime<Utc>,
     ) -> Result<(u64, u64), sqlx::Error> {
         let since = now - chrono::Duration::seconds(WINDOW_SECS);
         let clock = now.timestamp();
         let mut wrong_version = 0u64;
         let (taken, bad) = repository
-            .each_minute_since(since, |row| {
+            .each_minute_since(since, products, |row| {
                 let Ok(version) = <[u8; Version::BYTES]>::try_from(row.version.as_slice()) else {
                     wrong_version += 1;
                     return;
@@ -244,7 +263,7 @@ impl DayStats {
 
     /// Products with a window.
     pub fn products(&self) -> usize {
-        self.lock().len()
+        self.windows.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 

@@ -98,7 +98,7 @@ pub fn candle_event(update: &CandleUpdate, id: u64, element: ElementId) -> Bytes
 /// Escapes text for a double-quoted HTML attribute (product ids come from NATS, where any
 /// producer may write). Control characters become character references: a raw CR or LF would
 /// end the SSE line and let the text write fields of its own.
-fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.contains(['&', '"', '<', '>', '\'']) && !text.contains(char::is_control) {
         return std::borrow::Cow::Borrowed(text);
     }

@@ -95,9 +95,20 @@ const CANDLES_IN_RANGE: &str = concat!(
 ORDER BY "timestamp" DESC LIMIT $6) newest ORDER BY "timestamp" ASC"#
 );
 
-const MINUTES_SINCE: &str = r#"SELECT product_id, "timestamp", open, close, volume, version
-FROM live_candles
-WHERE exchange = $1 AND granularity = 'ONE_MINUTE' AND "timestamp" > $2"#;
+/// Through the primary key, product by product (its first columns are exchange and product):
+/// never a scan of the whole table and its history.
+const MINUTES_SINCE: &str = r#"SELECT c.product_id, c."timestamp", c.open, c.close, c.volume, c.version
+FROM UNNEST($3::text[]) AS p(product_id)
+CROSS JOIN LATERAL (
+    SELECT product_id, "timestamp", open, close, volume, version
+    FROM live_candles
+    WHERE exchange = $1 AND product_id = p.product_id AND granularity = 'ONE_MINUTE'
+      AND "timestamp" > $2
+) c"#;
+
+/// Longest the server may spend on the day's seed query; it stops the query itself (a client
+/// timeout alone would leave it running).
+const SEED_STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '100s'";
 
 /// What the rolling day needs of a stored one-minute candle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,19 +267,25 @@ impl Repository {
         rows.iter().map(stored_candle).collect()
     }
 
-    /// Calls `each` with every stored one-minute candle of every product starting after
+    /// Calls `each` with every stored one-minute candle of `products` starting after
     /// `since`, as the rows arrive (a day of hundreds of products is not collected first).
     /// Returns the number of rows; a row that cannot be decoded is skipped and counted apart.
     pub async fn each_minute_since(
         &self,
         since: DateTime<Utc>,
+        products: &[String],
         mut each: impl FnMut(MinuteRow),
     ) -> Result<(u64, u64), sqlx::Error> {
         use futures_util::TryStreamExt as _;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(SEED_STATEMENT_TIMEOUT)
+            .execute(&mut *tx)
+            .await?;
         let mut rows = sqlx::query(MINUTES_SINCE)
             .bind(EXCHANGE)
             .bind(since)
-            .fetch(&self.pool);
+            .bind(products)
+            .fetch(&mut *tx);
         let (mut taken, mut bad) = (0u64, 0u64);
         while let Some(row) = rows.try_next().await? {
             let decoded = (|| {
@@ -289,6 +306,8 @@ impl Repository {
                 Err(_) => bad += 1,
             }
         }
+        drop(rows);
+        tx.commit().await?;
         Ok((taken, bad))
     }
 

@@ -31,6 +31,7 @@ let recordErrors = true;
 
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
+  timeout: 120_000,
   args: [
     '--no-sandbox',
     '--disable-gpu',
@@ -85,6 +86,8 @@ async function until(page, what, fn, arg, timeout = 30_000) {
 }
 
 const light = await browser.newContext({ viewport: { width: 1280, height: 900 }, colorScheme: 'light' });
+// Generous for a loaded 2-core CI.
+light.setDefaultNavigationTimeout(120_000);
 const board = await light.newPage();
 watch(board, 'board');
 
@@ -233,6 +236,7 @@ await check('switching the chart granularity reloads its history in place', mark
 });
 
 const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, colorScheme: 'dark', isMobile: true });
+phone.setDefaultNavigationTimeout(120_000);
 for (const [label, path] of [['board', '/'], ['market', `/markets/${CHART_PRODUCT}`]]) {
   const page = await phone.newPage();
   watch(page, `phone ${label}`);
@@ -265,6 +269,21 @@ for (const [label, path] of [['board', '/'], ['market', `/markets/${CHART_PRODUC
     assert(luminance < 0.35, `a dark background (${background} → ${rgb})`);
   });
 }
+
+await check('a silent stream is noticed and opened again', board, async () => {
+  await until(board, 'connected', () => document.querySelector('#connection')?.dataset.state === 'live');
+  // Frozen, the service keeps its sockets open but sends nothing: only the page's heartbeat
+  // check can tell (tests/browser.rs sets a 2 s heartbeat).
+  process.kill(PID, 'SIGSTOP');
+  try {
+    await until(board, 'disconnected after three silent heartbeats', () =>
+      document.querySelector('#connection')?.dataset.state === 'disconnected', undefined, 30_000);
+  } finally {
+    process.kill(PID, 'SIGCONT');
+  }
+  await until(board, 'live again', () => document.querySelector('#connection')?.dataset.state === 'live',
+    undefined, 60_000);
+});
 
 await check('no console errors', null, async () => {
   assert(consoleErrors.length === 0, `console errors:\n  ${consoleErrors.join('\n  ')}`);

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 
-use super::pump::{KEEPALIVE, interval, reload_changed};
+use super::pump::{beat, interval, reload_changed};
 use super::rows::RenderedRow;
 use super::templates::{HealthPartial, render};
 use super::view::ProductInfo;
@@ -114,6 +114,7 @@ pub async fn board_stream(
         flush: interval(FLUSH),
         health_tick: interval(HEALTH),
         keepalive: interval(state.streams.config.keepalive),
+        beats: 0,
         stop: state.streams.stop.clone(),
         reload,
         state,
@@ -148,6 +149,8 @@ struct Board {
     flush: Interval,
     health_tick: Interval,
     keepalive: Interval,
+    /// Heartbeats sent.
+    beats: u64,
     stop: CancellationToken,
     reload: Option<watch::Receiver<u64>>,
     _permit: Permit,
@@ -285,7 +288,9 @@ impl Board {
                     self.push_health();
                 }
                 _ = self.keepalive.tick() => {
-                    self.pending.push_back(Bytes::from_static(KEEPALIVE));
+                    self.beats += 1;
+                    let every = self.keepalive.period();
+                    self.pending.push_back(beat(self.beats, every));
                 }
                 delivery = self.subscription.next() => match delivery {
                     Delivery::Updates(entries) | Delivery::Resync(entries) => {

@@ -1,14 +1,19 @@
 //! The products the pages show, with their price increments: `trading_pairs`, cached.
 //!
 //! In: the repository. Out: the ingestible products (online spot markets, not aliases), sorted
-//! by id, as one shared list. The list is read at most every [`MAX_AGE`]; a read that fails or
-//! takes longer than [`READ_TIMEOUT`] keeps the previous list, and with none at hand the caller
-//! gets an error (pages answer 503). One read at a time: concurrent pages wait for it.
+//! by id, as one shared list. The list is read again when older than [`MAX_AGE`], by one
+//! request at a time: the others get the list at hand at once (a stale list beats a page
+//! waiting on the database), and wait only when there is none yet. A read that fails or takes
+//! longer than [`READ_TIMEOUT`] keeps the previous list; with none, the caller gets an error
+//! (pages answer 503).
+//!
+//! Product ids reach HTML attributes, URL paths and JavaScript strings of the pages (the
+//! stream's `@get('/markets/<id>/stream')`): an id that is not letters, digits and inner
+//! dashes (as every Coinbase id is) is left out, with a warning.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::view::ProductInfo;
@@ -20,6 +25,8 @@ pub const MAX_AGE: Duration = Duration::from_secs(30);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// Least time between two failed attempts.
 const RETRY: Duration = Duration::from_secs(1);
+/// Longest product id shown.
+const MAX_ID: usize = 64;
 
 #[derive(Debug, Default)]
 struct Cached {
@@ -28,11 +35,34 @@ struct Cached {
     attempted_at: Option<Instant>,
 }
 
+impl Cached {
+    fn fresh(&self, now: Instant) -> bool {
+        self.loaded_at
+            .is_some_and(|at| now.duration_since(at) < MAX_AGE)
+    }
+
+    fn may_try(&self, now: Instant) -> bool {
+        self.attempted_at
+            .is_none_or(|at| now.duration_since(at) >= RETRY)
+    }
+}
+
 /// The cached product list.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     repository: Repository,
     cached: Arc<Mutex<Cached>>,
+    /// Held by the one request reading the list.
+    reading: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Whether a product id is safe in the pages' attributes, paths and script strings.
+pub fn plain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !id.starts_with('-')
+        && !id.ends_with('-')
 }
 
 impl Catalog {
@@ -40,51 +70,70 @@ impl Catalog {
         Catalog {
             repository,
             cached: Arc::default(),
+            reading: Arc::default(),
         }
+    }
+
+    fn state(&self) -> MutexGuard<'_, Cached> {
+        // Fields are set whole: a panic elsewhere cannot leave them inconsistent.
+        self.cached.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The products, read again when the list is older than [`MAX_AGE`].
     pub async fn products(&self) -> Result<Arc<Vec<ProductInfo>>, String> {
-        let mut cached = self.cached.lock().await;
-        let now = Instant::now();
-        let fresh = cached
-            .loaded_at
-            .is_some_and(|at| now.duration_since(at) < MAX_AGE);
-        let may_try = cached
-            .attempted_at
-            .is_none_or(|at| now.duration_since(at) >= RETRY);
-        if !fresh && may_try {
-            let read = tokio::time::timeout(READ_TIMEOUT, self.repository.products()).await;
-            cached.attempted_at = Some(Instant::now());
-            match read {
-                Ok(Ok(products)) => {
-                    let mut list: Vec<ProductInfo> = products
-                        .into_iter()
-                        .filter(|p| p.is_ingestible())
-                        .map(|p| ProductInfo {
-                            id: p.product_id,
-                            base: p.base,
-                            quote: p.quote,
-                            price_increment: p.price_increment,
-                        })
-                        .collect();
-                    list.sort_by(|a, b| a.id.cmp(&b.id));
-                    cached.list = Some(Arc::new(list));
-                    cached.loaded_at = Some(now);
-                }
-                Ok(Err(error)) => {
-                    let error = crate::config::redact(&error.to_string());
-                    tracing::warn!(%error, "cannot read the product list for the pages");
-                }
-                Err(_elapsed) => {
-                    tracing::warn!(timeout = ?READ_TIMEOUT, "the product list read timed out");
-                }
+        let at_hand = {
+            let state = self.state();
+            let now = Instant::now();
+            if state.fresh(now) || !state.may_try(now) {
+                return state.list.clone().ok_or_else(unavailable);
+            }
+            state.list.clone()
+        };
+        let _reading = match (at_hand, self.reading.try_lock()) {
+            (_, Ok(guard)) => guard,
+            // Another request is reading: the list at hand will do.
+            (Some(list), Err(_)) => return Ok(list),
+            (None, Err(_)) => self.reading.lock().await,
+        };
+        // The read may have been done while this request waited.
+        {
+            let state = self.state();
+            let now = Instant::now();
+            if state.fresh(now) || !state.may_try(now) {
+                return state.list.clone().ok_or_else(unavailable);
             }
         }
-        cached
-            .list
-            .clone()
-            .ok_or_else(|| "the product list is not available; retry shortly".to_owned())
+        let read = tokio::time::timeout(READ_TIMEOUT, self.repository.products()).await;
+        let mut state = self.state();
+        state.attempted_at = Some(Instant::now());
+        match read {
+            Ok(Ok(products)) => {
+                let mut list: Vec<ProductInfo> = Vec::with_capacity(products.len());
+                for p in products.into_iter().filter(|p| p.is_ingestible()) {
+                    if !plain_id(&p.product_id) {
+                        tracing::warn!(product = ?p.product_id.chars().take(MAX_ID).collect::<String>(), "a product id the pages cannot show safely: left out");
+                        continue;
+                    }
+                    list.push(ProductInfo {
+                        id: p.product_id,
+                        base: p.base,
+                        quote: p.quote,
+                        price_increment: p.price_increment,
+                    });
+                }
+                list.sort_by(|a, b| a.id.cmp(&b.id));
+                state.list = Some(Arc::new(list));
+                state.loaded_at = Some(Instant::now());
+            }
+            Ok(Err(error)) => {
+                let error = crate::config::redact(&error.to_string());
+                tracing::warn!(%error, "cannot read the product list for the pages");
+            }
+            Err(_elapsed) => {
+                tracing::warn!(timeout = ?READ_TIMEOUT, "the product list read timed out");
+            }
+        }
+        state.list.clone().ok_or_else(unavailable)
     }
 
     /// One product, if listed.
@@ -94,5 +143,34 @@ impl Catalog {
             .binary_search_by(|p| p.id.as_str().cmp(id))
             .ok()
             .map(|i| list[i].clone()))
+    }
+}
+
+fn unavailable() -> String {
+    "the product list is not available; retry shortly".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_ids_reach_the_pages() {
+        for ok in ["BTC-USD", "BIP-20DEC30-CDE", "1INCH-USD", "A"] {
+            assert!(plain_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-BTC",
+            "BTC-",
+            "BTC USD",
+            "BTC'-USD",
+            "a\"b",
+            "BTC.USD",
+            "x<y",
+            &"A".repeat(65),
+        ] {
+            assert!(!plain_id(bad), "{bad}");
+        }
     }
 }

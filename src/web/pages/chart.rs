@@ -27,11 +27,11 @@ use tokio::sync::watch;
 use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 
-use super::pump::{KEEPALIVE, interval, reload_changed};
+use super::pump::{beat, interval, reload_changed};
 use super::templates::{SummaryPartial, render};
 use super::view::{ProductInfo, Row};
 use super::{CHART_HISTORY, dev, query};
-use crate::bus::element::{ElementId, candle_element};
+use crate::bus::element::{ElementId, candle_element, escape};
 use crate::bus::{Delivery, Filter, LiveEntry, Subscription};
 use crate::model::{CandleUpdate, Granularity, Version};
 use crate::store::StoredCandle;
@@ -43,6 +43,8 @@ use crate::web::stream::{admit, event_stream, retry_after, stopping};
 
 /// Longest a changed candle waits before it is sent.
 pub const FLUSH: Duration = Duration::from_millis(250);
+/// Buckets a chart may hold beyond [`CHART_HISTORY`] before the oldest are removed.
+const TRIM_SLACK: usize = 60;
 /// Longest the history read may take.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -146,6 +148,7 @@ pub async fn chart_stream(
         subscription,
         flush: interval(FLUSH),
         keepalive: interval(state.streams.config.keepalive),
+        beats: 0,
         stop: state.streams.stop.clone(),
         reload,
         state,
@@ -189,6 +192,8 @@ struct Chart {
     subscription: Subscription,
     flush: Interval,
     keepalive: Interval,
+    /// Heartbeats sent.
+    beats: u64,
     stop: CancellationToken,
     reload: Option<watch::Receiver<u64>>,
     _permit: Permit,
@@ -221,7 +226,7 @@ impl Chart {
         let p = &self.product;
         let mut html = format!(
             "<spot-chart id=\"chart\" data-product=\"{}\" data-granularity=\"{}\" data-price-increment=\"{}\">",
-            p.id,
+            escape(&p.id),
             self.granularity.as_str(),
             p.price_increment
                 .map(|i| i.normalize().to_string())
@@ -302,8 +307,35 @@ impl Chart {
                     .into_datastar_event();
                 self.pending.push_back(Bytes::from(event.to_string()));
             }
+            self.trim();
         }
         self.push_summary();
+    }
+
+    /// Past [`CHART_HISTORY`] and some slack, the oldest buckets leave the page's chart (and
+    /// this stream's memory): a page left open for a week stays the size it opened at.
+    fn trim(&mut self) {
+        let limit = CHART_HISTORY as usize + TRIM_SLACK;
+        if self.held.len() <= limit {
+            return;
+        }
+        let mut starts: Vec<i64> = self.held.keys().copied().collect();
+        starts.sort_unstable();
+        let excess = starts.len() - CHART_HISTORY as usize;
+        let selector = starts[..excess]
+            .iter()
+            .map(|start| {
+                self.held.remove(start);
+                format!(
+                    "#{}-{}-{start}",
+                    escape(&self.product.id),
+                    self.granularity.as_str()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let event = PatchElements::new_remove(selector).into_datastar_event();
+        self.pending.push_back(Bytes::from(event.to_string()));
     }
 
     fn push_summary(&mut self) {
@@ -351,7 +383,9 @@ impl Chart {
                 }
                 _ = self.flush.tick() => self.flush(),
                 _ = self.keepalive.tick() => {
-                    self.pending.push_back(Bytes::from_static(KEEPALIVE));
+                    self.beats += 1;
+                    let every = self.keepalive.period();
+                    self.pending.push_back(beat(self.beats, every));
                 }
                 delivery = self.subscription.next() => match delivery {
                     Delivery::Updates(entries) | Delivery::Resync(entries) => {

@@ -20,6 +20,7 @@ pub mod view;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{Path as UrlPath, RawQuery, State};
@@ -68,7 +69,7 @@ impl Pages {
         }
     }
 
-    fn layout(&self, simulated: bool, stream_path: &str) -> Layout {
+    fn layout(&self, simulated: bool, stream_path: &str, keepalive: Duration) -> Layout {
         let build_param = if self.dev.is_some() {
             format!("&build={}", self.build)
         } else {
@@ -82,6 +83,7 @@ impl Pages {
             simulated,
             stream_path: stream_path.to_owned(),
             build_param,
+            keepalive_secs: keepalive.as_secs().max(1),
         }
     }
 
@@ -187,7 +189,11 @@ pub async fn board_page(State(state): State<AppState>, RawQuery(query): RawQuery
         Err(message) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &message),
     };
     let page = BoardPage {
-        layout: state.pages.layout(state.simulated, "/board/stream"),
+        layout: state.pages.layout(
+            state.simulated,
+            "/board/stream",
+            state.streams.config.keepalive,
+        ),
         granularity: query.granularity,
         granularities: &Granularity::ALL,
         sorts: &SORTS,
@@ -242,7 +248,9 @@ pub async fn market_page(
     );
     let stream = format!("/markets/{}/stream", product.id);
     let page = MarketPage {
-        layout: state.pages.layout(state.simulated, &stream),
+        layout: state
+            .pages
+            .layout(state.simulated, &stream, state.streams.config.keepalive),
         product: &product,
         granularity: query.granularity,
         granularities: &Granularity::ALL,

@@ -5,8 +5,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 
-/// The comment sent on an idle page stream.
-pub(super) const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+/// The heartbeat of a page stream, sent every keep-alive period: a patch of the page's
+/// `<spot-beat>`, which presumes the connection dead when three periods pass without one (a
+/// comment would keep proxies from closing the stream but tell the page nothing).
+pub(super) fn beat(n: u64, every: Duration) -> bytes::Bytes {
+    let event = datastar::prelude::PatchElements::new(format!(
+        "<spot-beat id=\"beat\" data-n=\"{n}\" data-every=\"{}\"></spot-beat>",
+        every.as_secs().max(1)
+    ))
+    .into_datastar_event();
+    bytes::Bytes::from(event.to_string())
+}
 
 /// A timer whose first tick is one `period` from now, and that never bursts to catch up.
 pub(super) fn interval(period: Duration) -> Interval {

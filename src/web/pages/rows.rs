@@ -19,6 +19,8 @@ use crate::model::{CandleUpdate, Granularity, Version};
 /// What a row's HTML depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Inputs {
+    /// The product as the catalog lists it (its increment sets the price format).
+    product: ProductInfo,
     version: Option<[u8; Version::BYTES]>,
     day: Option<DaySummary>,
     stale: bool,
@@ -61,6 +63,7 @@ impl RowCache {
         now: DateTime<Utc>,
     ) -> RenderedRow {
         let inputs = Inputs {
+            product: product.clone(),
             version: update.map(|u| u.version().to_bytes()),
             stale: update.is_some_and(|u| (now - u.last_received).num_seconds() > STALE_SECS),
             covered_minutes: day.as_ref().map_or(0, |d| {

@@ -21,6 +21,8 @@ pub struct Layout {
     pub stream_path: String,
     /// `&build=<id>` in development (a page of another build reloads), else empty.
     pub build_param: String,
+    /// The stream's heartbeat period: the page presumes it dead after three without one.
+    pub keepalive_secs: u64,
 }
 
 /// `/`: the market board.
@@ -150,6 +152,7 @@ mod tests {
             simulated: false,
             stream_path: "/board/stream".into(),
             build_param: String::new(),
+            keepalive_secs: 15,
         }
     }
 
