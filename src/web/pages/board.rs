@@ -87,7 +87,7 @@ pub async fn board_stream(
             products: None,
             granularities,
         },
-        state.streams.client_settings(),
+        state.streams.page_settings(),
         cut_off,
     );
     let stale_build = state.pages.dev.is_some()

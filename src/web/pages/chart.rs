@@ -127,7 +127,7 @@ pub async fn chart_stream(
         .unwrap_or_default();
     let (subscription, initial) = state.live.subscribe(
         Filter::of(&[product.id.as_str()], &granularities),
-        state.streams.client_settings(),
+        state.streams.page_settings(),
         cut_off,
     );
     let stale_build = state.pages.dev.is_some()

@@ -57,6 +57,18 @@ impl Streams {
             ..ClientSettings::default()
         }
     }
+
+    /// The settings of a page stream (board, chart). A page keeps only the latest state of
+    /// each row and coalesces anyway, so a resync (the latest state of its series) loses it
+    /// nothing: a slow reader, a phone on a poor link, is resynced as often as it falls behind
+    /// instead of being cut off after a few resyncs and coming back for a whole new board. One
+    /// that stops reading is still cut off after the stall limit.
+    pub(crate) fn page_settings(&self) -> ClientSettings {
+        ClientSettings {
+            max_resyncs: u32::MAX,
+            ..self.client_settings()
+        }
+    }
 }
 
 /// The handler of both stream routes.
