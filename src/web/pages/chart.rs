@@ -162,6 +162,36 @@ pub async fn chart_stream(
     event_stream(Body::from_stream(events))
 }
 
+/// Drops the oldest buckets of `held` beyond [`CHART_HISTORY`] once it holds more than
+/// [`TRIM_SLACK`] extra; returns the selector of their elements.
+fn trim(
+    held: &mut HashMap<i64, Version>,
+    product: &str,
+    granularity: Granularity,
+) -> Option<String> {
+    if held.len() <= CHART_HISTORY as usize + TRIM_SLACK {
+        return None;
+    }
+    let mut starts: Vec<i64> = held.keys().copied().collect();
+    starts.sort_unstable();
+    let excess = starts.len() - CHART_HISTORY as usize;
+    let selector = starts[..excess]
+        .iter()
+        .map(|start| {
+            held.remove(start);
+            // An attribute selector: `#1INCH-USD-…` is not a valid CSS id selector (a leading
+            // digit), and the catalog's ids hold no quote.
+            format!(
+                "[id=\"{}-{}-{start}\"]",
+                escape(product),
+                granularity.as_str()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(selector)
+}
+
 /// A stored candle as the update it was written from.
 pub fn stored_update(stored: StoredCandle) -> CandleUpdate {
     let version = Version::from_bytes(&stored.version).unwrap_or_default();
@@ -315,27 +345,10 @@ impl Chart {
     /// Past [`CHART_HISTORY`] and some slack, the oldest buckets leave the page's chart (and
     /// this stream's memory): a page left open for a week stays the size it opened at.
     fn trim(&mut self) {
-        let limit = CHART_HISTORY as usize + TRIM_SLACK;
-        if self.held.len() <= limit {
-            return;
+        if let Some(selector) = trim(&mut self.held, &self.product.id, self.granularity) {
+            let event = PatchElements::new_remove(selector).into_datastar_event();
+            self.pending.push_back(Bytes::from(event.to_string()));
         }
-        let mut starts: Vec<i64> = self.held.keys().copied().collect();
-        starts.sort_unstable();
-        let excess = starts.len() - CHART_HISTORY as usize;
-        let selector = starts[..excess]
-            .iter()
-            .map(|start| {
-                self.held.remove(start);
-                format!(
-                    "#{}-{}-{start}",
-                    escape(&self.product.id),
-                    self.granularity.as_str()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let event = PatchElements::new_remove(selector).into_datastar_event();
-        self.pending.push_back(Bytes::from(event.to_string()));
     }
 
     fn push_summary(&mut self) {
@@ -397,5 +410,27 @@ impl Chart {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chart_past_its_slack_drops_its_oldest_buckets() {
+        let mut held: HashMap<i64, Version> = (0..CHART_HISTORY as i64 + TRIM_SLACK as i64)
+            .map(|i| (i * 60, Version::default()))
+            .collect();
+        assert_eq!(trim(&mut held, "1INCH-USD", Granularity::OneMinute), None);
+        held.insert(1_000_000, Version::default());
+        let selector = trim(&mut held, "1INCH-USD", Granularity::OneMinute).expect("trimmed");
+        assert_eq!(held.len(), CHART_HISTORY as usize);
+        assert!(
+            selector
+                .starts_with("[id=\"1INCH-USD-ONE_MINUTE-0\"], [id=\"1INCH-USD-ONE_MINUTE-60\"]")
+        );
+        assert_eq!(selector.matches("[id=").count(), TRIM_SLACK + 1);
+        assert!(!held.contains_key(&0) && held.contains_key(&1_000_000));
     }
 }
