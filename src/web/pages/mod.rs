@@ -56,7 +56,14 @@ pub struct Pages {
     pub build: String,
     /// Board rows rendered once for all the boards showing them.
     pub rows: Arc<rows::RowCache>,
+    /// The health panel's figures, shared by every board for [`HEALTH_MAX_AGE`].
+    health: Arc<std::sync::Mutex<Option<(tokio::time::Instant, HealthPartial)>>>,
 }
+
+/// How long the health panel's figures are reused. Working them out scans the live state under
+/// its lock (the lock the ingest path takes for every update): once a second in all, not once
+/// per board every two seconds.
+const HEALTH_MAX_AGE: Duration = Duration::from_secs(1);
 
 impl Pages {
     pub fn new(repository: Repository, static_dir: &Path, dev: Option<DevReload>) -> Pages {
@@ -66,6 +73,7 @@ impl Pages {
             dev,
             build: format!("{:016x}", rand::random::<u64>()),
             rows: Arc::default(),
+            health: Arc::default(),
         }
     }
 
@@ -150,8 +158,23 @@ fn rows_html(state: &AppState, products: &[ProductInfo], granularity: Granularit
     html
 }
 
-/// The figures of the board's feed health panel.
+/// The figures of the board's feed health panel, worked out at most once per
+/// [`HEALTH_MAX_AGE`] for all the boards.
 pub fn health(state: &AppState, products: usize) -> HealthPartial {
+    // Figures are replaced whole: a panic elsewhere cannot leave them half-written.
+    let mut cached = state.pages.health.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, figures)) = cached.as_ref()
+        && at.elapsed() < HEALTH_MAX_AGE
+        && figures.products == products
+    {
+        return figures.clone();
+    }
+    let figures = health_now(state, products);
+    *cached = Some((tokio::time::Instant::now(), figures.clone()));
+    figures
+}
+
+fn health_now(state: &AppState, products: usize) -> HealthPartial {
     let feed = state.feed.report();
     let check = state.reconcile.report().crosscheck_rest_1m;
     let now = Utc::now();
