@@ -28,6 +28,7 @@ pub mod coinbase;
 pub mod config;
 pub mod feed;
 pub mod model;
+pub mod ops;
 pub mod reconcile;
 pub mod shutdown;
 pub mod sim;

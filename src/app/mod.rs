@@ -22,6 +22,8 @@ use crate::candles::{Engine, EngineSettings};
 use crate::config::Config;
 use crate::feed::{Feed, FeedSettings};
 use crate::model::{CandleUpdate, Clock, SystemClock};
+use crate::ops::clock::ClockCheck;
+use crate::ops::monitor::Watched;
 use crate::reconcile::{ReconcileSettings, Reconciler};
 use crate::store::{BatchWriter, EmbeddedPostgres, Repository, TableKind, WriterSettings};
 use crate::supervise::Stages;
@@ -29,8 +31,9 @@ use crate::web::AppState;
 
 mod run;
 
-/// How long stages get to finish after a stop signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// How long stages get to finish after a stop signal: with the HTTP server's last second and
+/// the NATS flush, the whole stop fits in Cloud Run's 10 s between SIGTERM and SIGKILL.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
 /// Capacity of the channels between engine, fan-out and writer (batches of updates).
 const UPDATE_CHANNEL: usize = 1024;
 
@@ -42,10 +45,9 @@ struct Servers {
     embedded_nats: Option<EmbeddedNats>,
 }
 
-/// A built, not yet running, service.
+/// The ingest pipeline of an instance whose role ingests.
 #[derive(Debug)]
-pub struct App {
-    listener: TcpListener,
+struct Ingest {
     feed: Feed,
     engine: Engine,
     reconciler: Reconciler,
@@ -55,6 +57,18 @@ pub struct App {
     updates: mpsc::Receiver<Vec<CandleUpdate>>,
     to_writer: mpsc::Sender<Vec<CandleUpdate>>,
     to_publisher: mpsc::Sender<Vec<CandleUpdate>>,
+    /// The clock comparison with the exchange (`None`: `CLOCK_CHECK_SECS=0`).
+    clock: Option<ClockCheck>,
+}
+
+/// A built, not yet running, service.
+#[derive(Debug)]
+pub struct App {
+    listener: TcpListener,
+    /// `None` for a web-only instance.
+    ingest: Option<Ingest>,
+    /// The bounded channels the monitor samples.
+    channels: Arc<Vec<Watched>>,
     nats: (async_nats::Client, async_nats::jetstream::kv::Store),
     embedded: Option<Arc<EmbeddedPostgres>>,
     embedded_nats: Option<EmbeddedNats>,
@@ -107,6 +121,7 @@ impl App {
 
     /// The stages, once the database and NATS are up. On error, hands the embedded servers
     /// back so the caller stops them.
+    #[allow(clippy::too_many_lines)]
     async fn assemble(
         config: &Config,
         settings: FeedSettings,
@@ -114,6 +129,7 @@ impl App {
         pool: sqlx::PgPool,
         servers: Servers,
     ) -> Result<App, (anyhow::Error, Servers)> {
+        let metrics = crate::ops::prometheus::install();
         let table = if config.migrate_on_start {
             match crate::store::migrate_up(&pool).await {
                 Ok(kind) => Some(kind),
@@ -128,41 +144,16 @@ impl App {
             Ok(nats) => nats,
             Err(e) => return Err((e, servers)),
         };
-        let (tx, events) = mpsc::channel(settings.channel_capacity);
-        let feed = Feed::new(settings, tx);
-        let (updates_tx, updates) = mpsc::channel(UPDATE_CHANNEL);
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let engine_settings = EngineSettings::default();
-        let (backfills_tx, backfills) = mpsc::channel(64);
-        let (notices_tx, notices) = mpsc::unbounded_channel();
-        let engine = Engine::new(engine_settings, clock.clone(), events, updates_tx)
-            .with_reconciler(backfills, notices_tx);
         // The API reads through its own small pool: it cannot take the writer's connections.
         let api_repository = Repository::new(crate::store::api_pool(&pool));
         let repository = Repository::new(pool);
-        let reconcile_settings = ReconcileSettings::from_config(config, engine_settings.timing);
-        let reconciler = Reconciler::new(
-            reconcile_settings,
-            clock,
-            repository.clone(),
-            notices,
-            backfills_tx,
-        );
-        let (to_writer, writer_rx) = mpsc::channel(UPDATE_CHANNEL);
-        let writer = BatchWriter::new(
-            repository.clone(),
-            WriterSettings {
-                max_rows: config.writer_batch_rows,
-                flush_interval: Duration::from_millis(config.writer_flush_ms),
-                ..WriterSettings::default()
-            },
-            writer_rx,
-        );
-        let (to_publisher, publisher_rx) = mpsc::channel(UPDATE_CHANNEL);
-        let publisher = Publisher::new(nats.0.clone(), nats.1.clone(), publisher_rx);
+        let mut channels = Vec::new();
+        let ingest = config.role.ingests().then(|| {
+            build_ingest(config, settings, &repository, &nats, &mut channels)
+        });
         let stages = Stages::new();
         let streams = crate::web::stream::Streams::new(config.stream);
-        let dev = if config.dev_reload {
+        let dev = if config.dev_reload && config.role.serves_web() {
             tracing::warn!(dir = %config.static_dir.display(), "DEV_RELOAD: pages reload on restarts and asset changes");
             Some(
                 crate::web::pages::dev::DevReload::start(
@@ -175,12 +166,13 @@ impl App {
             None
         };
         let pages = crate::web::pages::Pages::new(api_repository.clone(), &config.static_dir, dev);
+        let idle = AppState::idle(api_repository.clone());
         let state = AppState {
-            feed: feed.health(),
-            engine: engine.stats(),
-            writer: writer.stats(),
-            publisher: publisher.stats(),
-            reconcile: reconciler.stats(),
+            feed: ingest.as_ref().map_or(idle.feed, |i| i.feed.health()),
+            engine: ingest.as_ref().map_or(idle.engine, |i| i.engine.stats()),
+            writer: ingest.as_ref().map_or(idle.writer, |i| i.writer.stats()),
+            publisher: ingest.as_ref().map_or(idle.publisher, |i| i.publisher.stats()),
+            reconcile: ingest.as_ref().map_or(idle.reconcile, |i| i.reconciler.stats()),
             live,
             table,
             products: crate::web::ProductDirectory::new(api_repository.clone()),
@@ -194,17 +186,18 @@ impl App {
             ws_url: config.coinbase_ws_url.clone(),
             streams,
             pages,
+            role: config.role,
+            metrics,
+            alarms: idle.alarms,
+            clock: ingest
+                .as_ref()
+                .and_then(|i| i.clock.as_ref())
+                .map(ClockCheck::state),
         };
         Ok(App {
             listener,
-            feed,
-            engine,
-            reconciler,
-            writer,
-            publisher,
-            updates,
-            to_writer,
-            to_publisher,
+            ingest,
+            channels: Arc::new(channels),
             nats,
             embedded: servers.embedded.map(Arc::new),
             embedded_nats: servers.embedded_nats,
@@ -225,6 +218,68 @@ impl App {
     /// The stage registry (what `/health` reports; tests end a stage through it).
     pub fn stages(&self) -> Arc<Stages> {
         self.stages.clone()
+    }
+}
+
+/// The feed → engine → fan-out → writer and publisher pipeline, with the reconciler and the
+/// clock check; its bounded channels go into `channels` for the monitor.
+fn build_ingest(
+    config: &Config,
+    settings: FeedSettings,
+    repository: &Repository,
+    nats: &(async_nats::Client, async_nats::jetstream::kv::Store),
+    channels: &mut Vec<Watched>,
+) -> Ingest {
+    let (tx, events) = mpsc::channel(settings.channel_capacity);
+    channels.push(Watched::new("feed_events", &tx));
+    let feed = Feed::new(settings, tx);
+    let (updates_tx, updates) = mpsc::channel(UPDATE_CHANNEL);
+    channels.push(Watched::new("engine_updates", &updates_tx));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let engine_settings = EngineSettings::default();
+    let (backfills_tx, backfills) = mpsc::channel(64);
+    channels.push(Watched::new("backfills", &backfills_tx));
+    let (notices_tx, notices) = mpsc::unbounded_channel();
+    let engine = Engine::new(engine_settings, clock.clone(), events, updates_tx)
+        .with_reconciler(backfills, notices_tx);
+    let reconcile_settings = ReconcileSettings::from_config(config, engine_settings.timing);
+    let reconciler = Reconciler::new(
+        reconcile_settings,
+        clock,
+        repository.clone(),
+        notices,
+        backfills_tx,
+    );
+    let (to_writer, writer_rx) = mpsc::channel(UPDATE_CHANNEL);
+    channels.push(Watched::new("writer", &to_writer));
+    let writer = BatchWriter::new(
+        repository.clone(),
+        WriterSettings {
+            max_rows: config.writer_batch_rows,
+            flush_interval: Duration::from_millis(config.writer_flush_ms),
+            ..WriterSettings::default()
+        },
+        writer_rx,
+    );
+    let (to_publisher, publisher_rx) = mpsc::channel(UPDATE_CHANNEL);
+    channels.push(Watched::new("publisher", &to_publisher));
+    let publisher = Publisher::new(nats.0.clone(), nats.1.clone(), publisher_rx);
+    let clock = (config.clock_check_secs > 0).then(|| {
+        ClockCheck::new(
+            &config.coinbase_rest_url,
+            Duration::from_secs(config.clock_check_secs),
+        )
+    });
+    Ingest {
+        feed,
+        engine,
+        reconciler,
+        writer,
+        publisher,
+        updates,
+        to_writer,
+        to_publisher,
+        clock,
     }
 }
 

@@ -50,14 +50,8 @@ impl App {
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let App {
             listener,
-            feed,
-            engine,
-            reconciler,
-            writer,
-            publisher,
-            updates,
-            to_writer,
-            to_publisher,
+            ingest,
+            channels,
             nats,
             embedded,
             embedded_nats,
@@ -65,9 +59,10 @@ impl App {
             stages,
             repository,
         } = self;
-        if state.simulated {
+        if state.simulated && state.role.ingests() {
             tracing::warn!(ws_url = %crate::config::redact(&state.ws_url), "running on a SIMULATED feed, not Coinbase");
         }
+        tracing::info!(role = state.role.as_str(), "role");
         let mut supervisor = Supervisor::new(stages.clone());
         // Cancelled in stop order.
         let feed_stop = CancellationToken::new();
@@ -90,44 +85,41 @@ impl App {
                 Ok(())
             })
         });
-        let live_task = {
+        // The web role's view of the candles comes from NATS; an ingest-only instance has no
+        // stream clients, and its own updates reach its live state through the fan-out.
+        let live_task = state.role.serves_web().then(|| {
             let (live, client, kv) = (state.live.clone(), nats.0.clone(), nats.1.clone());
             supervisor.spawn_restarting("live-state", &live_stop, move |token| {
                 live.clone().run(client.clone(), kv.clone(), token)
             })
-        };
-        let catalog_task = {
-            let catalog = feed.catalog();
-            supervisor.spawn_restarting("catalog", &catalog_stop, move |token| {
-                until(token, keep_products(catalog.clone(), repository.clone()))
-            })
-        };
+        });
         let summary_task = {
             let state = state.clone();
             supervisor.spawn_restarting("summary", &catalog_stop, move |token| {
                 summarize(state.clone(), token)
             })
         };
-        let seed_task = {
+        let seed_task = state.role.serves_web().then(|| {
             let (day, repository) = (state.live.day().clone(), state.repository.clone());
             supervisor.spawn_restarting("day-seed", &catalog_stop, move |token| {
                 seed_day(day.clone(), repository.clone(), token)
             })
-        };
-        let feed_task = supervisor.spawn_fatal("feed", &feed_stop, |token| feed.run(token));
-        let engine_task = supervisor.spawn_fatal("engine", &overdue, |token| engine.run(token));
-        let reconciler_task =
-            supervisor.spawn_fatal("reconciler", &overdue, |token| reconciler.run(token));
-        let fanout_task = {
-            let live = state.live.clone();
-            supervisor.spawn_fatal("fan-out", &overdue, |token| {
-                until(token, fan_out(updates, live, to_writer, to_publisher))
+        });
+        let monitor_task = {
+            let (state, channels) = (state.clone(), channels.clone());
+            supervisor.spawn_restarting("monitor", &catalog_stop, move |token| {
+                crate::ops::monitor::run(state.clone(), channels.clone(), token)
             })
         };
-        let writer_task =
-            supervisor.spawn_fatal("writer", &overdue, |token| until(token, writer.run()));
-        let publisher_task =
-            supervisor.spawn_fatal("publisher", &overdue, |token| until(token, publisher.run()));
+        let pipeline = ingest.map(|ingest| {
+            spawn_ingest(
+                &mut supervisor,
+                ingest,
+                &state,
+                repository,
+                [&feed_stop, &catalog_stop, &overdue],
+            )
+        });
         let routes = router(state.clone());
         let http_task = supervisor.spawn_fatal("http", &http_stop, |token| async move {
             crate::web::serve::serve(listener, routes, token, HTTP_GRACE)
@@ -148,16 +140,14 @@ impl App {
         let stopped = async {
             feed_stop.cancel();
             catalog_stop.cancel();
-            joined(feed_task).await;
-            joined(catalog_task).await;
-            joined(engine_task).await;
-            joined(reconciler_task).await;
-            joined(fanout_task).await;
-            joined(writer_task).await;
-            joined(publisher_task).await;
+            if let Some(pipeline) = pipeline {
+                pipeline.joined().await;
+            }
             live_stop.cancel();
-            joined(live_task).await;
-            if tokio::time::timeout(Duration::from_secs(5), nats.0.flush())
+            if let Some(live_task) = live_task {
+                joined(live_task).await;
+            }
+            if tokio::time::timeout(Duration::from_secs(2), nats.0.flush())
                 .await
                 .is_err()
             {
@@ -170,7 +160,10 @@ impl App {
                 "writer flushed"
             );
             joined(summary_task).await;
-            joined(seed_task).await;
+            joined(monitor_task).await;
+            if let Some(seed_task) = seed_task {
+                joined(seed_task).await;
+            }
         };
         let in_time = tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_ok();
         if !in_time {
@@ -182,21 +175,21 @@ impl App {
         // The watchdogs end before the servers stop, so that none starts a server again.
         watchdog_stop.cancel();
         for watchdog in [pg_watchdog, nats_watchdog].into_iter().flatten() {
-            if tokio::time::timeout(Duration::from_secs(10), joined(watchdog))
+            if tokio::time::timeout(Duration::from_secs(2), joined(watchdog))
                 .await
                 .is_err()
             {
-                tracing::warn!("an embedded server's watchdog did not stop within 10 s");
+                tracing::warn!("an embedded server's watchdog did not stop within 2 s");
             }
         }
         // The servers go last, whatever happened above.
         stop_embedded(embedded.as_deref(), embedded_nats.as_ref()).await;
         http_stop.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), joined(http_task))
+        if tokio::time::timeout(HTTP_GRACE + Duration::from_secs(1), joined(http_task))
             .await
             .is_err()
         {
-            tracing::warn!("HTTP server did not stop within 5 s");
+            tracing::warn!("HTTP server did not stop in time");
         }
         if let Some((stage, why)) = early {
             anyhow::bail!("stage {stage} ended before the stop signal: {why}");
@@ -206,6 +199,90 @@ impl App {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The running ingest pipeline's tasks, joined in stop order.
+struct Pipeline {
+    feed: JoinHandle<()>,
+    catalog: JoinHandle<()>,
+    clock: Option<JoinHandle<()>>,
+    engine: JoinHandle<()>,
+    reconciler: JoinHandle<()>,
+    fanout: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    publisher: JoinHandle<()>,
+}
+
+impl Pipeline {
+    /// Waits for the stages in order: the feed first (its channel closing stops the engine),
+    /// the sinks last (after their final flush).
+    async fn joined(self) {
+        joined(self.feed).await;
+        joined(self.catalog).await;
+        if let Some(clock) = self.clock {
+            joined(clock).await;
+        }
+        joined(self.engine).await;
+        joined(self.reconciler).await;
+        joined(self.fanout).await;
+        joined(self.writer).await;
+        joined(self.publisher).await;
+    }
+}
+
+/// Spawns the ingest stages. `feed_stop` stops the feed, `catalog_stop` the helpers beside it;
+/// the rest stop on their closed inputs, or on `overdue` when the grace runs out.
+fn spawn_ingest(
+    supervisor: &mut Supervisor,
+    ingest: super::Ingest,
+    state: &AppState,
+    repository: Repository,
+    [feed_stop, catalog_stop, overdue]: [&CancellationToken; 3],
+) -> Pipeline {
+    let super::Ingest {
+        feed,
+        engine,
+        reconciler,
+        writer,
+        publisher,
+        updates,
+        to_writer,
+        to_publisher,
+        clock,
+    } = ingest;
+    let catalog = {
+        let catalog = feed.catalog();
+        supervisor.spawn_restarting("catalog", catalog_stop, move |token| {
+            until(token, keep_products(catalog.clone(), repository.clone()))
+        })
+    };
+    let clock = clock.map(|clock| {
+        supervisor.spawn_restarting("clock", catalog_stop, move |token| {
+            clock.clone().run(token)
+        })
+    });
+    let feed = supervisor.spawn_fatal("feed", feed_stop, |token| feed.run(token));
+    let engine = supervisor.spawn_fatal("engine", overdue, |token| engine.run(token));
+    let reconciler = supervisor.spawn_fatal("reconciler", overdue, |token| reconciler.run(token));
+    let fanout = {
+        let live = state.live.clone();
+        supervisor.spawn_fatal("fan-out", overdue, |token| {
+            until(token, fan_out(updates, live, to_writer, to_publisher))
+        })
+    };
+    let writer = supervisor.spawn_fatal("writer", overdue, |token| until(token, writer.run()));
+    let publisher =
+        supervisor.spawn_fatal("publisher", overdue, |token| until(token, publisher.run()));
+    Pipeline {
+        feed,
+        catalog,
+        clock,
+        engine,
+        reconciler,
+        fanout,
+        writer,
+        publisher,
     }
 }
 
@@ -272,8 +349,11 @@ async fn fan_out(
     to_writer: mpsc::Sender<Vec<CandleUpdate>>,
     to_publisher: mpsc::Sender<Vec<CandleUpdate>>,
 ) -> anyhow::Result<()> {
+    let processing = metrics::histogram!(crate::ops::prometheus::PROCESSING_SECONDS);
     while let Some(batch) = updates.recv().await {
+        let now = chrono::Utc::now();
         for update in &batch {
+            observe_since(&processing, update.last_received, now);
             live.apply_local(update.clone());
         }
         if to_publisher.send(batch.clone()).await.is_err() {
@@ -285,6 +365,22 @@ async fn fan_out(
     }
     Ok(())
 }
+
+/// Records the seconds from `received` to `now` in `histogram`: for updates of trades just
+/// received (a backfill's or a revision's update of older trades is not a latency).
+pub(crate) fn observe_since(
+    histogram: &metrics::Histogram,
+    received: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let elapsed = (now - received).num_microseconds().unwrap_or(i64::MAX);
+    if (0..LATENCY_HORIZON_MICROS).contains(&elapsed) {
+        histogram.record(elapsed as f64 / 1e6);
+    }
+}
+
+/// Latencies above this (an update of old trades) are not recorded.
+const LATENCY_HORIZON_MICROS: i64 = 60_000_000;
 
 /// Logs what the pipeline did, every 30 seconds, until `cancel`.
 async fn summarize(state: AppState, cancel: CancellationToken) -> anyhow::Result<()> {

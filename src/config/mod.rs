@@ -34,6 +34,11 @@ pub struct Variable {
 /// files must name each of them (a test checks).
 pub const VARIABLES: &[Variable] = &[
     Variable {
+        name: "ROLE",
+        default: "both",
+        description: "What `serve` runs: `ingest` (feed, engine, writer, publisher; serves health and metrics), `web` (dashboard, API and streams from NATS and PostgreSQL), or `both`",
+    },
+    Variable {
         name: "PORT",
         default: "8080",
         description: "HTTP port to listen on (0 picks a free port)",
@@ -139,6 +144,11 @@ pub const VARIABLES: &[Variable] = &[
         description: "Seconds between rounds comparing stored one-minute candles with REST (0–86400; 0 turns it off)",
     },
     Variable {
+        name: "CLOCK_CHECK_SECS",
+        default: "60",
+        description: "Seconds between comparisons of this machine's clock with Coinbase's server time (0–86400; 0 turns it off); a drift over 1 s raises an alarm",
+    },
+    Variable {
         name: "STREAM_MAX_CLIENTS",
         default: "10000",
         description: "Most concurrent SSE streams of the instance (1–1000000); beyond it a new stream gets 503",
@@ -205,6 +215,37 @@ pub const VARIABLES: &[Variable] = &[
     },
 ];
 
+/// What `serve` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The feed, the engine, the reconciler, the writer and the publisher; HTTP serves
+    /// health and metrics only.
+    Ingest,
+    /// The dashboard, the API and the streams, fed by NATS and PostgreSQL.
+    Web,
+    /// Both in one process (the default).
+    Both,
+}
+
+impl Role {
+    pub fn ingests(self) -> bool {
+        matches!(self, Role::Ingest | Role::Both)
+    }
+
+    pub fn serves_web(self) -> bool {
+        matches!(self, Role::Web | Role::Both)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Web => "web",
+            Role::Both => "both",
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -245,6 +286,7 @@ impl fmt::Debug for CoinbaseCredentials {
 /// The service's configuration.
 #[derive(Clone)]
 pub struct Config {
+    pub role: Role,
     pub port: u16,
     pub data_dir: PathBuf,
     /// `None`: start an embedded PostgreSQL cluster.
@@ -268,6 +310,8 @@ pub struct Config {
     pub history_buckets: u32,
     pub rest_requests_per_second: u32,
     pub crosscheck_interval_secs: u64,
+    /// 0: the clock is not compared with the exchange's.
+    pub clock_check_secs: u64,
     pub cors_origins: CorsOrigins,
     pub request_timeout_secs: u64,
     pub static_dir: PathBuf,
@@ -280,6 +324,7 @@ pub struct Config {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
+            .field("role", &self.role)
             .field("port", &self.port)
             .field("data_dir", &self.data_dir)
             .field(
@@ -306,6 +351,7 @@ impl fmt::Debug for Config {
             .field("history_buckets", &self.history_buckets)
             .field("rest_requests_per_second", &self.rest_requests_per_second)
             .field("crosscheck_interval_secs", &self.crosscheck_interval_secs)
+            .field("clock_check_secs", &self.clock_check_secs)
             .field("cors_origins", &self.cors_origins)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("log_filter", &self.log_filter)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use secrecy::SecretString;
 
-use super::{CoinbaseCredentials, Config, ConfigError, CorsOrigins, LogFormat, VARIABLES};
+use super::{CoinbaseCredentials, Config, ConfigError, CorsOrigins, LogFormat, Role, VARIABLES};
 
 pub(super) type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -25,6 +25,7 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
         });
     }
     Ok(Config {
+        role: role(lookup)?,
         port: number(lookup, "PORT", 0, 65_535, "an integer 0-65535")?,
         data_dir: PathBuf::from(value_or_default(lookup, "DATA_DIR")),
         database_url: database_url(lookup)?,
@@ -81,6 +82,7 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
             86_400,
             "an integer 0-86400",
         )?,
+        clock_check_secs: number(lookup, "CLOCK_CHECK_SECS", 0, 86_400, "an integer 0-86400")?,
         cors_origins: cors_origins(lookup)?,
         request_timeout_secs: number(lookup, "REQUEST_TIMEOUT_SECS", 1, 600, "an integer 1-600")?,
         static_dir: PathBuf::from(value_or_default(lookup, "STATIC_DIR")),
@@ -325,6 +327,19 @@ fn log_format(lookup: Lookup<'_>) -> Result<LogFormat, ConfigError> {
             var: "LOG_FORMAT",
             problem: format!("{other:?} is not a log format"),
             accepted: "json or pretty",
+        }),
+    }
+}
+
+fn role(lookup: Lookup<'_>) -> Result<Role, ConfigError> {
+    match value_or_default(lookup, "ROLE").trim().to_ascii_lowercase().as_str() {
+        "ingest" => Ok(Role::Ingest),
+        "web" => Ok(Role::Web),
+        "both" => Ok(Role::Both),
+        other => Err(ConfigError {
+            var: "ROLE",
+            problem: format!("{other:?} is not a role"),
+            accepted: "ingest, web or both",
         }),
     }
 }

@@ -40,6 +40,8 @@ pub struct ConnectionHealth {
     pub products: Vec<String>,
     pub connected_at: Option<DateTime<Utc>>,
     pub last_frame: Option<DateTime<Utc>>,
+    /// When the connection's last `heartbeats` frame came (since it connected).
+    pub last_heartbeat: Option<DateTime<Utc>>,
     pub frames: u64,
     pub trades: u64,
     pub reconnects: u64,
@@ -69,6 +71,7 @@ impl ConnectionHealth {
             products,
             connected_at: None,
             last_frame: None,
+            last_heartbeat: None,
             frames: 0,
             trades: 0,
             reconnects: 0,
@@ -101,12 +104,16 @@ pub struct FeedHealth {
     connections: Mutex<BTreeMap<usize, ConnectionHealth>>,
     refused: Mutex<BTreeMap<String, RefusedProduct>>,
     auth: Mutex<AuthState>,
+    /// Products this instance's shard holds, once chosen.
+    assigned: Mutex<Option<usize>>,
 }
 
 /// What `/health` shows of the feed.
 #[derive(Debug, Clone, Serialize)]
 pub struct FeedReport {
     pub auth: AuthState,
+    /// Products this instance's shard holds; `None` until they are chosen.
+    pub assigned: Option<usize>,
     pub products: usize,
     pub connected: usize,
     /// Malformed trades skipped so far, all connections together.
@@ -122,6 +129,7 @@ impl FeedHealth {
             connections: Mutex::new(BTreeMap::new()),
             refused: Mutex::new(BTreeMap::new()),
             auth: Mutex::new(auth),
+            assigned: Mutex::new(None),
         }
     }
 
@@ -166,6 +174,11 @@ impl FeedHealth {
         self.lock().remove(&id);
     }
 
+    /// Records how many products this instance's shard holds.
+    pub fn set_assigned(&self, products: usize) {
+        *self.assigned.lock().unwrap_or_else(|e| e.into_inner()) = Some(products);
+    }
+
     pub fn auth(&self) -> AuthState {
         self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -185,6 +198,7 @@ impl FeedHealth {
             .collect();
         FeedReport {
             auth: self.auth(),
+            assigned: *self.assigned.lock().unwrap_or_else(|e| e.into_inner()),
             products: connections.iter().map(|c| c.products.len()).sum(),
             connected: connections.iter().filter(|c| c.connected).count(),
             rejected_trades: connections.iter().map(|c| c.rejected_trades).sum(),

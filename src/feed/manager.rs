@@ -131,6 +131,7 @@ impl Feed {
         let discovering = self.shared.settings.products.is_none();
         if let Some(all) = self.initial_products(&cancel).await {
             let mine = self.mine(&all);
+            self.shared.health.set_assigned(mine.len());
             tracing::info!(
                 products = all.len(),
                 mine = mine.len(),
@@ -240,6 +241,7 @@ impl Feed {
             .into_iter()
             .filter(|p| !self.cooling.contains_key(p))
             .collect();
+        self.shared.health.set_assigned(wanted.len());
         let current: BTreeSet<String> = self
             .handles
             .iter()

@@ -68,6 +68,9 @@ pub struct SinkStats {
     /// Of the failures: flushes whose task panicked.
     panics: AtomicU64,
     pending: AtomicU64,
+    /// Updates dropped for a newer one of the same candle (held or received): with the
+    /// written rows, the pending and the in-flight ones, they account for every update received.
+    superseded: AtomicU64,
     /// Batches by size class: 1, 2–9, 10–49, 50–99, 100–999, ≥ 1000 rows.
     batch_sizes: [AtomicU64; 6],
 }
@@ -82,6 +85,7 @@ pub struct SinkReport {
     pub timeouts: u64,
     pub panics: u64,
     pub pending: u64,
+    pub superseded: u64,
     pub batch_sizes: [(&'static str, u64); 6],
 }
 
@@ -112,6 +116,7 @@ impl SinkStats {
             timeouts: load(&self.timeouts),
             panics: load(&self.panics),
             pending: load(&self.pending),
+            superseded: load(&self.superseded),
             batch_sizes: std::array::from_fn(|i| (SIZE_CLASSES[i], load(&self.batch_sizes[i]))),
         }
     }
@@ -209,7 +214,9 @@ pub async fn run<F, Fut>(
                 Some(batch) => {
                     stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     for update in batch {
-                        coalesce(&mut held.pending, update);
+                        if coalesce(&mut held.pending, update) {
+                            stats.superseded.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 None => input_open = false,
@@ -251,7 +258,9 @@ pub async fn run<F, Fut>(
                 // Back into pending, unless a newer update of the key came meanwhile.
                 let rows = Arc::try_unwrap(flight.rows).unwrap_or_else(|shared| (*shared).clone());
                 for update in rows {
-                    coalesce(&mut held.pending, update);
+                    if coalesce(&mut held.pending, update) {
+                        stats.superseded.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 retry_at = Some(Instant::now() + delay);
             },
@@ -314,10 +323,14 @@ fn take_rows(pending: &mut HashMap<Key, CandleUpdate>, limit: usize) -> Vec<Cand
     keys.iter().filter_map(|k| pending.remove(k)).collect()
 }
 
-fn coalesce(pending: &mut HashMap<Key, CandleUpdate>, update: CandleUpdate) {
+/// Keeps the newer of `update` and the one held for its candle; returns whether one of the
+/// two was dropped.
+fn coalesce(pending: &mut HashMap<Key, CandleUpdate>, update: CandleUpdate) -> bool {
     let (product, granularity, start) = update.candle_key();
     let key = (product.to_owned(), granularity, start);
+    let held = pending.len();
     CandleUpdate::keep_newest(pending, key, update);
+    pending.len() == held
 }
 
 fn backoff(settings: &SinkSettings, failures: u32) -> Duration {

@@ -1,5 +1,6 @@
 //! Health: `GET /health/live` (the process answers), `GET /health/ready` and `GET /health`
-//! (the feed, NATS, the database and the stages).
+//! (the feed when this instance ingests, NATS, the database and the stages; `/health` adds the
+//! alarms, the clock comparison and every stage's report).
 //!
 //! In: the feed's connections, the NATS client's connection state, a `SELECT 1` through the
 //! API pool (within [`DATABASE_TIMEOUT`]) and the stage registry. Out: 200 with
@@ -54,15 +55,7 @@ impl Checks {
 
 /// Runs the checks (the database one waits up to [`DATABASE_TIMEOUT`]).
 pub async fn checks(state: &AppState, stages: &StagesReport) -> Checks {
-    let feed = state.feed.report();
-    let feed = Check::new(
-        feed.connected > 0,
-        format!(
-            "{} of {} feed connections up",
-            feed.connected,
-            feed.connections.len()
-        ),
-    );
+    let feed = feed_check(state);
     let nats = match &state.nats {
         None => Check::new(true, "not checked: no NATS client in this process"),
         Some(client) => {
@@ -96,6 +89,26 @@ pub async fn checks(state: &AppState, stages: &StagesReport) -> Checks {
         database,
         stages,
     }
+}
+
+/// The feed's part of readiness: an instance that ingests needs a connection up, unless its
+/// shard holds no products; one that does not ingest is not judged by it.
+fn feed_check(state: &AppState) -> Check {
+    if !state.role.ingests() {
+        return Check::new(true, "not checked: this instance does not ingest (ROLE=web)");
+    }
+    let feed = state.feed.report();
+    if feed.connected == 0 && feed.assigned == Some(0) {
+        return Check::new(true, "this shard holds no products: no connection needed");
+    }
+    Check::new(
+        feed.connected > 0,
+        format!(
+            "{} of {} feed connections up",
+            feed.connected,
+            feed.connections.len()
+        ),
+    )
 }
 
 /// What went wrong, without anything the error may quote (URLs, hosts, user names).
@@ -147,6 +160,9 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "status": word,
         "checks": checks,
         "version": env!("CARGO_PKG_VERSION"),
+        "role": state.role,
+        "alarms": state.alarms.report(),
+        "clock": state.clock.as_ref().map(|c| c.report()),
         "simulated": state.simulated,
         "feed_url": crate::config::redact_url(&state.ws_url),
         "failed_stages": stages.failed,

@@ -2,7 +2,7 @@
 //!
 //! In: the [`AppState`] the service hands over (stage reports, live state, repository, NATS
 //! client, known products). Out: an axum [`Router`] serving `GET /health`, `/health/live`,
-//! `/health/ready`, `/api/v1/candles`, `/api/v1/products`, the SSE streams `/stream`
+//! `/health/ready`, `/metrics`, `/api/v1/candles`, `/api/v1/products`, the SSE streams `/stream`
 //! and `/api/v1/stream`, and the dashboard ([`pages`]: `/`, `/markets/{product}`, their
 //! streams and `/static/*`), wrapped in the hygiene layers
 //! ([`layers`]). Every JSON answer carries `"schema": 1` ([`json::SCHEMA`]).
@@ -66,6 +66,14 @@ pub struct AppState {
     pub streams: stream::Streams,
     /// The dashboard's assets, product catalog and development reload.
     pub pages: pages::Pages,
+    /// What this instance runs: readiness and the routes follow it.
+    pub role: crate::config::Role,
+    /// The Prometheus exporter (`None`: `/metrics` answers 503).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The alarms, as the monitor last judged them.
+    pub alarms: Arc<crate::ops::alarms::Alarms>,
+    /// The clock comparison with the exchange (`None`: not made here).
+    pub clock: Option<Arc<crate::ops::clock::ClockState>>,
 }
 
 impl AppState {
@@ -92,22 +100,32 @@ impl AppState {
             ws_url: "ws://127.0.0.1:1".to_owned(),
             streams: stream::Streams::new(crate::config::StreamConfig::default()),
             pages: pages::Pages::new(repository_for_pages, std::path::Path::new("static"), None),
+            role: crate::config::Role::Both,
+            metrics: None,
+            alarms: Arc::default(),
+            clock: None,
         }
     }
 }
 
-/// Every route of the service.
+/// Every route of the service: an ingest-only instance serves health and metrics alone.
 pub fn router(state: AppState) -> Router {
     // Request/response routes: each answers within the request timeout.
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/metrics", get(crate::ops::prometheus::metrics));
+    if !state.role.serves_web() {
+        let routes = layers::with_timeout(api.with_state(state.clone()), state.http.request_timeout);
+        return layers::wrap(routes, &state.http);
+    }
+    api = api
         .route("/api/v1/candles", get(candles::candles))
         .route("/api/v1/products", get(products::products))
         .route("/", get(pages::board_page))
-        .route("/markets/{product}", get(pages::market_page))
-        .with_state(state.clone());
+        .route("/markets/{product}", get(pages::market_page));
+    let api = api.with_state(state.clone());
     // The streams last: outside the timeout, inside the hygiene layers (CORS, headers,
     // tracing; compression skips `text/event-stream`).
     let streams = Router::new()

@@ -234,6 +234,8 @@ pub struct LiveState {
     resync: Arc<Notify>,
     /// The rolling last day of every product, from the one-minute updates applied.
     day: Arc<DayStats>,
+    /// When each product last traded and how often it does (the quiet-product alarm).
+    activity: Arc<crate::ops::quiet::ActivityTracker>,
 }
 
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -249,6 +251,11 @@ impl LiveState {
     /// The rolling last day of every product.
     pub fn day(&self) -> &Arc<DayStats> {
         &self.day
+    }
+
+    /// Every product's trading activity, from the one-minute updates applied.
+    pub fn activity(&self) -> &Arc<crate::ops::quiet::ActivityTracker> {
+        &self.activity
     }
 
     /// A handle that makes the running loop reload from the KV.
@@ -274,6 +281,11 @@ impl LiveState {
         }
         // Its own version check: a stale copy changes nothing there either.
         self.day.record(&update, clock);
+        // Built from trades (REST candles name no trade): the product traded then.
+        if update.candle.granularity == Granularity::OneMinute && update.last_trade_id.0 != 0 {
+            self.activity
+                .record(&update.candle.product_id, update.last_trade_time);
+        }
         let version = update.version();
         let now = Instant::now();
         let mut inner = lock(&self.inner);

@@ -100,9 +100,14 @@ impl Connection {
                     candles,
                 }
             }
-            FrameBody::Heartbeat { .. } => FeedEvent::Heartbeat {
+            FrameBody::Heartbeat { .. } => {
+                self.shared
+                    .health
+                    .update(self.id, |h| h.last_heartbeat = Some(received));
+                FeedEvent::Heartbeat {
                 connection: self.id,
                 time: frame.timestamp,
+            }
             },
             FrameBody::Subscriptions { subscriptions } => {
                 self.pending_subscribe = None;

@@ -208,6 +208,7 @@ impl Connection {
             h.state = ConnectionState::Connected;
             h.connected = true;
             h.connected_at = Some(now);
+            h.last_heartbeat = None;
             if disconnected_at.is_some() {
                 h.reconnects += 1;
             }

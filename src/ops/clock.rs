@@ -1,0 +1,215 @@
+//! The clock check: this machine's clock against the exchange's server time.
+//!
+//! In: `GET {COINBASE_REST_URL}/time` every `CLOCK_CHECK_SECS` (each within
+//! [`REQUEST_TIMEOUT`]). Out: the latest [`ClockReading`]: the offset of the local clock from
+//! the exchange's at the middle of the round trip (positive: ours is ahead). Candle buckets,
+//! the engine's lateness rules and the end-to-end latency all read the local clock, so a drift
+//! past [`MAX_DRIFT_MS`] raises the `clock_drift` alarm. A round trip over
+//! [`MAX_ROUND_TRIP`] cannot judge a drift that small and is discarded.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait for the exchange's answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A drift larger than this (milliseconds, either way) raises the alarm.
+pub const MAX_DRIFT_MS: i64 = 1_000;
+/// Round trips longer than this are discarded (the offset's uncertainty is half of it).
+pub const MAX_ROUND_TRIP: Duration = Duration::from_secs(2);
+
+/// One comparison.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClockReading {
+    /// Local minus exchange time, in milliseconds.
+    pub offset_ms: i64,
+    pub round_trip_ms: u64,
+    pub at: DateTime<Utc>,
+}
+
+/// What `/health` shows of the clock.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClockReport {
+    pub last: Option<ClockReading>,
+    /// Why the last check failed, when it did.
+    pub last_error: Option<String>,
+    pub checks: u64,
+    pub failures: u64,
+}
+
+/// The latest comparison, shared with the monitor and `/health`.
+#[derive(Debug, Default)]
+pub struct ClockState {
+    report: Mutex<ClockReport>,
+}
+
+impl ClockState {
+    pub fn report(&self) -> ClockReport {
+        self.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record(&self, outcome: Result<ClockReading, String>) {
+        let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        report.checks += 1;
+        match outcome {
+            Ok(reading) => {
+                report.last = Some(reading);
+                report.last_error = None;
+            }
+            Err(e) => {
+                report.failures += 1;
+                report.last_error = Some(e);
+            }
+        }
+    }
+}
+
+/// The clock check stage.
+#[derive(Debug, Clone)]
+pub struct ClockCheck {
+    url: String,
+    interval: Duration,
+    http: reqwest::Client,
+    state: Arc<ClockState>,
+}
+
+impl ClockCheck {
+    /// Checks against `{rest_url}/time` every `interval`.
+    pub fn new(rest_url: &str, interval: Duration) -> ClockCheck {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(REQUEST_TIMEOUT)
+            .build()
+            .unwrap_or_default();
+        ClockCheck {
+            url: format!("{}/time", rest_url.trim_end_matches('/')),
+            interval,
+            http,
+            state: Arc::new(ClockState::default()),
+        }
+    }
+
+    pub fn state(&self) -> Arc<ClockState> {
+        self.state.clone()
+    }
+
+    /// Compares the clocks now, then every interval, until `token`.
+    pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            let outcome = tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                outcome = self.check() => outcome,
+            };
+            match &outcome {
+                Ok(reading) if reading.offset_ms.abs() > MAX_DRIFT_MS => tracing::warn!(
+                    offset_ms = reading.offset_ms,
+                    round_trip_ms = reading.round_trip_ms,
+                    "the local clock drifts from the exchange's"
+                ),
+                Ok(reading) => tracing::debug!(offset_ms = reading.offset_ms, "clock checked"),
+                Err(e) => tracing::info!(error = %e, "cannot compare the clock with the exchange's"),
+            }
+            self.state.record(outcome);
+            tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                () = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+
+    async fn check(&self) -> Result<ClockReading, String> {
+        let sent = Utc::now();
+        let started = std::time::Instant::now();
+        let response = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| format!("time request failed: {}", e.without_url()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("time request answered {status}"));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("time answer unreadable: {}", e.without_url()))?;
+        let round_trip = started.elapsed();
+        let server_ms = parse_time(&body)?;
+        offset(sent, round_trip, server_ms)
+    }
+}
+
+/// The server's time in Unix milliseconds from a `/time` answer (`epochMillis` as a string or a
+/// number, as Coinbase sends it; `iso` is not read).
+pub fn parse_time(body: &[u8]) -> Result<i64, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("time answer is not JSON: {e}"))?;
+    let millis = match value.get("epochMillis") {
+        Some(serde_json::Value::String(s)) => s.trim().parse::<i64>().ok(),
+        Some(serde_json::Value::Number(n)) => n.as_i64(),
+        _ => None,
+    }
+    .ok_or_else(|| "time answer has no integer epochMillis".to_owned())?;
+    // Before 2001 or after 2100: not a clock reading.
+    if !(978_307_200_000..=4_102_444_800_000).contains(&millis) {
+        return Err(format!("time answer's epochMillis {millis} is not a plausible time"));
+    }
+    Ok(millis)
+}
+
+/// The local clock's offset, taking the server's reading as made halfway through the round trip.
+pub fn offset(sent: DateTime<Utc>, round_trip: Duration, server_ms: i64) -> Result<ClockReading, String> {
+    if round_trip > MAX_ROUND_TRIP {
+        return Err(format!(
+            "round trip of {} ms is too long to judge the clock",
+            round_trip.as_millis()
+        ));
+    }
+    let half = i64::try_from(round_trip.as_millis() / 2).unwrap_or(i64::MAX);
+    let local_mid = sent.timestamp_millis().saturating_add(half);
+    Ok(ClockReading {
+        offset_ms: local_mid.saturating_sub(server_ms),
+        round_trip_ms: u64::try_from(round_trip.as_millis()).unwrap_or(u64::MAX),
+        at: sent,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_answer_parses_as_coinbase_sends_it_and_nonsense_is_an_error() {
+        let coinbase = br#"{"iso":"2026-12-01T02:00:00.123Z","epochSeconds":"1796090400","epochMillis":"1796090400123"}"#;
+        assert_eq!(parse_time(coinbase), Ok(1_796_090_400_123));
+        assert_eq!(parse_time(br#"{"epochMillis":1796090400123}"#), Ok(1_796_090_400_123));
+        for bad in [
+            &b"not json"[..],
+            br#"{"epochMillis":"soon"}"#,
+            br#"{"epochMillis":"99999999999999999999999"}"#,
+            br#"{"epochMillis":"-5"}"#,
+            br#"{"epochMillis":1.5}"#,
+            br#"{"iso":"2026-12-01T02:00:00Z"}"#,
+            br#"[]"#,
+        ] {
+            assert!(parse_time(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn the_offset_is_taken_at_the_middle_of_the_round_trip() {
+        let sent = DateTime::from_timestamp_millis(1_796_090_400_000).expect("a time");
+        let reading = offset(sent, Duration::from_millis(200), 1_796_090_400_100).expect("judged");
+        assert_eq!(reading.offset_ms, 0);
+        let ahead = offset(sent, Duration::from_millis(20), 1_796_090_397_010).expect("judged");
+        assert_eq!(ahead.offset_ms, 3_000, "ours is 3 s ahead");
+        assert!(offset(sent, Duration::from_secs(3), 1_796_090_400_000).is_err());
+    }
+}

@@ -1,0 +1,202 @@
+//! `GET /metrics`: the Prometheus text format, from `metrics-exporter-prometheus` behind the
+//! `metrics` facade every stage records through.
+//!
+//! In: what the stages record as it happens (trades, updates, gaps, latencies as histograms),
+//! and, at each scrape, the stages' own reports turned into counters and gauges (rows
+//! written, batches, superseded updates, stream clients, resyncs, drops, the cross-check's
+//! match ratio, the alarms, readiness), so that `/metrics` and `/health` never disagree. The
+//! channel gauges come from the [`monitor`](super::monitor). Out: the rendered exposition.
+
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use super::alarms::AlarmKind;
+use crate::web::AppState;
+
+/// Buckets of the latency histograms, in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The processing latency: an exchange frame received → its candle update out of the engine.
+pub const PROCESSING_SECONDS: &str = "spot_canvas_engine_processing_seconds";
+/// One flush of the batch writer, all its statements.
+pub const STORE_WRITE_SECONDS: &str = "spot_canvas_store_write_seconds";
+/// An exchange frame received → its update written to a stream client.
+pub const END_TO_END_SECONDS: &str = "spot_canvas_end_to_end_seconds";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls return the same handle). `None` when
+/// another recorder was installed first: metrics are then not exported.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = match PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            {
+                Ok(builder) => builder,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot configure the metrics histograms");
+                    return None;
+                }
+            };
+            match builder.install_recorder() {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install the metrics recorder");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("spot_canvas_feed_trades_total", "Trades received from the exchange");
+    describe_counter!(
+        "spot_canvas_engine_updates_total",
+        "Candle updates produced by the engine"
+    );
+    describe_counter!(
+        "spot_canvas_store_rows_written_total",
+        "Candle rows written to PostgreSQL"
+    );
+    describe_counter!("spot_canvas_store_batches_total", "Batches written to PostgreSQL");
+    describe_counter!(
+        "spot_canvas_store_updates_superseded_total",
+        "Updates the writer dropped for a newer one of the same candle before writing"
+    );
+    describe_counter!(
+        "spot_canvas_bus_published_total",
+        "Candle updates published on NATS subjects"
+    );
+    describe_counter!(
+        "spot_canvas_bus_updates_superseded_total",
+        "Updates the publisher dropped for a newer one of the same candle before publishing"
+    );
+    describe_counter!(
+        "spot_canvas_stream_resyncs_total",
+        "Stream clients resynced to the latest state after falling behind"
+    );
+    describe_counter!(
+        "spot_canvas_stream_dropped_total",
+        "Stream clients cut off for staying behind"
+    );
+    describe_counter!("spot_canvas_feed_reconnects_total", "Feed websocket reconnects");
+    describe_counter!("spot_canvas_feed_gaps_total", "Sequence gaps on the feed");
+    describe_counter!("spot_canvas_feed_malformed_total", "Feed frames that did not parse");
+    describe_counter!(
+        "spot_canvas_feed_rejected_trades_total",
+        "Malformed trades skipped inside good frames"
+    );
+    describe_counter!(
+        "spot_canvas_crosscheck_total",
+        "Cross-check comparisons by source and verdict"
+    );
+    describe_gauge!("spot_canvas_stream_clients", "Open SSE streams");
+    describe_gauge!("spot_canvas_feed_connections", "Feed websocket connections up");
+    describe_gauge!(
+        "spot_canvas_feed_connections_configured",
+        "Feed websocket connections this instance keeps"
+    );
+    describe_gauge!(
+        "spot_canvas_crosscheck_match_ratio",
+        "Matched over judged cross-check comparisons, by source"
+    );
+    describe_gauge!(
+        "spot_canvas_channel_utilization",
+        "Items queued over capacity of each bounded channel, sampled every second"
+    );
+    describe_gauge!("spot_canvas_channel_length", "Items queued in each bounded channel");
+    describe_gauge!("spot_canvas_channel_capacity", "Capacity of each bounded channel");
+    describe_gauge!("spot_canvas_alarm", "1 while the alarm is raised");
+    describe_gauge!(
+        "spot_canvas_quiet_products",
+        "Products without trades for unusually long"
+    );
+    describe_gauge!(
+        "spot_canvas_clock_offset_seconds",
+        "Local clock minus the exchange's server time"
+    );
+    describe_gauge!("spot_canvas_ready", "1 while the instance is ready for its role");
+    describe_gauge!("spot_canvas_role", "The instance's role (ingest, web or both)");
+    describe_histogram!(
+        PROCESSING_SECONDS,
+        metrics::Unit::Seconds,
+        "Exchange frame received to candle update out of the engine"
+    );
+    describe_histogram!(
+        STORE_WRITE_SECONDS,
+        metrics::Unit::Seconds,
+        "Duration of one batch write to PostgreSQL"
+    );
+    describe_histogram!(
+        END_TO_END_SECONDS,
+        metrics::Unit::Seconds,
+        "Exchange frame received to the update written to a stream client"
+    );
+}
+
+/// Sets the counters and gauges that come from the stages' reports.
+pub fn collect(state: &AppState) {
+    use metrics::{counter, gauge};
+    let writer = state.writer.report();
+    counter!("spot_canvas_store_rows_written_total").absolute(writer.written_rows);
+    counter!("spot_canvas_store_batches_total").absolute(writer.batches);
+    counter!("spot_canvas_store_updates_superseded_total").absolute(writer.superseded);
+    let publisher = state.publisher.report();
+    counter!("spot_canvas_bus_published_total").absolute(publisher.live.written_rows);
+    counter!("spot_canvas_bus_updates_superseded_total").absolute(publisher.live.superseded);
+    let live = state.live.report();
+    counter!("spot_canvas_stream_resyncs_total").absolute(live.resyncs);
+    counter!("spot_canvas_stream_dropped_total").absolute(live.clients_cut_off);
+    gauge!("spot_canvas_stream_clients").set(state.streams.gate.open() as f64);
+    let feed = state.feed.report();
+    gauge!("spot_canvas_feed_connections").set(feed.connected as f64);
+    gauge!("spot_canvas_feed_connections_configured").set(feed.connections.len() as f64);
+    let ratios = [
+        ("ws_5m", state.engine.report().crosscheck_ws_5m.match_rate),
+        ("rest_1m", state.reconcile.report().crosscheck_rest_1m.match_rate),
+    ];
+    for (source, ratio) in ratios {
+        if let Some(ratio) = ratio {
+            gauge!("spot_canvas_crosscheck_match_ratio", "source" => source).set(ratio);
+        }
+    }
+    let alarms = state.alarms.report();
+    for kind in AlarmKind::ALL {
+        let raised = if alarms.is_raised(kind) { 1.0 } else { 0.0 };
+        gauge!("spot_canvas_alarm", "alarm" => kind.as_str()).set(raised);
+    }
+    gauge!("spot_canvas_quiet_products").set(alarms.quiet_count as f64);
+    if let Some(offset) = alarms.clock_offset_ms {
+        gauge!("spot_canvas_clock_offset_seconds").set(offset as f64 / 1000.0);
+    }
+    gauge!("spot_canvas_role", "role" => state.role.as_str()).set(1.0);
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return crate::web::json::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics are not recorded in this process",
+        );
+    };
+    collect(&state);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        handle.render(),
+    )
+        .into_response()
+}
