@@ -63,8 +63,8 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/*
-RUN groupadd --system --gid 10001 spot \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home \
+RUN groupadd --gid 10001 spot \
+    && useradd --uid 10001 --gid 10001 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin spot \
     && install -d -o 10001 -g 10001 -m 0750 /tmp/spot-canvas
 WORKDIR /app
