@@ -55,7 +55,6 @@ fn env_example_names_every_variable() {
 }
 
 #[test]
-#[ignore = "deploy/ does not exist yet (operations issue)"]
 fn deployment_files_name_every_variable() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
     let entries = std::fs::read_dir(&dir)
