@@ -31,6 +31,8 @@ use crate::web::AppState;
 
 mod run;
 
+pub(crate) use run::observe_since;
+
 /// How long stages get to finish after a stop signal: with the HTTP server's last second and
 /// the NATS flush, the whole stop fits in Cloud Run's 10 s between SIGTERM and SIGKILL.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
@@ -148,9 +150,10 @@ impl App {
         let api_repository = Repository::new(crate::store::api_pool(&pool));
         let repository = Repository::new(pool);
         let mut channels = Vec::new();
-        let ingest = config.role.ingests().then(|| {
-            build_ingest(config, settings, &repository, &nats, &mut channels)
-        });
+        let ingest = config
+            .role
+            .ingests()
+            .then(|| build_ingest(config, settings, &repository, &nats, &mut channels));
         let stages = Stages::new();
         let streams = crate::web::stream::Streams::new(config.stream);
         let dev = if config.dev_reload && config.role.serves_web() {
@@ -171,8 +174,12 @@ impl App {
             feed: ingest.as_ref().map_or(idle.feed, |i| i.feed.health()),
             engine: ingest.as_ref().map_or(idle.engine, |i| i.engine.stats()),
             writer: ingest.as_ref().map_or(idle.writer, |i| i.writer.stats()),
-            publisher: ingest.as_ref().map_or(idle.publisher, |i| i.publisher.stats()),
-            reconcile: ingest.as_ref().map_or(idle.reconcile, |i| i.reconciler.stats()),
+            publisher: ingest
+                .as_ref()
+                .map_or(idle.publisher, |i| i.publisher.stats()),
+            reconcile: ingest
+                .as_ref()
+                .map_or(idle.reconcile, |i| i.reconciler.stats()),
             live,
             table,
             products: crate::web::ProductDirectory::new(api_repository.clone()),

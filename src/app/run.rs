@@ -258,9 +258,7 @@ fn spawn_ingest(
         })
     };
     let clock = clock.map(|clock| {
-        supervisor.spawn_restarting("clock", catalog_stop, move |token| {
-            clock.clone().run(token)
-        })
+        supervisor.spawn_restarting("clock", catalog_stop, move |token| clock.clone().run(token))
     });
     let feed = supervisor.spawn_fatal("feed", feed_stop, |token| feed.run(token));
     let engine = supervisor.spawn_fatal("engine", overdue, |token| engine.run(token));

@@ -332,7 +332,11 @@ fn log_format(lookup: Lookup<'_>) -> Result<LogFormat, ConfigError> {
 }
 
 fn role(lookup: Lookup<'_>) -> Result<Role, ConfigError> {
-    match value_or_default(lookup, "ROLE").trim().to_ascii_lowercase().as_str() {
+    match value_or_default(lookup, "ROLE")
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "ingest" => Ok(Role::Ingest),
         "web" => Ok(Role::Web),
         "both" => Ok(Role::Both),

@@ -74,6 +74,8 @@ pub struct AlarmReport {
     /// The quiet products, longest silence first (at most 50 listed).
     pub quiet_products: Vec<QuietProduct>,
     pub quiet_count: usize,
+    /// Products whose activity is followed.
+    pub tracked_products: usize,
     /// Feed connections without a recent heartbeat.
     pub silent_connections: Vec<usize>,
     /// The clock's offset from the exchange's, when it was compared.
@@ -91,6 +93,8 @@ impl AlarmReport {
 /// What the alarms are judged from.
 #[derive(Debug, Clone, Default)]
 pub struct Readings {
+    /// Products whose activity is followed.
+    pub tracked_products: usize,
     /// The feed, when this instance ingests.
     pub feed: Option<FeedReport>,
     pub quiet: Vec<QuietProduct>,
@@ -177,6 +181,7 @@ pub fn evaluate(readings: Readings, now: DateTime<Utc>) -> AlarmReport {
         raised,
         quiet_products,
         quiet_count,
+        tracked_products: readings.tracked_products,
         silent_connections,
         clock_offset_ms,
         evaluated_at: Some(now),
@@ -201,7 +206,10 @@ impl Alarms {
     pub fn set(&self, report: AlarmReport) {
         let mut current = self.report.lock().unwrap_or_else(|e| e.into_inner());
         for kind in AlarmKind::ALL {
-            match (current.is_raised(kind), report.raised.iter().find(|a| a.kind == kind)) {
+            match (
+                current.is_raised(kind),
+                report.raised.iter().find(|a| a.kind == kind),
+            ) {
                 (false, Some(alarm)) => {
                     tracing::warn!(alarm = kind.as_str(), detail = %alarm.detail, "alarm raised");
                 }

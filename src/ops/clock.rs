@@ -113,7 +113,9 @@ impl ClockCheck {
                     "the local clock drifts from the exchange's"
                 ),
                 Ok(reading) => tracing::debug!(offset_ms = reading.offset_ms, "clock checked"),
-                Err(e) => tracing::info!(error = %e, "cannot compare the clock with the exchange's"),
+                Err(e) => {
+                    tracing::info!(error = %e, "cannot compare the clock with the exchange's")
+                }
             }
             self.state.record(outcome);
             tokio::select! {
@@ -159,13 +161,19 @@ pub fn parse_time(body: &[u8]) -> Result<i64, String> {
     .ok_or_else(|| "time answer has no integer epochMillis".to_owned())?;
     // Before 2001 or after 2100: not a clock reading.
     if !(978_307_200_000..=4_102_444_800_000).contains(&millis) {
-        return Err(format!("time answer's epochMillis {millis} is not a plausible time"));
+        return Err(format!(
+            "time answer's epochMillis {millis} is not a plausible time"
+        ));
     }
     Ok(millis)
 }
 
 /// The local clock's offset, taking the server's reading as made halfway through the round trip.
-pub fn offset(sent: DateTime<Utc>, round_trip: Duration, server_ms: i64) -> Result<ClockReading, String> {
+pub fn offset(
+    sent: DateTime<Utc>,
+    round_trip: Duration,
+    server_ms: i64,
+) -> Result<ClockReading, String> {
     if round_trip > MAX_ROUND_TRIP {
         return Err(format!(
             "round trip of {} ms is too long to judge the clock",
@@ -189,7 +197,10 @@ mod tests {
     fn the_time_answer_parses_as_coinbase_sends_it_and_nonsense_is_an_error() {
         let coinbase = br#"{"iso":"2026-12-01T02:00:00.123Z","epochSeconds":"1796090400","epochMillis":"1796090400123"}"#;
         assert_eq!(parse_time(coinbase), Ok(1_796_090_400_123));
-        assert_eq!(parse_time(br#"{"epochMillis":1796090400123}"#), Ok(1_796_090_400_123));
+        assert_eq!(
+            parse_time(br#"{"epochMillis":1796090400123}"#),
+            Ok(1_796_090_400_123)
+        );
         for bad in [
             &b"not json"[..],
             br#"{"epochMillis":"soon"}"#,

@@ -91,7 +91,7 @@ pub async fn run(
             _ = every.tick() => {}
         }
         sample(&channels);
-        if round % CHECK_EVERY == 0 {
+        if round.is_multiple_of(CHECK_EVERY) {
             let stages = state.stages.report();
             let checks = tokio::select! {
                 () = token.cancelled() => return Ok(()),
@@ -112,6 +112,7 @@ pub async fn run(
         round = round.wrapping_add(1);
         let now = chrono::Utc::now();
         let readings = Readings {
+            tracked_products: state.live.activity().products(),
             feed: state.role.ingests().then(|| state.feed.report()),
             quiet: state.live.activity().quiet(now),
             clock: state.clock.as_ref().map(|c| c.report()),

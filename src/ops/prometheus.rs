@@ -62,7 +62,10 @@ pub fn install() -> Option<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("spot_canvas_feed_trades_total", "Trades received from the exchange");
+    describe_counter!(
+        "spot_canvas_feed_trades_total",
+        "Trades received from the exchange"
+    );
     describe_counter!(
         "spot_canvas_engine_updates_total",
         "Candle updates produced by the engine"
@@ -71,7 +74,10 @@ fn describe() {
         "spot_canvas_store_rows_written_total",
         "Candle rows written to PostgreSQL"
     );
-    describe_counter!("spot_canvas_store_batches_total", "Batches written to PostgreSQL");
+    describe_counter!(
+        "spot_canvas_store_batches_total",
+        "Batches written to PostgreSQL"
+    );
     describe_counter!(
         "spot_canvas_store_updates_superseded_total",
         "Updates the writer dropped for a newer one of the same candle before writing"
@@ -92,9 +98,19 @@ fn describe() {
         "spot_canvas_stream_dropped_total",
         "Stream clients cut off for staying behind"
     );
-    describe_counter!("spot_canvas_feed_reconnects_total", "Feed websocket reconnects");
+    describe_counter!(
+        "spot_canvas_sink_failures_total",
+        "Failed flushes by sink (store, nats, nats-kv), retried"
+    );
+    describe_counter!(
+        "spot_canvas_feed_reconnects_total",
+        "Feed websocket reconnects"
+    );
     describe_counter!("spot_canvas_feed_gaps_total", "Sequence gaps on the feed");
-    describe_counter!("spot_canvas_feed_malformed_total", "Feed frames that did not parse");
+    describe_counter!(
+        "spot_canvas_feed_malformed_total",
+        "Feed frames that did not parse"
+    );
     describe_counter!(
         "spot_canvas_feed_rejected_trades_total",
         "Malformed trades skipped inside good frames"
@@ -104,7 +120,10 @@ fn describe() {
         "Cross-check comparisons by source and verdict"
     );
     describe_gauge!("spot_canvas_stream_clients", "Open SSE streams");
-    describe_gauge!("spot_canvas_feed_connections", "Feed websocket connections up");
+    describe_gauge!(
+        "spot_canvas_feed_connections",
+        "Feed websocket connections up"
+    );
     describe_gauge!(
         "spot_canvas_feed_connections_configured",
         "Feed websocket connections this instance keeps"
@@ -117,8 +136,14 @@ fn describe() {
         "spot_canvas_channel_utilization",
         "Items queued over capacity of each bounded channel, sampled every second"
     );
-    describe_gauge!("spot_canvas_channel_length", "Items queued in each bounded channel");
-    describe_gauge!("spot_canvas_channel_capacity", "Capacity of each bounded channel");
+    describe_gauge!(
+        "spot_canvas_channel_length",
+        "Items queued in each bounded channel"
+    );
+    describe_gauge!(
+        "spot_canvas_channel_capacity",
+        "Capacity of each bounded channel"
+    );
     describe_gauge!("spot_canvas_alarm", "1 while the alarm is raised");
     describe_gauge!(
         "spot_canvas_quiet_products",
@@ -128,8 +153,14 @@ fn describe() {
         "spot_canvas_clock_offset_seconds",
         "Local clock minus the exchange's server time"
     );
-    describe_gauge!("spot_canvas_ready", "1 while the instance is ready for its role");
-    describe_gauge!("spot_canvas_role", "The instance's role (ingest, web or both)");
+    describe_gauge!(
+        "spot_canvas_ready",
+        "1 while the instance is ready for its role"
+    );
+    describe_gauge!(
+        "spot_canvas_role",
+        "The instance's role (ingest, web or both)"
+    );
     describe_histogram!(
         PROCESSING_SECONDS,
         metrics::Unit::Seconds,
@@ -166,7 +197,10 @@ pub fn collect(state: &AppState) {
     gauge!("spot_canvas_feed_connections_configured").set(feed.connections.len() as f64);
     let ratios = [
         ("ws_5m", state.engine.report().crosscheck_ws_5m.match_rate),
-        ("rest_1m", state.reconcile.report().crosscheck_rest_1m.match_rate),
+        (
+            "rest_1m",
+            state.reconcile.report().crosscheck_rest_1m.match_rate,
+        ),
     ];
     for (source, ratio) in ratios {
         if let Some(ratio) = ratio {
@@ -195,7 +229,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     };
     collect(&state);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         handle.render(),
     )
         .into_response()

@@ -114,7 +114,10 @@ impl ActivityTracker {
 
     /// Products tracked.
     pub fn products(&self) -> usize {
-        self.products.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.products
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
@@ -154,7 +157,10 @@ mod tests {
         for i in 0..5 {
             tracker.record("NEW-USD", at(i * 100));
         }
-        assert!(tracker.quiet(at(3_600_000)).is_empty(), "5 intervals are no basis");
+        assert!(
+            tracker.quiet(at(3_600_000)).is_empty(),
+            "5 intervals are no basis"
+        );
         for i in 5..=12 {
             tracker.record("NEW-USD", at(i * 100));
         }

@@ -154,3 +154,25 @@ pub(super) async fn pause(State(sim): State<Arc<SimState>>, Json(pause): Json<Pa
     sim.exchange.set_paused(pause.paused);
     Json(json!({ "paused": pause.paused })).into_response()
 }
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ClockOffset {
+    offset_ms: i64,
+}
+
+/// `POST /sim/clock` with `{"offset_ms": n}`: `GET /time` answers `n` ms from now (at most a
+/// day either way).
+pub(super) async fn set_clock(
+    State(sim): State<Arc<SimState>>,
+    Json(clock): Json<ClockOffset>,
+) -> Response {
+    if clock.offset_ms.abs() > 86_400_000 {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "offset_ms must be within a day (±86400000)" })),
+        )
+            .into_response();
+    }
+    sim.set_clock_offset_ms(clock.offset_ms);
+    Json(json!({ "offset_ms": clock.offset_ms })).into_response()
+}

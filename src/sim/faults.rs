@@ -36,6 +36,12 @@ pub enum FaultKind {
         #[serde(default)]
         secs: Option<u64>,
     },
+    /// Send no `heartbeats` frames for `secs` (forever when absent) while the other channels
+    /// go on: a connection whose heartbeats stop.
+    MuteHeartbeats {
+        #[serde(default)]
+        secs: Option<u64>,
+    },
     /// Skip `count` sequence numbers.
     SkipSequence { count: u64 },
     /// Send one malformed (truncated) frame. It names no `sequence_num`, so it takes none.

@@ -180,11 +180,24 @@ pub struct SimState {
     connections: Mutex<BTreeMap<u64, ConnectionInfo>>,
     next_connection: AtomicU64,
     reject_jwt: AtomicBool,
+    /// Milliseconds added to the server time `GET /time` answers (a drifting exchange clock,
+    /// as seen from a client whose clock is off).
+    clock_offset_ms: std::sync::atomic::AtomicI64,
     /// Cancelled when the simulator stops; connections close with 1001.
     cancel: CancellationToken,
 }
 
 impl SimState {
+    /// The server time `GET /time` answers.
+    pub fn server_time(&self) -> chrono::DateTime<Utc> {
+        let offset = self.clock_offset_ms.load(Ordering::Relaxed);
+        Utc::now() + chrono::Duration::milliseconds(offset)
+    }
+
+    pub fn set_clock_offset_ms(&self, offset_ms: i64) {
+        self.clock_offset_ms.store(offset_ms, Ordering::Relaxed);
+    }
+
     fn register_connection(&self, peer: SocketAddr) -> u64 {
         self.stats.connections_total.inc();
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed) + 1;
@@ -288,6 +301,7 @@ impl Simulator {
             connections: Mutex::new(BTreeMap::new()),
             next_connection: AtomicU64::new(0),
             reject_jwt: AtomicBool::new(config.reject_jwt),
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
             cancel: cancel.clone(),
         });
         for fault in config.faults {
@@ -362,6 +376,7 @@ fn router(state: Arc<SimState>) -> Router {
         .route("/sim/products/{id}/listing", put(admin::set_listing))
         .route("/sim/late-trades", post(admin::late_trades))
         .route("/sim/pause", post(admin::pause))
+        .route("/sim/clock", post(admin::set_clock))
         .with_state(state)
 }
 

@@ -9,7 +9,6 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::SimState;
@@ -225,9 +224,9 @@ pub(super) async fn candles(
     Json(json!({ "candles": candles })).into_response()
 }
 
-/// `GET /api/v3/brokerage/time`
-pub(super) async fn time() -> Response {
-    let now = Utc::now();
+/// `GET /api/v3/brokerage/time` (shifted by the offset `POST /sim/clock` set).
+pub(super) async fn time(State(sim): State<Arc<SimState>>) -> Response {
+    let now = sim.server_time();
     Json(json!({
         "iso": super::format::go_time(now),
         "epochSeconds": now.timestamp().to_string(),

@@ -65,11 +65,12 @@ impl BatchWriter {
             move |rows| {
                 let repository = repository.clone();
                 async move {
+                    let started = std::time::Instant::now();
                     write_all(&repository, &rows)
                         .await
                         .map_err(|e| e.to_string())?;
-                    metrics::counter!("spot_canvas_store_rows_written_total")
-                        .increment(rows.len() as u64);
+                    metrics::histogram!(crate::ops::prometheus::STORE_WRITE_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
                     Ok(())
                 }
             },

@@ -95,7 +95,10 @@ pub async fn checks(state: &AppState, stages: &StagesReport) -> Checks {
 /// shard holds no products; one that does not ingest is not judged by it.
 fn feed_check(state: &AppState) -> Check {
     if !state.role.ingests() {
-        return Check::new(true, "not checked: this instance does not ingest (ROLE=web)");
+        return Check::new(
+            true,
+            "not checked: this instance does not ingest (ROLE=web)",
+        );
     }
     let feed = state.feed.report();
     if feed.connected == 0 && feed.assigned == Some(0) {

@@ -2,7 +2,7 @@
 //! request timeout (not on the SSE streams), and error answers in the API's JSON shape.
 //!
 //! In: a [`Router`] and the [`HttpSettings`]. Out: the same routes, wrapped. From the outside
-//! in: tracing (debug level: the default `info` logs stay quiet), security headers on every
+//! in: the access log (one line per request), security headers on every
 //! answer, CORS, compression (tower-http's default predicate: never `text/event-stream`, images
 //! or tiny bodies), and the rewriting of non-JSON error answers (axum's own rejections, 404,
 //! 405) into `{"schema": 1, "error": …}`. [`with_timeout`] is applied to the request/response
@@ -19,10 +19,6 @@ use axum::response::Response;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::{
-    DefaultMakeSpan, DefaultOnFailure, DefaultOnRequest, DefaultOnResponse, TraceLayer,
-};
-use tracing::Level;
 
 use super::json;
 use crate::config::{Config, CorsOrigins};
@@ -110,14 +106,24 @@ pub fn wrap(router: Router, settings: &HttpSettings) -> Router {
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(JSON_CSP),
         ))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))
-                .on_request(DefaultOnRequest::new().level(Level::DEBUG))
-                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
-                // Handlers log their own failures (a database away, a timeout).
-                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-        )
+        .layer(middleware::from_fn(access_log))
+}
+
+/// One log line per request, when its answer's headers go out (a stream's when it opens):
+/// method, path (never the query, which a client may fill with anything), status and the time
+/// to answer. Headers (cookies, authorization) are never logged. Errors log at `warn`.
+async fn access_log(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if response.status().is_server_error() {
+        tracing::warn!(target: "spot_canvas::http", %method, path, status, latency_ms, "request");
+    } else {
+        tracing::info!(target: "spot_canvas::http", %method, path, status, latency_ms, "request");
+    }
+    response
 }
 
 /// The CORS layer for `origins`; `None` sends no CORS headers at all.

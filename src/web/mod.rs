@@ -117,7 +117,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(crate::ops::prometheus::metrics));
     if !state.role.serves_web() {
-        let routes = layers::with_timeout(api.with_state(state.clone()), state.http.request_timeout);
+        let routes =
+            layers::with_timeout(api.with_state(state.clone()), state.http.request_timeout);
         return layers::wrap(routes, &state.http);
     }
     api = api

@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::TestDb;
 
-/// How long a stop may take: the service's own grace period (60 s) and some.
+/// How long a stop may take: the service's own grace period (6 s, inside Cloud Run's 10 s)
+/// and plenty for a loaded CI (tests of the 10 s bound say so themselves).
 pub const STOP_WITHIN: Duration = Duration::from_secs(90);
 
 /// A service's environment variables, for [`TestApp`] and the spawned binary alike.

@@ -105,10 +105,10 @@ impl Connection {
                     .health
                     .update(self.id, |h| h.last_heartbeat = Some(received));
                 FeedEvent::Heartbeat {
-                connection: self.id,
-                time: frame.timestamp,
+                    connection: self.id,
+                    time: frame.timestamp,
+                }
             }
-            },
             FrameBody::Subscriptions { subscriptions } => {
                 self.pending_subscribe = None;
                 tracing::debug!(conn = self.id, ?subscriptions, "subscriptions acknowledged");

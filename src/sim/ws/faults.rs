@@ -51,6 +51,10 @@ impl Connection {
                     self.stalled_until =
                         Some(secs.map(|s| Instant::now() + Duration::from_secs(s)));
                 }
+                FaultKind::MuteHeartbeats { secs } => {
+                    self.heartbeats_muted_until =
+                        Some(secs.map(|s| Instant::now() + Duration::from_secs(s)));
+                }
                 FaultKind::SkipSequence { count } => self.seq += count,
                 FaultKind::RewindSequence { count } => {
                     self.seq = self.seq.saturating_sub(count);

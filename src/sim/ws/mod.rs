@@ -86,6 +86,8 @@ struct Connection {
     faults_generation: u64,
     pending: Vec<PendingFault>,
     stalled_until: Option<Option<Instant>>,
+    /// Heartbeats are not sent until then (`Some(None)`: for good).
+    heartbeats_muted_until: Option<Option<Instant>>,
     duplicate_next: bool,
     /// Trades to add to the next update frame.
     inject: Vec<Injection>,
@@ -109,6 +111,7 @@ impl Connection {
             faults_generation: u64::MAX,
             pending: Vec::new(),
             stalled_until: None,
+            heartbeats_muted_until: None,
             duplicate_next: false,
             inject: Vec::new(),
             refused: BTreeSet::new(),
@@ -223,7 +226,17 @@ impl Connection {
     }
 
     async fn on_second(&mut self) -> Result<(), End> {
-        if self.subscriptions.contains_key("heartbeats") {
+        // Faults due now may mute this very heartbeat.
+        self.apply_due_faults().await?;
+        let muted = match self.heartbeats_muted_until {
+            Some(Some(until)) if Instant::now() >= until => {
+                self.heartbeats_muted_until = None;
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if self.subscriptions.contains_key("heartbeats") && !muted {
             let now = Utc::now();
             let since_start = now - self.sim.exchange.started();
             let counter = since_start.num_seconds().max(0) as u64;

@@ -198,6 +198,13 @@ fn health_now(state: &AppState, products: usize) -> HealthPartial {
             .unwrap_or_else(|| "—".to_owned()),
         matched: check.matched,
         judged: check.matched + check.mismatched,
+        alarms: state
+            .alarms
+            .report()
+            .raised
+            .into_iter()
+            .map(|a| (a.kind.as_str(), a.detail))
+            .collect(),
     }
 }
 

@@ -83,6 +83,8 @@ pub struct HealthPartial {
     pub match_rate: String,
     pub matched: u64,
     pub judged: u64,
+    /// The raised alarms: (name, what is wrong).
+    pub alarms: Vec<(&'static str, String)>,
 }
 
 /// The board's sort keys and their labels.

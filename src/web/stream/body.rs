@@ -26,6 +26,8 @@ const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
 struct StreamState {
     pending: VecDeque<Bytes>,
+    /// Exchange frame received → event handed to the connection.
+    latency: metrics::Histogram,
     subscription: Subscription,
     keepalive: Interval,
     stop: CancellationToken,
@@ -49,6 +51,7 @@ pub(super) fn body(
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = StreamState {
         pending,
+        latency: metrics::histogram!(crate::ops::prometheus::END_TO_END_SECONDS),
         subscription,
         keepalive,
         stop,
@@ -95,7 +98,14 @@ async fn next_chunk(state: &mut StreamState) -> Option<Bytes> {
             biased;
             () = state.stop.cancelled() => return None,
             delivery = state.subscription.next() => match delivery {
-                Delivery::Updates(entries) | Delivery::Resync(entries) => {
+                Delivery::Updates(entries) => {
+                    let now = chrono::Utc::now();
+                    for entry in entries.iter() {
+                        crate::app::observe_since(&state.latency, entry.update.last_received, now);
+                        state.pending.push_back(entry.event.clone());
+                    }
+                }
+                Delivery::Resync(entries) => {
                     state.pending.extend(entries.iter().map(|e| e.event.clone()));
                 }
                 Delivery::CutOff => return None,

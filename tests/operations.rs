@@ -1,0 +1,561 @@
+//! Operations, on the `spot-canvas` binary against the simulator, a real PostgreSQL and a real
+//! nats-server: `/metrics` counters move consistently (after a flush, every update the engine
+//! produced is a written row or was superseded by a newer one of its candle) and the latency
+//! histograms fill; each alarm is raised in `/health`, `/metrics` and on the board when its
+//! condition holds (a product stops trading, a connection's heartbeats stop, the exchange's
+//! clock drifts, the database or NATS goes away) and cleared when it ends; a web-only instance
+//! serves streams that an ingest-only instance feeds through NATS, and each role is ready on
+//! what it uses.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{AppEnv, Service, TestDb, eventually, wait_for};
+use serde_json::{Value, json};
+use spot_canvas::bus::EmbeddedNats;
+use spot_canvas::sim::{SimConfig, Simulator};
+
+/// A generous deadline for a loaded 2-core CI.
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// One scrape: `name{labels}` → value.
+type Scrape = BTreeMap<String, f64>;
+
+async fn scrape(port: u16) -> Option<Scrape> {
+    let response = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = response.text().await.ok()?;
+    let mut scrape = Scrape::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (key, value) = line.rsplit_once(' ').expect("`name value` lines");
+        let value: f64 = value.parse().expect("a number");
+        assert!(
+            scrape.insert(key.to_owned(), value).is_none(),
+            "{key} twice"
+        );
+    }
+    Some(scrape)
+}
+
+fn value(scrape: &Scrape, key: &str) -> f64 {
+    scrape.get(key).copied().unwrap_or(0.0)
+}
+
+async fn get_text(url: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("a body"))
+}
+
+async fn sim_post(sim: &Simulator, path: &str, body: Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", root(sim)))
+        .json(&body)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("the simulator answers");
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+}
+
+fn raised(health: &Value, alarm: &str) -> bool {
+    health["alarms"]["raised"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x["kind"] == alarm))
+}
+
+fn quiet_products(health: &Value) -> Vec<String> {
+    health["alarms"]["quiet_products"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["product_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn metrics_move_consistently_and_every_update_is_written_or_superseded() {
+    let sim = Simulator::start(SimConfig {
+        products: 3,
+        trades_per_second: 5.0,
+        history_minutes: 5,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let db = TestDb::new().await;
+    let data_dir = common::data_dir();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let env = AppEnv::for_sim(&sim, data_dir.path()).database(&db);
+    let service = Service::start(&env, &logs.path().join("serve.log")).await;
+    let port = service.port;
+    // A stream client, so that the end-to-end histogram has updates to time.
+    let stream = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{port}/api/v1/stream?products=BTC-USD,ETH-USD&granularity=1m"
+        ))
+        .send()
+        .await
+        .expect("the stream opens");
+    assert_eq!(stream.status(), 200);
+    let mut reader = common::SseReader::new(stream);
+    let first = eventually("trades, updates and written rows", WITHIN, || async {
+        let s = scrape(port).await?;
+        (value(&s, "spot_canvas_feed_trades_total") > 0.0
+            && value(&s, "spot_canvas_store_rows_written_total") > 0.0)
+            .then_some(s)
+    })
+    .await;
+    // Live events reach the client.
+    let mut events = 0;
+    while events < 3 {
+        let event = reader.next(WITHIN).await.expect("a live event");
+        if event.text.contains("<spot-candle") {
+            events += 1;
+        }
+    }
+    let second = eventually("the counters to move", WITHIN, || async {
+        let s = scrape(port).await?;
+        (value(&s, "spot_canvas_feed_trades_total")
+            > value(&first, "spot_canvas_feed_trades_total")
+            && value(&s, "spot_canvas_end_to_end_seconds_count") > 0.0)
+            .then_some(s)
+    })
+    .await;
+    // Counters never go back.
+    for (key, before) in &first {
+        if key.contains("_total") || key.ends_with("_count") || key.ends_with("_sum") {
+            assert!(
+                value(&second, key) >= *before,
+                "{key} went from {before} to {}",
+                value(&second, key)
+            );
+        }
+    }
+    for histogram in [
+        "spot_canvas_engine_processing_seconds",
+        "spot_canvas_store_write_seconds",
+        "spot_canvas_end_to_end_seconds",
+    ] {
+        let count = value(&second, &format!("{histogram}_count"));
+        assert!(count > 0.0, "{histogram} has no samples");
+        let inf = value(&second, &format!("{histogram}_bucket{{le=\"+Inf\"}}"));
+        assert_eq!(
+            inf, count,
+            "{histogram}: the +Inf bucket holds every sample"
+        );
+        let sum = value(&second, &format!("{histogram}_sum"));
+        assert!(
+            sum >= 0.0 && sum / count < 5.0,
+            "{histogram}: mean {} s",
+            sum / count
+        );
+    }
+    for channel in [
+        "feed_events",
+        "engine_updates",
+        "backfills",
+        "writer",
+        "publisher",
+    ] {
+        let key = format!("spot_canvas_channel_capacity{{channel=\"{channel}\"}}");
+        assert!(value(&second, &key) > 0.0, "{key} missing");
+        let utilization = value(
+            &second,
+            &format!("spot_canvas_channel_utilization{{channel=\"{channel}\"}}"),
+        );
+        assert!(
+            (0.0..=1.0).contains(&utilization),
+            "{channel}: {utilization}"
+        );
+    }
+    assert_eq!(value(&second, "spot_canvas_stream_clients"), 1.0);
+    assert_eq!(value(&second, "spot_canvas_role{role=\"both\"}"), 1.0);
+    for alarm in [
+        "quiet_product",
+        "heartbeat",
+        "clock_drift",
+        "database",
+        "nats",
+    ] {
+        let key = format!("spot_canvas_alarm{{alarm=\"{alarm}\"}}");
+        assert_eq!(second.get(&key), Some(&0.0), "{key}");
+    }
+    // Trading stops: once the writer has flushed, every update the engine produced is a row
+    // written or was superseded by a newer update of its candle before the write.
+    sim_post(&sim, "/sim/pause", json!({ "paused": true })).await;
+    let flushed = eventually(
+        "updates produced = rows written + superseded",
+        WITHIN,
+        || async {
+            let s = scrape(port).await?;
+            let produced = value(&s, "spot_canvas_engine_updates_total");
+            let written = value(&s, "spot_canvas_store_rows_written_total");
+            let superseded = value(&s, "spot_canvas_store_updates_superseded_total");
+            (produced > 0.0 && produced == written + superseded).then_some(s)
+        },
+    )
+    .await;
+    let produced = value(&flushed, "spot_canvas_engine_updates_total");
+    assert!(value(&flushed, "spot_canvas_store_rows_written_total") > 0.0);
+    assert!(value(&flushed, "spot_canvas_store_batches_total") > 0.0);
+    // The same updates went to NATS.
+    wait_for("published + superseded = produced", WITHIN, || async {
+        scrape(port).await.is_some_and(|s| {
+            let published = value(&s, "spot_canvas_bus_published_total")
+                + value(&s, "spot_canvas_bus_updates_superseded_total");
+            published >= produced && published == value(&s, "spot_canvas_engine_updates_total")
+        })
+    })
+    .await;
+    // And PostgreSQL holds the rows the metric counts, at least one per candle written.
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM live_candles")
+        .fetch_one(&db.pool)
+        .await
+        .expect("counts");
+    assert!(rows > 0 && rows as f64 <= value(&flushed, "spot_canvas_store_rows_written_total"));
+    drop(reader);
+    drop(service);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn quiet_product_heartbeat_and_clock_alarms_are_raised_and_cleared() {
+    let sim = Simulator::start(SimConfig {
+        products: 3,
+        trades_per_second: 4.0,
+        history_minutes: 5,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let db = TestDb::new().await;
+    let data_dir = common::data_dir();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let env = AppEnv::for_sim(&sim, data_dir.path())
+        .database(&db)
+        .set("CLOCK_CHECK_SECS", "1");
+    let service = Service::start(&env, &logs.path().join("serve.log")).await;
+    let port = service.port;
+    let board = format!("http://127.0.0.1:{port}/");
+    service
+        .wait_for_health("ready, no alarm, a clock reading", WITHIN, |status, h| {
+            status == 200
+                && h["alarms"]["evaluated_at"].is_string()
+                && h["alarms"]["raised"].as_array().is_some_and(Vec::is_empty)
+                && h["clock"]["last"]["offset_ms"].is_i64()
+        })
+        .await;
+
+    // One product stops trading: once it has a rate to judge by (at least ten intervals
+    // between its trades), its silence is unusual. The subscribe's snapshots bring 50 trades a
+    // product; some 20 s of live trading follow.
+    service
+        .wait_for_health("enough trades to judge rates by", WITHIN, |_, h| {
+            h["engine"]["trades"].as_u64() > Some(150 + 3 * 4 * 20)
+        })
+        .await;
+    let quiet = "ETH-USD";
+    let response = reqwest::Client::new()
+        .put(format!("{}/sim/products/{quiet}/listing", root(&sim)))
+        .json(&json!({ "status": "online", "trading_disabled": true }))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 204);
+    let health = service
+        .wait_for_health("the quiet-product alarm", WITHIN, |_, h| {
+            raised(h, "quiet_product")
+        })
+        .await;
+    assert_eq!(
+        quiet_products(&health),
+        vec![quiet.to_owned()],
+        "only it is quiet"
+    );
+    let s = scrape(port).await.expect("metrics");
+    assert_eq!(value(&s, "spot_canvas_alarm{alarm=\"quiet_product\"}"), 1.0);
+    assert_eq!(value(&s, "spot_canvas_quiet_products"), 1.0);
+    let (status, page) = get_text(&board).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("data-alarm=\"quiet_product\""),
+        "the board shows it"
+    );
+    assert!(page.contains(quiet));
+    // Trading again: the alarm clears.
+    let response = reqwest::Client::new()
+        .put(format!("{}/sim/products/{quiet}/listing", root(&sim)))
+        .json(&json!({ "status": "online", "trading_disabled": false }))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 204);
+    service
+        .wait_for_health("the quiet-product alarm to clear", WITHIN, |_, h| {
+            !raised(h, "quiet_product")
+        })
+        .await;
+
+    // The connection's heartbeats stop (trades go on) for 12 s.
+    sim_post(
+        &sim,
+        "/sim/faults",
+        json!({ "scope": "all", "kind": "mute_heartbeats", "secs": 12 }),
+    )
+    .await;
+    let health = service
+        .wait_for_health("the heartbeat alarm", WITHIN, |_, h| raised(h, "heartbeat"))
+        .await;
+    assert!(
+        health["alarms"]["silent_connections"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    );
+    assert!(!raised(&health, "quiet_product"), "trades still flow");
+    let s = scrape(port).await.expect("metrics");
+    assert_eq!(value(&s, "spot_canvas_alarm{alarm=\"heartbeat\"}"), 1.0);
+    let (_, page) = get_text(&board).await;
+    assert!(page.contains("data-alarm=\"heartbeat\""));
+    service
+        .wait_for_health("heartbeats again", WITHIN, |_, h| !raised(h, "heartbeat"))
+        .await;
+
+    // The exchange's clock runs 5 s ahead of ours.
+    sim_post(&sim, "/sim/clock", json!({ "offset_ms": 5_000 })).await;
+    let health = service
+        .wait_for_health("the clock-drift alarm", WITHIN, |_, h| {
+            raised(h, "clock_drift")
+        })
+        .await;
+    let offset = health["alarms"]["clock_offset_ms"]
+        .as_i64()
+        .expect("an offset");
+    assert!((-5_500..=-4_500).contains(&offset), "offset {offset} ms");
+    let s = scrape(port).await.expect("metrics");
+    assert_eq!(value(&s, "spot_canvas_alarm{alarm=\"clock_drift\"}"), 1.0);
+    let seconds = value(&s, "spot_canvas_clock_offset_seconds");
+    assert!((-5.5..=-4.5).contains(&seconds), "{seconds} s");
+    let (_, page) = get_text(&board).await;
+    assert!(page.contains("data-alarm=\"clock_drift\""));
+    sim_post(&sim, "/sim/clock", json!({ "offset_ms": 0 })).await;
+    service
+        .wait_for_health("the clock-drift alarm to clear", WITHIN, |_, h| {
+            !raised(h, "clock_drift")
+        })
+        .await;
+    drop(service);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn database_and_nats_alarms_follow_their_servers() {
+    let sim = Simulator::start(SimConfig {
+        products: 2,
+        trades_per_second: 2.0,
+        history_minutes: 5,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let db = TestDb::new().await;
+    let nats_dir = tempfile::tempdir().expect("tempdir");
+    let nats = EmbeddedNats::start(None, nats_dir.path())
+        .await
+        .expect("nats-server starts");
+    let data_dir = common::data_dir();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let env = AppEnv::for_sim(&sim, data_dir.path())
+        .database(&db)
+        .set("NATS_URL", nats.url());
+    let service = Service::start(&env, &logs.path().join("serve.log")).await;
+    let port = service.port;
+    service
+        .wait_for_health("ready without alarms", WITHIN, |status, h| {
+            status == 200 && h["alarms"]["raised"].as_array().is_some_and(Vec::is_empty)
+        })
+        .await;
+
+    db.pg.stop_with("fast").await.expect("PostgreSQL stops");
+    let health = service
+        .wait_for_health("the database alarm", WITHIN, |_, h| raised(h, "database"))
+        .await;
+    let detail = health["alarms"]["raised"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["kind"] == "database"))
+        .and_then(|x| x["detail"].as_str())
+        .expect("a detail")
+        .to_owned();
+    assert!(!detail.contains("postgres://"), "no URL in {detail}");
+    let s = scrape(port)
+        .await
+        .expect("metrics answer without the database");
+    assert_eq!(value(&s, "spot_canvas_alarm{alarm=\"database\"}"), 1.0);
+    let (status, _) = get_text(&format!("http://127.0.0.1:{port}/health/ready")).await;
+    assert_eq!(status, 503);
+    db.pg.restart().await.expect("PostgreSQL starts again");
+    service
+        .wait_for_health("the database alarm to clear", WITHIN, |status, h| {
+            status == 200 && !raised(h, "database")
+        })
+        .await;
+
+    nats.stop().await;
+    service
+        .wait_for_health("the NATS alarm", WITHIN, |status, h| {
+            status == 503 && raised(h, "nats")
+        })
+        .await;
+    wait_for("metrics to flag NATS and unreadiness", WITHIN, || async {
+        scrape(port).await.is_some_and(|s| {
+            value(&s, "spot_canvas_alarm{alarm=\"nats\"}") == 1.0
+                && s.get("spot_canvas_ready") == Some(&0.0)
+        })
+    })
+    .await;
+    drop(service);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_web_instance_serves_streams_an_ingest_instance_feeds_through_nats() {
+    let sim = Simulator::start(SimConfig {
+        products: 2,
+        trades_per_second: 5.0,
+        history_minutes: 5,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let db = TestDb::new().await;
+    let nats_dir = tempfile::tempdir().expect("tempdir");
+    let nats = EmbeddedNats::start(None, nats_dir.path())
+        .await
+        .expect("nats-server starts");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let ingest_dir = common::data_dir();
+    let ingest = Service::start(
+        &AppEnv::for_sim(&sim, ingest_dir.path())
+            .database(&db)
+            .set("NATS_URL", nats.url())
+            .set("ROLE", "ingest"),
+        &logs.path().join("ingest.log"),
+    )
+    .await;
+    // The web role has no feed: it needs neither the exchange nor a Coinbase key.
+    let web_dir = common::data_dir();
+    let web = Service::start(
+        &AppEnv::new()
+            .set("DATA_DIR", web_dir.path().display().to_string())
+            .database(&db)
+            .set("NATS_URL", nats.url())
+            .set("COINBASE_WS_URL", "ws://127.0.0.1:1")
+            .set("COINBASE_REST_URL", "http://127.0.0.1:1")
+            .set("ROLE", "web"),
+        &logs.path().join("web.log"),
+    )
+    .await;
+    let ingest_health = ingest
+        .wait_for_health("the ingest instance ready", WITHIN, |status, h| {
+            status == 200 && h["role"] == "ingest"
+        })
+        .await;
+    assert!(ingest_health["feed"]["connected"].as_u64() > Some(0));
+    let web_health = web
+        .wait_for_health("the web instance ready", WITHIN, |status, h| {
+            status == 200 && h["role"] == "web"
+        })
+        .await;
+    assert_eq!(web_health["checks"]["feed"]["ok"], true);
+    assert!(
+        web_health["checks"]["feed"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("does not ingest"))
+    );
+    assert_eq!(web_health["feed"]["connections"], json!([]));
+
+    // The web instance streams candles it never built.
+    let stream = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/api/v1/stream?products=BTC-USD&granularity=1m",
+            web.port
+        ))
+        .send()
+        .await
+        .expect("the stream opens");
+    assert_eq!(stream.status(), 200);
+    let mut reader = common::SseReader::new(stream);
+    let mut live = 0;
+    while live < 3 {
+        let event = reader.next(WITHIN).await.expect("an event");
+        if event.text.contains("<spot-candle") && event.text.contains("BTC-USD") {
+            live += 1;
+        }
+    }
+    let (status, page) = get_text(&format!("http://127.0.0.1:{}/", web.port)).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("BTC-USD"));
+    let web_metrics = scrape(web.port).await.expect("metrics");
+    assert_eq!(value(&web_metrics, "spot_canvas_role{role=\"web\"}"), 1.0);
+    assert_eq!(value(&web_metrics, "spot_canvas_feed_trades_total"), 0.0);
+    assert!(value(&web_metrics, "spot_canvas_end_to_end_seconds_count") > 0.0);
+
+    // The ingest instance serves health and metrics, not the dashboard or the API.
+    let (status, _) = get_text(&format!("http://127.0.0.1:{}/", ingest.port)).await;
+    assert_eq!(status, 404);
+    let (status, _) = get_text(&format!(
+        "http://127.0.0.1:{}/api/v1/stream?products=BTC-USD",
+        ingest.port
+    ))
+    .await;
+    assert_eq!(status, 404);
+    let ingest_metrics = scrape(ingest.port).await.expect("metrics");
+    assert!(value(&ingest_metrics, "spot_canvas_feed_trades_total") > 0.0);
+    assert_eq!(
+        value(&ingest_metrics, "spot_canvas_role{role=\"ingest\"}"),
+        1.0
+    );
+    drop(reader);
+    drop(web);
+    drop(ingest);
+    nats.stop().await;
+    sim.stop().await;
+}
+
+/// `http://ADDR`, the simulator's root (its admin API is under `/sim`).
+fn root(sim: &Simulator) -> String {
+    format!("http://{}", sim.addr)
+}
