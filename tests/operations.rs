@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{AppEnv, Service, TestDb, eventually, wait_for};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use spot_canvas::bus::EmbeddedNats;
 use spot_canvas::sim::{SimConfig, Simulator};
@@ -248,6 +249,48 @@ async fn metrics_move_consistently_and_every_update_is_written_or_superseded() {
         .expect("counts");
     assert!(rows > 0 && rows as f64 <= value(&flushed, "spot_canvas_store_rows_written_total"));
     drop(reader);
+    // JSON logs for Cloud Logging: every line an object with a severity; one line per request,
+    // with its path and status but never its query; the database's password nowhere.
+    let lines = service.log_lines();
+    assert!(lines.len() > 10);
+    for line in &lines {
+        assert!(
+            ["DEBUG", "INFO", "WARNING", "ERROR"]
+                .contains(&line["severity"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        assert!(
+            line["time"].is_string() && line["message"].is_string(),
+            "{line}"
+        );
+    }
+    let requests: Vec<&Value> = lines.iter().filter(|l| l["message"] == "request").collect();
+    assert!(
+        requests
+            .iter()
+            .any(|l| l["path"] == "/metrics" && l["status"] == 200 && l["method"] == "GET"),
+        "an access line for /metrics"
+    );
+    assert!(
+        requests.iter().any(|l| l["path"] == "/api/v1/stream"),
+        "an access line for the stream"
+    );
+    let log = service.log();
+    assert!(
+        !log.contains("products=BTC-USD"),
+        "no query string in the log"
+    );
+    let password = db.url.expose_secret();
+    let password = password
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(user, _)| user.split_once(':'))
+        .map(|(_, p)| p.to_owned())
+        .expect("the test database's URL holds a password");
+    assert!(
+        password.len() >= 8 && !log.contains(&password),
+        "the password leaked"
+    );
     drop(service);
     sim.stop().await;
 }
