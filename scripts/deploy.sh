@@ -2,7 +2,9 @@
 # Deploys the Cloud Run services defined in deploy/*.yaml (Knative YAML): renders each file with
 # its placeholders replaced into a temporary directory, then `gcloud run services replace` each
 # one, the ingest shards (deploy/ingest-*.yaml) first, then the rest (the web role). Each replace
-# waits until the new revision is ready. Run scripts/migrate.sh before it.
+# waits until the new revision is ready. Before that it creates or updates the Secret Manager
+# secret spot-canvas-rungmp-config from deploy/prometheus/rungmp-config.yaml (the config of the
+# metrics sidecar every service mounts). Run scripts/migrate.sh before it.
 set -euo pipefail
 
 usage() {
@@ -21,7 +23,11 @@ Replaces these placeholders in every deploy/*.yaml and deploys the result:
   VPC_NETWORK  VPC network for direct VPC egress to NATS  (env VPC_NETWORK or --network; default "default")
   VPC_SUBNET   its subnet                                 (env VPC_SUBNET or --subnet; default "default")
 
-  --dry-run    print the rendered YAML (one multi-document stream) instead of calling gcloud
+Before deploying it creates the secret spot-canvas-rungmp-config if missing and adds
+deploy/prometheus/rungmp-config.yaml as its new version (unless the latest holds it already).
+
+  --dry-run    print the rendered YAML (one multi-document stream) instead of calling gcloud;
+               the secret's gcloud commands are printed to stderr
   -h, --help   this message
 USAGE
 }
@@ -34,6 +40,9 @@ die() {
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 deploy_dir="$root/deploy"
+# The metrics sidecar's RunMonitoring config, mounted by every service from this secret.
+rungmp_secret=spot-canvas-rungmp-config
+rungmp_config="$deploy_dir/prometheus/rungmp-config.yaml"
 dry_run=false
 
 need_value() {
@@ -84,6 +93,7 @@ for file in "$deploy_dir"/*.yaml; do
 done
 files=("${ingest[@]}" "${others[@]}")
 [ "${#files[@]}" -gt 0 ] || die "no service definitions in $deploy_dir"
+[ -f "$rungmp_config" ] || die "no sidecar config at $rungmp_config"
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/spot-canvas-deploy.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
@@ -113,6 +123,11 @@ for file in "${files[@]}"; do
 done
 
 if [ "$dry_run" = true ]; then
+  say "dry run: would run, before the services:"
+  say "  gcloud secrets describe $rungmp_secret --project $PROJECT_ID ||" \
+    "gcloud secrets create $rungmp_secret --project $PROJECT_ID --replication-policy automatic"
+  say "  gcloud secrets versions add $rungmp_secret --project $PROJECT_ID" \
+    "--data-file deploy/prometheus/rungmp-config.yaml (unless the latest version holds it already)"
   for out in "${rendered[@]}"; do
     printf -- '---\n# rendered from deploy/%s\n' "$(basename "$out")"
     cat "$out"
@@ -121,6 +136,22 @@ if [ "$dry_run" = true ]; then
 fi
 
 command -v gcloud >/dev/null 2>&1 || die "gcloud is not installed (https://cloud.google.com/sdk)"
+
+# The sidecar's config first: the new revisions mount the secret's latest version.
+if ! gcloud secrets describe "$rungmp_secret" --project "$PROJECT_ID" >/dev/null 2>&1; then
+  say "creating the secret $rungmp_secret"
+  gcloud secrets create "$rungmp_secret" --project "$PROJECT_ID" \
+    --replication-policy automatic --quiet
+fi
+if cmp -s "$rungmp_config" \
+  <(gcloud secrets versions access latest --secret "$rungmp_secret" --project "$PROJECT_ID" 2>/dev/null); then
+  say "the secret $rungmp_secret already holds deploy/prometheus/rungmp-config.yaml"
+else
+  say "adding deploy/prometheus/rungmp-config.yaml as a new version of the secret $rungmp_secret"
+  gcloud secrets versions add "$rungmp_secret" --project "$PROJECT_ID" \
+    --data-file "$rungmp_config" --quiet
+fi
+
 for out in "${rendered[@]}"; do
   say "replacing the service of deploy/$(basename "$out") (image $IMAGE)"
   gcloud run services replace "$out" --project "$PROJECT_ID" --region "$REGION" --quiet

@@ -61,7 +61,11 @@ fn run_async(future: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(future) {
+    let result = runtime.block_on(future);
+    // Blocking work still running (a DNS lookup in a network outage) must not hold the exit
+    // past Cloud Run's 10 s after SIGTERM.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = ?e, "exiting on error");

@@ -272,7 +272,7 @@ async fn two_shards_on_a_nats_cluster_each_serve_every_product() {
     wait_for_applied(&instances[1], other + 20).await;
     for instance in &mut instances {
         let status = instance.stop().await;
-        assert!(status.success(), "{status}");
+        assert!(status.success(), "{status}\n{}", instance.log());
     }
     sim.stop().await;
 }

@@ -23,15 +23,13 @@ use crate::config::Config;
 use crate::feed::{Feed, FeedSettings};
 use crate::model::{CandleUpdate, Clock, SystemClock};
 use crate::ops::clock::ClockCheck;
-use crate::ops::monitor::Watched;
+use crate::ops::monitor::Channels;
 use crate::reconcile::{ReconcileSettings, Reconciler};
 use crate::store::{BatchWriter, EmbeddedPostgres, Repository, TableKind, WriterSettings};
 use crate::supervise::Stages;
 use crate::web::AppState;
 
 mod run;
-
-pub(crate) use run::observe_since;
 
 /// How long stages get to finish after a stop signal: with the HTTP server's last second and
 /// the NATS flush, the whole stop fits in Cloud Run's 10 s between SIGTERM and SIGKILL.
@@ -67,10 +65,12 @@ struct Ingest {
 #[derive(Debug)]
 pub struct App {
     listener: TcpListener,
+    /// `METRICS_PORT`'s listener, when set.
+    metrics_listener: Option<TcpListener>,
     /// `None` for a web-only instance.
     ingest: Option<Ingest>,
     /// The bounded channels the monitor samples.
-    channels: Arc<Vec<Watched>>,
+    channels: Channels,
     nats: (async_nats::Client, async_nats::jetstream::kv::Store),
     embedded: Option<Arc<EmbeddedPostgres>>,
     embedded_nats: Option<EmbeddedNats>,
@@ -93,6 +93,16 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let metrics_listener =
+            match config.metrics_port {
+                None => None,
+                Some(port) => {
+                    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+                    Some(TcpListener::bind(addr).await.map_err(|e| {
+                        anyhow::anyhow!("cannot listen on {addr} (METRICS_PORT): {e}")
+                    })?)
+                }
+            };
         let (pool, embedded) = open_database(config).await?;
         let (nats_url, embedded_nats) = match &config.nats_url {
             Some(url) => (url.clone(), None),
@@ -112,7 +122,15 @@ impl App {
             embedded,
             embedded_nats,
         };
-        match Self::assemble(config, settings, listener, pool, servers).await {
+        match Self::assemble(
+            config,
+            settings,
+            [Some(listener), metrics_listener],
+            pool,
+            servers,
+        )
+        .await
+        {
             Ok(app) => Ok(app),
             Err((e, servers)) => {
                 stop_embedded(servers.embedded.as_ref(), servers.embedded_nats.as_ref()).await;
@@ -127,7 +145,7 @@ impl App {
     async fn assemble(
         config: &Config,
         settings: FeedSettings,
-        listener: TcpListener,
+        [listener, metrics_listener]: [Option<TcpListener>; 2],
         pool: sqlx::PgPool,
         servers: Servers,
     ) -> Result<App, (anyhow::Error, Servers)> {
@@ -149,11 +167,11 @@ impl App {
         // The API reads through its own small pool: it cannot take the writer's connections.
         let api_repository = Repository::new(crate::store::api_pool(&pool));
         let repository = Repository::new(pool);
-        let mut channels = Vec::new();
+        let channels = Channels::new();
         let ingest = config
             .role
             .ingests()
-            .then(|| build_ingest(config, settings, &repository, &nats, &mut channels));
+            .then(|| build_ingest(config, settings, &repository, &nats, &channels));
         let stages = Stages::new();
         let streams = crate::web::stream::Streams::new(config.stream);
         let dev = if config.dev_reload && config.role.serves_web() {
@@ -195,16 +213,21 @@ impl App {
             pages,
             role: config.role,
             metrics,
+            separate_metrics: metrics_listener.is_some(),
             alarms: idle.alarms,
             clock: ingest
                 .as_ref()
                 .and_then(|i| i.clock.as_ref())
                 .map(ClockCheck::state),
         };
+        let Some(listener) = listener else {
+            return Err((anyhow::anyhow!("no listener for PORT"), servers));
+        };
         Ok(App {
             listener,
+            metrics_listener,
             ingest,
-            channels: Arc::new(channels),
+            channels,
             nats,
             embedded: servers.embedded.map(Arc::new),
             embedded_nats: servers.embedded_nats,
@@ -216,6 +239,14 @@ impl App {
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// `METRICS_PORT`'s port, when it is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
     }
 
     pub fn state(&self) -> AppState {
@@ -235,20 +266,21 @@ fn build_ingest(
     settings: FeedSettings,
     repository: &Repository,
     nats: &(async_nats::Client, async_nats::jetstream::kv::Store),
-    channels: &mut Vec<Watched>,
+    channels: &Channels,
 ) -> Ingest {
     let (tx, events) = mpsc::channel(settings.channel_capacity);
-    channels.push(Watched::new("feed_events", &tx));
+    channels.register("feed_events", &tx);
     let feed = Feed::new(settings, tx);
     let (updates_tx, updates) = mpsc::channel(UPDATE_CHANNEL);
-    channels.push(Watched::new("engine_updates", &updates_tx));
+    channels.register("engine_updates", &updates_tx);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let engine_settings = EngineSettings::default();
     let (backfills_tx, backfills) = mpsc::channel(64);
-    channels.push(Watched::new("backfills", &backfills_tx));
+    channels.register("backfills", &backfills_tx);
     let (notices_tx, notices) = mpsc::unbounded_channel();
     let engine = Engine::new(engine_settings, clock.clone(), events, updates_tx)
-        .with_reconciler(backfills, notices_tx);
+        .with_reconciler(backfills, notices_tx)
+        .with_channels(channels.clone());
     let reconcile_settings = ReconcileSettings::from_config(config, engine_settings.timing);
     let reconciler = Reconciler::new(
         reconcile_settings,
@@ -258,7 +290,7 @@ fn build_ingest(
         backfills_tx,
     );
     let (to_writer, writer_rx) = mpsc::channel(UPDATE_CHANNEL);
-    channels.push(Watched::new("writer", &to_writer));
+    channels.register("writer", &to_writer);
     let writer = BatchWriter::new(
         repository.clone(),
         WriterSettings {
@@ -269,8 +301,9 @@ fn build_ingest(
         writer_rx,
     );
     let (to_publisher, publisher_rx) = mpsc::channel(UPDATE_CHANNEL);
-    channels.push(Watched::new("publisher", &to_publisher));
-    let publisher = Publisher::new(nats.0.clone(), nats.1.clone(), publisher_rx);
+    channels.register("publisher", &to_publisher);
+    let publisher = Publisher::new(nats.0.clone(), nats.1.clone(), publisher_rx)
+        .with_channels(channels.clone());
     let clock = (config.clock_check_secs > 0).then(|| {
         ClockCheck::new(
             &config.coinbase_rest_url,
@@ -426,6 +459,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    tracing::info!(port = app.port(), "listening");
+    tracing::info!(
+        port = app.port(),
+        metrics_port = app.metrics_port(),
+        "listening"
+    );
     app.run_until_stopped(cancel).await
 }

@@ -50,6 +50,7 @@ impl App {
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let App {
             listener,
+            metrics_listener,
             ingest,
             channels,
             nats,
@@ -106,9 +107,9 @@ impl App {
             })
         });
         let monitor_task = {
-            let (state, channels) = (state.clone(), channels.clone());
+            let (state, database) = (state.clone(), repository.clone());
             supervisor.spawn_restarting("monitor", &catalog_stop, move |token| {
-                crate::ops::monitor::run(state.clone(), channels.clone(), token)
+                crate::ops::monitor::run(state.clone(), channels.clone(), database.clone(), token)
             })
         };
         let pipeline = ingest.map(|ingest| {
@@ -126,6 +127,14 @@ impl App {
                 .await
                 .map_err(anyhow::Error::from)
         });
+        let metrics_task = metrics_listener.map(|listener| {
+            let routes = crate::web::metrics_router(state.clone());
+            supervisor.spawn_fatal("metrics-http", &http_stop, |token| async move {
+                crate::web::serve::serve(listener, routes, token, HTTP_GRACE)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        });
         tracing::info!("serving");
 
         let early = tokio::select! {
@@ -134,6 +143,7 @@ impl App {
         };
         stages.begin_stop();
         tracing::info!("stopping");
+        metrics::gauge!("spot_canvas_ready").set(0.0);
         // Streams end first: their clients reconnect (to another instance) at once.
         state.streams.stop.cancel();
         let writer_report = state.writer.clone();
@@ -185,7 +195,13 @@ impl App {
         // The servers go last, whatever happened above.
         stop_embedded(embedded.as_deref(), embedded_nats.as_ref()).await;
         http_stop.cancel();
-        if tokio::time::timeout(HTTP_GRACE + Duration::from_secs(1), joined(http_task))
+        let servers = async {
+            joined(http_task).await;
+            if let Some(metrics_task) = metrics_task {
+                joined(metrics_task).await;
+            }
+        };
+        if tokio::time::timeout(HTTP_GRACE + Duration::from_secs(1), servers)
             .await
             .is_err()
         {
@@ -347,11 +363,18 @@ async fn fan_out(
     to_writer: mpsc::Sender<Vec<CandleUpdate>>,
     to_publisher: mpsc::Sender<Vec<CandleUpdate>>,
 ) -> anyhow::Result<()> {
-    let processing = metrics::histogram!(crate::ops::prometheus::PROCESSING_SECONDS);
+    use crate::model::Granularity;
+    use crate::ops::prometheus::{PROCESSING_SECONDS, trade_latency};
+    let processing = metrics::histogram!(PROCESSING_SECONDS);
     while let Some(batch) = updates.recv().await {
         let now = chrono::Utc::now();
         for update in &batch {
-            observe_since(&processing, update.last_received, now);
+            // Once per trade batch: its one-minute update stands for the other granularities.
+            if update.candle.granularity == Granularity::OneMinute
+                && let Some(seconds) = trade_latency(update, now)
+            {
+                processing.record(seconds);
+            }
             live.apply_local(update.clone());
         }
         if to_publisher.send(batch.clone()).await.is_err() {
@@ -363,22 +386,6 @@ async fn fan_out(
     }
     Ok(())
 }
-
-/// Records the seconds from `received` to `now` in `histogram`: for updates of trades just
-/// received (a backfill's or a revision's update of older trades is not a latency).
-pub(crate) fn observe_since(
-    histogram: &metrics::Histogram,
-    received: chrono::DateTime<chrono::Utc>,
-    now: chrono::DateTime<chrono::Utc>,
-) {
-    let elapsed = (now - received).num_microseconds().unwrap_or(i64::MAX);
-    if (0..LATENCY_HORIZON_MICROS).contains(&elapsed) {
-        histogram.record(elapsed as f64 / 1e6);
-    }
-}
-
-/// Latencies above this (an update of old trades) are not recorded.
-const LATENCY_HORIZON_MICROS: i64 = 60_000_000;
 
 /// Logs what the pipeline did, every 30 seconds, until `cancel`.
 async fn summarize(state: AppState, cancel: CancellationToken) -> anyhow::Result<()> {

@@ -90,6 +90,7 @@ pub struct Publisher {
     input: mpsc::Receiver<Vec<CandleUpdate>>,
     settings: SinkSettings,
     stats: Arc<PublisherStats>,
+    channels: Option<crate::ops::monitor::Channels>,
 }
 
 impl Publisher {
@@ -110,7 +111,14 @@ impl Publisher {
                 ..SinkSettings::default()
             },
             stats: Arc::new(PublisherStats::default()),
+            channels: None,
         }
+    }
+
+    /// Registers the publisher's own queues, once they exist, for the backpressure monitor.
+    pub fn with_channels(mut self, channels: crate::ops::monitor::Channels) -> Self {
+        self.channels = Some(channels);
+        self
     }
 
     /// Replaces the sink settings (batching, retries, flush timeout).
@@ -129,6 +137,10 @@ impl Publisher {
         let (client, kv, stats) = (self.client, self.kv, self.stats);
         let (live_tx, live_rx) = mpsc::channel(LIVE_CHANNEL);
         let (kv_tx, kv_rx) = mpsc::channel(LIVE_CHANNEL);
+        if let Some(channels) = &self.channels {
+            channels.register("publisher_subjects", &live_tx);
+            channels.register("publisher_kv", &kv_tx);
+        }
         // The live path flushes whenever anything is pending: one update is enough.
         let live_settings = SinkSettings {
             max_rows: 1,

@@ -90,6 +90,8 @@ pub struct Engine {
     /// reconciler also sends to the engine, so a bounded pair could wait on each other).
     notices: Option<mpsc::UnboundedSender<FeedEvent>>,
     stats: Arc<EngineStats>,
+    /// Where the shards' queues are registered for the backpressure monitor.
+    channels: Option<crate::ops::monitor::Channels>,
 }
 
 impl Engine {
@@ -107,7 +109,14 @@ impl Engine {
             backfills: None,
             notices: None,
             stats: Arc::new(EngineStats::default()),
+            channels: None,
         }
+    }
+
+    /// Registers the shards' queues, once they exist, for the backpressure monitor.
+    pub fn with_channels(mut self, channels: crate::ops::monitor::Channels) -> Self {
+        self.channels = Some(channels);
+        self
     }
 
     /// Connects the engine to a reconciler: feed windows out, backfills in.
@@ -132,6 +141,9 @@ impl Engine {
         let mut tasks = Vec::with_capacity(SHARDS);
         for index in 0..SHARDS {
             let (tx, rx) = mpsc::channel(self.settings.shard_queue);
+            if let Some(channels) = &self.channels {
+                channels.register("engine_shards", &tx);
+            }
             shards.push(tx);
             let shard = Shard {
                 index,

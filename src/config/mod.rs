@@ -44,6 +44,11 @@ pub const VARIABLES: &[Variable] = &[
         description: "HTTP port to listen on (0 picks a free port)",
     },
     Variable {
+        name: "METRICS_PORT",
+        default: "",
+        description: "Serve `/metrics` on this second port only (0.0.0.0), not on PORT: for a metrics collector beside the service; unset serves it on PORT",
+    },
+    Variable {
         name: "DATA_DIR",
         default: ".data",
         description: "Directory for the embedded PostgreSQL cluster and NATS store",
@@ -288,6 +293,8 @@ impl fmt::Debug for CoinbaseCredentials {
 pub struct Config {
     pub role: Role,
     pub port: u16,
+    /// `Some`: `/metrics` is served on this port only.
+    pub metrics_port: Option<u16>,
     pub data_dir: PathBuf,
     /// `None`: start an embedded PostgreSQL cluster.
     pub database_url: Option<SecretString>,
@@ -326,6 +333,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("role", &self.role)
             .field("port", &self.port)
+            .field("metrics_port", &self.metrics_port)
             .field("data_dir", &self.data_dir)
             .field(
                 "database_url",

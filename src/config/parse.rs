@@ -24,9 +24,31 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
             accepted: "an integer 0 ≤ SHARD_INDEX < SHARD_COUNT",
         });
     }
+    let port = number(lookup, "PORT", 0, 65_535, "an integer 0-65535")?;
+    let metrics_port = match lookup("METRICS_PORT") {
+        None => None,
+        Some(_) => {
+            let metrics: u16 = number(
+                lookup,
+                "METRICS_PORT",
+                1,
+                65_535,
+                "an integer 1-65535, not PORT",
+            )?;
+            if metrics == port {
+                return Err(ConfigError {
+                    var: "METRICS_PORT",
+                    problem: format!("{metrics} is PORT too"),
+                    accepted: "an integer 1-65535, not PORT",
+                });
+            }
+            Some(metrics)
+        }
+    };
     Ok(Config {
         role: role(lookup)?,
-        port: number(lookup, "PORT", 0, 65_535, "an integer 0-65535")?,
+        port,
+        metrics_port,
         data_dir: PathBuf::from(value_or_default(lookup, "DATA_DIR")),
         database_url: database_url(lookup)?,
         migrate_on_start: boolean(lookup, "MIGRATE_ON_START")?,

@@ -78,7 +78,7 @@ pub struct AlarmReport {
     pub tracked_products: usize,
     /// Feed connections without a recent heartbeat.
     pub silent_connections: Vec<usize>,
-    /// The clock's offset from the exchange's, when it was compared.
+    /// The clock's offset from the exchange's, when it was compared lately.
     pub clock_offset_ms: Option<i64>,
     /// When the report was made; `None` before the monitor's first round.
     pub evaluated_at: Option<DateTime<Utc>>,
@@ -146,11 +146,7 @@ pub fn evaluate(readings: Readings, now: DateTime<Utc>) -> AlarmReport {
             ),
         });
     }
-    let clock_offset_ms = readings
-        .clock
-        .as_ref()
-        .and_then(|c| c.last.as_ref())
-        .map(|r| r.offset_ms);
+    let clock_offset_ms = readings.clock.as_ref().and_then(|c| c.fresh_offset_ms(now));
     if let Some(offset) = clock_offset_ms
         && offset.abs() > MAX_DRIFT_MS
     {

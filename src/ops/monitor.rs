@@ -55,36 +55,99 @@ impl Watched {
     }
 }
 
-/// Samples the channels and sets their gauges.
-pub fn sample(channels: &[Watched]) {
-    for channel in channels {
-        let Some((length, capacity)) = channel.queue.depth() else {
-            continue;
-        };
-        let utilization = if capacity == 0 {
-            0.0
-        } else {
-            length as f64 / capacity as f64
-        };
-        metrics::gauge!("spot_canvas_channel_length", "channel" => channel.name).set(length as f64);
-        metrics::gauge!("spot_canvas_channel_capacity", "channel" => channel.name)
-            .set(capacity as f64);
-        metrics::gauge!("spot_canvas_channel_utilization", "channel" => channel.name)
-            .set(utilization);
+/// The bounded channels to sample, registered by whoever creates them (the app at build, the
+/// engine and the publisher when they start). Channels of one name (the engine's shard queues)
+/// are reported together: their lengths and capacities summed, their utilization the highest.
+#[derive(Debug, Clone, Default)]
+pub struct Channels {
+    watched: std::sync::Arc<std::sync::Mutex<Vec<Watched>>>,
+}
+
+impl Channels {
+    pub fn new() -> Channels {
+        Channels::default()
+    }
+
+    /// Watches `sender`'s channel under `name` (weakly: it is never kept open by this).
+    pub fn register<T: Send + 'static>(&self, name: &'static str, sender: &mpsc::Sender<T>) {
+        self.lock().push(Watched::new(name, sender));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Watched>> {
+        self.watched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// (name, summed length, summed capacity, highest utilization) of every open channel;
+    /// closed ones are forgotten.
+    pub fn sample(&self) -> Vec<(&'static str, usize, usize, f64)> {
+        let mut watched = self.lock();
+        let mut by_name: Vec<(&'static str, usize, usize, f64)> = Vec::new();
+        watched.retain(|channel| {
+            let Some((length, capacity)) = channel.queue.depth() else {
+                // Closed (its stage stopped): nothing queued any more.
+                if !by_name.iter().any(|(name, ..)| *name == channel.name) {
+                    by_name.push((channel.name, 0, 0, 0.0));
+                }
+                return false;
+            };
+            let utilization = if capacity == 0 {
+                0.0
+            } else {
+                length as f64 / capacity as f64
+            };
+            match by_name.iter_mut().find(|(name, ..)| *name == channel.name) {
+                Some(entry) => {
+                    entry.1 += length;
+                    entry.2 += capacity;
+                    entry.3 = entry.3.max(utilization);
+                }
+                None => by_name.push((channel.name, length, capacity, utilization)),
+            }
+            true
+        });
+        by_name
     }
 }
 
-/// Runs the rounds until `token`.
+/// Samples the channels and sets their gauges.
+pub fn sample(channels: &Channels) {
+    for (name, length, capacity, utilization) in channels.sample() {
+        metrics::gauge!("spot_canvas_channel_length", "channel" => name).set(length as f64);
+        metrics::gauge!("spot_canvas_channel_capacity", "channel" => name).set(capacity as f64);
+        metrics::gauge!("spot_canvas_channel_utilization", "channel" => name).set(utilization);
+    }
+}
+
+/// Failed pings in a row before the database alarm is raised: one slow answer under load is
+/// not an outage.
+const DATABASE_FAILURES: u32 = 2;
+
+/// Pings the database through `database` (the service's own pool, not the API's, which a busy
+/// API may have in use): `None` when it answered within the health check's timeout.
+async fn ping(database: &crate::store::Repository) -> Option<String> {
+    let timeout = crate::web::health::DATABASE_TIMEOUT;
+    match tokio::time::timeout(timeout, database.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!(
+            "SELECT 1 failed: {}",
+            crate::web::health::error_kind(&e)
+        )),
+        Err(_elapsed) => Some(format!("SELECT 1 did not answer within {timeout:?}")),
+    }
+}
+
+/// Runs the rounds until `token`. `database` is the service's own pool.
 pub async fn run(
     state: AppState,
-    channels: std::sync::Arc<Vec<Watched>>,
+    channels: Channels,
+    database: crate::store::Repository,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut every = tokio::time::interval(ROUND);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut round: u64 = 0;
-    let mut database: Option<String> = None;
-    let mut nats: Option<String> = None;
+    let mut database_failures: u32 = 0;
+    let mut database_error: Option<String> = None;
     loop {
         tokio::select! {
             () = token.cancelled() => return Ok(()),
@@ -93,31 +156,44 @@ pub async fn run(
         sample(&channels);
         if round.is_multiple_of(CHECK_EVERY) {
             let stages = state.stages.report();
-            let checks = tokio::select! {
+            let (checks, pinged) = tokio::select! {
                 () = token.cancelled() => return Ok(()),
-                checks = crate::web::health::checks(&state, &stages) => checks,
+                both = async {
+                    tokio::join!(crate::web::health::checks(&state, &stages), ping(&database))
+                } => both,
             };
-            database = (!checks.database.ok).then(|| checks.database.detail.clone());
-            nats = (!checks.nats.ok).then(|| checks.nats.detail.clone());
-            metrics::gauge!("spot_canvas_ready").set(if checks.ok() { 1.0 } else { 0.0 });
+            match pinged {
+                None => {
+                    database_failures = 0;
+                    database_error = None;
+                }
+                Some(why) => {
+                    database_failures = database_failures.saturating_add(1);
+                    database_error = Some(why);
+                }
+            }
+            let ready = checks.ok() && !state.streams.stop.is_cancelled();
+            metrics::gauge!("spot_canvas_ready").set(if ready { 1.0 } else { 0.0 });
             if let Some(handle) = &state.metrics {
                 handle.run_upkeep();
             }
-        } else if let Some(client) = &state.nats {
-            // NATS is a flag to read: no need to wait for the next readiness round.
-            let connection = client.connection_state();
-            nats = (connection != async_nats::connection::State::Connected)
-                .then(|| format!("NATS connection {connection}"));
         }
         round = round.wrapping_add(1);
+        let nats = state.nats.as_ref().and_then(|client| {
+            let connection = client.connection_state();
+            (connection != async_nats::connection::State::Connected)
+                .then(|| format!("NATS connection {connection}"))
+        });
         let now = chrono::Utc::now();
         let readings = Readings {
             tracked_products: state.live.activity().products(),
             feed: state.role.ingests().then(|| state.feed.report()),
             quiet: state.live.activity().quiet(now),
             clock: state.clock.as_ref().map(|c| c.report()),
-            database: database.clone(),
-            nats: nats.clone(),
+            database: (database_failures >= DATABASE_FAILURES)
+                .then(|| database_error.clone())
+                .flatten(),
+            nats,
         };
         state.alarms.set(alarms::evaluate(readings, now));
     }
@@ -144,5 +220,30 @@ mod tests {
         }
         assert_eq!(got, 6);
         assert_eq!(watched.queue.depth(), None);
+    }
+
+    #[tokio::test]
+    async fn channels_of_one_name_are_summed_and_closed_ones_forgotten() {
+        let channels = Channels::new();
+        let (a, _ra) = mpsc::channel::<u8>(4);
+        let (b, _rb) = mpsc::channel::<u8>(4);
+        let (c, rc) = mpsc::channel::<u8>(10);
+        channels.register("shard", &a);
+        channels.register("shard", &b);
+        channels.register("writer", &c);
+        a.send(1).await.expect("room");
+        for _ in 0..3 {
+            b.send(1).await.expect("room");
+        }
+        c.send(1).await.expect("room");
+        let sample = channels.sample();
+        assert_eq!(sample, vec![("shard", 4, 8, 0.75), ("writer", 1, 10, 0.1)]);
+        drop((c, rc));
+        // Once at zero (its gauges must not keep the last fill), then forgotten.
+        assert_eq!(
+            channels.sample(),
+            vec![("shard", 4, 8, 0.75), ("writer", 0, 0, 0.0)]
+        );
+        assert_eq!(channels.sample(), vec![("shard", 4, 8, 0.75)]);
     }
 }

@@ -14,7 +14,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use chrono::{DateTime, Utc};
+
 use super::alarms::AlarmKind;
+use crate::model::CandleUpdate;
 use crate::web::AppState;
 
 /// Buckets of the latency histograms, in seconds: 100 µs to 10 s.
@@ -29,6 +32,24 @@ pub const PROCESSING_SECONDS: &str = "spot_canvas_engine_processing_seconds";
 pub const STORE_WRITE_SECONDS: &str = "spot_canvas_store_write_seconds";
 /// An exchange frame received → its update written to a stream client.
 pub const END_TO_END_SECONDS: &str = "spot_canvas_end_to_end_seconds";
+
+/// Latencies longer than this are not a trade's path through the service (a stalled clock or
+/// an update held by a paused process): not recorded.
+const LATENCY_HORIZON_MICROS: i64 = 60_000_000;
+
+/// Seconds from the exchange frame of `update`'s newest trade being received to `now`, when
+/// a trade just caused the update: a live candle built from trades. Completions by the timer,
+/// revisions and REST candles carry an older (or a made-up) receive time and are no latency.
+/// `None` too for a negative span (the receiving instance's clock is behind this one's).
+pub fn trade_latency(update: &CandleUpdate, now: DateTime<Utc>) -> Option<f64> {
+    if update.complete || update.revision > 0 || update.last_trade_id.0 == 0 {
+        return None;
+    }
+    let elapsed = (now - update.last_received).num_microseconds()?;
+    (0..LATENCY_HORIZON_MICROS)
+        .contains(&elapsed)
+        .then(|| elapsed as f64 / 1e6)
+}
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -236,4 +257,57 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         handle.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Candle, Granularity, TradeId};
+
+    fn update(
+        complete: bool,
+        revision: u32,
+        last_trade_id: u64,
+        received_ms_ago: i64,
+    ) -> CandleUpdate {
+        let now = now();
+        let start = DateTime::from_timestamp(1_800_000_000 - 60, 0).expect("a time");
+        CandleUpdate {
+            candle: Candle {
+                product_id: "BTC-USD".into(),
+                granularity: Granularity::OneMinute,
+                start,
+                open: 1.into(),
+                high: 1.into(),
+                low: 1.into(),
+                close: 1.into(),
+                volume: 1.into(),
+                buy_volume: None,
+                trade_count: Some(1),
+            },
+            complete,
+            revision,
+            counted_trades: 1,
+            last_trade_id: TradeId(last_trade_id),
+            last_trade_time: start,
+            last_received: now - chrono::Duration::milliseconds(received_ms_ago),
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("a time")
+    }
+
+    #[test]
+    fn only_updates_a_trade_just_caused_are_a_latency() {
+        assert_eq!(trade_latency(&update(false, 0, 7, 3), now()), Some(0.003));
+        // Completed by the timer, a minute after its last trade.
+        assert_eq!(trade_latency(&update(true, 0, 7, 3), now()), None);
+        // A late trade's revision, and a REST candle.
+        assert_eq!(trade_latency(&update(false, 1, 7, 3), now()), None);
+        assert_eq!(trade_latency(&update(false, 0, 0, 3), now()), None);
+        // Clocks that disagree, and updates held for minutes.
+        assert_eq!(trade_latency(&update(false, 0, 7, -5), now()), None);
+        assert_eq!(trade_latency(&update(false, 0, 7, 61_000), now()), None);
+    }
 }

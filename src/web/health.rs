@@ -115,7 +115,7 @@ fn feed_check(state: &AppState) -> Check {
 }
 
 /// What went wrong, without anything the error may quote (URLs, hosts, user names).
-fn error_kind(e: &sqlx::Error) -> &'static str {
+pub(crate) fn error_kind(e: &sqlx::Error) -> &'static str {
     match e {
         sqlx::Error::PoolTimedOut => "no connection available (the database does not answer)",
         sqlx::Error::PoolClosed => "the pool is closed",

@@ -111,15 +111,20 @@ pub fn wrap(router: Router, settings: &HttpSettings) -> Router {
 
 /// One log line per request, when its answer's headers go out (a stream's when it opens):
 /// method, path (never the query, which a client may fill with anything), status and the time
-/// to answer. Headers (cookies, authorization) are never logged. Errors log at `warn`.
+/// to answer. Headers (cookies, authorization) are never logged. Errors log at `warn`; health
+/// probes and metrics scrapes at `debug` (they come every few seconds).
 async fn access_log(request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if response.status().is_server_error() {
+    // Probes and scrapes come every few seconds: debug, unless they fail.
+    let routine = path.starts_with("/health") || path == "/metrics";
+    if response.status().is_server_error() && !routine {
         tracing::warn!(target: "spot_canvas::http", %method, path, status, latency_ms, "request");
+    } else if routine {
+        tracing::debug!(target: "spot_canvas::http", %method, path, status, latency_ms, "request");
     } else {
         tracing::info!(target: "spot_canvas::http", %method, path, status, latency_ms, "request");
     }

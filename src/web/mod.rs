@@ -70,6 +70,8 @@ pub struct AppState {
     pub role: crate::config::Role,
     /// The Prometheus exporter (`None`: `/metrics` answers 503).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// `/metrics` has its own port (`METRICS_PORT`): not on the main router.
+    pub separate_metrics: bool,
     /// The alarms, as the monitor last judged them.
     pub alarms: Arc<crate::ops::alarms::Alarms>,
     /// The clock comparison with the exchange (`None`: not made here).
@@ -102,6 +104,7 @@ impl AppState {
             pages: pages::Pages::new(repository_for_pages, std::path::Path::new("static"), None),
             role: crate::config::Role::Both,
             metrics: None,
+            separate_metrics: false,
             alarms: Arc::default(),
             clock: None,
         }
@@ -114,8 +117,10 @@ pub fn router(state: AppState) -> Router {
     let mut api = Router::new()
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/metrics", get(crate::ops::prometheus::metrics));
+        .route("/health/ready", get(health::ready));
+    if !state.separate_metrics {
+        api = api.route("/metrics", get(crate::ops::prometheus::metrics));
+    }
     if !state.role.serves_web() {
         let routes =
             layers::with_timeout(api.with_state(state.clone()), state.http.request_timeout);
@@ -139,4 +144,15 @@ pub fn router(state: AppState) -> Router {
         .merge(streams)
         .merge(state.pages.assets.router());
     layers::wrap(routes, &state.http)
+}
+
+/// The router of `METRICS_PORT`: `/metrics` alone.
+pub fn metrics_router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/metrics", get(crate::ops::prometheus::metrics))
+        .with_state(state.clone());
+    layers::wrap(
+        layers::with_timeout(routes, state.http.request_timeout),
+        &state.http,
+    )
 }

@@ -282,9 +282,16 @@ impl LiveState {
         // Its own version check: a stale copy changes nothing there either.
         self.day.record(&update, clock);
         // Built from trades (REST candles name no trade): the product traded then.
-        if update.candle.granularity == Granularity::OneMinute && update.last_trade_id.0 != 0 {
-            self.activity
-                .record(&update.candle.product_id, update.last_trade_time);
+        if update.candle.granularity == Granularity::OneMinute
+            && update.last_trade_id.0 != 0
+            && update.last_trade_time >= update.candle.start
+            && update.last_trade_time < update.candle.end()
+        {
+            self.activity.record(
+                &update.candle.product_id,
+                update.last_trade_time,
+                chrono::Utc::now(),
+            );
         }
         let version = update.version();
         let now = Instant::now();

@@ -101,7 +101,11 @@ async fn next_chunk(state: &mut StreamState) -> Option<Bytes> {
                 Delivery::Updates(entries) => {
                     let now = chrono::Utc::now();
                     for entry in entries.iter() {
-                        crate::app::observe_since(&state.latency, entry.update.last_received, now);
+                        if let Some(seconds) =
+                            crate::ops::prometheus::trade_latency(&entry.update, now)
+                        {
+                            state.latency.record(seconds);
+                        }
                         state.pending.push_back(entry.event.clone());
                     }
                 }
