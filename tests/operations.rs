@@ -109,14 +109,7 @@ fn quiet_products(health: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn metrics_move_consistently_and_every_update_is_written_or_superseded() {
-    let sim = Simulator::start(SimConfig {
-        products: 3,
-        trades_per_second: 5.0,
-        history_minutes: 5,
-        ..SimConfig::default()
-    })
-    .await
-    .expect("sim");
+    let sim = simulator(3, 5.0).await;
     let db = TestDb::new().await;
     let data_dir = common::data_dir();
     let logs = tempfile::tempdir().expect("tempdir");
@@ -298,14 +291,7 @@ async fn metrics_move_consistently_and_every_update_is_written_or_superseded() {
 
 #[tokio::test]
 async fn quiet_product_heartbeat_and_clock_alarms_are_raised_and_cleared() {
-    let sim = Simulator::start(SimConfig {
-        products: 3,
-        trades_per_second: 4.0,
-        history_minutes: 5,
-        ..SimConfig::default()
-    })
-    .await
-    .expect("sim");
+    let sim = simulator(3, 4.0).await;
     let db = TestDb::new().await;
     let data_dir = common::data_dir();
     let logs = tempfile::tempdir().expect("tempdir");
@@ -427,19 +413,9 @@ async fn quiet_product_heartbeat_and_clock_alarms_are_raised_and_cleared() {
 
 #[tokio::test]
 async fn database_and_nats_alarms_follow_their_servers() {
-    let sim = Simulator::start(SimConfig {
-        products: 2,
-        trades_per_second: 2.0,
-        history_minutes: 5,
-        ..SimConfig::default()
-    })
-    .await
-    .expect("sim");
+    let sim = simulator(2, 2.0).await;
     let db = TestDb::new().await;
-    let nats_dir = tempfile::tempdir().expect("tempdir");
-    let nats = EmbeddedNats::start(None, nats_dir.path())
-        .await
-        .expect("nats-server starts");
+    let (nats, _nats_dir) = nats_server().await;
     let data_dir = common::data_dir();
     let logs = tempfile::tempdir().expect("tempdir");
     let env = AppEnv::for_sim(&sim, data_dir.path())
@@ -496,19 +472,9 @@ async fn database_and_nats_alarms_follow_their_servers() {
 
 #[tokio::test]
 async fn a_web_instance_serves_streams_an_ingest_instance_feeds_through_nats() {
-    let sim = Simulator::start(SimConfig {
-        products: 2,
-        trades_per_second: 5.0,
-        history_minutes: 5,
-        ..SimConfig::default()
-    })
-    .await
-    .expect("sim");
+    let sim = simulator(2, 5.0).await;
     let db = TestDb::new().await;
-    let nats_dir = tempfile::tempdir().expect("tempdir");
-    let nats = EmbeddedNats::start(None, nats_dir.path())
-        .await
-        .expect("nats-server starts");
+    let (nats, _nats_dir) = nats_server().await;
     let logs = tempfile::tempdir().expect("tempdir");
     let ingest_dir = common::data_dir();
     let mut ingest = Service::start(
@@ -638,4 +604,26 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// The simulator with `products` products trading `trades_per_second` each, and 5 minutes of
+/// history.
+async fn simulator(products: usize, trades_per_second: f64) -> Simulator {
+    Simulator::start(SimConfig {
+        products,
+        trades_per_second,
+        history_minutes: 5,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim")
+}
+
+/// A nats-server of the test's own (NATS_URL), and its directory.
+async fn nats_server() -> (EmbeddedNats, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = EmbeddedNats::start(None, dir.path())
+        .await
+        .expect("nats-server starts");
+    (nats, dir)
 }
