@@ -12,7 +12,7 @@
 
 mod body;
 pub(crate) mod gate;
-mod params;
+pub mod params;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
