@@ -22,6 +22,9 @@ use crate::store::Repository;
 use crate::supervise::Supervisor;
 use crate::web::{AppState, router};
 
+/// Time the publisher gets to flush once the fan-out has ended, within the stages' grace.
+const PUBLISHER_GRACE: Duration = Duration::from_secs(3);
+
 /// Time open connections get to finish their requests once the HTTP server stops.
 const HTTP_GRACE: Duration = Duration::from_secs(1);
 
@@ -112,13 +115,16 @@ impl App {
                 crate::ops::monitor::run(state.clone(), channels.clone(), database.clone(), token)
             })
         };
+        // The publisher's own end: cancelled with `overdue`, or once its input has closed and
+        // it has had PUBLISHER_GRACE to flush.
+        let publisher_stop = overdue.child_token();
         let pipeline = ingest.map(|ingest| {
             spawn_ingest(
                 &mut supervisor,
                 ingest,
                 &state,
                 repository,
-                [&feed_stop, &catalog_stop, &overdue],
+                [&feed_stop, &catalog_stop, &overdue, &publisher_stop],
             )
         });
         let routes = router(state.clone());
@@ -151,7 +157,7 @@ impl App {
             feed_stop.cancel();
             catalog_stop.cancel();
             if let Some(pipeline) = pipeline {
-                pipeline.joined().await;
+                pipeline.joined(&publisher_stop).await;
             }
             live_stop.cancel();
             if let Some(live_task) = live_task {
@@ -232,8 +238,11 @@ struct Pipeline {
 
 impl Pipeline {
     /// Waits for the stages in order: the feed first (its channel closing stops the engine),
-    /// the sinks last (after their final flush).
-    async fn joined(self) {
+    /// the sinks last (after their final flush). Once the fan-out has ended, the publisher has
+    /// [`PUBLISHER_GRACE`] to flush, then `publisher_stop` ends it: NATS carries live updates
+    /// and the KV a cache of them, while the writer's rows are the record and keep the whole
+    /// grace. A NATS cluster in the middle of an election must not make the stop overrun.
+    async fn joined(self, publisher_stop: &CancellationToken) {
         joined(self.feed).await;
         joined(self.catalog).await;
         if let Some(clock) = self.clock {
@@ -242,8 +251,24 @@ impl Pipeline {
         joined(self.engine).await;
         joined(self.reconciler).await;
         joined(self.fanout).await;
-        joined(self.writer).await;
-        joined(self.publisher).await;
+        let give_up = async {
+            tokio::time::sleep(PUBLISHER_GRACE).await;
+            tracing::error!(
+                grace = ?PUBLISHER_GRACE,
+                "the writer and the publisher did not finish in time; ending the publisher \
+                 (the NATS KV may miss the last updates)"
+            );
+            publisher_stop.cancel();
+            std::future::pending::<()>().await
+        };
+        let sinks = async {
+            joined(self.writer).await;
+            joined(self.publisher).await;
+        };
+        tokio::select! {
+            () = sinks => {}
+            () = give_up => {}
+        }
     }
 }
 
@@ -254,7 +279,7 @@ fn spawn_ingest(
     ingest: super::Ingest,
     state: &AppState,
     repository: Repository,
-    [feed_stop, catalog_stop, overdue]: [&CancellationToken; 3],
+    [feed_stop, catalog_stop, overdue, publisher_stop]: [&CancellationToken; 4],
 ) -> Pipeline {
     let super::Ingest {
         feed,
@@ -286,8 +311,9 @@ fn spawn_ingest(
         })
     };
     let writer = supervisor.spawn_fatal("writer", overdue, |token| until(token, writer.run()));
-    let publisher =
-        supervisor.spawn_fatal("publisher", overdue, |token| until(token, publisher.run()));
+    let publisher = supervisor.spawn_fatal("publisher", publisher_stop, |token| {
+        until(token, publisher.run())
+    });
     Pipeline {
         feed,
         catalog,

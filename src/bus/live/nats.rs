@@ -19,7 +19,7 @@ const KV_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often clients that stayed behind on quiet series are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait to unsubscribe at the stop.
-const UNSUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+const UNSUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl LiveState {
     /// Loads every KV entry through [`LiveState::apply`] (only newer ones change anything).
@@ -67,14 +67,22 @@ impl LiveState {
             .subscribe(ALL_CANDLES)
             .await
             .map_err(|e| anyhow::anyhow!("cannot subscribe to {ALL_CANDLES}: {e}"))?;
-        self.resync_now(&kv).await;
+        // A reload waits on the KV (up to KV_LOAD_TIMEOUT while a NATS cluster elects a
+        // leader): the stop must not wait with it.
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = self.resync_now(&kv) => {}
+        }
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = sweep.tick() => self.sweep(),
-                () = self.resync.notified() => self.resync_now(&kv).await,
+                () = self.resync.notified() => tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = self.resync_now(&kv) => {}
+                },
                 message = messages.next() => {
                     let Some(message) = message else {
                         anyhow::bail!("the NATS subscription ended");
