@@ -40,9 +40,12 @@ async fn until(
     token: CancellationToken,
     future: impl Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
+    // The token first: a future that fails because the stop took its input away (the feed's
+    // product list closing) is no failure once the stop has begun.
     tokio::select! {
-        result = future => result,
+        biased;
         () = token.cancelled() => Ok(()),
+        result = future => if token.is_cancelled() { Ok(()) } else { result },
     }
 }
 
@@ -154,8 +157,9 @@ impl App {
         state.streams.stop.cancel();
         let writer_report = state.writer.clone();
         let stopped = async {
-            feed_stop.cancel();
+            // The helpers beside the feed first, so that none sees the feed's end as a failure.
             catalog_stop.cancel();
+            feed_stop.cancel();
             if let Some(pipeline) = pipeline {
                 pipeline.joined(&publisher_stop).await;
             }
