@@ -122,9 +122,12 @@ impl Connection {
         if trades.is_empty() {
             return;
         }
+        // Every injection copies the same good trade, never an injected one: a second
+        // injection in the same frame must carry only its own defect.
+        let template = trades[trades.len() / 2].clone();
         for injection in std::mem::take(&mut self.inject) {
             let at = trades.len() / 2;
-            let mut t = trades[at].clone();
+            let mut t = template.clone();
             let Some(id) = self.sim.exchange.allocate_trade_id(&t.product_id) else {
                 continue;
             };
