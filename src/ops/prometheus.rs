@@ -167,6 +167,15 @@ fn describe() {
     );
     describe_gauge!("spot_canvas_alarm", "1 while the alarm is raised");
     describe_gauge!(
+        "spot_canvas_runtime_tasks",
+        "Tokio tasks alive (a count that keeps growing is a leak)"
+    );
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        "Resident memory of the process, in bytes"
+    );
+    describe_gauge!("process_threads", "OS threads of the process");
+    describe_gauge!(
         "spot_canvas_quiet_products",
         "Products without trades for unusually long"
     );
@@ -238,6 +247,16 @@ pub fn collect(state: &AppState) {
         gauge!("spot_canvas_clock_offset_seconds").set(offset as f64 / 1000.0);
     }
     gauge!("spot_canvas_role", "role" => state.role.as_str()).set(1.0);
+    let process = super::process::ProcessReport::now();
+    if let Some(tasks) = process.tasks {
+        gauge!("spot_canvas_runtime_tasks").set(tasks as f64);
+    }
+    if let Some(rss) = process.rss_bytes {
+        gauge!("process_resident_memory_bytes").set(rss as f64);
+    }
+    if let Some(threads) = process.threads {
+        gauge!("process_threads").set(threads as f64);
+    }
 }
 
 /// `GET /metrics`.

@@ -215,6 +215,9 @@ impl Reconciler {
             stats
                 .pending
                 .store(scheduler.pending() as u64, Ordering::Relaxed);
+            stats
+                .running
+                .store(scheduler.running() as u64, Ordering::Relaxed);
         }
         running.abort_all();
         if let Some(checking) = checking {

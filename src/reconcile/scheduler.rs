@@ -178,6 +178,11 @@ impl Scheduler {
         self.pending.len()
     }
 
+    /// Windows running (one per busy product).
+    pub(crate) fn running(&self) -> usize {
+        self.busy.len()
+    }
+
     fn due(&self, job: &Job) -> DateTime<Utc> {
         due(job, self.rules.grace, self.rules.settle)
     }
@@ -244,8 +249,14 @@ mod tests {
             (ready[0].from, ready[0].to),
             (t("2026-11-23T10:00:25Z"), t("2026-11-23T10:01:40Z"))
         );
-        assert_eq!(s.pending(), 0);
+        assert_eq!(
+            (s.pending(), s.running()),
+            (0, 1),
+            "taken: running, not waiting"
+        );
         assert_eq!(s.next_due(), None, "nothing waits");
+        s.on_done("A-USD");
+        assert_eq!(s.running(), 0);
 
         // A window ending exactly on a minute is due that minute's grace and settle later.
         let mut s = Scheduler::new(rules());

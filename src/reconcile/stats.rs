@@ -21,6 +21,7 @@ pub struct ReconcileStats {
     pub(crate) minutes_fetched: AtomicU64,
     pub(crate) history_candles: AtomicU64,
     pub(crate) pending: AtomicU64,
+    pub(crate) running: AtomicU64,
     pub(crate) rest: Arc<rest::RestStats>,
     /// Complete one-minute candles compared with REST.
     pub rest_1m: CheckCounts,
@@ -35,7 +36,10 @@ pub struct ReconcileReport {
     pub windows_queued: u64,
     pub windows_done: u64,
     pub windows_failed: u64,
+    /// Windows waiting to start (their minutes not complete yet, or their product busy).
     pub windows_pending: u64,
+    /// Windows being fetched and merged now.
+    pub windows_running: u64,
     pub minutes_fetched: u64,
     pub history_candles: u64,
     pub rest_requests: u64,
@@ -54,6 +58,7 @@ impl ReconcileStats {
             windows_done: load(&self.windows_done),
             windows_failed: load(&self.windows_failed),
             windows_pending: load(&self.pending),
+            windows_running: load(&self.running),
             minutes_fetched: load(&self.minutes_fetched),
             history_candles: load(&self.history_candles),
             rest_requests: load(&self.rest.requests),

@@ -1,6 +1,6 @@
 //! Health: `GET /health/live` (the process answers), `GET /health/ready` and `GET /health`
 //! (the feed when this instance ingests, NATS, the database and the stages; `/health` adds the
-//! alarms, the clock comparison and every stage's report).
+//! alarms, the clock comparison, the process (pid, tasks, memory) and every stage's report).
 //!
 //! In: the feed's connections, the NATS client's connection state, a `SELECT 1` through the
 //! API pool (within [`DATABASE_TIMEOUT`]) and the stage registry. Out: 200 with
@@ -164,6 +164,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "checks": checks,
         "version": env!("CARGO_PKG_VERSION"),
         "role": state.role,
+        "process": crate::ops::process::ProcessReport::now(),
         "alarms": state.alarms.report(),
         "clock": state.clock.as_ref().map(|c| c.report()),
         "simulated": state.simulated,
