@@ -2,8 +2,8 @@
 # The whole test suite, as `task test` runs it: every target built once, then the slow
 # scenario files (they mostly wait for the clock: a real 5-minute boundary, backfill windows
 # due after their minute, the feed's silence timeout) run beside all the others, so that the
-# suite takes the longer of the two groups rather than their sum. Each group's output is
-# kept; the slow group's is printed when it ends. Either group failing fails the run.
+# suite takes the longer of the two groups rather than their sum. Either group failing fails
+# the run. The slow group's output goes to target/slow-tests.log and is printed when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +11,7 @@ SLOW=(crosscheck reconcile faults)
 
 cargo test --locked --all-targets --no-run
 
-rest=()
+rest=(--lib --bins --benches)
 for file in tests/*.rs; do
   name=$(basename "$file" .rs)
   if [[ " ${SLOW[*]} " != *" $name "* ]]; then
@@ -24,21 +24,42 @@ for name in "${SLOW[@]}"; do
   slow+=(--test "$name")
 done
 
-slow_log=$(mktemp -t spot-canvas-slow-tests.XXXXXX)
-# Its own process group, so that it can be stopped whole (cargo, the test binaries and what
-# they started) whatever way this script ends.
-setsid cargo test --locked "${slow[@]}" >"$slow_log" 2>&1 &
+# Each group runs in a session of its own, so that it can be stopped whole: cargo, the test
+# binaries and the servers they started (which sit in process groups of their own, but stay in
+# the session). Stopped on any way out of this script; on a normal end nothing is left.
+sessions=()
+stop_all() {
+  local left=0
+  for sid in "${sessions[@]}"; do
+    if pkill -TERM -s "$sid" 2>/dev/null; then left=1; fi
+  done
+  if [[ $left -eq 1 ]]; then
+    echo "scripts/test.sh: stopping what the tests left running" >&2
+    sleep 2
+    for sid in "${sessions[@]}"; do
+      pkill -KILL -s "$sid" 2>/dev/null || true
+    done
+  fi
+}
+trap 'trap - EXIT; stop_all; exit 130' INT TERM HUP
+trap 'stop_all' EXIT
+
+slow_log=target/slow-tests.log
+setsid cargo test --locked --no-fail-fast "${slow[@]}" >"$slow_log" 2>&1 &
 slow_pid=$!
-trap 'kill -- "-$slow_pid" 2>/dev/null || true; rm -f "$slow_log"' EXIT
+sessions+=("$slow_pid")
+setsid cargo test --locked --no-fail-fast "${rest[@]}" &
+rest_pid=$!
+sessions+=("$rest_pid")
 
-status=0
-cargo test --locked --lib --bins --benches "${rest[@]}" || status=$?
-
+# `wait` returns early when a trapped signal arrives, so an interrupt is handled at once.
+rest_status=0
+wait "$rest_pid" || rest_status=$?
 slow_status=0
 wait "$slow_pid" || slow_status=$?
-echo "──── slow scenarios (${SLOW[*]}) ────"
+echo "──── slow scenarios (${SLOW[*]}), from $slow_log ────"
 cat "$slow_log"
-if [[ $status -ne 0 || $slow_status -ne 0 ]]; then
-  echo "scripts/test.sh: failed (others: $status, slow scenarios: $slow_status)" >&2
+if [[ $rest_status -ne 0 || $slow_status -ne 0 ]]; then
+  echo "scripts/test.sh: failed (the others: exit $rest_status, the slow scenarios: exit $slow_status)" >&2
   exit 1
 fi

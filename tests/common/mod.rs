@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
 mod app;
+pub mod footprint;
 mod service;
 mod wait;
 mod web;

@@ -83,6 +83,21 @@ impl Service {
         self.child.id()
     }
 
+    /// Whether the process still runs (it has not exited, nor been reaped).
+    pub fn running(&mut self) -> bool {
+        if self.exited.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                self.exited = Some(status);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         read_log(&self.log)
