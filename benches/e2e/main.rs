@@ -132,6 +132,10 @@ struct Row {
     secs: f64,
     trades: u64,
     cpu_seconds: f64,
+    /// This process: simulator, clients, floor.
+    own_cpu_seconds: f64,
+    /// Share of all cores busy (any process).
+    machine_busy: f64,
     peak_rss_mib: f64,
     resyncs: f64,
     cut_off: f64,
@@ -389,6 +393,8 @@ impl Bench {
         self.logs.clear();
         let start_us = self.now_us();
         let cpu = self.service.cpu_seconds();
+        let own_cpu = service::process_cpu_seconds("self");
+        let machine = service::machine_cpu_seconds();
         let resyncs = self
             .service
             .metric("spot_canvas_stream_resyncs_total")
@@ -405,6 +411,10 @@ impl Bench {
         let secs = started.elapsed().as_secs_f64();
         let end_us = self.now_us();
         let cpu_seconds = self.service.cpu_seconds() - cpu;
+        let own_cpu_seconds = service::process_cpu_seconds("self") - own_cpu;
+        let machine_after = service::machine_cpu_seconds();
+        let machine_busy =
+            (machine_after.0 - machine.0) / (machine_after.1 - machine.1).max(f64::EPSILON);
         let trades = self.sim.state.exchange.trades_total() - trades;
         let peak_rss_mib = self.service.peak_rss_mib();
         let resyncs = self
@@ -459,6 +469,8 @@ impl Bench {
             secs,
             trades,
             cpu_seconds,
+            own_cpu_seconds,
+            machine_busy,
             peak_rss_mib,
             resyncs,
             cut_off,
@@ -509,14 +521,14 @@ fn print_tables(s: &Settings, rows: &[Row]) {
         );
     }
     println!(
-        "\n| scenario | trades/s | product frames/s | updates delivered/s | judged | lost | duplicated | service resyncs | service cut-offs | client errors | service CPU (% of one core) | peak RSS |"
+        "\n| scenario | trades/s | product frames/s | updates delivered/s | judged | lost | duplicated | service resyncs | service cut-offs | client errors | service CPU (% of one core) | peak RSS | bench process CPU | machine busy (all cores) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let o = &r.outcome;
         let errors = r.connect_errors.len() + o.client_errors.len();
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0} % | {:.0} MiB |",
+            "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0} % | {:.0} MiB | {:.0} % | {:.0} % |",
             label(r),
             r.trades as f64 / r.secs,
             o.frames_in_window as f64 / r.secs,
@@ -529,6 +541,8 @@ fn print_tables(s: &Settings, rows: &[Row]) {
             errors,
             100.0 * r.cpu_seconds / r.secs,
             r.peak_rss_mib,
+            100.0 * r.own_cpu_seconds / r.secs,
+            100.0 * r.machine_busy,
         );
     }
     println!(

@@ -90,19 +90,7 @@ impl Service {
 
     /// User + system CPU time of the process (not of its children), in seconds.
     pub(crate) fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces): state is the first; utime
-        // and stime are the 12th and 13th.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / clock_ticks()
+        process_cpu_seconds(&self.pid().to_string())
     }
 
     /// Resets the peak resident set size (`VmHWM`) to the current one.
@@ -180,6 +168,39 @@ impl Service {
         let _gone = self.child.kill();
         let _reaped = self.child.wait();
     }
+}
+
+/// User + system CPU time of `/proc/<pid>` (`self` for this process), in seconds.
+pub(crate) fn process_cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the first; utime and
+    // stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+/// The whole machine's (busy, total) CPU time from `/proc/stat`, in seconds of all cores;
+/// idle and iowait are not busy.
+pub(crate) fn machine_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let times: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: f64 = times.iter().take(8).sum();
+    let idle = times.get(3).copied().unwrap_or(0.0) + times.get(4).copied().unwrap_or(0.0);
+    ((total - idle) / clock_ticks(), total / clock_ticks())
 }
 
 /// `sysconf(_SC_CLK_TCK)`, from `getconf` (100 on Linux when it cannot be asked).
