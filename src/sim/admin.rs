@@ -1,6 +1,6 @@
 //! The simulator's control API for tests and demos, under `/sim`: statistics (including how
 //! often a client hit a limit), open connections, fault injection (and the trades faults
-//! added to frames), options (multi-product frames), adding and delisting products, and late
+//! added to frames), options (multi-product frames, the trade rate), adding and delisting products, and late
 //! trades.
 
 use std::sync::Arc;
@@ -46,18 +46,37 @@ pub(super) async fn injected_trades(State(sim): State<Arc<SimState>>) -> Respons
 pub(super) struct Options {
     #[serde(default)]
     multi_product_frames: Option<bool>,
+    #[serde(default)]
+    trades_per_second: Option<f64>,
 }
 
-/// `POST /sim/options` with `{"multi_product_frames": true|false}`: one `market_trades` frame
-/// per tick for all subscribed products of a connection, or one per product.
+/// `POST /sim/options` with `{"multi_product_frames": true|false}` (one `market_trades` frame
+/// per tick for all subscribed products of a connection, or one per product) and/or
+/// `{"trades_per_second": n}` (the average rate per product from the next tick on, 0–10000:
+/// a burst or a lull). Answers the options in force; 400 for a rate out of range.
 pub(super) async fn set_options(
     State(sim): State<Arc<SimState>>,
     Json(options): Json<Options>,
 ) -> Response {
+    if let Some(rate) = options.trades_per_second
+        && !sim.exchange.set_trades_per_second(rate)
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": format!(
+                "trades_per_second must be 0-{}", super::market::MAX_TRADES_PER_SECOND
+            ) })),
+        )
+            .into_response();
+    }
     if let Some(on) = options.multi_product_frames {
         sim.set_multi_product_frames(on);
     }
-    Json(json!({ "multi_product_frames": sim.multi_product_frames() })).into_response()
+    Json(json!({
+        "multi_product_frames": sim.multi_product_frames(),
+        "trades_per_second": sim.exchange.trades_per_second(),
+    }))
+    .into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,6 +14,7 @@ pub mod jwt;
 pub mod limits;
 pub mod market;
 mod rest;
+pub mod tap;
 mod ws;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +35,7 @@ use self::faults::{FaultBoard, FaultRequest, InjectedLog};
 use self::jwt::JwtVerifier;
 use self::limits::RateLimits;
 use self::market::{Exchange, MarketSpec};
+use self::tap::SendTap;
 
 pub use self::rest::{MAX_CANDLES_PER_ANSWER, MAX_WINDOW_BUCKETS};
 pub use self::ws::SUBSCRIBE_DEADLINE;
@@ -80,6 +82,9 @@ pub struct SimConfig {
     /// Coinbase may, instead of one frame per product (also `POST /sim/options`).
     #[arg(long)]
     pub multi_product_frames: bool,
+    /// Records the send instant of every `market_trades` update frame (benchmarks only).
+    #[arg(skip)]
+    pub send_tap: Option<SendTap>,
 }
 
 impl Default for SimConfig {
@@ -97,6 +102,7 @@ impl Default for SimConfig {
             jwt_public_key: None,
             jwt_key_name: None,
             multi_product_frames: false,
+            send_tap: None,
         }
     }
 }
@@ -185,6 +191,8 @@ pub struct SimState {
     clock_offset_ms: std::sync::atomic::AtomicI64,
     /// Cancelled when the simulator stops; connections close with 1001.
     cancel: CancellationToken,
+    /// Where update frames are recorded as they leave, when configured.
+    send_tap: Option<SendTap>,
 }
 
 impl SimState {
@@ -303,6 +311,7 @@ impl Simulator {
             reject_jwt: AtomicBool::new(config.reject_jwt),
             clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
             cancel: cancel.clone(),
+            send_tap: config.send_tap.clone(),
         });
         for fault in config.faults {
             state.faults.arm(fault);

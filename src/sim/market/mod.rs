@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -31,6 +32,8 @@ pub use self::spec::MarketSpec;
 
 /// Trades kept per product for snapshots.
 pub const SNAPSHOT_TRADES: usize = 100;
+/// The highest rate [`Exchange::set_trades_per_second`] accepts, per product.
+pub const MAX_TRADES_PER_SECOND: f64 = 10_000.0;
 /// How long one-minute aggregates are kept for REST candles.
 const AGGREGATE_RETENTION_SECS: i64 = 10 * 86_400;
 
@@ -66,7 +69,9 @@ pub struct Exchange {
     state: Mutex<State>,
     /// Sender of every tick; each WebSocket connection holds a receiver.
     ticks: broadcast::Sender<Arc<Tick>>,
-    trades_per_second: f64,
+    /// Average trades per second per product, as `f64` bits (changed at run time by
+    /// [`Exchange::set_trades_per_second`]).
+    trades_per_second: AtomicU64,
     log: Option<Mutex<BufWriter<File>>>,
     started: DateTime<Utc>,
     /// No trades happen while paused (a market-wide halt).
@@ -116,7 +121,7 @@ impl Exchange {
                 trades_total: 0,
             }),
             ticks,
-            trades_per_second,
+            trades_per_second: AtomicU64::new(trades_per_second.to_bits()),
             log,
             started: now,
             paused: std::sync::atomic::AtomicBool::new(false),
@@ -233,6 +238,23 @@ impl Exchange {
         })
     }
 
+    /// Average trades per second per product.
+    pub fn trades_per_second(&self) -> f64 {
+        f64::from_bits(self.trades_per_second.load(Ordering::Relaxed))
+    }
+
+    /// Changes the average trades per second per product from the next tick on (a burst, a
+    /// lull). Refuses (returns false) a rate that is negative, not finite or over
+    /// [`MAX_TRADES_PER_SECOND`].
+    pub fn set_trades_per_second(&self, rate: f64) -> bool {
+        if !rate.is_finite() || !(0.0..=MAX_TRADES_PER_SECOND).contains(&rate) {
+            return false;
+        }
+        self.trades_per_second
+            .store(rate.to_bits(), Ordering::Relaxed);
+        true
+    }
+
     pub fn trades_total(&self) -> u64 {
         self.lock().trades_total
     }
@@ -297,12 +319,13 @@ impl Exchange {
         let mut state = self.lock();
         let state = &mut *state;
         let window_us = (to - from).num_microseconds().unwrap_or(0).max(0);
+        let rate = self.trades_per_second();
         let mut tick = Tick::default();
         for product in &mut state.products {
             if product.listing.status != "online" || product.listing.trading_disabled {
                 continue;
             }
-            let expected = self.trades_per_second * window_us as f64 / 1e6;
+            let expected = rate * window_us as f64 / 1e6;
             let count = poisson(&mut state.rng, expected);
             let mut times: Vec<i64> = (0..count)
                 .map(|_| state.rng.random_range(0..window_us.max(1)))

@@ -89,3 +89,29 @@ fn late_trades_land_in_an_earlier_minute() {
         assert!(t.time < at(1_700_000_030 - 30 - 60), "{}", t.time);
     }
 }
+
+#[test]
+fn the_trade_rate_changes_at_run_time_and_refuses_nonsense() {
+    let ids = MarketSpec::product_ids(2);
+    let now = at(1_700_000_000);
+    let ex = Exchange::new(&ids, 0.0, 5, TimeDelta::zero(), now, None).expect("exchange");
+    let ten_seconds = |from: DateTime<Utc>| {
+        let before = ex.trades_total();
+        ex.tick(from, from + TimeDelta::seconds(10));
+        ex.trades_total() - before
+    };
+    assert_eq!(ten_seconds(now), 0, "no trades at rate 0");
+    assert!(ex.set_trades_per_second(50.0));
+    assert_eq!(ex.trades_per_second(), 50.0);
+    // 2 products × 50/s × 10 s: about 1,000 (Poisson; far from the bounds).
+    let traded = ten_seconds(now + TimeDelta::seconds(10));
+    assert!((800..1200).contains(&traded), "{traded}");
+    for nonsense in [-1.0, f64::NAN, f64::INFINITY, MAX_TRADES_PER_SECOND * 2.0] {
+        assert!(!ex.set_trades_per_second(nonsense), "{nonsense}");
+    }
+    assert_eq!(
+        ex.trades_per_second(),
+        50.0,
+        "a refused rate changes nothing"
+    );
+}

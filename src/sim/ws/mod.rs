@@ -27,6 +27,7 @@ use self::faults::{Injection, PendingFault};
 use super::SimState;
 use super::format::{self, WireTrade};
 use super::market::Tick;
+use crate::model::Trade;
 
 /// Time a client has to send its first subscribe.
 pub const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(5);
@@ -202,19 +203,33 @@ impl Connection {
         let Some(products) = self.subscriptions.get("market_trades") else {
             return Ok(());
         };
-        let mut frames: Vec<Vec<WireTrade>> = tick
+        let batches: Vec<&(String, Vec<Trade>)> = tick
             .batches
             .iter()
             .filter(|(p, _)| products.contains(p))
-            .map(|(_, trades)| trades.iter().map(WireTrade::of).collect())
+            .collect();
+        // Per frame: its trades, and which batches it holds (for the send tap).
+        let mut frames: Vec<(Vec<WireTrade>, std::ops::Range<usize>)> = batches
+            .iter()
+            .enumerate()
+            .map(|(i, (_, trades))| (trades.iter().map(WireTrade::of).collect(), i..i + 1))
             .collect();
         if self.sim.multi_product_frames() && frames.len() > 1 {
-            frames = vec![frames.concat()];
+            let (trades, _): (Vec<_>, Vec<_>) = frames.into_iter().unzip();
+            frames = vec![(trades.concat(), 0..batches.len())];
         }
-        for mut trades in frames {
+        for (mut trades, held) in frames {
             // Faults due now may add trades to this very frame.
             self.apply_due_faults().await?;
             self.inject_into(&mut trades);
+            if let Some(tap) = &self.sim.send_tap {
+                let sent = std::time::Instant::now();
+                for (product, batch) in &batches[held] {
+                    if let Some(newest) = batch.iter().map(|t| t.trade_id.0).max() {
+                        tap.record(product, newest, sent);
+                    }
+                }
+            }
             self.send(|seq| format::market_trades_wire(Utc::now(), seq, false, &trades))
                 .await?;
             if std::mem::take(&mut self.duplicate_next) {
