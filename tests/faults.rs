@@ -30,10 +30,10 @@ use tokio_util::sync::CancellationToken;
 /// A generous deadline for a loaded 2-core CI.
 const WITHIN: Duration = Duration::from_secs(60);
 /// Tasks allowed above the baseline once a fault is over (each reading the lowest of five
-/// samples): the REST client's idle connections, one per backfill window that ran at once (up
-/// to 4). A task left behind by every reconnect shows by the later faults (there are five
-/// reconnects and two resubscribes).
-const TASK_SLACK: usize = 4;
+/// samples): the REST client's idle connections (each a task, kept 90 s), one per backfill
+/// window that ran at once (up to 4), and a window running. A task left behind by every
+/// reconnect shows by the later faults (there are four reconnects and two resubscribes).
+const TASK_SLACK: usize = 6;
 /// Resident memory allowed above the baseline once a fault is over: allocator arenas and
 /// caches that grew under the fault and are kept for reuse (the baseline is about 40 MiB).
 const RSS_SLACK: u64 = 16 << 20;
@@ -259,11 +259,11 @@ async fn one_process_survives_every_fault_and_stores_exactly_the_exchanges_candl
         .set("CLOCK_CHECK_SECS", "0");
     let service = Service::start(&env, &dir.path().join("serve.log")).await;
     let stream = StreamClient::open(service.port, &products).await;
+    // The start windows done (the start's own minute, due when it completes, may wait).
     let start = service
         .wait_for_health("ready with the start backfilled", WITHIN, |s, h| {
             s == 200
                 && h["reconcile"]["windows_done"].as_u64() >= Some(1)
-                && h["reconcile"]["windows_pending"].as_u64() == Some(0)
                 && h["reconcile"]["windows_running"].as_u64() == Some(0)
                 && written(h) > 0
                 && trades_of(h) > 50
