@@ -12,13 +12,15 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 pub use rustix::process::Signal;
-use rustix::process::{Pid, kill_process, kill_process_group};
+use rustix::process::{Pid, kill_process, kill_process_group, test_kill_process_group};
 
 /// How often a stopping process is looked at.
 const POLL: Duration = Duration::from_millis(20);
 /// How long a process gets after SIGKILL to be gone (it cannot refuse; only a stuck disk
 /// delays it).
 const AFTER_KILL: Duration = Duration::from_secs(10);
+/// How long the rest of a stopped child's process group gets to go after SIGKILL.
+const GROUP_GONE: Duration = Duration::from_secs(2);
 
 /// How a program is asked to stop: each signal in turn, each followed by the time it gets to
 /// end; after the last, SIGKILL to its whole process group.
@@ -106,8 +108,30 @@ impl OwnedChild {
         self.exited
     }
 
+    /// After the leader's exit seen by a stop: SIGKILL to what is left of its process group
+    /// (initdb's `postgres` children can outlive an initdb stopped half-way), and a short wait
+    /// until the group is empty. Only right after the exit: the group id must still be ours.
+    /// Returns the group's id when something was left in it (to wait for).
+    fn end_group(&self) -> Option<Pid> {
+        let pid = self.pid()?;
+        // An error is ESRCH: no process left in the group.
+        kill_process_group(pid, Signal::KILL).ok().map(|()| pid)
+    }
+
     /// Stops it following `plan`, waiting between steps without blocking the runtime.
     pub async fn stop(&mut self, plan: StopPlan) -> Option<ExitStatus> {
+        let was_running = self.exited().is_none();
+        let exited = self.stop_steps(plan).await;
+        if was_running && let Some(group) = self.end_group() {
+            let deadline = tokio::time::Instant::now() + GROUP_GONE;
+            while test_kill_process_group(group).is_ok() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        exited
+    }
+
+    async fn stop_steps(&mut self, plan: StopPlan) -> Option<ExitStatus> {
         for &(signal, within) in plan {
             if self.exited().is_some() {
                 break;
@@ -123,6 +147,18 @@ impl OwnedChild {
 
     /// Stops it following `plan` from synchronous code (blocks for at most the plan's total).
     pub fn stop_blocking(&mut self, plan: StopPlan) -> Option<ExitStatus> {
+        let was_running = self.exited().is_none();
+        let exited = self.stop_steps_blocking(plan);
+        if was_running && let Some(group) = self.end_group() {
+            let deadline = Instant::now() + GROUP_GONE;
+            while test_kill_process_group(group).is_ok() && Instant::now() < deadline {
+                std::thread::sleep(POLL);
+            }
+        }
+        exited
+    }
+
+    fn stop_steps_blocking(&mut self, plan: StopPlan) -> Option<ExitStatus> {
         for &(signal, within) in plan {
             if self.exited().is_some() {
                 break;
@@ -269,6 +305,31 @@ mod tests {
         while is_running(grandchild) && Instant::now() < deadline {
             std::thread::sleep(POLL);
         }
+        assert!(!is_running(grandchild), "its group was left running");
+    }
+
+    #[tokio::test]
+    async fn a_child_that_exits_on_sigterm_leaves_nothing_of_its_group_running() {
+        // As initdb stopped half-way: the child goes at SIGTERM, a process it started in its
+        // group (here one that ignores SIGTERM) would stay.
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            "sh -c \"trap '' TERM; exec sleep 600\" & echo $!; wait",
+        ]);
+        command.stdout(std::process::Stdio::piped());
+        let mut child = OwnedChild::spawn(&mut command, "sh", QUICK).expect("sh starts");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("the grandchild's pid");
+        let grandchild: u32 = line.trim().parse().expect("pid");
+        assert!(is_running(grandchild));
+        let status = child.stop(QUICK).await.expect("it exited");
+        assert!(!status.success(), "ended by SIGTERM: {status}");
+        // Killed and waited for by the stop; a zombie of init at most.
         assert!(!is_running(grandchild), "its group was left running");
     }
 

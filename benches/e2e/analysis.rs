@@ -12,6 +12,14 @@
 //! arrived within W of S. A *duplicate* is an element of the same product and the same
 //! `data-version` received a second time by one client (over its whole connection, the
 //! initial state included).
+//!
+//! A delivery stands for the trades before it only if it counts them: every element received
+//! in the window, of a bucket the service saw from its start, must say in `data-trades`
+//! exactly how many trades the simulator's log has for that product and bucket up to the
+//! element's last trade id. An element that does not is *miscounted*: a trade the service
+//! dropped (or counted twice) shows there, even when a later delivery hides it from *lost*.
+
+use std::collections::HashMap;
 
 use crate::client::ClientLog;
 use crate::floor::{Frame, Hop};
@@ -116,4 +124,41 @@ pub(crate) fn quantile_ms(sorted: &[u32], p: f64) -> f64 {
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     f64::from(sorted[i]) / 1000.0
+}
+
+/// The simulator's trades per (product index, bucket start): their ids, ascending.
+pub(crate) type TradeIds = HashMap<(u16, i64), Vec<u64>>;
+
+/// Elements checked against the trade log, and those whose trade count differs from it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counted {
+    pub checked: u64,
+    pub miscounted: u64,
+}
+
+/// Checks every element received in the window whose bucket starts at `from_bucket` or later
+/// (buckets the service saw whole) against `ids`.
+pub(crate) fn count_check(
+    clients: &[ClientLog],
+    ids: &TradeIds,
+    from_bucket: i64,
+    window: Window,
+) -> Counted {
+    let mut out = Counted::default();
+    for client in clients {
+        for e in &client.events {
+            if e.at_us < window.start_us || e.at_us >= window.end_us || e.bucket < from_bucket {
+                continue;
+            }
+            let Some(trades) = e.trades else { continue };
+            out.checked += 1;
+            let expected = ids
+                .get(&(e.product, e.bucket))
+                .map_or(0, |ids| ids.partition_point(|&id| id <= e.trade_id));
+            if expected != trades as usize {
+                out.miscounted += 1;
+            }
+        }
+    }
+    out
 }

@@ -1,10 +1,10 @@
 //! One cheap SSE client of `/stream`: a raw TCP socket from a chosen loopback source address,
-//! an HTTP/1.1 request, the chunked body undone by hand, and each event scanned for three
+//! an HTTP/1.1 request, the chunked body undone by hand, and each event scanned for five
 //! attributes of its `<spot-candle>`, nothing parsed beyond them.
 //!
 //! In: the service's address, a source address, the products (none: every product). Out: a
 //! [`ClientLog`]: per candle event its product's index, `data-last-trade-id`, a hash of
-//! `data-version` and when it arrived (µs since the bench's base instant, one clock reading
+//! `data-version`, its bucket and trade count, and when it arrived (µs since the bench's base instant, one clock reading
 //! per socket read), and why the stream ended early, if it did.
 
 use std::collections::HashMap;
@@ -27,6 +27,10 @@ pub(crate) struct Event {
     pub trade_id: u64,
     /// FxHash of `data-version` (a duplicate is the same product and version twice).
     pub version: u64,
+    /// `data-timestamp`: the bucket's start, Unix seconds.
+    pub bucket: i64,
+    /// `data-trades`: the trades in the candle (`None`: unknown, a candle from REST).
+    pub trades: Option<u32>,
 }
 
 /// What one client saw.
@@ -184,6 +188,8 @@ fn scan(body: &mut Vec<u8>, index: &ProductIndex, at_us: u32, events: &mut Vec<E
 /// The attributes of the `<spot-candle>` in one event (they come in a fixed order).
 fn candle(event: &str, index: &ProductIndex, at_us: u32) -> Option<Event> {
     let (product, rest) = attr(event, "data-product=\"")?;
+    let (bucket, rest) = attr(rest, "data-timestamp=\"")?;
+    let (trades, rest) = attr(rest, "data-trades=\"")?;
     let (version, rest) = attr(rest, "data-version=\"")?;
     let (trade_id, _) = attr(rest, "data-last-trade-id=\"")?;
     let mut hasher = rustc_hash::FxHasher::default();
@@ -193,6 +199,8 @@ fn candle(event: &str, index: &ProductIndex, at_us: u32) -> Option<Event> {
         at_us,
         trade_id: trade_id.parse().ok()?,
         version: hasher.finish(),
+        bucket: bucket.parse().ok()?,
+        trades: trades.parse().ok(),
     })
 }
 

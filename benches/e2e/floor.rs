@@ -38,6 +38,8 @@ pub(crate) struct Hop {
 pub(crate) struct Logs {
     pub frames: Mutex<Vec<Frame>>,
     pub hops: Mutex<Vec<Hop>>,
+    /// Floor hops that could not be published (over the whole run).
+    pub floor_failures: std::sync::atomic::AtomicU64,
 }
 
 impl Logs {
@@ -110,8 +112,11 @@ pub(crate) async fn start(
                 payload.put_u16(product);
                 payload.put_u64(sent.newest_trade_id);
                 let payload: Bytes = payload.freeze();
+                // A hop that cannot be published is missing from the floor (counted), never
+                // a reason to stop logging the frames the service is measured by.
                 if publisher.publish(SUBJECT, payload).await.is_err() {
-                    return;
+                    logs.floor_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }

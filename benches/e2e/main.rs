@@ -106,6 +106,25 @@ impl Settings {
         );
         assert!(s.per_client >= 1 && s.per_client <= s.products);
         assert!(s.per_address >= 1 && s.secs > s.loss_window_secs);
+        for name in &s.scenarios {
+            assert!(
+                ["base", "burst", "big"].contains(&name.as_str()),
+                "unknown scenario {name:?} in E2E_SCENARIOS: base, burst or big"
+            );
+        }
+        for rate in [s.rate, s.rate * s.burst] {
+            assert!(
+                spot_canvas::sim::market::valid_rate(rate),
+                "E2E_RATE × E2E_BURST must stay within 0-{} trades/s per product, not {rate}",
+                spot_canvas::sim::market::MAX_TRADES_PER_SECOND
+            );
+        }
+        // Instants are kept as µs in a u32 since the start: 71 minutes at most.
+        let per_scenario = s.warmup_secs + s.secs + 300;
+        assert!(
+            per_scenario.saturating_mul(s.scenarios.len() as u64) < 3_600,
+            "E2E_SECS too long: a run must stay under an hour"
+        );
         s
     }
 }
@@ -113,6 +132,13 @@ impl Settings {
 /// What the scenarios share.
 struct Bench {
     settings: Settings,
+    /// The simulator's trade log, for the trade counts of the elements.
+    trade_log: std::path::PathBuf,
+    _log_dir: tempfile::TempDir,
+    /// The granularity's bucket width, s.
+    width: i64,
+    /// The first bucket the service saw whole (Unix seconds).
+    counted_from: i64,
     base: Instant,
     sim: Simulator,
     service: Service,
@@ -129,6 +155,7 @@ struct Row {
     clients: usize,
     rate: f64,
     outcome: Outcome,
+    counted: analysis::Counted,
     secs: f64,
     trades: u64,
     cpu_seconds: f64,
@@ -167,7 +194,35 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // A panic unwinds through the bench (its service, nats-server and their servers stop on
+    // drop); SIGINT or SIGTERM drops the run the same way before the process exits.
     runtime.block_on(async move {
+        tokio::select! {
+            () = run(settings, open_files) => {}
+            signal = stop_signal() => {
+                eprintln!("{signal}: stopping the service and its servers");
+            }
+        }
+    });
+}
+
+/// The first SIGINT or SIGTERM, by name.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+async fn run(settings: Settings, open_files: (u64, u64)) {
+    {
         print_machine(open_files);
         let bench = Bench::start(settings).await;
         let mut rows = Vec::new();
@@ -178,12 +233,18 @@ fn main() {
                     bench.settings.rate * bench.settings.burst,
                     bench.settings.clients,
                 ),
-                "big" => (bench.settings.rate, bench.settings.big_clients),
-                other => panic!("unknown scenario {other:?}: base, burst or big"),
+                _ => (bench.settings.rate, bench.settings.big_clients),
             };
             rows.push(bench.scenario(&name, rate, clients).await);
         }
         print_tables(&bench.settings, &rows);
+        let floor_failures = bench
+            .logs
+            .floor_failures
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if floor_failures > 0 {
+            println!("\nfloor: {floor_failures} hops could not be published to NATS");
+        }
         let warnings = bench.service.warnings();
         println!(
             "\nservice log: {} WARN/ERROR lines{}",
@@ -198,7 +259,7 @@ fn main() {
             println!("  {}", w.chars().take(300).collect::<String>());
         }
         bench.stop().await;
-    });
+    }
 }
 
 fn print_machine(open_files: (u64, u64)) {
@@ -233,11 +294,17 @@ impl Bench {
                 .collect(),
         );
         let (tap, tapped) = SendTap::new();
+        let log_dir = tempfile::Builder::new()
+            .prefix("spot-canvas-e2e-trades-")
+            .tempdir()
+            .expect("tempdir");
+        let trade_log = log_dir.path().join("trades.jsonl");
         let sim = Simulator::start(SimConfig {
             products: settings.products,
             trades_per_second: settings.rate,
             history_minutes: 2,
             send_tap: Some(tap),
+            trade_log: Some(trade_log.clone()),
             ..SimConfig::default()
         })
         .await
@@ -298,7 +365,19 @@ impl Bench {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // Buckets that start from here on are whole in the service (no backfill here).
+        let width = settings
+            .granularity
+            .parse::<spot_canvas::model::Granularity>()
+            .expect("E2E_GRANULARITY names a granularity")
+            .seconds();
+        let now = chrono::Utc::now().timestamp();
+        let counted_from = now - now.rem_euclid(width) + width;
         Bench {
+            trade_log,
+            _log_dir: log_dir,
+            width,
+            counted_from,
             nats,
             data_dir,
             settings,
@@ -431,8 +510,8 @@ impl Bench {
         let to_client_after = self.service.histogram(TO_CLIENT).await;
         let inside = [0.5, 0.99].map(|p| {
             (
-                service::bucket_quantile(&engine, &engine_after, p),
-                service::bucket_quantile(&to_client, &to_client_after, p),
+                service::bucket_quantile(engine.as_deref(), engine_after.as_deref(), p),
+                service::bucket_quantile(to_client.as_deref(), to_client_after.as_deref(), p),
             )
         });
         stop.cancel();
@@ -451,13 +530,25 @@ impl Bench {
                 loss_window_us: (s.loss_window_secs * 1_000_000) as u32,
             },
         );
+        let counted = analysis::count_check(
+            &logs,
+            &self.trade_ids(),
+            self.counted_from,
+            Window {
+                start_us,
+                end_us,
+                loss_window_us: 0,
+            },
+        );
         drop(logs);
         eprintln!(
-            "scenario {name}: p50 {:.2} ms, p99 {:.2} ms, lost {}, duplicated {}",
+            "scenario {name}: p50 {:.2} ms, p99 {:.2} ms, lost {}, duplicated {}, miscounted {} of {}",
             quantile_ms(&outcome.latencies, 0.5),
             quantile_ms(&outcome.latencies, 0.99),
             outcome.lost,
-            outcome.duplicates
+            outcome.duplicates,
+            counted.miscounted,
+            counted.checked
         );
         // Let the service see the clients go before the next scenario.
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -466,6 +557,7 @@ impl Bench {
             clients: total,
             rate,
             outcome,
+            counted,
             secs,
             trades,
             cpu_seconds,
@@ -477,6 +569,39 @@ impl Bench {
             connect_errors,
             inside,
         }
+    }
+
+    /// The simulator's trades so far, by product and bucket, from its log.
+    fn trade_ids(&self) -> analysis::TradeIds {
+        #[derive(serde::Deserialize)]
+        struct Logged<'a> {
+            product_id: &'a str,
+            trade_id: &'a str,
+            time: &'a str,
+        }
+        let text = std::fs::read_to_string(&self.trade_log).expect("the trade log");
+        let mut ids = analysis::TradeIds::new();
+        for line in text.lines() {
+            // The last line may be half written.
+            let Ok(t) = serde_json::from_str::<Logged>(line) else {
+                continue;
+            };
+            let (Some(&product), Ok(id), Ok(time)) = (
+                self.index.get(t.product_id),
+                t.trade_id.parse::<u64>(),
+                chrono::DateTime::parse_from_rfc3339(t.time),
+            ) else {
+                continue;
+            };
+            let secs = time.timestamp();
+            ids.entry((product, secs - secs.rem_euclid(self.width)))
+                .or_default()
+                .push(id);
+        }
+        for v in ids.values_mut() {
+            v.sort_unstable();
+        }
+        ids
     }
 
     async fn stop(self) {
@@ -521,14 +646,14 @@ fn print_tables(s: &Settings, rows: &[Row]) {
         );
     }
     println!(
-        "\n| scenario | trades/s | product frames/s | updates delivered/s | judged | lost | duplicated | service resyncs | service cut-offs | client errors | service CPU (% of one core) | peak RSS | bench process CPU | machine busy (all cores) |"
+        "\n| scenario | trades/s | product frames/s | updates delivered/s | judged | lost | duplicated | miscounted (of checked) | service resyncs | service cut-offs | client errors | service CPU (% of one core) | peak RSS | bench process CPU | machine busy (all cores) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let o = &r.outcome;
         let errors = r.connect_errors.len() + o.client_errors.len();
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0} % | {:.0} MiB | {:.0} % | {:.0} % |",
+            "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} (of {}) | {} | {} | {} | {:.0} % | {:.0} MiB | {:.0} % | {:.0} % |",
             label(r),
             r.trades as f64 / r.secs,
             o.frames_in_window as f64 / r.secs,
@@ -536,6 +661,8 @@ fn print_tables(s: &Settings, rows: &[Row]) {
             o.judged,
             o.lost,
             o.duplicates,
+            r.counted.miscounted,
+            r.counted.checked,
             r.resyncs,
             r.cut_off,
             errors,

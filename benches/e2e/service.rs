@@ -35,7 +35,10 @@ impl Service {
             child,
             port: 0,
             log: log.to_owned(),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("an HTTP client"),
         };
         let deadline = Instant::now() + Duration::from_secs(180);
         service.port = loop {
@@ -79,11 +82,17 @@ impl Service {
         self.child.id()
     }
 
-    /// Log lines at WARN or ERROR so far.
+    /// Log lines at WARNING or worse so far (`LOG_FORMAT=json`: Cloud Logging's severities).
     pub(crate) fn warnings(&self) -> Vec<String> {
         self.log_text()
             .lines()
-            .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+            .filter(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                matches!(
+                    v["severity"].as_str(),
+                    Some("WARNING" | "ERROR" | "CRITICAL" | "ALERT" | "EMERGENCY")
+                )
+            })
             .map(str::to_owned)
             .collect()
     }
@@ -128,15 +137,18 @@ impl Service {
             .sum()
     }
 
-    /// The cumulative buckets of a histogram of `/metrics`: (upper bound in s, count).
-    pub(crate) async fn histogram(&self, name: &str) -> Vec<(f64, f64)> {
+    /// The cumulative buckets of a histogram of `/metrics`: (upper bound in s, count); empty
+    /// when it has no sample yet, `None` when `/metrics` could not be read.
+    pub(crate) async fn histogram(&self, name: &str) -> Option<Vec<(f64, f64)>> {
         let url = format!("http://127.0.0.1:{}/metrics", self.port);
-        let Ok(r) = self.http.get(&url).send().await else {
-            return Vec::new();
-        };
-        let text = r.text().await.unwrap_or_default();
+        let r = self.http.get(&url).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let text = r.text().await.ok()?;
         let prefix = format!("{name}_bucket{{");
-        text.lines()
+        let buckets = text
+            .lines()
             .filter(|l| l.starts_with(&prefix))
             .filter_map(|l| {
                 let le = l.split("le=\"").nth(1)?.split('"').next()?;
@@ -147,16 +159,14 @@ impl Service {
                 };
                 Some((le, l.rsplit(' ').next()?.parse().ok()?))
             })
-            .collect()
+            .collect();
+        Some(buckets)
     }
 
-    /// SIGTERM, then the exit within 20 s (SIGKILL after).
+    /// SIGTERM, then the exit within 20 s (SIGKILL after, with whatever it started).
     pub(crate) async fn stop(mut self) {
-        if let Ok(pid) = i32::try_from(self.pid())
-            && let Some(pid) = rustix::process::Pid::from_raw(pid)
-        {
-            let _gone = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
+        let descendants = descendants(self.pid());
+        signal(self.pid(), rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -165,9 +175,81 @@ impl Service {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         eprintln!("the service did not stop within 20 s: killed");
+        self.kill(&descendants);
+    }
+
+    /// SIGKILL to the service and to `descendants` (its embedded PostgreSQL sits in a process
+    /// group of its own, so it would outlive it), and the service reaped.
+    fn kill(&mut self, descendants: &[u32]) {
         let _gone = self.child.kill();
         let _reaped = self.child.wait();
+        for &pid in descendants {
+            signal(pid, rustix::process::Signal::KILL);
+        }
     }
+}
+
+impl Drop for Service {
+    /// A bench that panics or is interrupted still stops the service: SIGTERM, up to 10 s for
+    /// its own stop (which stops its servers), then SIGKILL to it and what it started.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let descendants = descendants(self.pid());
+        signal(self.pid(), rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            // Dropping: no runtime to await on, a short blocking poll of the exit.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill(&descendants);
+    }
+}
+
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Ok(pid) = i32::try_from(pid)
+        && let Some(pid) = rustix::process::Pid::from_raw(pid)
+    {
+        let _gone = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// The processes below `root`, from the parent ids in `/proc/<pid>/stat`.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The parent id is the second field after the command name (which may hold spaces).
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(parent) = parent {
+            parent_of.push((pid, parent));
+        }
+    }
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, p) in &parent_of {
+            if p == parent && !found.contains(&pid) {
+                found.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    found
 }
 
 /// User + system CPU time of `/proc/<pid>` (`self` for this process), in seconds.
@@ -250,7 +332,15 @@ pub(crate) fn raise_open_files(want: u64) -> (u64, u64) {
 
 /// The `p` quantile (0–1) of the change between two readings of a histogram, as the upper
 /// bound of the bucket it falls in (seconds); NaN without observations.
-pub(crate) fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> f64 {
+pub(crate) fn bucket_quantile(
+    before: Option<&[(f64, f64)]>,
+    after: Option<&[(f64, f64)]>,
+    p: f64,
+) -> f64 {
+    // A reading that failed would turn the window into the process's whole life.
+    let (Some(before), Some(after)) = (before, after) else {
+        return f64::NAN;
+    };
     let delta: Vec<(f64, f64)> = after
         .iter()
         .map(|&(le, n)| {

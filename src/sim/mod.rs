@@ -53,7 +53,7 @@ pub struct SimConfig {
     #[arg(long, value_delimiter = ',')]
     pub product_list: Option<Vec<String>>,
     /// Trades per second per product (average).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = parse_rate)]
     pub trades_per_second: f64,
     /// Seed of the random walk, for deterministic runs.
     #[arg(long, default_value_t = 1)]
@@ -104,6 +104,18 @@ impl Default for SimConfig {
             multi_product_frames: false,
             send_tap: None,
         }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|e| format!("not a number: {e}"))?;
+    if market::valid_rate(rate) {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "must be from 0 to {}",
+            market::MAX_TRADES_PER_SECOND
+        ))
     }
 }
 

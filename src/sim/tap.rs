@@ -1,5 +1,5 @@
 //! An optional tap on the simulator's `market_trades` update frames, for measuring latency
-//! from the moment a frame leaves the simulator (the end-to-end benchmark, `benches/e2e.rs`).
+//! from the moment a frame leaves the simulator (the end-to-end benchmark, `benches/e2e/main.rs`).
 //!
 //! In: each update frame, just before its connection writes it. Out: one [`SentFrame`] per
 //! product in the frame (its newest trade id and the send instant) on an unbounded channel.

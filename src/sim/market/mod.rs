@@ -32,7 +32,15 @@ pub use self::spec::MarketSpec;
 
 /// Trades kept per product for snapshots.
 pub const SNAPSHOT_TRADES: usize = 100;
-/// The highest rate [`Exchange::set_trades_per_second`] accepts, per product.
+/// Whether `rate` (trades per second per product) is one the exchange takes: finite, from 0 to
+/// [`MAX_TRADES_PER_SECOND`]. NaN would never end the Poisson draw; infinity would ask for
+/// `usize::MAX` trades.
+pub fn valid_rate(rate: f64) -> bool {
+    rate.is_finite() && (0.0..=MAX_TRADES_PER_SECOND).contains(&rate)
+}
+
+/// The highest rate [`Exchange::new`] and [`Exchange::set_trades_per_second`] accept, per
+/// product.
 pub const MAX_TRADES_PER_SECOND: f64 = 10_000.0;
 /// How long one-minute aggregates are kept for REST candles.
 const AGGREGATE_RETENTION_SECS: i64 = 10 * 86_400;
@@ -106,6 +114,11 @@ impl Exchange {
         now: DateTime<Utc>,
         trade_log: Option<&Path>,
     ) -> anyhow::Result<Self> {
+        if !valid_rate(trades_per_second) {
+            anyhow::bail!(
+                "trades per second must be a number from 0 to {MAX_TRADES_PER_SECOND}, not {trades_per_second}"
+            );
+        }
         let log = match trade_log {
             Some(path) => Some(Mutex::new(BufWriter::new(File::create(path).map_err(
                 |e| anyhow::anyhow!("cannot create trade log {}: {e}", path.display()),
@@ -247,7 +260,7 @@ impl Exchange {
     /// lull). Refuses (returns false) a rate that is negative, not finite or over
     /// [`MAX_TRADES_PER_SECOND`].
     pub fn set_trades_per_second(&self, rate: f64) -> bool {
-        if !rate.is_finite() || !(0.0..=MAX_TRADES_PER_SECOND).contains(&rate) {
+        if !valid_rate(rate) {
             return false;
         }
         self.trades_per_second

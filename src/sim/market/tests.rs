@@ -114,4 +114,8 @@ fn the_trade_rate_changes_at_run_time_and_refuses_nonsense() {
         50.0,
         "a refused rate changes nothing"
     );
+    for nonsense in [-1.0, f64::NAN, f64::INFINITY, MAX_TRADES_PER_SECOND * 2.0] {
+        let refused = Exchange::new(&ids, nonsense, 5, TimeDelta::minutes(1), now, None);
+        assert!(refused.is_err(), "{nonsense} at start");
+    }
 }
