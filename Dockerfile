@@ -59,9 +59,11 @@ RUN npm run build
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim AS runtime
-# ca-certificates for TLS to Coinbase and Cloud SQL; curl for the HEALTHCHECK only.
+# ca-certificates for TLS to Coinbase and Cloud SQL; curl for the HEALTHCHECK only; tini as
+# PID 1 so that the processes the service's children leave behind are reaped (the service
+# empties each child's process group on stop and waits for it to be gone).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl tini \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 spot \
     && useradd --uid 10001 --gid 10001 --no-create-home \
@@ -85,5 +87,6 @@ EXPOSE 8080
 # uses the probes in deploy/*.yaml instead.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD curl -fsS -o /dev/null "http://127.0.0.1:${PORT}/health/live" || exit 1
-ENTRYPOINT ["spot-canvas"]
+# tini forwards SIGTERM to the service alone: the service stops its own children in order.
+ENTRYPOINT ["/usr/bin/tini", "--", "spot-canvas"]
 CMD ["serve"]

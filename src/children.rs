@@ -120,7 +120,8 @@ impl OwnedChild {
 
     /// Stops it following `plan`, waiting between steps without blocking the runtime.
     pub async fn stop(&mut self, plan: StopPlan) -> Option<ExitStatus> {
-        let was_running = self.exited().is_none();
+        // Not reaped yet (a zombie still holds its id): the group id is still ours.
+        let was_running = self.exited.is_none();
         let exited = self.stop_steps(plan).await;
         if was_running && let Some(group) = self.end_group() {
             let deadline = tokio::time::Instant::now() + GROUP_GONE;
@@ -147,7 +148,8 @@ impl OwnedChild {
 
     /// Stops it following `plan` from synchronous code (blocks for at most the plan's total).
     pub fn stop_blocking(&mut self, plan: StopPlan) -> Option<ExitStatus> {
-        let was_running = self.exited().is_none();
+        // Not reaped yet (a zombie still holds its id): the group id is still ours.
+        let was_running = self.exited.is_none();
         let exited = self.stop_steps_blocking(plan);
         if was_running && let Some(group) = self.end_group() {
             let deadline = Instant::now() + GROUP_GONE;

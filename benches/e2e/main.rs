@@ -196,28 +196,37 @@ fn main() {
         .expect("runtime");
     // A panic unwinds through the bench (its service, nats-server and their servers stop on
     // drop); SIGINT or SIGTERM drops the run the same way before the process exits.
-    runtime.block_on(async move {
+    let mut interrupted = false;
+    runtime.block_on(async {
         tokio::select! {
             () = run(settings, open_files) => {}
             signal = stop_signal() => {
                 eprintln!("{signal}: stopping the service and its servers");
+                // The run is dropped here (the service stops on drop) before the exit below.
+                interrupted = true;
             }
         }
     });
+    drop(runtime);
+    if interrupted {
+        std::process::exit(130);
+    }
 }
 
-/// The first SIGINT or SIGTERM, by name.
+/// The first SIGINT, SIGTERM or SIGHUP, by name.
 async fn stop_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
+    let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
     ) else {
         return std::future::pending().await;
     };
     tokio::select! {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
+        _ = hangup.recv() => "SIGHUP",
     }
 }
 
@@ -468,6 +477,11 @@ impl Bench {
         self.service.reset_peak_rss();
         let stop = CancellationToken::new();
         let (handles, connect_errors) = self.open_clients(named, &stop).await;
+        assert!(
+            self.service.running(),
+            "the service died:\n{}",
+            self.service.log()
+        );
         tokio::time::sleep(Duration::from_secs(s.warmup_secs)).await;
         self.logs.clear();
         let start_us = self.now_us();
@@ -646,14 +660,14 @@ fn print_tables(s: &Settings, rows: &[Row]) {
         );
     }
     println!(
-        "\n| scenario | trades/s | product frames/s | updates delivered/s | judged | lost | duplicated | miscounted (of checked) | service resyncs | service cut-offs | client errors | service CPU (% of one core) | peak RSS | bench process CPU | machine busy (all cores) |"
+        "\n| scenario | trades/s | product frames/s | updates delivered/s | judged | lost | duplicated | miscounted (of checked; without a count) | service resyncs | service cut-offs | client errors | service CPU (% of one core) | peak RSS | bench process CPU | machine busy (all cores) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let o = &r.outcome;
         let errors = r.connect_errors.len() + o.client_errors.len();
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} (of {}) | {} | {} | {} | {:.0} % | {:.0} MiB | {:.0} % | {:.0} % |",
+            "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} (of {}; {}) | {} | {} | {} | {:.0} % | {:.0} MiB | {:.0} % | {:.0} % |",
             label(r),
             r.trades as f64 / r.secs,
             o.frames_in_window as f64 / r.secs,
@@ -663,6 +677,7 @@ fn print_tables(s: &Settings, rows: &[Row]) {
             o.duplicates,
             r.counted.miscounted,
             r.counted.checked,
+            r.counted.unknown,
             r.resyncs,
             r.cut_off,
             errors,
@@ -679,7 +694,17 @@ fn print_tables(s: &Settings, rows: &[Row]) {
     println!("| scenario | → engine output p50 | p99 | → written to a stream client p50 | p99 |");
     println!("|---|---|---|---|---|");
     for r in rows {
-        let ms = |s: f64| format!("≤ {} ms", s * 1000.0);
+        // NaN: a reading failed or the window had no observations; infinite: past the
+        // largest bucket.
+        let ms = |s: f64| {
+            if s.is_nan() {
+                "n/a".to_owned()
+            } else if s.is_infinite() {
+                "past the largest bucket".to_owned()
+            } else {
+                format!("≤ {} ms", s * 1000.0)
+            }
+        };
         let [(e50, c50), (e99, c99)] = r.inside;
         println!(
             "| {} | {} | {} | {} | {} |",

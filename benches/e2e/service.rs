@@ -165,7 +165,6 @@ impl Service {
 
     /// SIGTERM, then the exit within 20 s (SIGKILL after, with whatever it started).
     pub(crate) async fn stop(mut self) {
-        let descendants = descendants(self.pid());
         signal(self.pid(), rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -175,15 +174,32 @@ impl Service {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         eprintln!("the service did not stop within 20 s: killed");
-        self.kill(&descendants);
+        self.kill();
     }
 
-    /// SIGKILL to the service and to `descendants` (its embedded PostgreSQL sits in a process
-    /// group of its own, so it would outlive it), and the service reaped.
-    fn kill(&mut self, descendants: &[u32]) {
+    /// Whether the service still runs (its process exists and is not a zombie).
+    pub(crate) fn running(&self) -> bool {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        !matches!(state, Some("Z" | "X") | None)
+    }
+
+    /// The service's log so far.
+    pub(crate) fn log(&self) -> String {
+        self.log_text()
+    }
+
+    /// SIGKILL to the service and to what it started (its embedded PostgreSQL sits in a
+    /// process group of its own, so it would outlive it), listed while the service still runs
+    /// so that no id can have been reused, and the service reaped.
+    fn kill(&mut self) {
+        let descendants = descendants(self.pid());
         let _gone = self.child.kill();
         let _reaped = self.child.wait();
-        for &pid in descendants {
+        for pid in descendants {
             signal(pid, rustix::process::Signal::KILL);
         }
     }
@@ -196,7 +212,6 @@ impl Drop for Service {
         if !matches!(self.child.try_wait(), Ok(None)) {
             return;
         }
-        let descendants = descendants(self.pid());
         signal(self.pid(), rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -206,7 +221,7 @@ impl Drop for Service {
             // Dropping: no runtime to await on, a short blocking poll of the exit.
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.kill(&descendants);
+        self.kill();
     }
 }
 

@@ -21,6 +21,8 @@ use crate::model::{Candle, Granularity};
 pub const PAGE_BUCKETS: i64 = 300;
 /// Time allowed for one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an idle connection to the REST API is kept for the next request.
+const POOL_IDLE: Duration = Duration::from_secs(10);
 /// Attempts per page before giving up.
 const ATTEMPTS: u32 = 6;
 /// Backoff of a page's retries: retry `n` (0-based) waits between `RETRY_BASE · 2^n / 2` and
@@ -97,7 +99,12 @@ impl CandleClient {
     /// A client for `rest_url` making at most `requests_per_second` requests.
     pub fn new(rest_url: &str, requests_per_second: u32) -> Self {
         CandleClient {
-            http: reqwest::Client::new(),
+            // Windows come in bursts: a connection idle for 10 s is closed rather than kept
+            // for reqwest's default 90 s (each idle connection holds a task and a socket).
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(POOL_IDLE)
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new()),
             rest_url: rest_url.trim_end_matches('/').to_owned(),
             pacer: Arc::new(Pacer::new(
                 Duration::from_secs(1) / requests_per_second.max(1),
