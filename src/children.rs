@@ -12,7 +12,9 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 pub use rustix::process::Signal;
-use rustix::process::{Pid, kill_process, kill_process_group, test_kill_process_group};
+use rustix::process::{
+    Pid, WaitId, WaitIdOptions, kill_process, kill_process_group, test_kill_process_group, waitid,
+};
 
 /// How often a stopping process is looked at.
 const POLL: Duration = Duration::from_millis(20);
@@ -46,6 +48,9 @@ pub struct OwnedChild {
     /// How `Drop` stops it.
     on_drop: StopPlan,
     exited: Option<ExitStatus>,
+    /// The leader's process group when something was left in it at the leader's exit (and
+    /// was sent SIGKILL): a stop waits a moment for it to be gone.
+    left_over: Option<Pid>,
 }
 
 impl OwnedChild {
@@ -62,6 +67,7 @@ impl OwnedChild {
             name,
             on_drop,
             exited: None,
+            left_over: None,
         })
     }
 
@@ -70,10 +76,39 @@ impl OwnedChild {
     }
 
     /// Its exit status once it ended (and it is reaped); `None` while it runs.
+    ///
+    /// However the exit is seen (a stop, or a caller watching a child that ends by itself),
+    /// what is left of its process group goes with it: initdb's `postgres` can outlive an
+    /// initdb that failed or was stopped half-way. The exit is first seen without reaping, so
+    /// the zombie still holds the leader's id and the group's id names only our group.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none()
-            && let Ok(Some(status)) = self.child.try_wait()
-        {
+        if self.exited.is_some() {
+            return self.exited;
+        }
+        let Some(pid) = self.pid() else {
+            return self.reap();
+        };
+        let seen = waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+        );
+        match seen {
+            Ok(Some(_)) => {
+                // An error is ESRCH: nothing else was in the group.
+                if kill_process_group(pid, Signal::KILL).is_ok() {
+                    self.left_over = Some(pid);
+                }
+                self.reap()
+            }
+            Ok(None) => None,
+            // ECHILD (reaped elsewhere) or EINTR: what the standard library's wait says.
+            Err(_) => self.reap(),
+        }
+    }
+
+    /// Reaps the leader if it has exited.
+    fn reap(&mut self) -> Option<ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
             self.exited = Some(status);
         }
         self.exited
@@ -108,22 +143,11 @@ impl OwnedChild {
         self.exited
     }
 
-    /// After the leader's exit seen by a stop: SIGKILL to what is left of its process group
-    /// (initdb's `postgres` children can outlive an initdb stopped half-way), and a short wait
-    /// until the group is empty. Only right after the exit: the group id must still be ours.
-    /// Returns the group's id when something was left in it (to wait for).
-    fn end_group(&self) -> Option<Pid> {
-        let pid = self.pid()?;
-        // An error is ESRCH: no process left in the group.
-        kill_process_group(pid, Signal::KILL).ok().map(|()| pid)
-    }
-
-    /// Stops it following `plan`, waiting between steps without blocking the runtime.
+    /// Stops it following `plan`, waiting between steps without blocking the runtime; then
+    /// waits a moment for what was left of its group (killed at the leader's exit) to go.
     pub async fn stop(&mut self, plan: StopPlan) -> Option<ExitStatus> {
-        // Not reaped yet (a zombie still holds its id): the group id is still ours.
-        let was_running = self.exited.is_none();
         let exited = self.stop_steps(plan).await;
-        if was_running && let Some(group) = self.end_group() {
+        if let Some(group) = self.left_over.take() {
             let deadline = tokio::time::Instant::now() + GROUP_GONE;
             while test_kill_process_group(group).is_ok() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(POLL).await;
@@ -148,10 +172,8 @@ impl OwnedChild {
 
     /// Stops it following `plan` from synchronous code (blocks for at most the plan's total).
     pub fn stop_blocking(&mut self, plan: StopPlan) -> Option<ExitStatus> {
-        // Not reaped yet (a zombie still holds its id): the group id is still ours.
-        let was_running = self.exited.is_none();
         let exited = self.stop_steps_blocking(plan);
-        if was_running && let Some(group) = self.end_group() {
+        if let Some(group) = self.left_over.take() {
             let deadline = Instant::now() + GROUP_GONE;
             while test_kill_process_group(group).is_ok() && Instant::now() < deadline {
                 std::thread::sleep(POLL);
@@ -333,6 +355,48 @@ mod tests {
         assert!(!status.success(), "ended by SIGTERM: {status}");
         // Killed and waited for by the stop; a zombie of init at most.
         assert!(!is_running(grandchild), "its group was left running");
+    }
+
+    #[test]
+    fn a_child_that_exits_by_itself_leaves_nothing_of_its_group_running() {
+        // As an initdb that fails on its own: its exit is seen by a caller watching it, and a
+        // process it started in its group must not stay.
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            "sh -c \"trap '' TERM; exec sleep 600\" & echo $!; read _ ; exit 3",
+        ]);
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = OwnedChild::spawn(&mut command, "sh", QUICK).expect("sh starts");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("the grandchild's pid");
+        let grandchild: u32 = line.trim().parse().expect("pid");
+        assert!(is_running(grandchild));
+        assert_eq!(child.exited(), None, "it waits for its input");
+        // Closing its input ends it (`read` returns at end of file).
+        drop(child.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.exited() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the child did not exit");
+            std::thread::sleep(POLL);
+        };
+        assert_eq!(status.code(), Some(3));
+        // Killed when the exit was seen; a zombie of init at most.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while is_running(grandchild) && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
+        assert!(!is_running(grandchild), "its group was left running");
+        assert_eq!(child.stop_blocking(QUICK), Some(status), "stopped once");
     }
 
     #[test]

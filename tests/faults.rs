@@ -22,6 +22,7 @@ use common::{
 use serde_json::Value;
 use spot_canvas::bus::EmbeddedNats;
 use spot_canvas::model::{Granularity, Version};
+use spot_canvas::reconcile::rest::POOL_IDLE;
 use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope};
 use spot_canvas::sim::market::MarketSpec;
 use spot_canvas::sim::{SimConfig, Simulator};
@@ -30,12 +31,10 @@ use tokio_util::sync::CancellationToken;
 /// A generous deadline for a loaded 2-core CI.
 const WITHIN: Duration = Duration::from_secs(60);
 /// Tasks allowed above the baseline once a fault is over (each reading the lowest of five
-/// samples, within a minute in which the REST client's idle connections, kept 10 s, close): a
-/// request or a backfill window in flight. A task left behind by every reconnect exceeds it by
+/// samples, within a minute in which the REST client's idle connections close): a request or
+/// a backfill window in flight. A task left behind by every reconnect exceeds it by
 /// the last of the four.
 const TASK_SLACK: usize = 3;
-/// How long the service keeps an idle REST connection (`src/reconcile/rest.rs`).
-const REST_POOL_IDLE: Duration = Duration::from_secs(10);
 /// Resident memory allowed above the baseline once a fault is over: allocator arenas and
 /// caches that grew under the fault and are kept for reuse (the baseline is about 40 MiB).
 const RSS_SLACK: u64 = 16 << 20;
@@ -67,6 +66,16 @@ fn published(health: &Value) -> u64 {
     health["bus"]["publisher"]["live"]["written_rows"]
         .as_u64()
         .unwrap_or(0)
+}
+
+fn windows_done(health: &Value) -> u64 {
+    health["reconcile"]["windows_done"].as_u64().unwrap_or(0)
+}
+
+/// No backfill window waiting or running.
+fn reconcile_idle(health: &Value) -> bool {
+    health["reconcile"]["windows_pending"].as_u64() == Some(0)
+        && health["reconcile"]["windows_running"].as_u64() == Some(0)
 }
 
 fn raised(health: &Value, alarm: &str) -> bool {
@@ -260,7 +269,6 @@ async fn one_process_survives_every_fault_and_stores_exactly_the_exchanges_candl
         .set("CROSSCHECK_INTERVAL_SECS", "0")
         .set("CLOCK_CHECK_SECS", "0");
     let service = Service::start(&env, &dir.path().join("serve.log")).await;
-    let ready_minute = minute_of(Utc::now());
     let stream = StreamClient::open(service.port, &products).await;
     // The start windows done (the start's own minute, due when it completes, may wait).
     let start = service
@@ -272,15 +280,35 @@ async fn one_process_survives_every_fault_and_stores_exactly_the_exchanges_candl
                 && trades_of(h) > 50
         })
         .await;
-    // Warm: the allocator has grown to its working size, and the start windows' idle REST
-    // connections have closed (time is the subject: the pool's idle timeout), before the
-    // baseline is taken.
+    // The feed subscribed before this: the start's windows (its own minute from REST) cover
+    // no minute after this one.
+    let started_minute = minute_of(Utc::now());
+    // Warm: the allocator has grown to its working size before the baseline is taken.
     service
         .wait_for_health("warm", WITHIN, |_, h| {
             trades_of(h) > trades_of(&start) + 100
         })
         .await;
-    tokio::time::sleep(REST_POOL_IDLE + Duration::from_secs(1)).await;
+    // No REST connection open at the baseline, or it would hide as many leaked tasks: every
+    // start window done (the start's own minute comes due when it ends), then the pool's idle
+    // connections closed. Time is the subject of the sleep: hyper closes a connection idle
+    // for POOL_IDLE at its next sweep, which runs every POOL_IDLE, so within twice that.
+    let idle_closed = 2 * POOL_IDLE + Duration::from_secs(1);
+    let mut quiet = false;
+    for _ in 0..3 {
+        let before = service
+            .wait_for_health("the start windows done", 2 * WITHIN, |_, h| {
+                reconcile_idle(h)
+            })
+            .await;
+        tokio::time::sleep(idle_closed).await;
+        let (_, after) = service.health().await.expect("/health answers");
+        if reconcile_idle(&after) && windows_done(&after) == windows_done(&before) {
+            quiet = true;
+            break;
+        }
+    }
+    assert!(quiet, "REST windows kept running: no quiet baseline");
     let baseline = footprint(&service).await.expect("a footprint");
     eprintln!("baseline: pid {}, {baseline}", service.pid());
     let mut subject = Subject {
@@ -528,16 +556,16 @@ async fn one_process_survives_every_fault_and_stores_exactly_the_exchanges_candl
         wrong.join("\n"),
         log_text
     );
-    // Minutes the faults lost came from REST: after the service's first minute (which its
-    // start filled from REST), the faults' minutes are the only ones REST could fill (the
-    // cross-check, which could repair others, is off).
+    // Minutes the faults lost came from REST: after the minute in which the feed had
+    // subscribed (the start's windows reach no further), the faults' minutes are the only ones
+    // REST could fill (the cross-check, which could repair others, is off).
     assert!(
         rows.iter()
             .any(|((_, g, start), row)| *g == Granularity::OneMinute
-                && *start > ready_minute
+                && *start > started_minute
                 && row.backfilled
                 && row.trade_count.is_none()),
-        "a minute of the faults (after {ready_minute}) filled from REST"
+        "a minute of the faults (after {started_minute}) filled from REST"
     );
     assert!(rows.keys().any(|k| k.1 == Granularity::OneDay));
     sim.stop().await;

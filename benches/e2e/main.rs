@@ -196,25 +196,27 @@ fn main() {
         .expect("runtime");
     // A panic unwinds through the bench (its service, nats-server and their servers stop on
     // drop); SIGINT or SIGTERM drops the run the same way before the process exits.
-    let mut interrupted = false;
+    let mut interrupted = None;
     runtime.block_on(async {
         tokio::select! {
             () = run(settings, open_files) => {}
-            signal = stop_signal() => {
-                eprintln!("{signal}: stopping the service and its servers");
+            (name, number) = stop_signal() => {
+                eprintln!("{name}: stopping the service and its servers");
                 // The run is dropped here (the service stops on drop) before the exit below.
-                interrupted = true;
+                interrupted = Some(number);
             }
         }
     });
-    drop(runtime);
-    if interrupted {
-        std::process::exit(130);
+    // Blocking work (a client's log write) gets a moment, not forever.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    if let Some(number) = interrupted {
+        // The shell's convention: 128 + the signal's number.
+        std::process::exit(128 + number);
     }
 }
 
-/// The first SIGINT, SIGTERM or SIGHUP, by name.
-async fn stop_signal() -> &'static str {
+/// The first SIGINT, SIGTERM or SIGHUP: its name and number.
+async fn stop_signal() -> (&'static str, i32) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
         signal(SignalKind::interrupt()),
@@ -224,9 +226,9 @@ async fn stop_signal() -> &'static str {
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
-        _ = hangup.recv() => "SIGHUP",
+        _ = interrupt.recv() => ("SIGINT", 2),
+        _ = terminate.recv() => ("SIGTERM", 15),
+        _ = hangup.recv() => ("SIGHUP", 1),
     }
 }
 

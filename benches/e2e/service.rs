@@ -192,16 +192,15 @@ impl Service {
         self.log_text()
     }
 
-    /// SIGKILL to the service and to what it started (its embedded PostgreSQL sits in a
-    /// process group of its own, so it would outlive it), listed while the service still runs
-    /// so that no id can have been reused, and the service reaped.
+    /// SIGKILL to what the service started (its embedded PostgreSQL sits in a process group
+    /// of its own, so it would outlive it), listed and signalled while the service still runs
+    /// and holds them (no id can have been reused), then to the service, which is reaped.
     fn kill(&mut self) {
-        let descendants = descendants(self.pid());
-        let _gone = self.child.kill();
-        let _reaped = self.child.wait();
-        for pid in descendants {
+        for pid in descendants(self.pid()) {
             signal(pid, rustix::process::Signal::KILL);
         }
+        let _gone = self.child.kill();
+        let _reaped = self.child.wait();
     }
 }
 

@@ -21,8 +21,9 @@ use crate::model::{Candle, Granularity};
 pub const PAGE_BUCKETS: i64 = 300;
 /// Time allowed for one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long an idle connection to the REST API is kept for the next request.
-const POOL_IDLE: Duration = Duration::from_secs(10);
+/// How long an idle connection to the REST API is kept for the next request (it closes at the
+/// pool's next sweep after that, so within twice this).
+pub const POOL_IDLE: Duration = Duration::from_secs(10);
 /// Attempts per page before giving up.
 const ATTEMPTS: u32 = 6;
 /// Backoff of a page's retries: retry `n` (0-based) waits between `RETRY_BASE · 2^n / 2` and
@@ -104,7 +105,12 @@ impl CandleClient {
             http: reqwest::Client::builder()
                 .pool_idle_timeout(POOL_IDLE)
                 .build()
-                .unwrap_or_else(|_| reqwest::Client::new()),
+                .unwrap_or_else(|e| {
+                    // Only a TLS backend that cannot start fails here, and would fail the
+                    // default client too: said, not hidden.
+                    tracing::error!(error = %e, "REST client settings refused: the default client");
+                    reqwest::Client::new()
+                }),
             rest_url: rest_url.trim_end_matches('/').to_owned(),
             pacer: Arc::new(Pacer::new(
                 Duration::from_secs(1) / requests_per_second.max(1),

@@ -401,6 +401,11 @@ fn router(state: Arc<SimState>) -> Router {
         .with_state(state)
 }
 
+/// The longest span one tick trades for: a tick held up longer (a stalled machine, the wall
+/// clock stepped forward) trades for this much, as if the market had been quiet before, rather
+/// than for the whole span at once (at the highest rates, millions of trades).
+const MAX_TICK_SPAN: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
 /// Ticks the exchange every 250 ms (Coinbase batches `market_trades` over 250 ms).
 async fn generate(
     exchange: Arc<Exchange>,
@@ -416,7 +421,7 @@ async fn generate(
             _ = interval.tick() => {
                 let to = Utc::now();
                 if to > from {
-                    exchange.tick(from, to);
+                    exchange.tick(from.max(to - MAX_TICK_SPAN), to);
                     from = to;
                 }
             }
