@@ -90,7 +90,7 @@ async fn run(subscribers: usize, shape: Shape, updates: u64) {
                     },
                 };
                 // What a stream does with them: hand the shared bytes on.
-                let bytes: usize = entries.iter().map(|e| e.event.len()).sum();
+                let bytes: usize = entries.iter().map(|e| e.event().len()).sum();
                 std::hint::black_box(bytes);
                 delivered.fetch_add(entries.len() as u64, Ordering::Relaxed);
             }

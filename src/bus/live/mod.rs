@@ -6,8 +6,9 @@
 //! series it wants, then every newer update, with no gap and no duplicate between the two and
 //! never an update older than one already delivered.
 //!
-//! Each update is rendered once into its server-sent event ([`LiveEntry::event`], shared
-//! `Bytes`) and costs nothing for clients that did not ask for its series: subscribers are
+//! Each update is rendered at most once into its server-sent event ([`LiveEntry::event`],
+//! shared `Bytes`), when a client first reads it (an update nobody wants is never rendered),
+//! and costs nothing for clients that did not ask for its series: subscribers are
 //! indexed by series (and, for clients of every product, by granularity). Each client has a
 //! bounded queue; one that overflows is marked lagged and resynced to the latest state of its
 //! series when it next reads, and one that stays behind (lagged for longer than its stall
@@ -20,7 +21,7 @@ mod nats;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -52,8 +53,29 @@ pub struct LiveEntry {
     pub update: CandleUpdate,
     /// Position in the order of applied updates (the event's `id:`).
     pub seq: u64,
-    /// The `datastar-patch-elements` event, shared by every client.
-    pub event: Bytes,
+    /// Which element it patches.
+    element: ElementId,
+    /// The event, once a client wanted it.
+    event: OnceLock<Bytes>,
+}
+
+impl LiveEntry {
+    fn new(update: CandleUpdate, seq: u64, element: ElementId) -> LiveEntry {
+        LiveEntry {
+            update,
+            seq,
+            element,
+            event: OnceLock::new(),
+        }
+    }
+
+    /// The `datastar-patch-elements` event, shared by every client: rendered by the first
+    /// that needs it (an update no client wants, such as a granularity nobody watches, costs
+    /// no rendering), the same bytes for all.
+    pub fn event(&self) -> &Bytes {
+        self.event
+            .get_or_init(|| candle_event(&self.update, self.seq, self.element))
+    }
 }
 
 /// Which series a client wants.
@@ -193,8 +215,10 @@ pub(crate) struct LiveStats {
     future: AtomicU64,
     /// Updates of older buckets (completions, revisions) sent to the clients.
     older_buckets: AtomicU64,
-    /// Reloads from the KV (start, NATS reconnects, slow consumers).
+    /// Reloads from the KV (start, NATS reconnects, slow consumers, retries).
     pub(crate) kv_reloads: AtomicU64,
+    /// Of those, the ones that failed (each tried again after a backoff).
+    pub(crate) kv_reload_failures: AtomicU64,
     /// Clients whose queue overflowed: their backlog is dropped for the latest state of their
     /// series, sent when they next read.
     resyncs: AtomicU64,
@@ -219,6 +243,7 @@ pub struct LiveReport {
     pub future: u64,
     pub older_buckets: u64,
     pub kv_reloads: u64,
+    pub kv_reload_failures: u64,
     pub resyncs: u64,
     pub resync_snapshots: u64,
     pub clients_cut_off: u64,
@@ -316,7 +341,8 @@ impl LiveState {
             }
             _ => false,
         };
-        // Ids follow the order of application: taken and rendered under the lock.
+        // Ids follow the order of application: taken under the lock (the event, rendered
+        // when a client first reads it, carries this id whenever that is).
         inner.next_seq += 1;
         let seq = inner.next_seq;
         let id = if older_bucket {
@@ -324,11 +350,7 @@ impl LiveState {
         } else {
             ElementId::Series
         };
-        let entry = Arc::new(LiveEntry {
-            event: candle_event(&update, seq, id),
-            update,
-            seq,
-        });
+        let entry = Arc::new(LiveEntry::new(update, seq, id));
         let mut cut_off = Vec::new();
         let mut queued = 0u64;
         let named = inner.index.by_series.get(&series).into_iter().flatten();
@@ -484,6 +506,7 @@ impl LiveState {
             future: load(&self.stats.future),
             older_buckets: load(&self.stats.older_buckets),
             kv_reloads: load(&self.stats.kv_reloads),
+            kv_reload_failures: load(&self.stats.kv_reload_failures),
             resyncs: load(&self.stats.resyncs),
             resync_snapshots: load(&self.stats.resync_snapshots),
             clients_cut_off: load(&self.stats.clients_cut_off),

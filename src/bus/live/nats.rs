@@ -1,7 +1,8 @@
 //! The live state's input: one NATS subscription per instance, and the KV bucket.
 //!
 //! In: messages on `candles.>`, and the KV bucket at start, after a NATS reconnect and after a
-//! slow-consumer event (core NATS is at-most-once: the KV fills what was missed). Out: every
+//! slow-consumer event (core NATS is at-most-once: the KV fills what was missed), and again
+//! after a backoff while a reload fails. Out: every
 //! readable update through [`LiveState::apply`]; unreadable ones are counted and skipped.
 
 use std::sync::atomic::Ordering;
@@ -18,8 +19,37 @@ use crate::bus::{ALL_CANDLES, CandleMessage};
 const KV_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often clients that stayed behind on quiet series are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// First wait before a failed KV reload is tried again (doubling, with jitter).
+const RELOAD_RETRY_BASE: Duration = Duration::from_millis(500);
+/// Longest wait between tries of a failed KV reload.
+const RELOAD_RETRY_CAP: Duration = Duration::from_secs(10);
 /// Longest wait to unsubscribe at the stop.
 const UNSUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// When a failed KV reload is tried again.
+#[derive(Debug, Default)]
+struct ReloadRetry {
+    failed: u32,
+    at: Option<tokio::time::Instant>,
+}
+
+impl ReloadRetry {
+    /// After a reload: none to retry, or the next try after a growing, jittered wait.
+    fn after(&mut self, loaded: bool) {
+        if loaded {
+            *self = ReloadRetry::default();
+            return;
+        }
+        let wait = crate::backoff::equal_jitter(
+            RELOAD_RETRY_BASE,
+            RELOAD_RETRY_CAP,
+            self.failed,
+            rand::random(),
+        );
+        self.failed = self.failed.saturating_add(1);
+        self.at = Some(tokio::time::Instant::now() + wait);
+    }
+}
 
 impl LiveState {
     /// Loads every KV entry through [`LiveState::apply`] (only newer ones change anything).
@@ -68,20 +98,29 @@ impl LiveState {
             .await
             .map_err(|e| anyhow::anyhow!("cannot subscribe to {ALL_CANDLES}: {e}"))?;
         // A reload waits on the KV (up to KV_LOAD_TIMEOUT while a NATS cluster elects a
-        // leader): the stop must not wait with it.
+        // leader): the stop must not wait with it. One that failed (JetStream not answering
+        // yet after a restart) is tried again after a backoff, not only at the next reconnect:
+        // until it succeeds the state may miss what was published while this instance was away.
+        let mut reload = ReloadRetry::default();
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            () = self.resync_now(&kv) => {}
+            loaded = self.resync_now(&kv) => reload.after(loaded),
         }
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let retry_at = reload.at;
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = sweep.tick() => self.sweep(),
                 () = self.resync.notified() => tokio::select! {
                     () = cancel.cancelled() => break,
-                    () = self.resync_now(&kv) => {}
+                    loaded = self.resync_now(&kv) => reload.after(loaded),
+                },
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if retry_at.is_some() => tokio::select! {
+                    () = cancel.cancelled() => break,
+                    loaded = self.resync_now(&kv) => reload.after(loaded),
                 },
                 message = messages.next() => {
                     let Some(message) = message else {
@@ -105,7 +144,8 @@ impl LiveState {
         Ok(())
     }
 
-    async fn resync_now(&self, kv: &Store) {
+    /// Reloads from the KV; whether it did.
+    async fn resync_now(&self, kv: &Store) -> bool {
         self.stats.kv_reloads.fetch_add(1, Ordering::Relaxed);
         // Bounded: while it runs, live messages and the stop wait.
         let loaded = tokio::time::timeout(KV_LOAD_TIMEOUT, self.load_from_kv(kv))
@@ -114,9 +154,18 @@ impl LiveState {
                 Err(anyhow::anyhow!("no answer within {KV_LOAD_TIMEOUT:?}"))
             });
         match loaded {
-            Ok(n) => tracing::info!(entries = n, "live state loaded from the KV"),
-            // The next reconnect or slow-consumer event tries again; live messages keep coming.
-            Err(e) => tracing::warn!(error = %e, "cannot load the live state from the KV"),
+            Ok(n) => {
+                tracing::info!(entries = n, "live state loaded from the KV");
+                true
+            }
+            // Tried again after a backoff (or at the next reconnect); live messages keep coming.
+            Err(e) => {
+                self.stats
+                    .kv_reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot load the live state from the KV; will retry");
+                false
+            }
         }
     }
 }

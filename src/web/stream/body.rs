@@ -2,7 +2,7 @@
 //! keep-alive comments, until the stop, a cut-off or the client going away.
 //!
 //! In: a [`Subscription`] and its initial entries. Out: the response body: each event's shared
-//! `Bytes` (rendered once for every client), several queued ones joined into one chunk. It ends when the stop token fires (so
+//! `Bytes` (rendered once, by the first client to read it, for every client), several queued ones joined into one chunk. It ends when the stop token fires (so
 //! axum's graceful shutdown never waits on it) or when the client is cut off; dropping it (the
 //! client went away) unsubscribes.
 
@@ -45,7 +45,7 @@ pub(super) fn body(
 ) -> Body {
     let mut pending = VecDeque::with_capacity(initial.len() + 1);
     pending.push_back(Bytes::from(opening));
-    pending.extend(initial.iter().map(|e| e.event.clone()));
+    pending.extend(initial.iter().map(|e| e.event().clone()));
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -106,11 +106,11 @@ async fn next_chunk(state: &mut StreamState) -> Option<Bytes> {
                         {
                             state.latency.record(seconds);
                         }
-                        state.pending.push_back(entry.event.clone());
+                        state.pending.push_back(entry.event().clone());
                     }
                 }
                 Delivery::Resync(entries) => {
-                    state.pending.extend(entries.iter().map(|e| e.event.clone()));
+                    state.pending.extend(entries.iter().map(|e| e.event().clone()));
                 }
                 Delivery::CutOff => return None,
             },
