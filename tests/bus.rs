@@ -361,6 +361,96 @@ async fn a_failed_kv_reload_is_tried_again_without_a_reconnect() {
     n.server.stop().await;
 }
 
+#[tokio::test]
+async fn an_instance_skips_its_own_messages_and_applies_every_other_instances() {
+    let n = nats().await;
+    let origin = spot_canvas::bus::new_origin();
+    assert_ne!(origin, spot_canvas::bus::new_origin(), "each start its own");
+    let cancel = CancellationToken::new();
+    // The publishing instance's live state, another ingesting instance's, and a web-only one.
+    let own = LiveState::with_origin(origin.clone());
+    let other = LiveState::with_origin(spot_canvas::bus::new_origin());
+    let web = LiveState::new();
+    // Each has subscribed once its start's reload (which follows the subscription) brought
+    // the KV's one candle.
+    let ready = update("READY-USD", 0, 1);
+    n.kv.put(
+        kv_key("READY-USD", Granularity::OneMinute),
+        CandleMessage::from_update(&ready).to_json().into(),
+    )
+    .await
+    .expect("kv put");
+    let mut tasks = Vec::new();
+    let mut clients = Vec::new();
+    for live in [&own, &other, &web] {
+        let client = spot_canvas::bus::connect(&n.server.url(), "live", |_| async {})
+            .await
+            .expect("connects");
+        clients.push(client.clone());
+        tasks.push(tokio::spawn(live.clone().run(
+            client,
+            n.kv.clone(),
+            cancel.clone(),
+        )));
+    }
+    wait_for(
+        "the live states running",
+        Duration::from_secs(20),
+        || async {
+            [&own, &other, &web]
+                .iter()
+                .all(|l| l.current("READY-USD", Granularity::OneMinute).is_some())
+        },
+    )
+    .await;
+    // Their subscriptions went out before the reload; a round trip on each connection makes
+    // sure the server has them.
+    for client in &clients {
+        tokio::time::timeout(Duration::from_secs(10), client.flush())
+            .await
+            .expect("in time")
+            .expect("flushed");
+    }
+    let (tx, rx) = mpsc::channel(8);
+    let publisher = Publisher::new(n.client.clone(), n.kv.clone(), rx).with_origin(origin);
+    let task = tokio::spawn(publisher.run());
+    let sent = update("ECHO-USD", 0, 3);
+    tx.send(vec![sent.clone()]).await.expect("send");
+    for live in [&other, &web] {
+        wait_for("the update applied", Duration::from_secs(20), || async {
+            live.current("ECHO-USD", Granularity::OneMinute).as_ref() == Some(&sent)
+        })
+        .await;
+    }
+    wait_for(
+        "the own message skipped",
+        Duration::from_secs(20),
+        || async { own.report().own_skipped == 1 },
+    )
+    .await;
+    // The one message came and was skipped unread: nothing applied but the KV's candle.
+    let report = own.report();
+    assert_eq!(
+        (report.messages, report.applied, report.bad),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    assert_eq!(own.current("ECHO-USD", Granularity::OneMinute), None);
+    assert_eq!(other.report().own_skipped, 0);
+    assert_eq!(web.report().own_skipped, 0);
+    drop(tx);
+    task.await.expect("join").expect("publisher");
+    cancel.cancel();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("stops")
+            .expect("join")
+            .expect("live state");
+    }
+    n.server.stop().await;
+}
+
 fn settings(capacity: usize) -> ClientSettings {
     ClientSettings {
         capacity,

@@ -116,15 +116,28 @@ async fn metrics_move_consistently_and_every_update_is_written_or_superseded() {
     let env = AppEnv::for_sim(&sim, data_dir.path()).database(&db);
     let service = Service::start(&env, &logs.path().join("serve.log")).await;
     let port = service.port;
-    // A stream client, so that the end-to-end histogram has updates to time.
-    let stream = reqwest::Client::new()
-        .get(format!(
-            "http://127.0.0.1:{port}/api/v1/stream?products=BTC-USD,ETH-USD&granularity=1m"
-        ))
-        .send()
-        .await
-        .expect("the stream opens");
-    assert_eq!(stream.status(), 200);
+    // A stream client, so that the end-to-end histogram has updates to time. A 503 (with
+    // Retry-After: the product list not readable yet on a loaded machine) is retried, as a
+    // client does; any other refusal fails the test.
+    let stream = eventually("the stream open", WITHIN, || async {
+        let response = reqwest::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{port}/api/v1/stream?products=BTC-USD,ETH-USD&granularity=1m"
+            ))
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await
+            .expect("the stream answers");
+        match response.status().as_u16() {
+            200 => Some(response),
+            503 => None,
+            status => panic!(
+                "the stream refused with {status}: {}",
+                response.text().await.unwrap_or_default()
+            ),
+        }
+    })
+    .await;
     let mut reader = common::SseReader::new(stream);
     let first = eventually("trades, updates and written rows", WITHIN, || async {
         let s = scrape(port).await?;

@@ -159,7 +159,13 @@ impl App {
             tracing::info!("MIGRATE_ON_START=false: not applying migrations");
             None
         };
-        let live = LiveState::new();
+        // An instance that ingests applies its engine's updates to its live state directly and
+        // names itself in what it publishes, so that their echo from NATS is skipped unread.
+        let origin = config.role.ingests().then(crate::bus::new_origin);
+        let live = match &origin {
+            Some(origin) => LiveState::with_origin(origin.clone()),
+            None => LiveState::new(),
+        };
         let nats = match connect_bus(&servers.nats_url, &live, config.nats_kv_replicas).await {
             Ok(nats) => nats,
             Err(e) => return Err((e, servers)),
@@ -171,7 +177,7 @@ impl App {
         let ingest = config
             .role
             .ingests()
-            .then(|| build_ingest(config, settings, &repository, &nats, &channels));
+            .then(|| build_ingest(config, settings, &repository, &nats, &channels, origin));
         let stages = Stages::new();
         let streams = crate::web::stream::Streams::new(config.stream);
         let dev = if config.dev_reload && config.role.serves_web() {
@@ -267,6 +273,7 @@ fn build_ingest(
     repository: &Repository,
     nats: &(async_nats::Client, async_nats::jetstream::kv::Store),
     channels: &Channels,
+    origin: Option<std::sync::Arc<str>>,
 ) -> Ingest {
     let (tx, events) = mpsc::channel(settings.channel_capacity);
     channels.register("feed_events", &tx);
@@ -302,8 +309,11 @@ fn build_ingest(
     );
     let (to_publisher, publisher_rx) = mpsc::channel(UPDATE_CHANNEL);
     channels.register("publisher", &to_publisher);
-    let publisher = Publisher::new(nats.0.clone(), nats.1.clone(), publisher_rx)
+    let mut publisher = Publisher::new(nats.0.clone(), nats.1.clone(), publisher_rx)
         .with_channels(channels.clone());
+    if let Some(origin) = origin {
+        publisher = publisher.with_origin(origin);
+    }
     let clock = (config.clock_check_secs > 0).then(|| {
         ClockCheck::new(
             &config.coinbase_rest_url,

@@ -383,8 +383,8 @@ async fn keep_products(
 }
 
 /// Hands every batch of the engine's output to this instance's live state (its stream
-/// clients get it without a NATS round trip; the same update coming back on NATS is then
-/// stale and dropped), the publisher and the writer. None of them blocks on NATS or the
+/// clients get it without a NATS round trip; the same update coming back on NATS names this
+/// instance in its `Spot-Origin` header and is skipped unread), the publisher and the writer. None of them blocks on NATS or the
 /// database (the sinks coalesce while writing), so this never holds up the engine. A sink
 /// that stopped is an error: the fan-out ends, and the service with it.
 async fn fan_out(

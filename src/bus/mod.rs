@@ -26,6 +26,15 @@ use crate::model::{EXCHANGE, Granularity};
 pub const KV_BUCKET: &str = "live-candles";
 /// Subjects the live state subscribes to.
 pub const ALL_CANDLES: &str = "candles.>";
+/// The header naming the instance that published a candle message: an instance's live state
+/// took its own updates straight from its engine and skips them when they come back from NATS
+/// (without parsing them).
+pub const ORIGIN_HEADER: &str = "Spot-Origin";
+
+/// A new instance's origin: random, different for every start of every instance.
+pub fn new_origin() -> std::sync::Arc<str> {
+    format!("{:016x}", rand::random::<u64>()).into()
+}
 
 /// A subject or KV key token for any product id: letters, digits, `-` and `_` stay; every
 /// other byte becomes `=XX` (hex), so `.`, `*`, `>` and spaces can never split a subject.

@@ -91,6 +91,8 @@ pub struct Publisher {
     settings: SinkSettings,
     stats: Arc<PublisherStats>,
     channels: Option<crate::ops::monitor::Channels>,
+    /// This instance's origin, sent with every message (see [`super::ORIGIN_HEADER`]).
+    origin: Option<Arc<str>>,
 }
 
 impl Publisher {
@@ -112,7 +114,15 @@ impl Publisher {
             },
             stats: Arc::new(PublisherStats::default()),
             channels: None,
+            origin: None,
         }
+    }
+
+    /// Names this instance in every message, so that its own live state (which applied the
+    /// updates already) skips them unread.
+    pub fn with_origin(mut self, origin: Arc<str>) -> Self {
+        self.origin = Some(origin);
+        self
     }
 
     /// Registers the publisher's own queues, once they exist, for the backpressure monitor.
@@ -149,10 +159,10 @@ impl Publisher {
             ..self.settings
         };
         let live = crate::sink::run("nats", live_rx, live_settings, stats.live.clone(), {
-            let client = client.clone();
+            let (client, origin) = (client.clone(), self.origin.clone());
             move |rows| {
-                let client = client.clone();
-                async move { publish(&client, &rows).await }
+                let (client, origin) = (client.clone(), origin.clone());
+                async move { publish(&client, origin.as_deref(), &rows).await }
             }
         });
         let kv_path = crate::sink::run("nats-kv", kv_rx, self.settings, stats.sink.clone(), {
@@ -191,19 +201,41 @@ async fn within<T, E: std::fmt::Display>(
 
 /// Publishes `rows` on their subjects, oldest version first; async-nats sends them as soon as
 /// its connection can (no flush is awaited: that would cost a round trip per frame).
-async fn publish(client: &async_nats::Client, rows: &[CandleUpdate]) -> Result<(), String> {
+async fn publish(
+    client: &async_nats::Client,
+    origin: Option<&str>,
+    rows: &[CandleUpdate],
+) -> Result<(), String> {
     let mut rows: Vec<&CandleUpdate> = rows.iter().collect();
     // Oldest first, so subscribers see each series' updates in version order.
     rows.sort_by_key(|u| u.version());
+    let headers = origin.map(|origin| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(super::ORIGIN_HEADER, origin);
+        headers
+    });
     for u in rows {
         let payload = CandleMessage::from_update(u).to_json();
         let subject = subject(&u.candle.product_id, u.candle.granularity);
-        within(
-            "publish",
-            PUBLISH_TIMEOUT,
-            client.publish(subject, payload.into()),
-        )
-        .await?;
+        let sent = match &headers {
+            Some(headers) => {
+                within(
+                    "publish",
+                    PUBLISH_TIMEOUT,
+                    client.publish_with_headers(subject, headers.clone(), payload.into()),
+                )
+                .await
+            }
+            None => {
+                within(
+                    "publish",
+                    PUBLISH_TIMEOUT,
+                    client.publish(subject, payload.into()),
+                )
+                .await
+            }
+        };
+        sent?;
     }
     Ok(())
 }

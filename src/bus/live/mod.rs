@@ -206,6 +206,8 @@ impl Inner {
 pub(crate) struct LiveStats {
     /// Messages from NATS.
     pub(crate) messages: AtomicU64,
+    /// Of those, this instance's own, skipped unread.
+    pub(crate) own_skipped: AtomicU64,
     /// Updates of this instance's engine, applied before they go to NATS.
     local: AtomicU64,
     applied: AtomicU64,
@@ -236,6 +238,7 @@ pub struct LiveReport {
     pub products: usize,
     pub clients: usize,
     pub messages: u64,
+    pub own_skipped: u64,
     pub local: u64,
     pub applied: u64,
     pub stale: u64,
@@ -261,6 +264,9 @@ pub struct LiveState {
     day: Arc<DayStats>,
     /// When each product last traded and how often it does (the quiet-product alarm).
     activity: Arc<crate::ops::quiet::ActivityTracker>,
+    /// This instance's origin when it ingests: its own messages coming back from NATS are
+    /// skipped unread (they were applied from the engine).
+    origin: Option<Arc<str>>,
 }
 
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -271,6 +277,15 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 impl LiveState {
     pub fn new() -> Self {
         LiveState::default()
+    }
+
+    /// The live state of an instance that ingests and publishes as `origin`
+    /// ([`super::super::Publisher::with_origin`]).
+    pub fn with_origin(origin: Arc<str>) -> Self {
+        LiveState {
+            origin: Some(origin),
+            ..LiveState::default()
+        }
     }
 
     /// The rolling last day of every product.
@@ -499,6 +514,7 @@ impl LiveState {
             products: products.len(),
             clients: inner.index.clients.len(),
             messages: load(&self.stats.messages),
+            own_skipped: load(&self.stats.own_skipped),
             local: load(&self.stats.local),
             applied: load(&self.stats.applied),
             stale: load(&self.stats.stale),

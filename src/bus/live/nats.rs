@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::LiveState;
-use crate::bus::{ALL_CANDLES, CandleMessage};
+use crate::bus::{ALL_CANDLES, CandleMessage, ORIGIN_HEADER};
 
 /// Longest reload from the KV.
 const KV_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -127,6 +127,10 @@ impl LiveState {
                         anyhow::bail!("the NATS subscription ended");
                     };
                     self.stats.messages.fetch_add(1, Ordering::Relaxed);
+                    if self.is_own(&message) {
+                        self.stats.own_skipped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     match CandleMessage::parse(&message.payload).and_then(|m| m.to_update()) {
                         Ok(update) => {
                             self.apply(update);
@@ -142,6 +146,18 @@ impl LiveState {
         // A server that stopped reading must not hold up the stop.
         let _unsubscribed = tokio::time::timeout(UNSUBSCRIBE_TIMEOUT, messages.unsubscribe()).await;
         Ok(())
+    }
+
+    /// Whether `message` is this instance's own (its header names our origin).
+    fn is_own(&self, message: &async_nats::Message) -> bool {
+        let Some(origin) = self.origin.as_deref() else {
+            return false;
+        };
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(ORIGIN_HEADER))
+            .is_some_and(|v| v.as_str() == origin)
     }
 
     /// Reloads from the KV; whether it did.
