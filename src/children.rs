@@ -127,15 +127,20 @@ impl OwnedChild {
         }
     }
 
+    /// SIGKILL to the group of a leader not reaped yet (its id still names the group).
+    fn kill_group(&self) {
+        if let Some(pid) = self.pid() {
+            let _gone = kill_process_group(pid, Signal::KILL);
+        }
+    }
+
     /// SIGKILL to the group (the leader is not reaped yet, so its id still names the group),
     /// then reaps the leader.
     fn kill(&mut self) -> Option<ExitStatus> {
         if self.exited().is_some() {
             return self.exited;
         }
-        if let Some(pid) = self.pid() {
-            let _gone = kill_process_group(pid, Signal::KILL);
-        }
+        self.kill_group();
         let deadline = Instant::now() + AFTER_KILL;
         while self.exited().is_none() && Instant::now() < deadline {
             std::thread::sleep(POLL);
@@ -167,7 +172,15 @@ impl OwnedChild {
                 tokio::time::sleep(POLL).await;
             }
         }
-        self.kill()
+        // [`OwnedChild::kill`] without blocking the runtime while the group goes.
+        if self.exited().is_none() {
+            self.kill_group();
+            let deadline = tokio::time::Instant::now() + AFTER_KILL;
+            while self.exited().is_none() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        self.exited
     }
 
     /// Stops it following `plan` from synchronous code (blocks for at most the plan's total).

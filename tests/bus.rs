@@ -312,53 +312,65 @@ async fn a_killed_nats_server_is_restarted_and_state_and_kv_become_whole_again()
 async fn a_failed_kv_reload_is_tried_again_without_a_reconnect() {
     let n = nats().await;
     let js = async_nats::jetstream::new(n.client.clone());
-    // JetStream without the bucket: the start's reload fails.
-    js.delete_key_value(spot_canvas::bus::KV_BUCKET)
-        .await
-        .expect("bucket deleted");
-    let live = LiveState::new();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(
-        live.clone()
-            .run(n.client.clone(), n.kv.clone(), cancel.clone()),
-    );
-    wait_for("a failed reload", Duration::from_secs(20), || async {
-        live.report().kv_reload_failures >= 1
-    })
-    .await;
-    // The bucket back with a candle only the KV holds (no message on its subject, no
-    // reconnect): only a retried reload brings it.
-    let kv = spot_canvas::bus::ensure_bucket(&js, 1)
-        .await
-        .expect("bucket");
     let candle = update("RETRY-USD", 0, 7);
-    kv.put(
-        kv_key("RETRY-USD", Granularity::OneMinute),
-        CandleMessage::from_update(&candle).to_json().into(),
-    )
-    .await
-    .expect("kv put");
-    wait_for(
-        "the KV's candle in the live state",
-        Duration::from_secs(30),
-        || async {
-            live.current("RETRY-USD", Granularity::OneMinute)
-                .is_some_and(|u| u.version() == candle.version())
-        },
-    )
-    .await;
-    let report = live.report();
-    assert!(
-        report.kv_reloads > report.kv_reload_failures,
-        "a later reload succeeded: {report:?}"
-    );
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
+    for _attempt in 0..5 {
+        // JetStream without the bucket: the start's reload fails.
+        js.delete_key_value(spot_canvas::bus::KV_BUCKET)
+            .await
+            .expect("bucket deleted");
+        let live = LiveState::new();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(
+            live.clone()
+                .run(n.client.clone(), n.kv.clone(), cancel.clone()),
+        );
+        wait_for("a failed reload", Duration::from_secs(20), || async {
+            live.report().kv_reload_failures >= 1
+        })
+        .await;
+        // The bucket back with a candle only the KV holds (no message on its subject, no
+        // reconnect): only a retried reload brings it.
+        let kv = spot_canvas::bus::ensure_bucket(&js, 1)
+            .await
+            .expect("bucket");
+        kv.put(
+            kv_key("RETRY-USD", Granularity::OneMinute),
+            CandleMessage::from_update(&candle).to_json().into(),
+        )
         .await
-        .expect("the live state stops")
-        .expect("join")
-        .expect("live state");
-    n.server.stop().await;
+        .expect("kv put");
+        // A retry that ran between the bucket's return and the put read it empty and ended
+        // the retries: that attempt proves nothing, and starts over.
+        let report = live.report();
+        let raced = report.kv_reloads != report.kv_reload_failures;
+        if !raced {
+            wait_for(
+                "the KV's candle in the live state",
+                Duration::from_secs(30),
+                || async {
+                    live.current("RETRY-USD", Granularity::OneMinute)
+                        .is_some_and(|u| u.version() == candle.version())
+                },
+            )
+            .await;
+            let report = live.report();
+            assert!(
+                report.kv_reloads > report.kv_reload_failures,
+                "a later reload succeeded: {report:?}"
+            );
+        }
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the live state stops")
+            .expect("join")
+            .expect("live state");
+        if !raced {
+            n.server.stop().await;
+            return;
+        }
+    }
+    panic!("every attempt raced a retry against the put");
 }
 
 #[tokio::test]

@@ -120,13 +120,14 @@ async fn metrics_move_consistently_and_every_update_is_written_or_superseded() {
     // Retry-After: the product list not readable yet on a loaded machine) is retried, as a
     // client does; any other refusal fails the test.
     let stream = eventually("the stream open", WITHIN, || async {
-        let response = reqwest::Client::new()
+        let request = reqwest::Client::new()
             .get(format!(
                 "http://127.0.0.1:{port}/api/v1/stream?products=BTC-USD,ETH-USD&granularity=1m"
             ))
-            .timeout(Duration::from_secs(600))
-            .send()
+            .send();
+        let response = tokio::time::timeout(WITHIN, request)
             .await
+            .expect("the stream answers in time")
             .expect("the stream answers");
         match response.status().as_u16() {
             200 => Some(response),

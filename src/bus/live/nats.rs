@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::LiveState;
@@ -98,30 +99,42 @@ impl LiveState {
             .await
             .map_err(|e| anyhow::anyhow!("cannot subscribe to {ALL_CANDLES}: {e}"))?;
         // A reload waits on the KV (up to KV_LOAD_TIMEOUT while a NATS cluster elects a
-        // leader): the stop must not wait with it. One that failed (JetStream not answering
-        // yet after a restart) is tried again after a backoff, not only at the next reconnect:
-        // until it succeeds the state may miss what was published while this instance was away.
+        // leader): it runs beside the live messages (applying is monotonic, so the order of
+        // the two does not matter) and the stop does not wait for it. One that failed
+        // (JetStream not answering yet after a restart) is tried again after a backoff, not
+        // only at the next reconnect: until it succeeds the state may miss what was published
+        // while this instance was away. A resync asked for during a reload runs after it.
         let mut reload = ReloadRetry::default();
-        tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            loaded = self.resync_now(&kv) => reload.after(loaded),
-        }
+        let mut reloading: Option<BoxFuture<'_, bool>> = Some(self.resync_now(&kv).boxed());
+        let mut again = false;
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let retry_at = reload.at;
+            let retry_at = reload.at.filter(|_| reloading.is_none());
             tokio::select! {
                 () = cancel.cancelled() => break,
+                loaded = async {
+                    match reloading.as_mut() {
+                        Some(running) => running.await,
+                        None => std::future::pending().await,
+                    }
+                }, if reloading.is_some() => {
+                    reload.after(loaded);
+                    reloading = std::mem::take(&mut again).then(|| self.resync_now(&kv).boxed());
+                }
                 _ = sweep.tick() => self.sweep(),
-                () = self.resync.notified() => tokio::select! {
-                    () = cancel.cancelled() => break,
-                    loaded = self.resync_now(&kv) => reload.after(loaded),
-                },
+                () = self.resync.notified() => {
+                    if reloading.is_some() {
+                        again = true;
+                    } else {
+                        reloading = Some(self.resync_now(&kv).boxed());
+                    }
+                }
                 () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
-                    if retry_at.is_some() => tokio::select! {
-                    () = cancel.cancelled() => break,
-                    loaded = self.resync_now(&kv) => reload.after(loaded),
-                },
+                    if retry_at.is_some() => {
+                    reload.at = None;
+                    reloading = Some(self.resync_now(&kv).boxed());
+                }
                 message = messages.next() => {
                     let Some(message) = message else {
                         anyhow::bail!("the NATS subscription ended");
