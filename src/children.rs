@@ -318,14 +318,15 @@ mod tests {
     const QUICK: StopPlan = &[(Signal::TERM, Duration::from_secs(5))];
     const SHORT: StopPlan = &[(Signal::TERM, Duration::from_millis(200))];
 
-    #[test]
-    fn a_dropped_child_and_its_process_group_are_stopped() {
-        // A shell that ignores SIGTERM and keeps a grandchild in its group: only the final
-        // SIGKILL to the group ends both.
+    /// `sh -c script`, where the script starts a process in its group and prints its pid
+    /// first: the child and that pid. Its input is a pipe (closing it ends a `read`).
+    fn with_grandchild(script: &str, plan: StopPlan) -> (OwnedChild, u32) {
         let mut command = Command::new("sh");
-        command.args(["-c", "trap '' TERM; sleep 600 & echo $!; wait"]);
-        command.stdout(std::process::Stdio::piped());
-        let mut child = OwnedChild::spawn(&mut command, "sh", SHORT).expect("sh starts");
+        command
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = OwnedChild::spawn(&mut command, "sh", plan).expect("sh starts");
         let mut line = String::new();
         std::io::BufRead::read_line(
             &mut std::io::BufReader::new(child.child.stdout.take().expect("stdout")),
@@ -333,6 +334,14 @@ mod tests {
         )
         .expect("the grandchild's pid");
         let grandchild: u32 = line.trim().parse().expect("pid");
+        (child, grandchild)
+    }
+
+    #[test]
+    fn a_dropped_child_and_its_process_group_are_stopped() {
+        // A shell that ignores SIGTERM and keeps a grandchild in its group: only the final
+        // SIGKILL to the group ends both.
+        let (child, grandchild) = with_grandchild("trap '' TERM; sleep 600 & echo $!; wait", SHORT);
         let pid = child.id();
         assert!(is_running(pid) && is_running(grandchild));
         drop(child);
@@ -349,20 +358,10 @@ mod tests {
     async fn a_child_that_exits_on_sigterm_leaves_nothing_of_its_group_running() {
         // As initdb stopped half-way: the child goes at SIGTERM, a process it started in its
         // group (here one that ignores SIGTERM) would stay.
-        let mut command = Command::new("sh");
-        command.args([
-            "-c",
+        let (mut child, grandchild) = with_grandchild(
             "sh -c \"trap '' TERM; exec sleep 600\" & echo $!; wait",
-        ]);
-        command.stdout(std::process::Stdio::piped());
-        let mut child = OwnedChild::spawn(&mut command, "sh", QUICK).expect("sh starts");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.child.stdout.take().expect("stdout")),
-            &mut line,
-        )
-        .expect("the grandchild's pid");
-        let grandchild: u32 = line.trim().parse().expect("pid");
+            QUICK,
+        );
         assert!(is_running(grandchild));
         let status = child.stop(QUICK).await.expect("it exited");
         assert!(!status.success(), "ended by SIGTERM: {status}");
@@ -374,22 +373,10 @@ mod tests {
     fn a_child_that_exits_by_itself_leaves_nothing_of_its_group_running() {
         // As an initdb that fails on its own: its exit is seen by a caller watching it, and a
         // process it started in its group must not stay.
-        let mut command = Command::new("sh");
-        command.args([
-            "-c",
+        let (mut child, grandchild) = with_grandchild(
             "sh -c \"trap '' TERM; exec sleep 600\" & echo $!; read _ ; exit 3",
-        ]);
-        command
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped());
-        let mut child = OwnedChild::spawn(&mut command, "sh", QUICK).expect("sh starts");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.child.stdout.take().expect("stdout")),
-            &mut line,
-        )
-        .expect("the grandchild's pid");
-        let grandchild: u32 = line.trim().parse().expect("pid");
+            QUICK,
+        );
         assert!(is_running(grandchild));
         assert_eq!(child.exited(), None, "it waits for its input");
         // Closing its input ends it (`read` returns at end of file).

@@ -77,6 +77,15 @@ impl ProductDirectory {
         }))
     }
 
+    /// A directory of exactly `ids` (tests).
+    #[cfg(test)]
+    pub(crate) fn fixed(ids: Vec<String>) -> Self {
+        Self::with_reader(Arc::new(move || {
+            let ids = ids.clone();
+            Box::pin(async move { Ok(ids) })
+        }))
+    }
+
     fn with_reader(read: Reader) -> Self {
         ProductDirectory {
             read,

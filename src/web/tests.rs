@@ -491,3 +491,41 @@ async fn an_ingest_instance_serves_health_and_metrics_only_and_metrics_can_move_
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_product_the_feed_carries_streams_before_it_reaches_trading_pairs() {
+    let state = AppState {
+        products: directory::ProductDirectory::fixed(vec!["ETH-USD".into()]),
+        ..state()
+    };
+    let status = |state: AppState, uri: &'static str| async move {
+        let request = Request::get(uri).body(Body::empty()).expect("request");
+        let response = router(state).oneshot(request).await.expect("an answer");
+        // The status only: a stream's body does not end.
+        response.status()
+    };
+    let uri = "/api/v1/stream?products=BTC-USD&granularity=1m";
+    // In neither trading_pairs nor the feed: unknown.
+    assert_eq!(status(state.clone(), uri).await, StatusCode::BAD_REQUEST);
+    // The feed carries it (its list not yet in trading_pairs): streamed.
+    state.feed.register(0, vec!["BTC-USD".into()]);
+    assert_eq!(status(state.clone(), uri).await, StatusCode::OK);
+    // Known from trading_pairs alone, as before.
+    assert_eq!(
+        status(
+            state.clone(),
+            "/api/v1/stream?products=ETH-USD&granularity=1m"
+        )
+        .await,
+        StatusCode::OK
+    );
+    // One product carried, one in neither: unknown.
+    assert_eq!(
+        status(
+            state,
+            "/api/v1/stream?products=BTC-USD,SOL-USD&granularity=1m"
+        )
+        .await,
+        StatusCode::BAD_REQUEST
+    );
+}

@@ -92,8 +92,15 @@ pub async fn stream(
         Err(refusal) => return *refusal,
     };
     // After the caps (a refused client costs no database read). A product is unknown when it
-    // is not in `trading_pairs` (not merely outside this shard).
-    match state.products.unknown(&request.products).await {
+    // is not in `trading_pairs` (not merely outside this shard) and this instance's feed does
+    // not carry it (its list reaches `trading_pairs` a moment after the feed subscribes: a
+    // client of a fresh instance must not be refused what it streams).
+    match state
+        .products
+        .unknown(&request.products)
+        .await
+        .map(|unknown| not_carried(&state, unknown))
+    {
         Ok(unknown) if unknown.is_empty() => {}
         Ok(unknown) => {
             return error(
@@ -177,6 +184,22 @@ pub(crate) fn admit(
             "5",
         ))),
     }
+}
+
+/// The products of `ids` this instance's feed does not carry.
+fn not_carried<'a>(state: &AppState, ids: Vec<&'a str>) -> Vec<&'a str> {
+    if ids.is_empty() {
+        return ids;
+    }
+    let report = state.feed.report();
+    ids.into_iter()
+        .filter(|id| {
+            !report
+                .connections
+                .iter()
+                .any(|c| c.products.iter().any(|p| p == id))
+        })
+        .collect()
 }
 
 /// The answer while the service stops: 503, come back in a second (elsewhere).
