@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
+use futures_util::future::Either;
 use serde::Serialize;
 use tokio::sync::{Mutex, mpsc};
 
@@ -217,25 +218,13 @@ async fn publish(
     for u in rows {
         let payload = CandleMessage::from_update(u).to_json();
         let subject = subject(&u.candle.product_id, u.candle.granularity);
-        let sent = match &headers {
+        let sending = match &headers {
             Some(headers) => {
-                within(
-                    "publish",
-                    PUBLISH_TIMEOUT,
-                    client.publish_with_headers(subject, headers.clone(), payload.into()),
-                )
-                .await
+                Either::Left(client.publish_with_headers(subject, headers.clone(), payload.into()))
             }
-            None => {
-                within(
-                    "publish",
-                    PUBLISH_TIMEOUT,
-                    client.publish(subject, payload.into()),
-                )
-                .await
-            }
+            None => Either::Right(client.publish(subject, payload.into())),
         };
-        sent?;
+        within("publish", PUBLISH_TIMEOUT, sending).await?;
     }
     Ok(())
 }

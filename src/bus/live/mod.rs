@@ -17,6 +17,7 @@
 //! while a client writes its socket.
 
 mod client;
+mod index;
 mod nats;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use client::{ClientQueue, Pushed};
 pub use client::{ClientSettings, Delivery, Subscription};
+use index::Index;
 
 use super::day::DayStats;
 use super::element::{ElementId, candle_event};
@@ -107,61 +109,6 @@ impl Filter {
     pub fn matches(&self, product: &str, granularity: Granularity) -> bool {
         self.granularities.contains(&granularity)
             && self.products.as_ref().is_none_or(|p| p.contains(product))
-    }
-}
-
-/// Subscribers by what they want.
-#[derive(Debug, Default)]
-struct Index {
-    /// Clients of named products, by series.
-    by_series: HashMap<Series, HashMap<u64, Arc<ClientQueue>>>,
-    /// Clients of every product, by granularity.
-    by_granularity: [HashMap<u64, Arc<ClientQueue>>; 8],
-    /// Every client: its filter and queue.
-    clients: HashMap<u64, (Filter, Arc<ClientQueue>)>,
-}
-
-impl Index {
-    fn insert(&mut self, id: u64, filter: Filter, queue: Arc<ClientQueue>) {
-        for &g in &filter.granularities {
-            match &filter.products {
-                None => {
-                    self.by_granularity[g.index()].insert(id, queue.clone());
-                }
-                Some(products) => {
-                    for p in products {
-                        self.by_series
-                            .entry((p.clone(), g))
-                            .or_default()
-                            .insert(id, queue.clone());
-                    }
-                }
-            }
-        }
-        self.clients.insert(id, (filter, queue));
-    }
-
-    fn remove(&mut self, id: u64) -> Option<Arc<ClientQueue>> {
-        let (filter, queue) = self.clients.remove(&id)?;
-        for &g in &filter.granularities {
-            match &filter.products {
-                None => {
-                    self.by_granularity[g.index()].remove(&id);
-                }
-                Some(products) => {
-                    for p in products {
-                        let key = (p.clone(), g);
-                        if let Some(set) = self.by_series.get_mut(&key) {
-                            set.remove(&id);
-                            if set.is_empty() {
-                                self.by_series.remove(&key);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Some(queue)
     }
 }
 
