@@ -23,7 +23,7 @@ fn update(key: usize, round: u64) -> CandleUpdate {
     let price = Decimal::new(8_327_725 + (round % 1000) as i64, 2);
     CandleUpdate {
         candle: Candle {
-            product_id: format!("P{:04}-USD", key / 8),
+            product_id: format!("P{:04}-USD", key / 8).parse().expect("an id"),
             granularity: Granularity::ALL[key % 8],
             start: time,
             open: price,

@@ -34,7 +34,7 @@ fn frames(per_frame: usize) -> (Vec<Vec<u8>>, Vec<DateTime<Utc>>) {
             .map(|i| {
                 id += 1;
                 Trade {
-                    product_id: format!("P{product:03}-USD"),
+                    product_id: format!("P{product:03}-USD").parse().expect("an id"),
                     trade_id: TradeId(id),
                     price: Decimal::new(8_327_725 + (id % 1000) as i64, 2),
                     size: Decimal::new(84_275_842 + (id % 77) as i64, 8),
@@ -109,7 +109,7 @@ fn day_of_minutes(start: DateTime<Utc>) -> Aggregator {
     for m in (0..1440).step_by(2) {
         let time = start + TimeDelta::minutes(m) + TimeDelta::seconds(7);
         let trade = Trade {
-            product_id: "BTC-USD".into(),
+            product_id: spot_canvas::model::ProductId::from_static("BTC-USD"),
             trade_id: TradeId(m as u64 + 1),
             price: Decimal::new(8_327_725 + m, 2),
             size: Decimal::new(84_275_842, 8),
@@ -135,7 +135,7 @@ fn backfill(c: &mut Criterion) {
         let to = from + window * 60;
         let minutes: Vec<Candle> = (0..window)
             .map(|m| Candle {
-                product_id: "BTC-USD".into(),
+                product_id: spot_canvas::model::ProductId::from_static("BTC-USD"),
                 granularity: Granularity::OneMinute,
                 start: DateTime::from_timestamp(from + m * 60, 0).expect("start"),
                 open: Decimal::new(8_327_700, 2),
@@ -148,7 +148,7 @@ fn backfill(c: &mut Criterion) {
             })
             .collect();
         let request = Backfill {
-            product_id: "BTC-USD".into(),
+            product_id: spot_canvas::model::ProductId::from_static("BTC-USD"),
             from,
             to,
             minutes,

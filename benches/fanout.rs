@@ -25,7 +25,7 @@ fn update(product: usize, g: Granularity, count: u64) -> CandleUpdate {
     let price = Decimal::new(8_327_725 + (count % 1000) as i64, 2);
     CandleUpdate {
         candle: Candle {
-            product_id: format!("P{product:03}-USD"),
+            product_id: format!("P{product:03}-USD").parse().expect("an id"),
             granularity: g,
             start: g.bucket_start(time),
             open: price,
@@ -63,7 +63,7 @@ async fn run(subscribers: usize, shape: Shape, updates: u64) {
         let filter = match shape {
             Shape::Everything => Filter::all(),
             Shape::OneSeries => Filter::of(
-                &[&format!("P{:03}-USD", i % PRODUCTS)],
+                &[format!("P{:03}-USD", i % PRODUCTS).parse().expect("an id")],
                 &[Granularity::OneMinute],
             ),
         };

@@ -24,7 +24,7 @@ fn update(key: usize, round: u64) -> CandleUpdate {
     let price = Decimal::new(8_327_725 + (round % 1000) as i64, 2);
     CandleUpdate {
         candle: Candle {
-            product_id: format!("P{product:04}-USD"),
+            product_id: format!("P{product:04}-USD").parse().expect("an id"),
             granularity: g,
             start: DateTime::from_timestamp(start, 0).expect("time"),
             open: price,

@@ -30,7 +30,7 @@ fn dec(s: &str) -> Decimal {
 fn candle(product: &str, start: i64, close: Decimal, volume: Decimal) -> CandleUpdate {
     CandleUpdate {
         candle: Candle {
-            product_id: product.into(),
+            product_id: product.parse().expect("an id"),
             granularity: Granularity::OneMinute,
             start: at(start),
             open: close,
@@ -70,9 +70,13 @@ async fn products_lists_every_trading_pair_with_its_shard_ingestion_and_live_sta
     state.shard_count = 3;
     state.shard_index = 1;
     // This instance's feed carries BTC-USD and ETH-USD.
-    state
-        .feed
-        .register(0, vec!["BTC-USD".to_owned(), "ETH-USD".to_owned()]);
+    state.feed.register(
+        0,
+        vec![
+            spot_canvas::model::ProductId::from_static("BTC-USD"),
+            spot_canvas::model::ProductId::from_static("ETH-USD"),
+        ],
+    );
     // BTC-USD had an update just now; ETH-USD 10 minutes ago (not live any more); XYZ none.
     let now = Utc::now();
     let mut fresh = candle("BTC-USD", T0, dec("1"), dec("1"));
@@ -130,12 +134,22 @@ async fn the_directory_learns_new_products_within_about_a_second_and_keeps_its_l
         .await
         .expect("products");
     let directory = ProductDirectory::new(Repository::new(spot_canvas::store::api_pool(&db.pool)));
-    assert!(directory.contains("BTC-USD").await.expect("answers"));
-    assert!(!directory.contains("ETH-USD").await.expect("answers"));
+    assert!(
+        directory
+            .contains(&spot_canvas::model::ProductId::from_static("BTC-USD"))
+            .await
+            .expect("answers")
+    );
+    assert!(
+        !directory
+            .contains(&spot_canvas::model::ProductId::from_static("ETH-USD"))
+            .await
+            .expect("answers")
+    );
     let ids = [
-        "BTC-USD".to_owned(),
-        "ETH-USD".to_owned(),
-        "NOPE-USD".to_owned(),
+        spot_canvas::model::ProductId::from_static("BTC-USD"),
+        spot_canvas::model::ProductId::from_static("ETH-USD"),
+        spot_canvas::model::ProductId::from_static("NOPE-USD"),
     ];
     assert_eq!(
         directory.unknown(&ids).await.expect("answers"),
@@ -148,7 +162,10 @@ async fn the_directory_learns_new_products_within_about_a_second_and_keeps_its_l
         .await
         .expect("products");
     wait_for("ETH-USD to be known", Duration::from_secs(20), || async {
-        directory.contains("ETH-USD").await.expect("answers")
+        directory
+            .contains(&spot_canvas::model::ProductId::from_static("ETH-USD"))
+            .await
+            .expect("answers")
     })
     .await;
     assert_eq!(
@@ -160,11 +177,14 @@ async fn the_directory_learns_new_products_within_about_a_second_and_keeps_its_l
     // while a directory that never read one answers an error (the handlers' 503).
     db.pg.stop_with("fast").await.expect("stop");
     let fresh = ProductDirectory::new(Repository::new(spot_canvas::store::api_pool(&db.pool)));
-    let error = fresh.contains("BTC-USD").await.expect_err("no list yet");
+    let error = fresh
+        .contains(&spot_canvas::model::ProductId::from_static("BTC-USD"))
+        .await
+        .expect_err("no list yet");
     assert!(error.to_string().contains("not available"), "{error}");
     assert!(
         directory
-            .contains("BTC-USD")
+            .contains(&spot_canvas::model::ProductId::from_static("BTC-USD"))
             .await
             .expect("the cached list")
     );
@@ -176,7 +196,13 @@ async fn the_directory_learns_new_products_within_about_a_second_and_keeps_its_l
     common::eventually(
         "a list once the database is back",
         Duration::from_secs(60),
-        || async { fresh.contains("BTC-USD").await.ok().filter(|known| *known) },
+        || async {
+            fresh
+                .contains(&spot_canvas::model::ProductId::from_static("BTC-USD"))
+                .await
+                .ok()
+                .filter(|known| *known)
+        },
     )
     .await;
 }

@@ -28,7 +28,7 @@ fn update(product: &str, bucket: i64, count: u64) -> CandleUpdate {
     let time = DateTime::from_timestamp(start, 0).expect("time");
     CandleUpdate {
         candle: Candle {
-            product_id: product.into(),
+            product_id: product.parse().expect("an id"),
             granularity: Granularity::OneMinute,
             start: time,
             open: "0.0000123456789".parse().expect("d"),
@@ -296,7 +296,7 @@ async fn a_killed_nats_server_is_restarted_and_state_and_kv_become_whole_again()
         Duration::from_secs(20),
         || async {
             last.iter().all(|(p, round)| {
-                live.current(p, Granularity::OneMinute)
+                live.current(&p.parse().expect("an id"), Granularity::OneMinute)
                     .is_some_and(|u| u.version().trade_count == *round)
             })
         },
@@ -348,8 +348,11 @@ async fn a_failed_kv_reload_is_tried_again_without_a_reconnect() {
                 "the KV's candle in the live state",
                 Duration::from_secs(30),
                 || async {
-                    live.current("RETRY-USD", Granularity::OneMinute)
-                        .is_some_and(|u| u.version() == candle.version())
+                    live.current(
+                        &spot_canvas::model::ProductId::from_static("RETRY-USD"),
+                        Granularity::OneMinute,
+                    )
+                    .is_some_and(|u| u.version() == candle.version())
                 },
             )
             .await;
@@ -409,9 +412,13 @@ async fn an_instance_skips_its_own_messages_and_applies_every_other_instances() 
         "the live states running",
         Duration::from_secs(20),
         || async {
-            [&own, &other, &web]
-                .iter()
-                .all(|l| l.current("READY-USD", Granularity::OneMinute).is_some())
+            [&own, &other, &web].iter().all(|l| {
+                l.current(
+                    &spot_canvas::model::ProductId::from_static("READY-USD"),
+                    Granularity::OneMinute,
+                )
+                .is_some()
+            })
         },
     )
     .await;
@@ -430,7 +437,12 @@ async fn an_instance_skips_its_own_messages_and_applies_every_other_instances() 
     tx.send(vec![sent.clone()]).await.expect("send");
     for live in [&other, &web] {
         wait_for("the update applied", Duration::from_secs(20), || async {
-            live.current("ECHO-USD", Granularity::OneMinute).as_ref() == Some(&sent)
+            live.current(
+                &spot_canvas::model::ProductId::from_static("ECHO-USD"),
+                Granularity::OneMinute,
+            )
+            .as_ref()
+                == Some(&sent)
         })
         .await;
     }
@@ -447,7 +459,13 @@ async fn an_instance_skips_its_own_messages_and_applies_every_other_instances() 
         (1, 1, 0),
         "{report:?}"
     );
-    assert_eq!(own.current("ECHO-USD", Granularity::OneMinute), None);
+    assert_eq!(
+        own.current(
+            &spot_canvas::model::ProductId::from_static("ECHO-USD"),
+            Granularity::OneMinute
+        ),
+        None
+    );
     assert_eq!(other.report().own_skipped, 0);
     assert_eq!(web.report().own_skipped, 0);
     drop(tx);
@@ -496,7 +514,10 @@ async fn subscribers_get_the_current_candle_then_every_newer_update_without_gap_
             // Time is the subject: clients join at staggered moments while updates flow.
             tokio::time::sleep(Duration::from_micros(300 * i)).await;
             let (mut sub, initial) = live.subscribe(
-                Filter::of(&["BTC-USD"], &[Granularity::OneMinute]),
+                Filter::of(
+                    &[spot_canvas::model::ProductId::from_static("BTC-USD")],
+                    &[Granularity::OneMinute],
+                ),
                 settings(N as usize),
                 CancellationToken::new(),
             );
@@ -547,7 +568,10 @@ async fn a_client_that_overflows_is_resynced_then_cut_off_when_it_stays_behind()
     let (mut fast, _) = live.subscribe(Filter::all(), settings(1_000), CancellationToken::new());
     // Another series' client costs nothing and gets nothing.
     let (mut other, _) = live.subscribe(
-        Filter::of(&["ETH-USD"], &[Granularity::OneMinute]),
+        Filter::of(
+            &[spot_canvas::model::ProductId::from_static("ETH-USD")],
+            &[Granularity::OneMinute],
+        ),
         settings(1_000),
         CancellationToken::new(),
     );
@@ -562,7 +586,7 @@ async fn a_client_that_overflows_is_resynced_then_cut_off_when_it_stays_behind()
                 .iter()
                 .map(|e| {
                     (
-                        e.update.candle.product_id.clone(),
+                        e.update.candle.product_id.to_string(),
                         e.update.version().trade_count,
                     )
                 })
@@ -674,7 +698,10 @@ async fn an_older_buckets_completion_and_revisions_reach_clients_as_that_buckets
     );
     // The series still holds its newest bucket.
     let current = live
-        .current("BTC-USD", Granularity::OneMinute)
+        .current(
+            &spot_canvas::model::ProductId::from_static("BTC-USD"),
+            Granularity::OneMinute,
+        )
         .expect("current");
     assert_eq!(current.candle.start.timestamp(), START + 60);
     assert_eq!(live.report().older_buckets, 2);

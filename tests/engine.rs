@@ -33,7 +33,7 @@ fn aggregate(trades: &[Trade]) -> BTreeMap<Key, Expected> {
     let mut unique: HashMap<(String, u64), &Trade> = HashMap::new();
     for t in trades {
         unique
-            .entry((t.product_id.clone(), t.trade_id.0))
+            .entry((t.product_id.to_string(), t.trade_id.0))
             .or_insert(t);
     }
     let mut sorted: Vec<&Trade> = unique.into_values().collect();
@@ -49,7 +49,7 @@ fn aggregate(trades: &[Trade]) -> BTreeMap<Key, Expected> {
                 Decimal::ZERO
             };
             let e = out
-                .entry((t.product_id.clone(), g, bucket))
+                .entry((t.product_id.to_string(), g, bucket))
                 .or_insert(Expected {
                     open: t.price,
                     high: t.price,
@@ -75,7 +75,7 @@ fn latest(updates: &[CandleUpdate]) -> BTreeMap<Key, CandleUpdate> {
     let mut out: BTreeMap<Key, CandleUpdate> = BTreeMap::new();
     for u in updates {
         let key = (
-            u.candle.product_id.clone(),
+            u.candle.product_id.to_string(),
             u.candle.granularity,
             u.candle.start.timestamp(),
         );
@@ -116,7 +116,7 @@ fn assert_matches(updates: &[CandleUpdate], trades: &[Trade]) {
     let mut completes: HashMap<(Key, u32), usize> = HashMap::new();
     for u in updates.iter().filter(|u| u.complete) {
         let key = (
-            u.candle.product_id.clone(),
+            u.candle.product_id.to_string(),
             u.candle.granularity,
             u.candle.start.timestamp(),
         );
@@ -135,7 +135,7 @@ fn at(s: &str) -> DateTime<Utc> {
 
 fn trade(id: u64, time: &str, price: &str, size: &str, side: Side) -> Trade {
     Trade {
-        product_id: "BTC-USD".into(),
+        product_id: spot_canvas::model::ProductId::from_static("BTC-USD"),
         trade_id: TradeId(id),
         price: price.parse().expect("price"),
         size: size.parse().expect("size"),
@@ -296,7 +296,9 @@ fn trade_ids_order_numerically_within_one_timestamp() {
 #[test]
 fn memory_stays_flat_for_500_products_running_for_days() {
     let mut engine = Aggregator::new(Timing::default());
-    let products: Vec<String> = (0..500).map(|i| format!("P{i}-USD")).collect();
+    let products: Vec<spot_canvas::model::ProductId> = (0..500)
+        .map(|i| format!("P{i}-USD").parse().expect("an id"))
+        .collect();
     let start = at("2026-09-01T00:00:00Z");
     for p in &products {
         engine.feed_notice(p, FeedNotice::Subscribed { at: start });
@@ -406,7 +408,11 @@ fn arb_trades() -> impl Strategy<Value = (Vec<Trade>, Vec<(u64, bool)>)> {
                 time += TimeDelta::microseconds(gap as i64);
                 id += step;
                 trades.push(Trade {
-                    product_id: if id % 3 == 0 { "ETH-USD" } else { "BTC-USD" }.into(),
+                    product_id: spot_canvas::model::ProductId::from_static(if id % 3 == 0 {
+                        "ETH-USD"
+                    } else {
+                        "BTC-USD"
+                    }),
                     trade_id: TradeId(id),
                     price: Decimal::new(i64::from(pm), ps),
                     size: Decimal::new(i64::from(sm), ss),
@@ -516,7 +522,7 @@ fn trade_series(from: &str, count: u64) -> Vec<Trade> {
             let price = Decimal::new(100_000 + ((i * 7919) % 997) as i64, 2);
             let side = if i % 3 == 0 { Side::Sell } else { Side::Buy };
             Trade {
-                product_id: "BTC-USD".into(),
+                product_id: spot_canvas::model::ProductId::from_static("BTC-USD"),
                 trade_id: TradeId(1_000 + i),
                 price,
                 size: Decimal::new(1 + (i % 13) as i64, 3),
@@ -535,7 +541,7 @@ fn minute_candles(trades: &[Trade], from: i64, to: i64, with_counts: bool) -> Ve
         .into_iter()
         .filter(|((_, g, start), _)| *g == Granularity::OneMinute && (from..to).contains(start))
         .map(|((product_id, granularity, start), e)| Candle {
-            product_id,
+            product_id: product_id.parse().expect("an id"),
             granularity,
             start: DateTime::from_timestamp(start, 0).expect("start"),
             open: e.open,
@@ -613,7 +619,7 @@ fn a_backfill_makes_every_minute_and_every_granularity_over_a_gap_whole() {
     let (from, to) = (gap_from.timestamp(), gap_to.timestamp());
     let stored_hour_revision = 3;
     let backfill = Backfill {
-        product_id: "BTC-USD".into(),
+        product_id: spot_canvas::model::ProductId::from_static("BTC-USD"),
         from,
         to,
         minutes: minute_candles(&truth, from - 20, to + 20, false),
@@ -686,7 +692,7 @@ fn a_restart_seeded_from_stored_minutes_and_rest_builds_the_whole_day() {
     feed(&mut engine, &live, &mut out);
     let day = at("2026-09-30T00:00:00Z").timestamp();
     let backfill = Backfill {
-        product_id: "BTC-USD".into(),
+        product_id: spot_canvas::model::ProductId::from_static("BTC-USD"),
         from: stored_until,
         to: subscribed.timestamp(),
         minutes: minute_candles(&truth, stored_until, subscribed.timestamp() + 60, false),
@@ -728,7 +734,7 @@ fn completed_five_minute_candles_are_checked_against_coinbases() {
     let mut engine = Aggregator::new(Timing::default());
     // Subscribed before the first bucket: its minutes are all seen whole.
     engine.feed_notice(
-        "BTC-USD",
+        &spot_canvas::model::ProductId::from_static("BTC-USD"),
         FeedNotice::Subscribed {
             at: at("2026-09-30T11:59:00Z"),
         },
@@ -739,7 +745,7 @@ fn completed_five_minute_candles_are_checked_against_coinbases() {
         .into_iter()
         .filter(|((_, g, start), _)| *g == Granularity::FiveMinutes && *start == bucket)
         .map(|((product_id, granularity, start), e)| Candle {
-            product_id,
+            product_id: product_id.parse().expect("an id"),
             granularity,
             start: DateTime::from_timestamp(start, 0).expect("start"),
             open: e.open,
@@ -861,7 +867,7 @@ fn a_backfill_whose_candles_would_overflow_changes_nothing() {
     minutes[1].volume = "79228162514264337593543950335".parse().expect("d");
     let outcome = engine.backfill(
         &Backfill {
-            product_id: "BTC-USD".into(),
+            product_id: spot_canvas::model::ProductId::from_static("BTC-USD"),
             from: at("2026-09-30T12:00:00Z").timestamp(),
             to: at("2026-09-30T12:03:00Z").timestamp(),
             minutes,

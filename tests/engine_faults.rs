@@ -151,7 +151,7 @@ fn at(s: &str) -> DateTime<Utc> {
 
 fn trade(product: &str, id: u64, time: DateTime<Utc>, price: &str, size: &str) -> Trade {
     Trade {
-        product_id: product.into(),
+        product_id: product.parse().expect("an id"),
         trade_id: TradeId(id),
         price: price.parse().expect("price"),
         size: size.parse().expect("size"),
@@ -174,7 +174,7 @@ fn series(product: &str, first_id: u64, from: DateTime<Utc>, to: DateTime<Utc>) 
         let price = Decimal::new(100_000 + ((i * 7919) % 997) as i64, 2);
         let size = Decimal::new(1 + (i % 13) as i64, 3);
         out.push(Trade {
-            product_id: product.into(),
+            product_id: product.parse().expect("an id"),
             trade_id: TradeId(first_id + i),
             price,
             size,
@@ -197,7 +197,7 @@ fn aggregate(trades: &[Trade]) -> BTreeMap<Key, common::Ohlcv> {
     let logged: Vec<common::LoggedTrade> = trades
         .iter()
         .map(|t| common::LoggedTrade {
-            product_id: t.product_id.clone(),
+            product_id: t.product_id.to_string(),
             trade_id: t.trade_id.0,
             price: t.price,
             size: t.size,
@@ -213,7 +213,7 @@ fn latest(updates: &[CandleUpdate]) -> BTreeMap<Key, CandleUpdate> {
     let mut out: BTreeMap<Key, CandleUpdate> = BTreeMap::new();
     for u in updates {
         let key = (
-            u.candle.product_id.clone(),
+            u.candle.product_id.to_string(),
             u.candle.granularity,
             u.candle.start.timestamp(),
         );
@@ -386,7 +386,7 @@ fn coinbase_5m(trades: &[Trade], product: &str, bucket: DateTime<Utc>) -> Candle
     )]
         .clone();
     Candle {
-        product_id: product.into(),
+        product_id: product.parse().expect("an id"),
         granularity: Granularity::FiveMinutes,
         start: bucket,
         open: e.open,
@@ -407,7 +407,7 @@ fn rest_minutes(trades: &[Trade], from: DateTime<Utc>, to: DateTime<Utc>) -> Vec
             *g == Granularity::OneMinute && (from.timestamp()..to.timestamp()).contains(s)
         })
         .map(|((product_id, granularity, s), e)| Candle {
-            product_id,
+            product_id: product_id.parse().expect("an id"),
             granularity,
             start: DateTime::from_timestamp(s, 0).expect("start"),
             open: e.open,
@@ -434,7 +434,10 @@ async fn no_cross_check_mismatch_at_a_start_whose_backfill_is_still_running() {
     let mut h = Harness::start(subscribed);
     h.event(FeedEvent::Subscribed {
         connection: 0,
-        products: vec!["BTC-USD".into(), "ETH-USD".into()],
+        products: vec![
+            spot_canvas::model::ProductId::from_static("BTC-USD"),
+            spot_canvas::model::ProductId::from_static("ETH-USD"),
+        ],
         at: subscribed,
     })
     .await;
@@ -449,7 +452,7 @@ async fn no_cross_check_mismatch_at_a_start_whose_backfill_is_still_running() {
         .await;
     h.backfills
         .send(Backfill {
-            product_id: "ETH-USD".into(),
+            product_id: spot_canvas::model::ProductId::from_static("ETH-USD"),
             from: bucket.timestamp(),
             to: subscribed.timestamp(),
             minutes: rest_minutes(&eth, bucket, at("2026-09-30T12:03:00Z")),
@@ -515,7 +518,7 @@ async fn a_reconnect_window_makes_its_bucket_not_comparable_until_backfilled() {
     let mut h = Harness::start(bucket - TimeDelta::minutes(1));
     h.event(FeedEvent::Subscribed {
         connection: 0,
-        products: vec!["BTC-USD".into()],
+        products: vec![spot_canvas::model::ProductId::from_static("BTC-USD")],
         at: bucket - TimeDelta::minutes(1),
     })
     .await;
@@ -531,7 +534,7 @@ async fn a_reconnect_window_makes_its_bucket_not_comparable_until_backfilled() {
     h.clock.set(up);
     h.event(FeedEvent::Reconnected {
         connection: 0,
-        products: vec!["BTC-USD".into()],
+        products: vec![spot_canvas::model::ProductId::from_static("BTC-USD")],
         disconnected_at: down,
         reconnected_at: up,
     })

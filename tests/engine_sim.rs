@@ -54,7 +54,7 @@ fn start(sim: &Simulator) -> Pipeline {
             cap: Duration::from_secs(2),
             healthy_after: Duration::from_secs(30),
         },
-        products: Some(vec!["BTC-USD".into()]),
+        products: Some(vec![spot_canvas::model::ProductId::from_static("BTC-USD")]),
         ..FeedSettings::from_config(
             &spot_canvas::config::Config::from_lookup(|name| match name {
                 "COINBASE_WS_URL" => Some(sim.ws_url()),
@@ -209,7 +209,7 @@ fn assert_candles_match_the_log(
             count: c.trade_count.expect("count"),
         };
         assert_eq!(&got, e, "{g} {start}");
-        let buy = buy_volumes[&(c.product_id.clone(), *g, *start)];
+        let buy = buy_volumes[&(c.product_id.to_string(), *g, *start)];
         assert_eq!(c.buy_volume, Some(buy), "{g} {start}: buy volume");
     }
     buy_volumes

@@ -38,7 +38,7 @@ fn update(product: &str, g: Granularity, count: u64, now: DateTime<Utc>) -> Cand
         .expect("time");
     CandleUpdate {
         candle: Candle {
-            product_id: product.to_owned(),
+            product_id: product.parse().expect("an id"),
             granularity: g,
             start,
             open: Decimal::new(100, 0),

@@ -27,7 +27,7 @@ fn settings(sim: &Simulator, products: Option<&[&str]>) -> FeedSettings {
     FeedSettings {
         ws_url: sim.ws_url(),
         rest_url: sim.rest_url(),
-        products: products.map(|p| p.iter().map(|s| (*s).to_owned()).collect()),
+        products: products.map(|p| p.iter().map(|s| s.parse().expect("an id")).collect()),
         shard_index: 0,
         shard_count: 1,
         products_per_connection: 20,
@@ -457,7 +457,7 @@ async fn two_hundred_products_over_ten_connections_stay_within_coinbase_limits()
     .expect("sim");
     let ids: Vec<String> = spot_canvas::sim::market::MarketSpec::product_ids(200);
     let mut s = settings(&sim, None);
-    s.products = Some(ids.clone());
+    s.products = Some(ids.iter().map(|s| s.parse().expect("an id")).collect());
     let mut feed = Running::start(s);
     let mut snapshots = BTreeSet::new();
     feed.until(Duration::from_secs(30), |e| {
@@ -513,7 +513,7 @@ async fn products_are_discovered_and_follow_listings() {
     let products = |r: &FeedReport| -> BTreeSet<String> {
         r.connections
             .iter()
-            .flat_map(|c| c.products.iter().cloned())
+            .flat_map(|c| c.products.iter().map(|p| p.to_string()))
             .collect()
     };
     let report = feed
@@ -726,11 +726,14 @@ impl Delivered {
         }
         for t in &batch.trades {
             self.ids
-                .entry(t.product_id.clone())
+                .entry(t.product_id.to_string())
                 .or_default()
                 .insert(t.trade_id.0);
             if batch.snapshot {
-                let top = self.snapshot_top.entry(t.product_id.clone()).or_default();
+                let top = self
+                    .snapshot_top
+                    .entry(t.product_id.to_string())
+                    .or_default();
                 *top = (*top).max(t.trade_id.0);
             }
         }
@@ -896,7 +899,7 @@ async fn a_refused_product_is_dropped_and_the_others_keep_flowing_whole() {
                 );
                 if !b.snapshot {
                     for t in &b.trades {
-                        *updates.entry(t.product_id.clone()).or_default() += 1;
+                        *updates.entry(t.product_id.to_string()).or_default() += 1;
                     }
                 }
             }
@@ -909,7 +912,10 @@ async fn a_refused_product_is_dropped_and_the_others_keep_flowing_whole() {
     .await;
     assert_eq!(
         gap,
-        Some(vec!["BTC-USD".to_owned(), "SOL-USD".to_owned()]),
+        Some(vec![
+            spot_canvas::model::ProductId::from_static("BTC-USD"),
+            spot_canvas::model::ProductId::from_static("SOL-USD")
+        ]),
         "a window for the products whose subscribe was refused with it"
     );
     let report = feed.health.report();
@@ -1115,7 +1121,7 @@ async fn multi_product_frames_through_the_engine_match_the_trade_log() {
     let mut latest: BTreeMap<(String, Granularity, i64), CandleUpdate> = BTreeMap::new();
     for u in updates {
         let key = (
-            u.candle.product_id.clone(),
+            u.candle.product_id.to_string(),
             u.candle.granularity,
             u.candle.start.timestamp(),
         );

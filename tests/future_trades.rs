@@ -105,8 +105,10 @@ async fn a_trade_from_the_future_reaches_no_store_kv_or_live_candle() {
     }
 
     // The live state, for every product and granularity.
-    let products: std::collections::BTreeSet<String> =
-        stored.keys().map(|key| key.0.clone()).collect();
+    let products: std::collections::BTreeSet<spot_canvas::model::ProductId> = stored
+        .keys()
+        .map(|key| key.0.parse().expect("a stored id"))
+        .collect();
     let mut live = 0;
     for product in &products {
         for g in Granularity::ALL {

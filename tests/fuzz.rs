@@ -12,8 +12,7 @@ use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use spot_canvas::coinbase::{FrameBody, parse_frame};
-use spot_canvas::model::Granularity;
-use spot_canvas::web::pages::catalog::plain_id;
+use spot_canvas::model::{Granularity, ProductId};
 use spot_canvas::web::pages::query;
 use spot_canvas::web::stream::params;
 
@@ -197,10 +196,18 @@ proptest! {
     }
 
     #[test]
-    fn product_ids_accepted_for_pages_are_plain(id in "\\PC{0,80}") {
-        if plain_id(&id) {
-            prop_assert!(id.len() <= 64 && !id.is_empty());
-            prop_assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    fn product_ids_that_parse_are_of_the_grammar(id in "\\PC{0,80}|[A-Za-z0-9/#?. \\x00\\r\\n-]{0,40}") {
+        if let Ok(parsed) = ProductId::parse(&id) {
+            prop_assert!(parsed.len() <= 33 && parsed.as_str() == id);
+            let (base, quote) = id.split_once('-').expect("one dash");
+            for code in [base, quote] {
+                prop_assert!((1..=16).contains(&code.len()));
+                prop_assert!(code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()));
+            }
+        }
+        // A client's spelling is the same id upper-cased, or refused.
+        if let Ok(parsed) = ProductId::from_client(&id) {
+            prop_assert_eq!(parsed.as_str(), id.trim().to_ascii_uppercase());
         }
     }
 
@@ -215,7 +222,7 @@ proptest! {
                 prop_assert!(request.products.len() * request.granularities.len() <= cap);
             }
             for product in &request.products {
-                prop_assert!(!product.is_empty() && product.len() <= 64, "{product:?}");
+                prop_assert!(!product.is_empty() && product.len() <= 33, "{product:?}");
                 prop_assert!(!product.contains(['<', '>', '"', '&', '\'', ' ']), "{product:?}");
             }
         }

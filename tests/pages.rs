@@ -31,7 +31,7 @@ fn update(product: &str, g: Granularity, start: i64, count: u64) -> CandleUpdate
     let time = DateTime::from_timestamp(start, 0).expect("time");
     CandleUpdate {
         candle: Candle {
-            product_id: product.into(),
+            product_id: product.parse().expect("an id"),
             granularity: g,
             start: time,
             open: "100".parse().expect("d"),
@@ -361,7 +361,11 @@ async fn the_rolling_day_is_seeded_from_the_stored_minutes_of_the_products_asked
     repository.upsert_candles(&rows).await.expect("rows");
     let day = spot_canvas::bus::day::DayStats::new();
     let (taken, bad) = day
-        .seed(&repository, &["BTC-USD".to_owned()], Utc::now())
+        .seed(
+            &repository,
+            &[spot_canvas::model::ProductId::from_static("BTC-USD")],
+            Utc::now(),
+        )
         .await
         .expect("seeds");
     assert_eq!((taken, bad), (3, 0));

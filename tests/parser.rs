@@ -421,7 +421,11 @@ fn a_malformed_candle_costs_that_candle_alone() {
         let ids: Vec<&str> = candles.iter().map(|c| c.product_id.as_str()).collect();
         assert_eq!(ids, ["BTC-USD", "SOL-USD"], "{name}");
         assert_eq!(rejected.len(), 1, "{name}");
-        assert_eq!(rejected[0].product_id, *product, "{name}");
+        assert_eq!(
+            rejected[0].product_id.as_deref().unwrap_or(""),
+            *product,
+            "{name}"
+        );
         assert!(!rejected[0].reason.is_empty(), "{name}");
     }
 }
@@ -579,8 +583,9 @@ fn decimal_errors_name_the_field_and_value() {
         panic!("trades");
     };
     assert_eq!(rejected.len(), 1);
-    assert_eq!(rejected[0].product_id, "X-USD");
-    assert_eq!(rejected[0].trade_id, "1");
+    assert_eq!(rejected[0].product_id.as_deref(), Some("X-USD"));
+    // Quoted and escaped as it is logged.
+    assert_eq!(rejected[0].trade_id, "\"1\"");
     assert_eq!(
         rejected[0].reason,
         FrameError::BadDecimal {
@@ -642,7 +647,7 @@ fn rest_examples_parse() {
 
     let candles = parse_candles(
         include_bytes!("fixtures/coinbase/example-http-candles.json"),
-        "BTC-USD",
+        &spot_canvas::model::ProductId::from_static("BTC-USD"),
         Granularity::OneHour,
     )
     .expect("ok");
@@ -758,7 +763,14 @@ fn a_malformed_product_costs_that_product_alone() {
 #[test]
 fn rest_candles_not_aligned_to_their_granularity_are_rejected() {
     let body = br#"{"candles":[{"start":"1712192401","low":"1","high":"1","open":"1","close":"1","volume":"1"}]}"#;
-    assert!(parse_candles(body, "BTC-USD", Granularity::OneMinute).is_err());
+    assert!(
+        parse_candles(
+            body,
+            &spot_canvas::model::ProductId::from_static("BTC-USD"),
+            Granularity::OneMinute
+        )
+        .is_err()
+    );
 }
 
 proptest! {
@@ -766,7 +778,7 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = parse_frame(&bytes, received());
         let _ = parse_products(&bytes);
-        let _ = parse_candles(&bytes, "BTC-USD", Granularity::OneMinute);
+        let _ = parse_candles(&bytes, &spot_canvas::model::ProductId::from_static("BTC-USD"), Granularity::OneMinute);
     }
 
     #[test]

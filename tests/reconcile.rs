@@ -204,7 +204,7 @@ async fn a_fresh_database_serves_a_full_history_right_after_start() {
     let stale_minute = reach - reach.rem_euclid(86_400) - 3_600;
     let partial = |g: Granularity| {
         let candle = Candle {
-            product_id: "BTC-USD".into(),
+            product_id: spot_canvas::model::ProductId::from_static("BTC-USD"),
             granularity: g,
             start: DateTime::from_timestamp(stale_minute, 0).expect("start"),
             open: Decimal::ONE,

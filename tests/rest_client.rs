@@ -102,7 +102,13 @@ async fn long_spans_come_in_pages_of_at_most_300_buckets_oldest_first() {
     let from = 1_800_000_000;
     let to = from + 1_000 * 60;
     let candles = client
-        .candles("BTC-USD", Granularity::OneMinute, from, to, Priority::High)
+        .candles(
+            &spot_canvas::model::ProductId::from_static("BTC-USD"),
+            Granularity::OneMinute,
+            from,
+            to,
+            Priority::High,
+        )
         .await
         .expect("candles");
     assert_eq!(candles.len(), 1_000, "every minute of the span, once");
@@ -121,7 +127,7 @@ async fn rate_limiting_is_retried_with_backoff() {
     let client = CandleClient::new(&url, 100);
     let candles = client
         .candles(
-            "BTC-USD",
+            &spot_canvas::model::ProductId::from_static("BTC-USD"),
             Granularity::OneMinute,
             1_800_000_000,
             1_800_000_600,
@@ -153,7 +159,7 @@ async fn client_errors_and_malformed_answers_are_reported_at_once() {
     let span = (1_800_000_000, 1_800_000_600);
     match client
         .candles(
-            "BAD-USD",
+            &spot_canvas::model::ProductId::from_static("BAD-USD"),
             Granularity::OneMinute,
             span.0,
             span.1,
@@ -172,7 +178,7 @@ async fn client_errors_and_malformed_answers_are_reported_at_once() {
     }
     match client
         .candles(
-            "JUNK-USD",
+            &spot_canvas::model::ProductId::from_static("JUNK-USD"),
             Granularity::OneMinute,
             span.0,
             span.1,

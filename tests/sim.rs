@@ -644,10 +644,15 @@ async fn products_list_parses_with_the_service_parser_and_has_entries_to_filter(
         BTreeSet::from(["BTC-USD", "ETH-USD", "SOL-USD"])
     );
     let find = |id: &str| -> &Product { products.iter().find(|p| p.product_id == id).expect(id) };
-    assert_eq!(find("BTC-USDC").alias, "BTC-USD");
+    assert_eq!(
+        find("BTC-USDC").alias,
+        Some(spot_canvas::model::ProductId::from_static("BTC-USD"))
+    );
     assert_eq!(find("OLD-USD").status, "delisted");
     assert!(find("HALT-USD").trading_disabled);
-    assert_eq!(find("BIP-20DEC30-CDE").product_type, "FUTURE");
+    // The future's id is of another grammar: left out as not spot, not as malformed.
+    assert!(products.iter().all(|p| p.product_id != "BIP-20DEC30-CDE"));
+    assert_eq!(list.not_spot, 1);
 
     // A product added later appears; a delisted one stops being ingestible.
     let client = reqwest::Client::new();
@@ -706,7 +711,12 @@ async fn rest_candles_equal_an_aggregation_of_the_logged_trades() {
         );
         let (status, body) = get(url).await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        let candles = parse_candles(&body, "ETH-USD", granularity).expect("parses");
+        let candles = parse_candles(
+            &body,
+            &spot_canvas::model::ProductId::from_static("ETH-USD"),
+            granularity,
+        )
+        .expect("parses");
         assert!(!candles.is_empty());
         assert!(
             candles.windows(2).all(|w| w[0].start > w[1].start),
@@ -781,7 +791,12 @@ async fn rest_candles_refuse_windows_of_350_buckets_and_cap_answers_at_300() {
 
     let (status, body) = get(url(end - 349 * 60, "ONE_MINUTE")).await;
     assert_eq!(status, 200);
-    let candles = parse_candles(&body, "BTC-USD", Granularity::OneMinute).expect("parses");
+    let candles = parse_candles(
+        &body,
+        &spot_canvas::model::ProductId::from_static("BTC-USD"),
+        Granularity::OneMinute,
+    )
+    .expect("parses");
     assert_eq!(candles.len(), 300, "at most 300 per answer, the newest");
     assert_eq!(candles[0].start.timestamp(), end - 60);
 

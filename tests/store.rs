@@ -23,7 +23,7 @@ fn update(product: &str, start: i64, revision: u32, count: u64, close: &str) -> 
     let close: Decimal = close.parse().expect("decimal");
     CandleUpdate {
         candle: Candle {
-            product_id: product.into(),
+            product_id: product.parse().expect("an id"),
             granularity: Granularity::OneMinute,
             start: at(start),
             open: Decimal::ONE,
@@ -109,7 +109,13 @@ async fn batch_upserts_are_idempotent_and_versions_only_go_up() {
             .expect("older")
     );
     let stored = repo
-        .candles("BTC-USD", Granularity::OneMinute, at(T0), at(T0 + 60), 10)
+        .candles(
+            &spot_canvas::model::ProductId::from_static("BTC-USD"),
+            Granularity::OneMinute,
+            at(T0),
+            at(T0 + 60),
+            10,
+        )
         .await
         .expect("query");
     assert_eq!(stored.len(), 1);
@@ -123,7 +129,7 @@ async fn batch_upserts_are_idempotent_and_versions_only_go_up() {
     assert_eq!(repo.upsert_candles(&mixed).await.expect("mixed"), 1);
     let stored = repo
         .candles(
-            "BTC-USD",
+            &spot_canvas::model::ProductId::from_static("BTC-USD"),
             Granularity::OneMinute,
             at(T0 + 60),
             at(T0 + 120),
@@ -151,7 +157,10 @@ async fn extreme_amounts_round_trip_exactly() {
     u.candle.trade_count = Some(u64::from(u32::MAX) * 4);
     repo.upsert_candle(&u).await.expect("upsert");
     let stored = repo
-        .live_candle("PEPE-USD", Granularity::OneMinute)
+        .live_candle(
+            &spot_canvas::model::ProductId::from_static("PEPE-USD"),
+            Granularity::OneMinute,
+        )
         .await
         .expect("query")
         .expect("a row");
@@ -184,7 +193,13 @@ async fn range_queries_return_what_was_written_in_order_with_limits() {
         .collect();
     repo.upsert_candles(&batch).await.expect("insert");
     let all = repo
-        .candles("ETH-USD", Granularity::OneMinute, at(T0), at(T0 + 600), 100)
+        .candles(
+            &spot_canvas::model::ProductId::from_static("ETH-USD"),
+            Granularity::OneMinute,
+            at(T0),
+            at(T0 + 600),
+            100,
+        )
         .await
         .expect("query");
     assert_eq!(all.len(), 10);
@@ -194,7 +209,7 @@ async fn range_queries_return_what_was_written_in_order_with_limits() {
     // The newest 3 of [t2, t8), oldest first.
     let some = repo
         .candles(
-            "ETH-USD",
+            &spot_canvas::model::ProductId::from_static("ETH-USD"),
             Granularity::OneMinute,
             at(T0 + 120),
             at(T0 + 480),
@@ -205,16 +220,22 @@ async fn range_queries_return_what_was_written_in_order_with_limits() {
     let starts: Vec<i64> = some.iter().map(|s| s.candle.start.timestamp()).collect();
     assert_eq!(starts, vec![T0 + 300, T0 + 360, T0 + 420]);
     let live = repo
-        .live_candle("ETH-USD", Granularity::OneMinute)
+        .live_candle(
+            &spot_canvas::model::ProductId::from_static("ETH-USD"),
+            Granularity::OneMinute,
+        )
         .await
         .expect("query")
         .expect("row");
     assert_eq!(live.candle.start, at(T0 + 540));
     assert!(
-        repo.live_candle("ETH-USD", Granularity::OneHour)
-            .await
-            .expect("query")
-            .is_none()
+        repo.live_candle(
+            &spot_canvas::model::ProductId::from_static("ETH-USD"),
+            Granularity::OneHour
+        )
+        .await
+        .expect("query")
+        .is_none()
     );
 }
 
@@ -223,9 +244,9 @@ async fn products_are_upserted_and_read_back() {
     let db = TestDb::migrated().await;
     let repo = Repository::new(db.pool.clone());
     let mut product = Product {
-        product_id: "BTC-USD".into(),
-        base: "BTC".into(),
-        quote: "USD".into(),
+        product_id: spot_canvas::model::ProductId::from_static("BTC-USD"),
+        base: spot_canvas::model::Currency::from_static("BTC"),
+        quote: spot_canvas::model::Currency::from_static("USD"),
         status: "online".into(),
         product_type: "SPOT".into(),
         trading_disabled: false,
@@ -233,7 +254,7 @@ async fn products_are_upserted_and_read_back() {
         base_max_size: Some(Decimal::from(3400)),
         base_increment: Some("0.00000001".parse().expect("d")),
         price_increment: Some("0.01".parse().expect("d")),
-        alias: String::new(),
+        alias: None,
         alias_to: Vec::new(),
     };
     repo.upsert_products(std::slice::from_ref(&product))
@@ -266,7 +287,7 @@ async fn the_writer_coalesces_per_key_and_flushes_everything_when_its_input_clos
     task.await.expect("join").expect("writer");
     let stored = repo
         .candles(
-            "SOL-USD",
+            &spot_canvas::model::ProductId::from_static("SOL-USD"),
             Granularity::OneMinute,
             at(T0),
             at(T0 + 3600),
@@ -341,7 +362,13 @@ async fn the_writer_keeps_receiving_and_retries_while_the_database_is_down() {
         .expect("join")
         .expect("writer");
     let stored = repo
-        .candles("ADA-USD", Granularity::OneMinute, at(T0), at(T0 + 600), 100)
+        .candles(
+            &spot_canvas::model::ProductId::from_static("ADA-USD"),
+            Granularity::OneMinute,
+            at(T0),
+            at(T0 + 600),
+            100,
+        )
         .await
         .expect("query");
     assert_eq!(stored.len(), 10);

@@ -97,7 +97,7 @@ async fn candles_survive_a_database_crash_while_trades_flow() {
     let writer_task = tokio::spawn(writer.run());
     // Taps: the oldest trade id of each product's first snapshot, and the engine's output.
     let tap = tokio::spawn(async move {
-        let mut first: BTreeMap<String, u64> = BTreeMap::new();
+        let mut first: BTreeMap<spot_canvas::model::ProductId, u64> = BTreeMap::new();
         while let Some(event) = feed_rx.recv().await {
             if let FeedEvent::Trades(b) = &event
                 && b.snapshot
@@ -114,7 +114,7 @@ async fn candles_survive_a_database_crash_while_trades_flow() {
     let emitted = Arc::new(AtomicU64::new(0));
     let counter = emitted.clone();
     let out_tap = tokio::spawn(async move {
-        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        let mut last: BTreeMap<spot_canvas::model::ProductId, u64> = BTreeMap::new();
         while let Some(batch) = out_rx.recv().await {
             counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
             for u in &batch {
@@ -186,7 +186,7 @@ async fn candles_survive_a_database_crash_while_trades_flow() {
     assert_eq!(writer_stats.report().pending, 0);
     let windows: BTreeMap<String, (u64, u64)> = first
         .iter()
-        .map(|(p, f)| (p.clone(), (*f, last[p])))
+        .map(|(p, f)| (p.to_string(), (*f, last[p])))
         .collect();
     assert_eq!(windows.len(), 3);
     assert_table_matches_log(

@@ -24,7 +24,7 @@ fn update(product: &str, g: Granularity, count: u64) -> CandleUpdate {
     let time = DateTime::from_timestamp(g.bucket_start_secs(T0), 0).expect("time");
     CandleUpdate {
         candle: Candle {
-            product_id: product.into(),
+            product_id: product.parse().expect("an id"),
             granularity: g,
             start: time,
             open: "0.0000123456789".parse().expect("d"),

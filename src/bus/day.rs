@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use crate::model::{CandleUpdate, Granularity, Version};
+use crate::model::{CandleUpdate, Granularity, ProductId, Version};
 use crate::store::Repository;
 
 /// Buckets in the window.
@@ -153,7 +153,7 @@ impl Window {
 /// product and the boards reading others do not wait on each other.
 #[derive(Debug, Default)]
 pub struct DayStats {
-    windows: RwLock<HashMap<String, Arc<Mutex<Window>>>>,
+    windows: RwLock<HashMap<ProductId, Arc<Mutex<Window>>>>,
 }
 
 fn lock(window: &Mutex<Window>) -> MutexGuard<'_, Window> {
@@ -178,13 +178,13 @@ impl DayStats {
         windows.get(product_id).cloned()
     }
 
-    fn window_or_new(&self, product_id: &str) -> Arc<Mutex<Window>> {
+    fn window_or_new(&self, product_id: &ProductId) -> Arc<Mutex<Window>> {
         if let Some(window) = self.window(product_id) {
             return window;
         }
         let mut windows = self.windows.write().unwrap_or_else(|e| e.into_inner());
         windows
-            .entry(product_id.to_owned())
+            .entry(product_id.clone())
             .or_insert_with(|| {
                 Arc::new(Mutex::new(Window {
                     volume: Some(Decimal::ZERO),
@@ -210,7 +210,13 @@ impl DayStats {
 
     /// Records one bucket of a product. Buckets outside the window (older than a day, or
     /// after the current minute's next) are ignored.
-    pub fn record_minute(&self, product_id: &str, start: i64, minute: Minute, now: i64) -> bool {
+    pub fn record_minute(
+        &self,
+        product_id: &ProductId,
+        start: i64,
+        minute: Minute,
+        now: i64,
+    ) -> bool {
         let floor = floor(now);
         if start <= floor || start > now + 60 {
             return false;
@@ -219,6 +225,12 @@ impl DayStats {
         let mut window = lock(&window);
         window.expire(floor);
         window.record(start, minute)
+    }
+
+    /// Forgets the products `keep` refuses (delisted): their windows go.
+    pub fn retain(&self, keep: impl Fn(&ProductId) -> bool) {
+        let mut windows = self.windows.write().unwrap_or_else(|e| e.into_inner());
+        windows.retain(|id, _| keep(id));
     }
 
     /// The product's last day at `now` (Unix seconds); `None` when no minute of it is in the
@@ -237,7 +249,7 @@ impl DayStats {
     pub async fn seed(
         &self,
         repository: &Repository,
-        products: &[String],
+        products: &[ProductId],
         now: DateTime<Utc>,
     ) -> Result<(u64, u64), sqlx::Error> {
         let since = now - chrono::Duration::seconds(WINDOW_SECS);
@@ -292,10 +304,20 @@ mod tests {
     fn change_and_exact_volume_over_the_window() {
         let day = DayStats::new();
         let start = NOW - 30;
-        assert!(day.record_minute("BTC-USD", start - 120, minute(1, "100", "101", "0.1"), NOW));
-        assert!(day.record_minute("BTC-USD", start - 60, minute(1, "101", "99", "0.2"), NOW));
         assert!(day.record_minute(
-            "BTC-USD",
+            &crate::model::ProductId::from_static("BTC-USD"),
+            start - 120,
+            minute(1, "100", "101", "0.1"),
+            NOW
+        ));
+        assert!(day.record_minute(
+            &crate::model::ProductId::from_static("BTC-USD"),
+            start - 60,
+            minute(1, "101", "99", "0.2"),
+            NOW
+        ));
+        assert!(day.record_minute(
+            &crate::model::ProductId::from_static("BTC-USD"),
             start,
             minute(1, "99", "110", "0.0000000001"),
             NOW
@@ -315,10 +337,30 @@ mod tests {
     fn revisions_replace_and_stale_copies_change_nothing() {
         let day = DayStats::new();
         let start = NOW - 30;
-        assert!(day.record_minute("A-B", start, minute(2, "1", "2", "5"), NOW));
-        assert!(!day.record_minute("A-B", start, minute(1, "1", "9", "50"), NOW));
-        assert!(!day.record_minute("A-B", start, minute(2, "1", "9", "50"), NOW));
-        assert!(day.record_minute("A-B", start, minute(3, "1", "3", "7"), NOW));
+        assert!(day.record_minute(
+            &crate::model::ProductId::from_static("A-B"),
+            start,
+            minute(2, "1", "2", "5"),
+            NOW
+        ));
+        assert!(!day.record_minute(
+            &crate::model::ProductId::from_static("A-B"),
+            start,
+            minute(1, "1", "9", "50"),
+            NOW
+        ));
+        assert!(!day.record_minute(
+            &crate::model::ProductId::from_static("A-B"),
+            start,
+            minute(2, "1", "9", "50"),
+            NOW
+        ));
+        assert!(day.record_minute(
+            &crate::model::ProductId::from_static("A-B"),
+            start,
+            minute(3, "1", "3", "7"),
+            NOW
+        ));
         let s = day.summary("A-B", NOW).expect("summary");
         assert_eq!(s.volume, Some(dec("7")));
         assert_eq!(s.last, dec("3"));
@@ -328,12 +370,32 @@ mod tests {
     fn minutes_leave_the_window_after_a_day() {
         let day = DayStats::new();
         let start = NOW - 30;
-        assert!(day.record_minute("A-B", start - 600, minute(1, "10", "11", "1"), NOW));
-        assert!(day.record_minute("A-B", start, minute(1, "11", "12", "2"), NOW));
+        assert!(day.record_minute(
+            &crate::model::ProductId::from_static("A-B"),
+            start - 600,
+            minute(1, "10", "11", "1"),
+            NOW
+        ));
+        assert!(day.record_minute(
+            &crate::model::ProductId::from_static("A-B"),
+            start,
+            minute(1, "11", "12", "2"),
+            NOW
+        ));
         // Outside the window from the start: ignored.
-        assert!(!day.record_minute("A-B", start - WINDOW_SECS, minute(1, "1", "1", "1"), NOW));
+        assert!(!day.record_minute(
+            &crate::model::ProductId::from_static("A-B"),
+            start - WINDOW_SECS,
+            minute(1, "1", "1", "1"),
+            NOW
+        ));
         // Far in the future: ignored.
-        assert!(!day.record_minute("A-B", NOW + 3600, minute(1, "1", "1", "1"), NOW));
+        assert!(!day.record_minute(
+            &crate::model::ProductId::from_static("A-B"),
+            NOW + 3600,
+            minute(1, "1", "1", "1"),
+            NOW
+        ));
         let later = NOW + WINDOW_SECS - 300;
         let s = day.summary("A-B", later).expect("summary");
         assert_eq!(s.open, dec("11"));
@@ -346,8 +408,18 @@ mod tests {
         let day = DayStats::new();
         let start = NOW - 30;
         let max = Decimal::MAX.to_string();
-        assert!(day.record_minute("A-B", start - 60, minute(1, "1", "1", &max), NOW));
-        assert!(day.record_minute("A-B", start, minute(1, "1", "1", &max), NOW));
+        assert!(day.record_minute(
+            &crate::model::ProductId::from_static("A-B"),
+            start - 60,
+            minute(1, "1", "1", &max),
+            NOW
+        ));
+        assert!(day.record_minute(
+            &crate::model::ProductId::from_static("A-B"),
+            start,
+            minute(1, "1", "1", &max),
+            NOW
+        ));
         let s = day.summary("A-B", NOW).expect("summary");
         assert_eq!(s.volume, None);
         // A minute later the first bucket has left a window that ends a day after it.

@@ -155,7 +155,7 @@ mod tests {
         };
         let update = CandleUpdate {
             candle: Candle {
-                product_id: "BTC-USD".into(),
+                product_id: crate::model::ProductId::from_static("BTC-USD"),
                 granularity: Granularity::OneMinute,
                 start: at("2024-01-06T19:00:00Z"),
                 open: d("42000.5"),

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Candle, CandleUpdate, EXCHANGE, Granularity, Version};
+use crate::model::{Candle, CandleUpdate, EXCHANGE, Granularity, ProductId, Version};
 
 /// The message format's version; a consumer refuses messages with another.
 pub const SCHEMA: u32 = 1;
@@ -15,7 +15,8 @@ pub const SCHEMA: u32 = 1;
 pub struct CandleMessage {
     pub schema: u32,
     pub exchange: String,
-    pub product_id: String,
+    /// Checked when the message is read: a message naming no product id is refused whole.
+    pub product_id: ProductId,
     pub granularity: Granularity,
     /// Bucket start, RFC 3339.
     pub start: DateTime<Utc>,
@@ -43,10 +44,8 @@ pub enum MessageError {
     Json(#[from] serde_json::Error),
     #[error("schema {0} is not {SCHEMA}")]
     Schema(u32),
-    #[error("version {0:?} is not a candle version")]
+    #[error("version {} is not a candle version", crate::model::shown(.0))]
     Version(String),
-    #[error("product id {0:?} is not 1-64 letters, digits, '-', '_' or '.'")]
-    Product(String),
 }
 
 impl CandleMessage {
@@ -86,15 +85,6 @@ impl CandleMessage {
             return Err(MessageError::Schema(message.schema));
         }
         message.parsed_version()?;
-        let id = &message.product_id;
-        let valid = (1..=64).contains(&id.len())
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !valid {
-            let shown: String = id.chars().take(80).collect();
-            return Err(MessageError::Product(shown));
-        }
         Ok(message)
     }
 

@@ -29,7 +29,7 @@ use super::coverage::FeedNotice;
 use super::crosscheck::CrossCheck;
 use super::limiter::LogLimiter;
 use super::product::ProductCandles;
-use crate::model::{Candle, CandleUpdate, Granularity, Trade};
+use crate::model::{Candle, CandleUpdate, Granularity, ProductId, Trade};
 
 /// Timing of completion and revisions.
 #[derive(Debug, Clone, Copy)]
@@ -101,7 +101,7 @@ pub(crate) struct Limiters {
 pub struct Aggregator {
     pub(crate) timing: Timing,
     /// Fx hashing: keys come from Coinbase, not from an adversary, and this is the hot path.
-    pub(crate) products: FxHashMap<String, ProductCandles>,
+    pub(crate) products: FxHashMap<ProductId, ProductCandles>,
     /// Cross-checks done since the last [`Aggregator::take_checks`].
     checks: Vec<CrossCheck>,
     pub(crate) limiters: Limiters,
@@ -118,8 +118,8 @@ impl Aggregator {
     }
 
     /// The state of `product_id`, made when missing.
-    pub(crate) fn product(&mut self, product_id: &str) -> &mut ProductCandles {
-        self.products.entry(product_id.to_owned()).or_default()
+    pub(crate) fn product(&mut self, product_id: &ProductId) -> &mut ProductCandles {
+        self.products.entry(product_id.clone()).or_default()
     }
 
     /// Applies a batch of trades at clock time `now`, appending one update per changed candle
@@ -135,7 +135,7 @@ impl Aggregator {
         let latest = now + self.timing.max_ahead;
         let now_ms = now.timestamp_millis();
         let grace_ms = self.timing.grace.num_milliseconds();
-        let mut touched: Vec<&str> = Vec::new();
+        let mut touched: Vec<&ProductId> = Vec::new();
         for t in trades {
             let minute = Granularity::OneMinute.bucket_start_secs(t.time.timestamp());
             if minute + 60 < oldest_end {
@@ -194,7 +194,7 @@ impl Aggregator {
                 continue;
             };
             product.commit(t, minute, places, now_ms, grace_ms);
-            if !touched.contains(&t.product_id.as_str()) {
+            if !touched.contains(&&t.product_id) {
                 touched.push(&t.product_id);
             }
             outcome.applied += 1;
@@ -208,7 +208,13 @@ impl Aggregator {
     }
 
     /// Takes what the feed said about `product_id`'s trades: which minutes are whole.
-    pub fn feed_notice(&mut self, product_id: &str, notice: FeedNotice) {
+    /// [`FeedNotice::Unsubscribed`] forgets the product: what it held is dropped (its stored
+    /// and published candles stay as they were last sent).
+    pub fn feed_notice(&mut self, product_id: &ProductId, notice: FeedNotice) {
+        if notice == FeedNotice::Unsubscribed {
+            self.products.remove(product_id);
+            return;
+        }
         self.product(product_id).coverage.note(notice);
     }
 

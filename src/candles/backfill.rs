@@ -15,13 +15,13 @@ use rustc_hash::FxHashMap;
 use super::aggregator::Aggregator;
 use super::product::Slot;
 use super::tally::{Tally, within_limit};
-use crate::model::{Candle, CandleUpdate, Granularity};
+use crate::model::{Candle, CandleUpdate, Granularity, ProductId};
 
 /// Coinbase's one-minute candles for a window of minutes whose trades may be missing, with
 /// what the engine needs to recompute the larger candles around them.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Backfill {
-    pub product_id: String,
+    pub product_id: ProductId,
     /// First replaced minute (Unix seconds; rounded down to the minute).
     pub from: i64,
     /// End of the replaced minutes (exclusive; rounded up to the minute).

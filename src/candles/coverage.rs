@@ -19,6 +19,8 @@ pub enum FeedNotice {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     },
+    /// No longer ingested (delisted, disabled): the engine forgets the product.
+    Unsubscribed,
 }
 
 /// The windows of one product.
@@ -46,6 +48,8 @@ impl Coverage {
                     self.holes.push((from, to));
                 }
             }
+            // The aggregator drops the whole product instead.
+            FeedNotice::Unsubscribed => self.live_from = None,
         }
     }
 

@@ -148,7 +148,7 @@ mod tests {
 
     fn candle(o: i64, h: i64, l: i64, c: i64, v: i64) -> Candle {
         Candle {
-            product_id: "BTC-USD".into(),
+            product_id: crate::model::ProductId::from_static("BTC-USD"),
             granularity: Granularity::FiveMinutes,
             start: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
             open: Decimal::from(o),

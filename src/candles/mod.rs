@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::model::FeedEvent;
 use chrono::{DateTime, Utc};
 
-use crate::model::{Candle, CandleUpdate, Clock, Trade};
+use crate::model::{Candle, CandleUpdate, Clock, ProductId, Trade};
 
 use shard::{Shard, ShardInput};
 
@@ -300,9 +300,10 @@ impl Engine {
                     to: *at,
                 },
             ),
+            FeedEvent::Unsubscribed { products } => (products, FeedNotice::Unsubscribed),
             _ => return true,
         };
-        let mut parts: Vec<Vec<String>> = vec![Vec::new(); SHARDS];
+        let mut parts: Vec<Vec<ProductId>> = vec![Vec::new(); SHARDS];
         for p in products {
             parts[shard_of(p)].push(p.clone());
         }

@@ -13,7 +13,7 @@ use rustc_hash::FxHashSet;
 use super::coverage::Coverage;
 use super::crosscheck::{CrossCheck, Verdict, compare};
 use super::tally::{Sums, Tally};
-use crate::model::{Candle, CandleUpdate, Granularity, Trade, TradeId};
+use crate::model::{Candle, CandleUpdate, Granularity, ProductId, Trade, TradeId};
 
 /// One candle as the engine holds it.
 #[derive(Debug, Clone)]
@@ -173,7 +173,7 @@ impl ProductCandles {
     /// Compares our completed 5-minute candle starting at `start` with the last one Coinbase
     /// sent for that bucket, if it sent one. A candle with a minute not held whole is not
     /// comparable: the comparison is counted as such, not judged.
-    pub(crate) fn cross_check(&mut self, product_id: &str, start: i64) -> Option<CrossCheck> {
+    pub(crate) fn cross_check(&mut self, product_id: &ProductId, start: i64) -> Option<CrossCheck> {
         let g = Granularity::FiveMinutes;
         let i = self
             .exchange
@@ -201,7 +201,7 @@ impl ProductCandles {
     }
 
     /// Appends an update for every dirty candle to `out` and marks them clean.
-    pub(crate) fn emit_dirty(&mut self, product_id: &str, out: &mut Vec<CandleUpdate>) {
+    pub(crate) fn emit_dirty(&mut self, product_id: &ProductId, out: &mut Vec<CandleUpdate>) {
         for g in Granularity::ALL {
             let from = std::mem::replace(&mut self.dirty_from[g.index()], i64::MAX);
             if from == i64::MAX {

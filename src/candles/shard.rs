@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use super::{Aggregator, Backfill, EngineStats, FeedNotice};
-use crate::model::{Candle, CandleUpdate, Clock, Trade};
+use crate::model::{Candle, CandleUpdate, Clock, ProductId, Trade};
 
 /// What a shard receives.
 #[derive(Debug)]
@@ -19,7 +19,7 @@ pub(super) enum ShardInput {
     Trades(Vec<Trade>),
     ExchangeCandles(Vec<Candle>, DateTime<Utc>),
     /// What the feed said about these products' trades.
-    Notice(Vec<String>, FeedNotice),
+    Notice(Vec<ProductId>, FeedNotice),
     Backfill(Box<Backfill>),
 }
 

@@ -14,7 +14,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 
-use crate::model::{Candle, Granularity, Side, Trade, TradeId};
+use crate::model::{Candle, Granularity, ProductId, Side, Trade, TradeId};
 
 /// OHLCV and counts of a set of trades, with the order keys of its first and last trade so
 /// trades and partial tallies merge in any order.
@@ -173,7 +173,12 @@ impl Tally {
     }
 
     /// The candle of `product_id` at `granularity` this tally describes.
-    pub(crate) fn candle(&self, product_id: &str, granularity: Granularity, start: i64) -> Candle {
+    pub(crate) fn candle(
+        &self,
+        product_id: &ProductId,
+        granularity: Granularity,
+        start: i64,
+    ) -> Candle {
         Candle {
             product_id: product_id.to_owned(),
             granularity,
@@ -197,7 +202,7 @@ mod tests {
     fn trade(id: u64, size: Decimal) -> Trade {
         let time = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
         Trade {
-            product_id: "BTC-USD".into(),
+            product_id: crate::model::ProductId::from_static("BTC-USD"),
             trade_id: TradeId(id),
             price: Decimal::ONE,
             size,

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod frame;
 pub mod pacer;
 pub mod rest;
+pub mod url;
 
 pub use frame::{Frame, FrameBody, FrameError, frame_sequence, parse_frame};
 

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::frame::{FrameError, parse_decimal, parse_unix_seconds};
-use crate::model::{Candle, Granularity, Product};
+use crate::model::{Candle, Currency, Granularity, Product, ProductId, shown};
 
 /// An error answer: `{"error":"INVALID_ARGUMENT","message":"..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -31,7 +31,8 @@ struct RawProducts {
 /// A product of a products list that was skipped, or kept with some fields left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductIssue {
-    /// The product's id when it named one as text, else empty.
+    /// The product's id as sent, escaped and clipped ([`shown`]) when it named one as text,
+    /// else empty: safe to log.
     pub product_id: String,
     /// What was wrong, naming the field and the value.
     pub reason: String,
@@ -42,10 +43,15 @@ pub struct ProductIssue {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProductList {
     pub products: Vec<Product>,
-    /// Products left out: not an object, no text `product_id`, or a field the service selects
+    /// Products left out: not an object, a `product_id` that is not a product id (see
+    /// [`ProductId`]), a product listed a second time, or a field the service selects
     /// products by (`status`, `product_type`, currencies, `alias`, `alias_to`,
     /// `trading_disabled`) of the wrong type.
     pub skipped: Vec<ProductIssue>,
+    /// Products of another type than `SPOT` (futures, whose ids follow another grammar):
+    /// left out, as the service never ingests them. Coinbase sends none when asked for spot
+    /// products only.
+    pub not_spot: usize,
     /// Products kept with an optional size or increment left out (`None`) because it was not
     /// an exact decimal string (`"1e10"`, a JSON number, ...).
     pub degraded: Vec<ProductIssue>,
@@ -59,14 +65,28 @@ pub fn parse_products(body: &[u8]) -> Result<ProductList, FrameError> {
         products: Vec::with_capacity(raw.products.len()),
         ..ProductList::default()
     };
+    let mut seen = std::collections::HashSet::with_capacity(raw.products.len());
     for value in &raw.products {
+        let kind = value
+            .get("product_type")
+            .and_then(serde_json::Value::as_str);
+        if kind.is_some_and(|kind| !kind.eq_ignore_ascii_case("SPOT")) {
+            list.not_spot += 1;
+            continue;
+        }
         let product_id = value
             .get("product_id")
             .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+            .map(shown)
+            .unwrap_or_default();
         let mut left_out = Vec::new();
         match product_from_value(value, &mut left_out) {
+            Ok(product) if !seen.insert(product.product_id.clone()) => {
+                list.skipped.push(ProductIssue {
+                    product_id,
+                    reason: "listed more than once: the first listing is kept".into(),
+                });
+            }
             Ok(product) => {
                 if !left_out.is_empty() {
                     list.degraded.push(ProductIssue {
@@ -114,6 +134,19 @@ fn product_from_value(
             }),
         }
     };
+    // Status and type are short words (`online`, `SPOT`): anything else is not stored.
+    let word = |field: &'static str| -> Result<String, FrameError> {
+        let value = text(field)?;
+        let plain = value.len() <= 32
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if plain {
+            Ok(value)
+        } else {
+            Err(FrameError::BadValue { field, value })
+        }
+    };
     let product_id = text("product_id")?;
     if product_id.is_empty() {
         return Err(FrameError::MissingField {
@@ -121,6 +154,21 @@ fn product_from_value(
             field: "product_id",
         });
     }
+    let product_id = ProductId::parse(&product_id).map_err(|_| FrameError::BadValue {
+        field: "product_id",
+        value: product_id.clone(),
+    })?;
+    let currency = |field: &'static str| -> Result<Currency, FrameError> {
+        let code = text(field)?;
+        Currency::parse(&code).map_err(|_| FrameError::BadValue { field, value: code })
+    };
+    let alias = match text("alias")? {
+        alias if alias.is_empty() => None,
+        alias => Some(ProductId::parse(&alias).map_err(|_| FrameError::BadValue {
+            field: "alias",
+            value: alias.clone(),
+        })?),
+    };
     let trading_disabled = match object.get("trading_disabled") {
         None | Some(serde_json::Value::Null) => false,
         Some(serde_json::Value::Bool(b)) => *b,
@@ -133,17 +181,24 @@ fn product_from_value(
     };
     let alias_to = match object.get("alias_to") {
         None | Some(serde_json::Value::Null) => Vec::new(),
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .map(|item| {
-                item.as_str()
-                    .map(str::to_owned)
-                    .ok_or(FrameError::BadValue {
+        Some(serde_json::Value::Array(items)) => {
+            let mut ids = Vec::with_capacity(items.len());
+            for item in items {
+                let Some(text) = item.as_str() else {
+                    return Err(FrameError::BadValue {
                         field: "alias_to",
                         value: item.to_string(),
-                    })
-            })
-            .collect::<Result<_, _>>()?,
+                    });
+                };
+                // An alias that is no product id can never be listed as a product: only it
+                // is left out.
+                match ProductId::parse(text) {
+                    Ok(id) => ids.push(id),
+                    Err(e) => left_out.push(format!("field `alias_to`: {e}")),
+                }
+            }
+            ids
+        }
         Some(other) => {
             return Err(FrameError::BadValue {
                 field: "alias_to",
@@ -172,16 +227,16 @@ fn product_from_value(
     let price_increment = decimal("price_increment");
     Ok(Product {
         product_id,
-        base: text("base_currency_id")?,
-        quote: text("quote_currency_id")?,
-        status: text("status")?,
-        product_type: text("product_type")?,
+        base: currency("base_currency_id")?,
+        quote: currency("quote_currency_id")?,
+        status: word("status")?,
+        product_type: word("product_type")?,
         trading_disabled,
         base_min_size,
         base_max_size,
         base_increment,
         price_increment,
-        alias: text("alias")?,
+        alias,
         alias_to,
     })
 }
@@ -213,7 +268,7 @@ struct RawRestCandle<'a> {
 /// not aligned to the granularity is an error.
 pub fn parse_candles(
     body: &[u8],
-    product_id: &str,
+    product_id: &ProductId,
     granularity: Granularity,
 ) -> Result<Vec<Candle>, FrameError> {
     let raw: RawCandles<'_> = serde_json::from_slice(body)?;
@@ -228,7 +283,7 @@ pub fn parse_candles(
                 });
             }
             Ok(Candle {
-                product_id: product_id.to_owned(),
+                product_id: product_id.clone(),
                 granularity,
                 start,
                 open: parse_decimal("open", &c.open)?,

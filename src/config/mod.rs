@@ -309,7 +309,7 @@ pub struct Config {
     pub coinbase_rest_url: String,
     pub coinbase_credentials: Option<CoinbaseCredentials>,
     /// `None`: discover products from the REST products list.
-    pub products: Option<Vec<String>>,
+    pub products: Option<Vec<crate::model::ProductId>>,
     pub shard_index: u32,
     pub shard_count: u32,
     pub products_per_connection: usize,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 
 use super::{CoinbaseCredentials, Config, ConfigError, CorsOrigins, LogFormat, Role, VARIABLES};
+use crate::model::ProductId;
 
 pub(super) type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -269,28 +270,18 @@ fn credentials(lookup: Lookup<'_>) -> Result<Option<CoinbaseCredentials>, Config
     }
 }
 
-fn products(lookup: Lookup<'_>) -> Result<Option<Vec<String>>, ConfigError> {
+fn products(lookup: Lookup<'_>) -> Result<Option<Vec<ProductId>>, ConfigError> {
     let Some(value) = lookup("PRODUCTS") else {
         return Ok(None);
     };
-    const ACCEPTED: &str =
-        "comma-separated product ids such as BTC-USD,ETH-USD (letters, digits, one or more '-')";
-    let mut products: Vec<String> = Vec::new();
+    const ACCEPTED: &str = "comma-separated product ids such as BTC-USD,ETH-USD (two codes of 1 to 16 letters or digits around one '-')";
+    let mut products: Vec<ProductId> = Vec::new();
     for part in value.split(',') {
-        let id = part.trim().to_ascii_uppercase();
-        let valid = !id.is_empty()
-            && id.len() <= 64
-            && id.contains('-')
-            && !id.starts_with('-')
-            && !id.ends_with('-')
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !valid {
-            return Err(ConfigError {
-                var: "PRODUCTS",
-                problem: format!("{:?} is not a product id", part.trim()),
-                accepted: ACCEPTED,
-            });
-        }
+        let id = ProductId::from_client(part).map_err(|e| ConfigError {
+            var: "PRODUCTS",
+            problem: format!("{} is not a product id", e.shown()),
+            accepted: ACCEPTED,
+        })?;
         if !products.contains(&id) {
             products.push(id);
         }

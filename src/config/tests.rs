@@ -136,7 +136,10 @@ fn products_are_trimmed_upper_cased_and_deduplicated() {
     let config = config_with(&[("PRODUCTS", " btc-usd, ETH-USD ,BTC-USD")]).expect("valid");
     assert_eq!(
         config.products,
-        Some(vec!["BTC-USD".to_owned(), "ETH-USD".to_owned()])
+        Some(vec![
+            crate::model::ProductId::from_static("BTC-USD"),
+            crate::model::ProductId::from_static("ETH-USD")
+        ])
     );
 }
 

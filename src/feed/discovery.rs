@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::coinbase::rest::{ProductIssue, parse_error, parse_products};
-use crate::model::Product;
+use crate::feed::health::FeedHealth;
+use crate::model::{Product, ProductId};
 
 /// Time allowed for one REST request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -36,9 +37,12 @@ impl From<reqwest::Error> for DiscoveryError {
 const ISSUES_LOGGED: usize = 5;
 
 /// Fetches the products list.
+/// The products left out of the list (ids or fields that do not parse, duplicates) are
+/// noted in `health` and counted in `spot_canvas_feed_skipped_products_total`.
 pub async fn fetch_products(
     http: &reqwest::Client,
     rest_url: &str,
+    health: &FeedHealth,
 ) -> Result<Vec<Product>, DiscoveryError> {
     let url = format!("{rest_url}/market/products");
     let response = http
@@ -67,6 +71,14 @@ pub async fn fetch_products(
     );
     metrics::counter!("spot_canvas_feed_skipped_products_total")
         .increment(list.skipped.len() as u64);
+    health.set_skipped_products(
+        list.skipped.len(),
+        list.skipped
+            .iter()
+            .take(ISSUES_LOGGED)
+            .map(|i| format!("{}: {}", i.product_id, i.reason))
+            .collect(),
+    );
     Ok(list.products)
 }
 
@@ -78,22 +90,19 @@ fn report_issues(issues: &[ProductIssue], what: &'static str) {
     let examples: Vec<String> = issues
         .iter()
         .take(ISSUES_LOGGED)
-        .map(|i| format!("{:?}: {}", i.product_id, i.reason))
+        .map(|i| format!("{}: {}", i.product_id, i.reason))
         .collect();
     tracing::warn!(count = issues.len(), ?examples, "{what}");
 }
 
 /// The ids the service ingests from a products list, sorted.
-pub fn ingestible_ids(products: &[Product]) -> Vec<String> {
+pub fn ingestible_ids(products: &[Product]) -> Vec<ProductId> {
     // A product some other product lists in `alias_to` is an alias, even if its own `alias`
     // field is empty.
-    let aliases: BTreeSet<&str> = products
+    let aliases: BTreeSet<&ProductId> = products.iter().flat_map(|p| &p.alias_to).collect();
+    let ids: BTreeSet<ProductId> = products
         .iter()
-        .flat_map(|p| p.alias_to.iter().map(String::as_str))
-        .collect();
-    let ids: BTreeSet<String> = products
-        .iter()
-        .filter(|p| p.is_ingestible() && !aliases.contains(p.product_id.as_str()))
+        .filter(|p| p.is_ingestible() && !aliases.contains(&p.product_id))
         .map(|p| p.product_id.clone())
         .collect();
     ids.into_iter().collect()
@@ -107,7 +116,8 @@ mod tests {
     async fn a_failed_request_does_not_name_its_url() {
         // Nothing listens on port 9 of loopback in the test environment: the connect fails.
         let http = reqwest::Client::new();
-        let err = fetch_products(&http, "http://127.0.0.1:9/secret-path")
+        let health = FeedHealth::new(crate::feed::health::AuthState::Unauthenticated);
+        let err = fetch_products(&http, "http://127.0.0.1:9/secret-path", &health)
             .await
             .expect_err("no server");
         assert!(matches!(err, DiscoveryError::Http(_)), "{err:?}");

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::model::ProductId;
+
 /// Whether subscribes are authenticated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -37,7 +39,7 @@ pub struct ConnectionHealth {
     pub id: usize,
     pub state: ConnectionState,
     pub connected: bool,
-    pub products: Vec<String>,
+    pub products: Vec<ProductId>,
     pub connected_at: Option<DateTime<Utc>>,
     pub last_frame: Option<DateTime<Utc>>,
     /// When the connection's last `heartbeats` frame came (since it connected).
@@ -54,6 +56,8 @@ pub struct ConnectionHealth {
     pub rejected_trades: u64,
     /// Malformed candles skipped alone inside otherwise good `candles` frames.
     pub rejected_candles: u64,
+    /// Trades of products this connection did not subscribe, dropped.
+    pub unlisted_trades: u64,
     pub error_frames: u64,
     /// The backoff delays waited so far, most recent last (at most 16 kept).
     pub backoffs_ms: Vec<u64>,
@@ -63,7 +67,7 @@ pub struct ConnectionHealth {
 }
 
 impl ConnectionHealth {
-    fn new(id: usize, products: Vec<String>) -> Self {
+    fn new(id: usize, products: Vec<ProductId>) -> Self {
         ConnectionHealth {
             id,
             state: ConnectionState::Connecting,
@@ -79,6 +83,7 @@ impl ConnectionHealth {
             sequence_resets: 0,
             malformed: 0,
             rejected_trades: 0,
+            unlisted_trades: 0,
             rejected_candles: 0,
             error_frames: 0,
             backoffs_ms: Vec::new(),
@@ -91,7 +96,7 @@ impl ConnectionHealth {
 /// A product whose subscribe the exchange refused: no longer ingested until a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RefusedProduct {
-    pub product_id: String,
+    pub product_id: ProductId,
     pub connection: usize,
     /// The exchange's error message.
     pub message: String,
@@ -102,7 +107,8 @@ pub struct RefusedProduct {
 #[derive(Debug)]
 pub struct FeedHealth {
     connections: Mutex<BTreeMap<usize, ConnectionHealth>>,
-    refused: Mutex<BTreeMap<String, RefusedProduct>>,
+    refused: Mutex<BTreeMap<ProductId, RefusedProduct>>,
+    skipped: Mutex<SkippedProducts>,
     auth: Mutex<AuthState>,
     /// Products this instance's shard holds, once chosen.
     assigned: Mutex<Option<usize>>,
@@ -118,23 +124,48 @@ pub struct FeedReport {
     pub connected: usize,
     /// Malformed trades skipped so far, all connections together.
     pub rejected_trades: u64,
+    /// Trades of products that were not subscribed, dropped, all connections together.
+    pub unlisted_trades: u64,
+    /// Products of the last products list left out (an id or a field that does not parse,
+    /// a product listed twice), with a few of them escaped.
+    pub skipped_products: SkippedProducts,
     /// Products the exchange refused to subscribe.
     pub refused_products: Vec<RefusedProduct>,
     pub connections: Vec<ConnectionHealth>,
 }
 
+/// The products a products list held that were left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SkippedProducts {
+    /// In the last list fetched.
+    pub last_list: usize,
+    /// In every list fetched since the start.
+    pub total: u64,
+    /// A few of the last list's, each its id (escaped and clipped) and why.
+    pub examples: Vec<String>,
+}
+
 impl FeedHealth {
+    /// Notes the products a fetched list left out.
+    pub fn set_skipped_products(&self, count: usize, examples: Vec<String>) {
+        let mut skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        skipped.last_list = count;
+        skipped.total = skipped.total.saturating_add(count as u64);
+        skipped.examples = examples;
+    }
+
     pub fn new(auth: AuthState) -> Self {
         FeedHealth {
             connections: Mutex::new(BTreeMap::new()),
             refused: Mutex::new(BTreeMap::new()),
+            skipped: Mutex::default(),
             auth: Mutex::new(auth),
             assigned: Mutex::new(None),
         }
     }
 
     /// Registers a connection (or resets its product list).
-    pub fn register(&self, id: usize, products: Vec<String>) {
+    pub fn register(&self, id: usize, products: Vec<ProductId>) {
         let mut connections = self.lock();
         connections
             .entry(id)
@@ -155,7 +186,13 @@ impl FeedHealth {
     }
 
     /// Records that the exchange refused `product_id` on connection `connection`.
-    pub fn refuse(&self, product_id: &str, connection: usize, message: String, at: DateTime<Utc>) {
+    pub fn refuse(
+        &self,
+        product_id: &ProductId,
+        connection: usize,
+        message: String,
+        at: DateTime<Utc>,
+    ) {
         self.refused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -202,6 +239,12 @@ impl FeedHealth {
             products: connections.iter().map(|c| c.products.len()).sum(),
             connected: connections.iter().filter(|c| c.connected).count(),
             rejected_trades: connections.iter().map(|c| c.rejected_trades).sum(),
+            unlisted_trades: connections.iter().map(|c| c.unlisted_trades).sum(),
+            skipped_products: self
+                .skipped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             refused_products,
             connections,
         }

@@ -23,8 +23,8 @@ use crate::coinbase::pacer::Pacer;
 use crate::feed::FeedSettings;
 use crate::feed::health::{AuthState, FeedHealth};
 use crate::feed::shard::products_for_instance;
-use crate::model::FeedEvent;
 use crate::model::Product;
+use crate::model::{FeedEvent, ProductId};
 
 /// Commands a connection may have queued.
 const COMMAND_CAPACITY: usize = 64;
@@ -34,7 +34,7 @@ const DISCOVERY_RETRY: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 struct Handle {
     id: usize,
-    products: BTreeSet<String>,
+    products: BTreeSet<ProductId>,
     /// Commands to the connection; dropping it stops the connection.
     commands: mpsc::Sender<Command>,
 }
@@ -50,9 +50,9 @@ pub struct Feed {
     /// storage to keep `trading_pairs` in step.
     catalog: watch::Sender<Vec<Product>>,
     /// Products the exchange refused, from the connections.
-    refused: mpsc::UnboundedReceiver<Vec<String>>,
+    refused: mpsc::UnboundedReceiver<Vec<ProductId>>,
     /// Refused products and when: they are not subscribed again before a refresh interval.
-    cooling: BTreeMap<String, Instant>,
+    cooling: BTreeMap<ProductId, Instant>,
 }
 
 impl Feed {
@@ -105,16 +105,13 @@ impl Feed {
     }
 
     fn publish_catalog(&self, products: &[Product]) {
-        let aliases: BTreeSet<&str> = products
-            .iter()
-            .flat_map(|p| p.alias_to.iter().map(String::as_str))
-            .collect();
+        let aliases: BTreeSet<&ProductId> = products.iter().flat_map(|p| &p.alias_to).collect();
         let catalog: Vec<Product> = products
             .iter()
             .filter(|p| {
                 p.product_type.eq_ignore_ascii_case("SPOT")
-                    && p.alias.is_empty()
-                    && !aliases.contains(p.product_id.as_str())
+                    && p.alias.is_none()
+                    && !aliases.contains(&p.product_id)
             })
             .cloned()
             .collect();
@@ -161,17 +158,23 @@ impl Feed {
         Ok(())
     }
 
-    fn mine(&self, all: &[String]) -> Vec<String> {
+    fn mine(&self, all: &[ProductId]) -> Vec<ProductId> {
         let s = &self.shared.settings;
         products_for_instance(all, s.shard_index, s.shard_count)
     }
 
     /// `PRODUCTS`, or the products list, retried with backoff until it answers. `None` when
     /// cancelled first.
-    async fn initial_products(&self, cancel: &CancellationToken) -> Option<Vec<String>> {
+    async fn initial_products(&self, cancel: &CancellationToken) -> Option<Vec<ProductId>> {
         if let Some(products) = &self.shared.settings.products {
             // Metadata for `trading_pairs` is welcome but not needed to ingest.
-            match fetch_products(&self.http, &self.shared.settings.rest_url).await {
+            match fetch_products(
+                &self.http,
+                &self.shared.settings.rest_url,
+                &self.shared.health,
+            )
+            .await
+            {
                 Ok(all) => self.publish_catalog(&all),
                 Err(e) => tracing::info!(error = %e, "no product metadata from REST"),
             }
@@ -179,7 +182,13 @@ impl Feed {
         }
         let mut delay = DISCOVERY_RETRY;
         loop {
-            match fetch_products(&self.http, &self.shared.settings.rest_url).await {
+            match fetch_products(
+                &self.http,
+                &self.shared.settings.rest_url,
+                &self.shared.health,
+            )
+            .await
+            {
                 Ok(products) => {
                     self.publish_catalog(&products);
                     return Some(ingestible_ids(&products));
@@ -198,7 +207,7 @@ impl Feed {
 
     /// Takes refused products off their connections (which already dropped them) and lets
     /// them cool down for a refresh interval before they are subscribed again.
-    fn on_refused(&mut self, refused: Vec<String>) {
+    fn on_refused(&mut self, refused: Vec<ProductId>) {
         let now = Instant::now();
         for product in refused {
             for handle in &mut self.handles {
@@ -223,7 +232,13 @@ impl Feed {
     async fn refresh(&mut self, tracker: &TaskTracker, cancel: &CancellationToken) {
         let all = match &self.shared.settings.products {
             Some(products) => products.clone(),
-            None => match fetch_products(&self.http, &self.shared.settings.rest_url).await {
+            None => match fetch_products(
+                &self.http,
+                &self.shared.settings.rest_url,
+                &self.shared.health,
+            )
+            .await
+            {
                 Ok(products) => {
                     self.publish_catalog(&products);
                     ingestible_ids(&products)
@@ -236,19 +251,19 @@ impl Feed {
         };
         let cool_down = self.shared.settings.refresh_interval;
         self.cooling.retain(|_, at| at.elapsed() < cool_down);
-        let wanted: BTreeSet<String> = self
+        let wanted: BTreeSet<ProductId> = self
             .mine(&all)
             .into_iter()
             .filter(|p| !self.cooling.contains_key(p))
             .collect();
         self.shared.health.set_assigned(wanted.len());
-        let current: BTreeSet<String> = self
+        let current: BTreeSet<ProductId> = self
             .handles
             .iter()
             .flat_map(|h| h.products.iter().cloned())
             .collect();
-        let gone: Vec<String> = current.difference(&wanted).cloned().collect();
-        let new: Vec<String> = wanted.difference(&current).cloned().collect();
+        let gone: Vec<ProductId> = current.difference(&wanted).cloned().collect();
+        let new: Vec<ProductId> = wanted.difference(&current).cloned().collect();
         if !gone.is_empty() {
             tracing::info!(?gone, "products delisted or disabled, unsubscribing");
             self.remove(&gone).await;
@@ -259,9 +274,18 @@ impl Feed {
         }
     }
 
-    async fn remove(&mut self, gone: &[String]) {
+    async fn remove(&mut self, gone: &[ProductId]) {
+        // Downstream forgets what it holds for them (an unbounded list of delistings must not
+        // grow the engine's maps). A stopped engine is the stop: nothing to tell.
+        let _stopped = self
+            .shared
+            .events
+            .send(FeedEvent::Unsubscribed {
+                products: gone.to_vec(),
+            })
+            .await;
         for handle in &mut self.handles {
-            let mine: Vec<String> = gone
+            let mine: Vec<ProductId> = gone
                 .iter()
                 .filter(|p| handle.products.remove(*p))
                 .cloned()
@@ -285,7 +309,7 @@ impl Feed {
 
     async fn add(
         &mut self,
-        mut new: Vec<String>,
+        mut new: Vec<ProductId>,
         tracker: &TaskTracker,
         cancel: &CancellationToken,
     ) {
@@ -295,14 +319,14 @@ impl Feed {
             if room == 0 || new.is_empty() {
                 continue;
             }
-            let take: Vec<String> = new.drain(..room.min(new.len())).collect();
+            let take: Vec<ProductId> = new.drain(..room.min(new.len())).collect();
             handle.products.extend(take.iter().cloned());
             let _stopped = handle.commands.send(Command::Subscribe(take)).await;
         }
         for chunk in new.chunks(per_connection) {
             let id = self.next_id;
             self.next_id += 1;
-            let products: BTreeSet<String> = chunk.iter().cloned().collect();
+            let products: BTreeSet<ProductId> = chunk.iter().cloned().collect();
             let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
             let connection = Connection::new(id, products.clone(), self.shared.clone(), rx);
             tracker.spawn(connection.run(cancel.child_token()));

@@ -15,6 +15,7 @@ pub mod shard;
 use std::time::Duration;
 
 use crate::config::{CoinbaseCredentials, Config};
+use crate::model::ProductId;
 
 pub use crate::backoff::ReconnectPolicy;
 pub use health::FeedHealth;
@@ -26,7 +27,7 @@ pub struct FeedSettings {
     pub ws_url: String,
     pub rest_url: String,
     /// Explicit products; `None` discovers them from REST.
-    pub products: Option<Vec<String>>,
+    pub products: Option<Vec<ProductId>>,
     pub shard_index: u32,
     pub shard_count: u32,
     pub products_per_connection: usize,

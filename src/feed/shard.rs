@@ -20,6 +20,8 @@ fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+use crate::model::ProductId;
+
 /// The instance (0-based) that ingests `product_id` out of `shard_count`.
 pub fn instance_for(product_id: &str, shard_count: u32) -> u32 {
     let count = u64::from(shard_count.max(1));
@@ -27,8 +29,8 @@ pub fn instance_for(product_id: &str, shard_count: u32) -> u32 {
 }
 
 /// The products of `all` that instance `index` of `count` ingests, sorted.
-pub fn products_for_instance(all: &[String], index: u32, count: u32) -> Vec<String> {
-    let mut mine: Vec<String> = all
+pub fn products_for_instance(all: &[ProductId], index: u32, count: u32) -> Vec<ProductId> {
+    let mut mine: Vec<ProductId> = all
         .iter()
         .filter(|p| instance_for(p, count) == index)
         .cloned()
@@ -42,8 +44,10 @@ pub fn products_for_instance(all: &[String], index: u32, count: u32) -> Vec<Stri
 mod tests {
     use super::*;
 
-    fn products(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("P{i}-USD")).collect()
+    fn products(n: usize) -> Vec<ProductId> {
+        (0..n)
+            .map(|i| ProductId::parse(&format!("P{i}-USD")).expect("an id"))
+            .collect()
     }
 
     #[test]

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::{Granularity, TradeId};
+use super::{Granularity, ProductId, TradeId};
 
 /// The exchange every candle of this service comes from (subject and key prefix).
 pub const EXCHANGE: &str = "coinbase";
@@ -13,7 +13,7 @@ pub const EXCHANGE: &str = "coinbase";
 /// OHLCV of one bucket `[start, start + granularity)` of one product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candle {
-    pub product_id: String,
+    pub product_id: ProductId,
     pub granularity: Granularity,
     /// Bucket start, aligned to the UTC epoch.
     pub start: DateTime<Utc>,
@@ -199,7 +199,7 @@ mod tests {
         let start = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
         let mut u = CandleUpdate {
             candle: Candle {
-                product_id: "BTC-USD".into(),
+                product_id: crate::model::ProductId::from_static("BTC-USD"),
                 granularity: Granularity::OneMinute,
                 start,
                 open: Decimal::ONE,

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Candle, Trade};
+use super::{Candle, ProductId, Trade};
 
 /// What the feed hands downstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,14 +25,17 @@ pub enum FeedEvent {
     /// products added later): their trades before `at` were not seen.
     Subscribed {
         connection: usize,
-        products: Vec<String>,
+        products: Vec<ProductId>,
         at: DateTime<Utc>,
     },
+    /// `products` are no longer ingested (delisted, disabled or refused): what is held for
+    /// them can be forgotten.
+    Unsubscribed { products: Vec<ProductId> },
     /// A connection came back after a close or silence: trades of `products` between
     /// `disconnected_at` and now may be missing.
     Reconnected {
         connection: usize,
-        products: Vec<String>,
+        products: Vec<ProductId>,
         disconnected_at: DateTime<Utc>,
         reconnected_at: DateTime<Utc>,
     },
@@ -42,7 +45,7 @@ pub enum FeedEvent {
     /// products (`got == expected`: the others are subscribed again). It resubscribes.
     Gap {
         connection: usize,
-        products: Vec<String>,
+        products: Vec<ProductId>,
         expected: u64,
         got: u64,
         since: DateTime<Utc>,

@@ -6,6 +6,7 @@ mod clock;
 mod event;
 mod granularity;
 mod product;
+mod product_id;
 mod trade;
 
 pub use candle::{Candle, CandleUpdate, EXCHANGE, Version};
@@ -13,4 +14,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use event::{FeedEvent, TradeBatch};
 pub use granularity::{ACCEPTED_GRANULARITIES, Granularity, UnknownGranularity};
 pub use product::Product;
+pub use product_id::{
+    BadCurrency, BadProductId, Currency, MAX_CURRENCY_LEN, MAX_PRODUCT_ID_LEN, ProductId, shown,
+};
 pub use trade::{BadTradeId, Side, Trade, TradeId};

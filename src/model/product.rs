@@ -3,12 +3,14 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::{Currency, ProductId};
+
 /// A Coinbase product (trading pair) with the fields the service uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
-    pub product_id: String,
-    pub base: String,
-    pub quote: String,
+    pub product_id: ProductId,
+    pub base: Currency,
+    pub quote: Currency,
     /// `online`, `delisted`, `offline`, ...
     pub status: String,
     pub product_type: String,
@@ -17,10 +19,10 @@ pub struct Product {
     pub base_max_size: Option<Decimal>,
     pub base_increment: Option<Decimal>,
     pub price_increment: Option<Decimal>,
-    /// The product this one is an alias of (`BTC-USDC` is an alias of `BTC-USD`); empty if none.
-    pub alias: String,
+    /// The product this one is an alias of (`BTC-USDC` is an alias of `BTC-USD`).
+    pub alias: Option<ProductId>,
     /// Products that alias this one.
-    pub alias_to: Vec<String>,
+    pub alias_to: Vec<ProductId>,
 }
 
 impl Product {
@@ -30,6 +32,6 @@ impl Product {
         self.status.eq_ignore_ascii_case("online")
             && !self.trading_disabled
             && self.product_type.eq_ignore_ascii_case("SPOT")
-            && self.alias.is_empty()
+            && self.alias.is_none()
     }
 }

@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::ProductId;
+
 /// Coinbase trade id. Coinbase sends it as a decimal string that counts up per product;
 /// it is compared as a number, so `"999" < "1000"`.
 #[derive(
@@ -71,7 +73,7 @@ impl Side {
 /// One executed trade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trade {
-    pub product_id: String,
+    pub product_id: ProductId,
     pub trade_id: TradeId,
     pub price: Decimal,
     pub size: Decimal,

@@ -237,9 +237,9 @@ mod tests {
     #[test]
     fn a_connected_feed_without_heartbeats_for_five_seconds_raises_the_heartbeat_alarm() {
         let health = FeedHealth::new(AuthState::Unauthenticated);
-        health.register(0, vec!["BTC-USD".into()]);
-        health.register(1, vec!["ETH-USD".into()]);
-        health.register(2, vec!["SOL-USD".into()]);
+        health.register(0, vec![crate::model::ProductId::from_static("BTC-USD")]);
+        health.register(1, vec![crate::model::ProductId::from_static("ETH-USD")]);
+        health.register(2, vec![crate::model::ProductId::from_static("SOL-USD")]);
         let secs = |s: i64| now() - chrono::Duration::seconds(s);
         health.update(0, |c| {
             c.connected = true;

@@ -293,7 +293,7 @@ mod tests {
         let start = DateTime::from_timestamp(1_800_000_000 - 60, 0).expect("a time");
         CandleUpdate {
             candle: Candle {
-                product_id: "BTC-USD".into(),
+                product_id: crate::model::ProductId::from_static("BTC-USD"),
                 granularity: Granularity::OneMinute,
                 start,
                 open: 1.into(),

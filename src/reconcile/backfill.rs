@@ -19,7 +19,7 @@ use super::windows::{Job, WindowKind, at, ceil_minute};
 use crate::backoff::equal_jitter;
 use crate::candles::Backfill;
 use crate::coinbase::pacer::Priority;
-use crate::model::{Candle, CandleUpdate, Granularity, TradeId};
+use crate::model::{Candle, CandleUpdate, Granularity, ProductId, TradeId};
 
 /// Attempts of a whole window (REST pages retry on their own) before it is given up.
 const JOB_ATTEMPTS: u32 = 10;
@@ -150,7 +150,7 @@ impl Worker {
     /// Where a start window begins, and what history the product needs before it.
     async fn start_of(
         &self,
-        product: &str,
+        product: &ProductId,
         subscribed: DateTime<Utc>,
     ) -> anyhow::Result<(DateTime<Utc>, History)> {
         let now = self.clock.now();
@@ -185,7 +185,7 @@ impl Worker {
     /// partial (the service stopped in them), REST replaces them with a higher revision.
     async fn fill_history(
         &self,
-        product: &str,
+        product: &ProductId,
         until: i64,
         history: History,
     ) -> anyhow::Result<()> {
@@ -242,7 +242,7 @@ impl Worker {
         self.stats
             .history_candles
             .fetch_add(written, Ordering::Relaxed);
-        tracing::info!(product, written, ?history, "history filled from REST");
+        tracing::info!(product = %product, written, ?history, "history filled from REST");
         Ok(())
     }
 }

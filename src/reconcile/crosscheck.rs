@@ -14,7 +14,7 @@ use super::Worker;
 use super::windows::at;
 use crate::candles::crosscheck::{CrossCheck, Verdict, compare};
 use crate::coinbase::pacer::Priority;
-use crate::model::{Candle, Granularity};
+use crate::model::{Candle, Granularity, ProductId};
 
 /// Minutes compared per product at most (the first round of a product).
 const CHECK_MINUTES: i64 = 30;
@@ -22,7 +22,7 @@ const CHECK_MINUTES: i64 = 30;
 /// What a cross-check round found for one product.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Checked {
-    pub(crate) product: String,
+    pub(crate) product: ProductId,
     /// Minutes before this were compared.
     pub(crate) until: i64,
     /// Starts of the minutes that did not match REST.
@@ -32,7 +32,7 @@ pub(crate) struct Checked {
 impl Worker {
     /// Compares the complete one-minute candles stored since the last check of each product
     /// with REST's. Returns how far each product was checked, and the wrong minutes.
-    pub(super) async fn check_round(self, round: Vec<(String, Option<i64>)>) -> Vec<Checked> {
+    pub(super) async fn check_round(self, round: Vec<(ProductId, Option<i64>)>) -> Vec<Checked> {
         let minute = Granularity::OneMinute;
         let lag = self.settings.timing.grace
             + TimeDelta::from_std(self.settings.settle * 2).unwrap_or_default();
@@ -49,14 +49,16 @@ impl Worker {
                     until: to,
                     wrong,
                 }),
-                Err(e) => tracing::warn!(product, error = %e, "cross-check with REST failed"),
+                Err(e) => {
+                    tracing::warn!(product = %product, error = %e, "cross-check with REST failed")
+                }
             }
         }
         out
     }
 
     /// Compares one product's minutes in `[from, to)`; returns the starts of the wrong ones.
-    async fn check(&self, product: &str, from: i64, to: i64) -> anyhow::Result<Vec<i64>> {
+    async fn check(&self, product: &ProductId, from: i64, to: i64) -> anyhow::Result<Vec<i64>> {
         let minute = Granularity::OneMinute;
         let ours = self
             .repository
@@ -104,7 +106,7 @@ impl Worker {
         let missing = theirs.keys().filter(|s| !ours_at.contains(s)).count() as u64;
         if missing > 0 {
             tracing::warn!(
-                product,
+                product = %product,
                 missing,
                 "cross-check: REST has minutes we have no candle for"
             );

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::candles::{Backfill, Timing};
 use crate::config::Config;
-use crate::model::{Clock, FeedEvent};
+use crate::model::{Clock, FeedEvent, ProductId};
 use crate::store::Repository;
 
 use crosscheck::Checked;
@@ -153,7 +153,7 @@ impl Reconciler {
         let stats = self.worker.stats.clone();
         let mut scheduler = Scheduler::new(settings.rules());
         let mut running: JoinSet<()> = JoinSet::new();
-        let mut tasks: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
+        let mut tasks: BTreeMap<tokio::task::Id, ProductId> = BTreeMap::new();
         let mut checking: Option<tokio::task::JoinHandle<Vec<Checked>>> = None;
         let mut check_timer = settings.check_interval.map(|every| {
             let mut timer = tokio::time::interval(every);

@@ -15,7 +15,8 @@ use rand::Rng;
 use crate::backoff::equal_jitter;
 use crate::coinbase::pacer::{Pacer, Priority};
 use crate::coinbase::rest::{parse_candles, parse_error};
-use crate::model::{Candle, Granularity};
+use crate::coinbase::url::candles_url;
+use crate::model::{Candle, Granularity, ProductId, shown};
 
 /// Buckets per request: Coinbase rejects windows of 350 or more (it was 300 in 2023).
 pub const PAGE_BUCKETS: i64 = 300;
@@ -37,19 +38,24 @@ pub const RETRY_CAP: Duration = Duration::from_secs(30);
 pub enum RestError {
     #[error("candles request for {product} failed: {source}")]
     Http {
-        product: String,
+        product: ProductId,
         source: reqwest::Error,
     },
-    #[error("candles request for {product} answered {status}: {message}")]
+    #[error("candles request for {product} answered {status}: {}", shown(message))]
     Status {
-        product: String,
+        product: ProductId,
         status: u16,
         message: String,
     },
     #[error("candles answer for {product} is malformed: {source}")]
     Parse {
-        product: String,
+        product: ProductId,
         source: crate::coinbase::FrameError,
+    },
+    #[error("candles request for {product}: {source}")]
+    Url {
+        product: ProductId,
+        source: crate::coinbase::url::BadBaseUrl,
     },
 }
 
@@ -59,7 +65,7 @@ impl RestError {
         match self {
             RestError::Http { .. } => true,
             RestError::Status { status, .. } => *status == 429 || *status >= 500,
-            RestError::Parse { .. } => false,
+            RestError::Parse { .. } | RestError::Url { .. } => false,
         }
     }
 }
@@ -126,7 +132,7 @@ impl CandleClient {
     /// Coinbase's candles of `product_id` with starts in `[from, to)`, oldest first.
     pub async fn candles(
         &self,
-        product_id: &str,
+        product_id: &ProductId,
         granularity: Granularity,
         from: i64,
         to: i64,
@@ -150,7 +156,7 @@ impl CandleClient {
     /// One page, retried while the failure is transient.
     async fn page(
         &self,
-        product_id: &str,
+        product_id: &ProductId,
         granularity: Granularity,
         start: i64,
         end: i64,
@@ -186,21 +192,24 @@ impl CandleClient {
 
     async fn request(
         &self,
-        product_id: &str,
+        product_id: &ProductId,
         granularity: Granularity,
         start: i64,
         end: i64,
     ) -> Result<Vec<Candle>, RestError> {
-        let url = format!("{}/market/products/{product_id}/candles", self.rest_url);
+        let url = candles_url(&self.rest_url, product_id).map_err(|source| RestError::Url {
+            product: product_id.clone(),
+            source,
+        })?;
         // The URL is left out of the error: a REST base URL may carry credentials.
         let http = |source: reqwest::Error| RestError::Http {
-            product: product_id.to_owned(),
+            product: product_id.clone(),
             source: source.without_url(),
         };
         // `end` is inclusive at Coinbase: ask up to the last second before the next page.
         let response = self
             .http
-            .get(&url)
+            .get(url)
             .query(&[
                 ("start", start.to_string()),
                 ("end", (end - 1).to_string()),
@@ -219,13 +228,13 @@ impl CandleClient {
                 |e| format!("{}: {}", e.error, e.message),
             );
             return Err(RestError::Status {
-                product: product_id.to_owned(),
+                product: product_id.clone(),
                 status: status.as_u16(),
                 message,
             });
         }
         parse_candles(&body, product_id, granularity).map_err(|source| RestError::Parse {
-            product: product_id.to_owned(),
+            product: product_id.clone(),
             source,
         })
     }

@@ -20,7 +20,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use super::crosscheck::Checked;
 use super::windows::{Job, due, jobs_of, queue, repair};
-use crate::model::FeedEvent;
+use crate::model::{FeedEvent, ProductId};
 
 /// Products compared with REST per cross-check round.
 pub(crate) const CHECK_PRODUCTS_PER_ROUND: usize = 10;
@@ -45,11 +45,11 @@ pub(crate) struct Scheduler {
     /// Windows not started yet, in the order they came.
     pending: Vec<Job>,
     /// Products with a window running.
-    busy: BTreeSet<String>,
+    busy: BTreeSet<ProductId>,
     /// Every product subscribed so far.
-    products: BTreeSet<String>,
+    products: BTreeSet<ProductId>,
     /// Per product, the minutes before this were cross-checked.
-    checked_until: BTreeMap<String, i64>,
+    checked_until: BTreeMap<ProductId, i64>,
     /// Where the next cross-check round starts among the products.
     rotation: usize,
     /// Whether a cross-check round runs.
@@ -72,8 +72,21 @@ impl Scheduler {
     /// Takes in a feed notice: its products join the cross-check, its windows wait. Returns
     /// how many windows it queued.
     pub(crate) fn on_notice(&mut self, notice: &FeedEvent) -> u64 {
-        if let FeedEvent::Subscribed { products, .. } = notice {
-            self.products.extend(products.iter().cloned());
+        match notice {
+            FeedEvent::Subscribed { products, .. } => {
+                self.products.extend(products.iter().cloned());
+            }
+            FeedEvent::Unsubscribed { products } => {
+                // Delisted: no more cross-checks, and its waiting windows are dropped (a
+                // running one ends by itself).
+                for product in products {
+                    self.products.remove(product);
+                    self.checked_until.remove(product);
+                }
+                self.pending.retain(|job| !products.contains(&job.product));
+                return 0;
+            }
+            _ => {}
         }
         if !self.rules.backfill {
             return 0;
@@ -119,18 +132,18 @@ impl Scheduler {
     }
 
     /// A window of `product` finished (done, given up or failed).
-    pub(crate) fn on_done(&mut self, product: &str) {
+    pub(crate) fn on_done(&mut self, product: &ProductId) {
         self.busy.remove(product);
     }
 
     /// Picks the next cross-check round: products neither busy nor waiting for a window, in
     /// turn, each with how far it was checked. `None` (and no round) while a round runs or
     /// when no product can be checked.
-    pub(crate) fn check_round(&mut self) -> Option<Vec<(String, Option<i64>)>> {
+    pub(crate) fn check_round(&mut self) -> Option<Vec<(ProductId, Option<i64>)>> {
         if self.checking {
             return None;
         }
-        let list: Vec<&String> = self
+        let list: Vec<&ProductId> = self
             .products
             .iter()
             .filter(|p| !self.busy.contains(*p) && !self.pending.iter().any(|j| &j.product == *p))
@@ -139,7 +152,7 @@ impl Scheduler {
             return None;
         }
         let size = CHECK_PRODUCTS_PER_ROUND.min(list.len());
-        let round: Vec<(String, Option<i64>)> = (0..size)
+        let round: Vec<(ProductId, Option<i64>)> = (0..size)
             .map(|k| {
                 let p = list[(self.rotation + k) % list.len()];
                 (p.clone(), self.checked_until.get(p).copied())
@@ -211,7 +224,10 @@ mod tests {
     fn gap(products: &[&str], since: &str, at: &str) -> FeedEvent {
         FeedEvent::Gap {
             connection: 1,
-            products: products.iter().map(|p| (*p).to_owned()).collect(),
+            products: products
+                .iter()
+                .map(|p| ProductId::parse(p).expect("an id"))
+                .collect(),
             expected: 5,
             got: 9,
             since: t(&format!("2026-11-23T{since}Z")),
@@ -222,7 +238,10 @@ mod tests {
     fn subscribed(products: &[&str], at: &str) -> FeedEvent {
         FeedEvent::Subscribed {
             connection: 1,
-            products: products.iter().map(|p| (*p).to_owned()).collect(),
+            products: products
+                .iter()
+                .map(|p| ProductId::parse(p).expect("an id"))
+                .collect(),
             at: t(at),
         }
     }
@@ -255,7 +274,7 @@ mod tests {
             "taken: running, not waiting"
         );
         assert_eq!(s.next_due(), None, "nothing waits");
-        s.on_done("A-USD");
+        s.on_done(&crate::model::ProductId::from_static("A-USD"));
         assert_eq!(s.running(), 0);
 
         // A window ending exactly on a minute is due that minute's grace and settle later.
@@ -279,7 +298,7 @@ mod tests {
         );
         // The edge waits for the start window of its product, then for its minute.
         assert_eq!(s.next_due(), None, "A-USD is busy");
-        s.on_done("A-USD");
+        s.on_done(&crate::model::ProductId::from_static("A-USD"));
         assert_eq!(s.next_due(), Some(t("2026-11-23T10:01:07Z")));
         assert!(s.take_ready(t("2026-11-23T10:01:06Z")).is_empty());
         assert_eq!(s.take_ready(t("2026-11-23T10:01:07Z")).len(), 1);
@@ -300,7 +319,7 @@ mod tests {
         assert!(s.take_ready(now).is_empty());
         // A new window of a busy product waits for it, even when due and a slot is free.
         s.on_notice(&gap(&["A-USD"], "10:03:00", "10:03:10"));
-        s.on_done("B-USD");
+        s.on_done(&crate::model::ProductId::from_static("B-USD"));
         let next = s.take_ready(now);
         assert_eq!(
             next.iter().map(|j| j.product.as_str()).collect::<Vec<_>>(),
@@ -308,7 +327,7 @@ mod tests {
             "A-USD is still busy"
         );
         assert_eq!(s.next_due(), None, "full again");
-        s.on_done("A-USD");
+        s.on_done(&crate::model::ProductId::from_static("A-USD"));
         assert_eq!(s.next_due(), Some(t("2026-11-23T10:04:07Z")));
         let last = s.take_ready(now);
         assert_eq!(last.len(), 1);
@@ -336,10 +355,10 @@ mod tests {
         assert_eq!(s.pending(), 0);
         assert_eq!(s.next_due(), None);
         let round = s.check_round().expect("a round");
-        assert_eq!(round, vec![("A-USD".to_owned(), None)]);
+        assert_eq!(round, vec![(ProductId::from_static("A-USD"), None)]);
         // A wrong minute is not repaired without backfill.
         let queued = s.on_checked(vec![Checked {
-            product: "A-USD".into(),
+            product: crate::model::ProductId::from_static("A-USD"),
             until: 600,
             wrong: vec![60],
         }]);
@@ -363,7 +382,7 @@ mod tests {
         }
         let first = s.check_round().expect("a round");
         assert_eq!(first.len(), CHECK_PRODUCTS_PER_ROUND);
-        assert_eq!(first[0], ("P00-USD".to_owned(), None));
+        assert_eq!(first[0], (ProductId::from_static("P00-USD"), None));
         assert!(s.checking());
         assert_eq!(s.check_round(), None, "one round at a time");
         let checked = first

@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
-use crate::model::{FeedEvent, Granularity};
+use crate::model::{FeedEvent, Granularity, ProductId};
 
 /// How far before the last frame received a reconnect or gap window begins.
 pub(crate) const WINDOW_MARGIN: TimeDelta = TimeDelta::seconds(5);
@@ -38,7 +38,7 @@ pub enum WindowKind {
 /// A window of one product to backfill.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Job {
-    pub(crate) product: String,
+    pub(crate) product: ProductId,
     pub(crate) kind: WindowKind,
     pub(crate) from: DateTime<Utc>,
     pub(crate) to: DateTime<Utc>,
@@ -105,7 +105,7 @@ pub(crate) fn jobs_of(notice: &FeedEvent) -> Vec<Job> {
 }
 
 /// The window that takes the one-minute candle starting at `minute` again from REST.
-pub(crate) fn repair(product: &str, minute: i64) -> Job {
+pub(crate) fn repair(product: &ProductId, minute: i64) -> Job {
     Job {
         product: product.to_owned(),
         kind: WindowKind::Repair,
@@ -158,7 +158,10 @@ mod tests {
     fn notices_open_one_window_per_product() {
         let jobs = jobs_of(&FeedEvent::Reconnected {
             connection: 1,
-            products: vec!["A-USD".into(), "B-USD".into()],
+            products: vec![
+                crate::model::ProductId::from_static("A-USD"),
+                crate::model::ProductId::from_static("B-USD"),
+            ],
             disconnected_at: t("2026-11-23T10:00:30Z"),
             reconnected_at: t("2026-11-23T10:01:40Z"),
         });
@@ -167,7 +170,7 @@ mod tests {
         assert_eq!(jobs[0].kind, WindowKind::Reconnect);
         let gap = jobs_of(&FeedEvent::Gap {
             connection: 1,
-            products: vec!["A-USD".into()],
+            products: vec![crate::model::ProductId::from_static("A-USD")],
             expected: 5,
             got: 9,
             since: t("2026-11-23T10:00:30Z"),
@@ -187,7 +190,7 @@ mod tests {
     fn a_first_subscribe_opens_a_start_window_now_and_its_minute_later() {
         let jobs = jobs_of(&FeedEvent::Subscribed {
             connection: 1,
-            products: vec!["A-USD".into()],
+            products: vec![crate::model::ProductId::from_static("A-USD")],
             at: t("2026-11-23T10:00:30Z"),
         });
         let kinds: Vec<_> = jobs.iter().map(|j| (j.kind, j.from, j.to)).collect();
@@ -217,7 +220,7 @@ mod tests {
     fn a_waiting_window_of_the_same_product_widens_instead_of_doubling() {
         let mut pending = Vec::new();
         let job = |from: &str, to: &str, kind| Job {
-            product: "A-USD".into(),
+            product: crate::model::ProductId::from_static("A-USD"),
             kind,
             from: t(from),
             to: t(to),

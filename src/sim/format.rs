@@ -63,7 +63,7 @@ pub struct WireTrade {
 impl WireTrade {
     pub fn of(t: &Trade) -> WireTrade {
         WireTrade {
-            product_id: t.product_id.clone(),
+            product_id: t.product_id.to_string(),
             trade_id: t.trade_id.to_string(),
             price: t.price.to_string(),
             size: t.size.to_string(),

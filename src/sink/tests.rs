@@ -15,7 +15,7 @@ fn update(key: i64, count: u64) -> CandleUpdate {
     let time = DateTime::from_timestamp(start, 0).expect("time");
     CandleUpdate {
         candle: Candle {
-            product_id: "BTC-USD".into(),
+            product_id: crate::model::ProductId::from_static("BTC-USD"),
             granularity: Granularity::OneMinute,
             start: time,
             open: Decimal::ONE,

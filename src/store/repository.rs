@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Row};
 
-use crate::model::{Candle, CandleUpdate, EXCHANGE, Granularity, Product};
+use crate::model::{Candle, CandleUpdate, Currency, EXCHANGE, Granularity, Product, ProductId};
 
 /// A candle as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +113,7 @@ const SEED_STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '100s'";
 /// What the rolling day needs of a stored one-minute candle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MinuteRow {
-    pub product_id: String,
+    pub product_id: ProductId,
     pub start: DateTime<Utc>,
     pub open: Decimal,
     pub close: Decimal,
@@ -216,12 +216,12 @@ impl Repository {
     /// The newest candle of a product and granularity.
     pub async fn live_candle(
         &self,
-        product_id: &str,
+        product_id: &ProductId,
         granularity: Granularity,
     ) -> Result<Option<StoredCandle>, sqlx::Error> {
         let row = sqlx::query(LIVE_CANDLE)
             .bind(EXCHANGE)
-            .bind(product_id)
+            .bind(product_id.as_str())
             .bind(granularity.as_str())
             .fetch_optional(&self.pool)
             .await?;
@@ -232,7 +232,7 @@ impl Repository {
     /// oldest first (as a chart draws them).
     pub async fn candles(
         &self,
-        product_id: &str,
+        product_id: &ProductId,
         granularity: Granularity,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
@@ -240,7 +240,7 @@ impl Repository {
     ) -> Result<Vec<StoredCandle>, sqlx::Error> {
         let rows = sqlx::query(CANDLES_IN_RANGE)
             .bind(EXCHANGE)
-            .bind(product_id)
+            .bind(product_id.as_str())
             .bind(granularity.as_str())
             .bind(from)
             .bind(to)
@@ -253,13 +253,13 @@ impl Repository {
     /// Every stored candle of a product (all granularities) starting in `[from, to)`.
     pub async fn candles_between(
         &self,
-        product_id: &str,
+        product_id: &ProductId,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<StoredCandle>, sqlx::Error> {
         let rows = sqlx::query(CANDLES_BETWEEN)
             .bind(EXCHANGE)
-            .bind(product_id)
+            .bind(product_id.as_str())
             .bind(from)
             .bind(to)
             .fetch_all(&self.pool)
@@ -273,7 +273,7 @@ impl Repository {
     pub async fn each_minute_since(
         &self,
         since: DateTime<Utc>,
-        products: &[String],
+        products: &[ProductId],
         mut each: impl FnMut(MinuteRow),
     ) -> Result<(u64, u64), sqlx::Error> {
         use futures_util::TryStreamExt as _;
@@ -284,13 +284,13 @@ impl Repository {
         let mut rows = sqlx::query(MINUTES_SINCE)
             .bind(EXCHANGE)
             .bind(since)
-            .bind(products)
+            .bind(products.iter().map(ProductId::as_str).collect::<Vec<_>>())
             .fetch(&mut *tx);
         let (mut taken, mut bad) = (0u64, 0u64);
         while let Some(row) = rows.try_next().await? {
             let decoded = (|| {
                 Ok::<_, sqlx::Error>(MinuteRow {
-                    product_id: row.try_get("product_id")?,
+                    product_id: parsed(&row, "product_id")?,
                     start: row.try_get("timestamp")?,
                     open: row.try_get("open")?,
                     close: row.try_get("close")?,
@@ -315,12 +315,12 @@ impl Repository {
     /// `before`.
     pub async fn newest_minute(
         &self,
-        product_id: &str,
+        product_id: &ProductId,
         before: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         sqlx::query_scalar(NEWEST_MINUTE)
             .bind(EXCHANGE)
-            .bind(product_id)
+            .bind(product_id.as_str())
             .bind(before)
             .fetch_one(&self.pool)
             .await
@@ -371,14 +371,25 @@ ON CONFLICT (exchange, product_id) DO UPDATE SET
         Ok(result.rows_affected())
     }
 
-    /// The ids of all stored products, by id.
-    pub async fn product_ids(&self) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar(
+    /// The ids of all stored products, by id. A stored id that is not a product id (a row
+    /// from before ids were checked) is left out and logged.
+    pub async fn product_ids(&self) -> Result<Vec<ProductId>, sqlx::Error> {
+        let ids: Vec<String> = sqlx::query_scalar(
             "SELECT product_id FROM trading_pairs WHERE exchange = $1 ORDER BY product_id",
         )
         .bind(EXCHANGE)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| match ProductId::parse(id) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::warn!(error = %e, "leaving out a stored product");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Whether the database answers (`SELECT 1`).
@@ -399,25 +410,58 @@ ON CONFLICT (exchange, product_id) DO UPDATE SET
         .bind(EXCHANGE)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Product {
-                    product_id: r.try_get("product_id")?,
-                    base: r.try_get("base")?,
-                    quote: r.try_get("quote")?,
-                    status: r.try_get("status")?,
-                    product_type: r.try_get("product_type")?,
-                    trading_disabled: r.try_get("trading_disabled")?,
-                    base_min_size: r.try_get("base_min_size")?,
-                    base_max_size: r.try_get("base_max_size")?,
-                    base_increment: r.try_get("base_increment")?,
-                    price_increment: r.try_get("price_increment")?,
-                    alias: String::new(),
-                    alias_to: Vec::new(),
-                })
-            })
-            .collect()
+        let mut products = Vec::with_capacity(rows.len());
+        for r in &rows {
+            // A stored row whose id or codes do not parse (written before they were checked)
+            // costs only itself.
+            let (product_id, base, quote) = match (
+                parsed::<ProductId>(r, "product_id"),
+                parsed::<Currency>(r, "base"),
+                parsed::<Currency>(r, "quote"),
+            ) {
+                (Ok(id), Ok(base), Ok(quote)) => (id, base, quote),
+                (id, base, quote) => {
+                    let error = [id.err(), base.err(), quote.err()]
+                        .into_iter()
+                        .flatten()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    tracing::warn!(%error, "leaving out a stored product");
+                    continue;
+                }
+            };
+            products.push(Product {
+                product_id,
+                base,
+                quote,
+                status: r.try_get("status")?,
+                product_type: r.try_get("product_type")?,
+                trading_disabled: r.try_get("trading_disabled")?,
+                base_min_size: r.try_get("base_min_size")?,
+                base_max_size: r.try_get("base_max_size")?,
+                base_increment: r.try_get("base_increment")?,
+                price_increment: r.try_get("price_increment")?,
+                alias: None,
+                alias_to: Vec::new(),
+            });
+        }
+        Ok(products)
     }
+}
+
+/// A text column parsed into one of the model's checked types; a value that does not parse
+/// is a decode error (named, escaped).
+fn parsed<T>(r: &sqlx::postgres::PgRow, column: &str) -> Result<T, sqlx::Error>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = r.try_get(column)?;
+    text.parse::<T>().map_err(|e| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: Box::new(e),
+    })
 }
 
 fn stored_candle(r: &sqlx::postgres::PgRow) -> Result<StoredCandle, sqlx::Error> {
@@ -429,7 +473,7 @@ fn stored_candle(r: &sqlx::postgres::PgRow) -> Result<StoredCandle, sqlx::Error>
     let revision: i32 = r.try_get("revision")?;
     Ok(StoredCandle {
         candle: Candle {
-            product_id: r.try_get("product_id")?,
+            product_id: parsed(r, "product_id")?,
             granularity,
             start: r.try_get("timestamp")?,
             open: r.try_get("open")?,

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::json;
-use crate::model::Granularity;
+use crate::model::{BadProductId, Granularity, ProductId};
 
 /// Most candles one request returns.
 pub const MAX_LIMIT: u32 = 1_000;
@@ -54,7 +54,7 @@ pub struct ApiCandle {
 /// A request's parameters, validated.
 #[derive(Debug, PartialEq)]
 pub struct HistoryQuery {
-    pub product: String,
+    pub product: ProductId,
     pub granularity: Granularity,
     pub limit: u32,
     pub start: Option<DateTime<Utc>>,
@@ -94,18 +94,11 @@ fn timestamp(name: &str, raw: &str) -> Result<DateTime<Utc>, String> {
 pub fn parse_query(query: &HashMap<String, String>) -> Result<HistoryQuery, String> {
     let product = query
         .get("product")
-        .map(|p| p.trim().to_owned())
+        .map(|p| p.trim())
         .filter(|p| !p.is_empty())
         .ok_or("missing product, e.g. product=BTC-USD (GET /api/v1/products lists them)")?;
-    if product.len() > 64
-        || !product
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        return Err(format!(
-            "invalid product {product:?}: a product id such as BTC-USD (letters, digits and '-' only)"
-        ));
-    }
+    let product = ProductId::from_client(product)
+        .map_err(|e| format!("invalid product {}: {}", e.shown(), BadProductId::ACCEPTED))?;
     let granularity = query
         .get("granularity")
         .ok_or("missing granularity, e.g. granularity=ONE_MINUTE")?

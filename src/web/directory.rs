@@ -15,6 +15,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::model::ProductId;
 use crate::store::Repository;
 
 /// A set older than this is read again before it answers.
@@ -31,7 +32,7 @@ pub struct DirectoryError(String);
 
 #[derive(Debug, Default)]
 struct Cache {
-    known: Option<Arc<HashSet<String>>>,
+    known: Option<Arc<HashSet<ProductId>>>,
     /// When `known` was read.
     loaded_at: Option<Instant>,
     /// The last read, successful or not.
@@ -49,7 +50,7 @@ impl Cache {
 }
 
 /// Reads the ids of every product; the error says what went wrong, without secrets.
-type Reader = Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<String>, String>> + Send + Sync>;
+type Reader = Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<ProductId>, String>> + Send + Sync>;
 
 /// The products in `trading_pairs`; cheap to clone (one shared cache).
 #[derive(Clone)]
@@ -79,7 +80,7 @@ impl ProductDirectory {
 
     /// A directory of exactly `ids` (tests).
     #[cfg(test)]
-    pub(crate) fn fixed(ids: Vec<String>) -> Self {
+    pub(crate) fn fixed(ids: Vec<ProductId>) -> Self {
         Self::with_reader(Arc::new(move || {
             let ids = ids.clone();
             Box::pin(async move { Ok(ids) })
@@ -94,13 +95,16 @@ impl ProductDirectory {
     }
 
     /// Whether `product_id` is in `trading_pairs`.
-    pub async fn contains(&self, product_id: &str) -> Result<bool, DirectoryError> {
-        let ids = [product_id.to_owned()];
+    pub async fn contains(&self, product_id: &ProductId) -> Result<bool, DirectoryError> {
+        let ids = [product_id.clone()];
         Ok(self.unknown(&ids).await?.is_empty())
     }
 
     /// The ids of `ids` that are not in `trading_pairs` (one read of the database at most).
-    pub async fn unknown<'a>(&self, ids: &'a [String]) -> Result<Vec<&'a str>, DirectoryError> {
+    pub async fn unknown<'a>(
+        &self,
+        ids: &'a [ProductId],
+    ) -> Result<Vec<&'a ProductId>, DirectoryError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -118,11 +122,8 @@ impl ProductDirectory {
                 "the database did not answer and no earlier list is at hand".into(),
             ));
         };
-        let missing = |known: &HashSet<String>| -> Vec<&'a str> {
-            ids.iter()
-                .map(String::as_str)
-                .filter(|id| !known.contains(*id))
-                .collect()
+        let missing = |known: &HashSet<ProductId>| -> Vec<&'a ProductId> {
+            ids.iter().filter(|id| !known.contains(*id)).collect()
         };
         let unknown = missing(&known);
         if unknown.is_empty() || read || !cache.may_retry(now) {
@@ -181,7 +182,10 @@ mod tests {
             let answer = db2.lock().expect("lock").clone();
             Box::pin(async move {
                 match answer {
-                    Db::Lists(ids) => Ok(ids.into_iter().map(str::to_owned).collect()),
+                    Db::Lists(ids) => Ok(ids
+                        .into_iter()
+                        .map(|id| ProductId::parse(id).expect("an id"))
+                        .collect()),
                     Db::Fails => Err("connection refused".to_owned()),
                     Db::Hangs => std::future::pending().await,
                 }
@@ -190,38 +194,70 @@ mod tests {
         (directory, db, reads)
     }
 
-    fn ids(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
+    fn ids(list: &[&str]) -> Vec<ProductId> {
+        list.iter()
+            .map(|s| ProductId::parse(s).expect("a product id"))
+            .collect()
     }
 
     #[tokio::test(start_paused = true)]
     async fn hits_are_served_from_memory_until_the_list_is_30_s_old() {
         let (directory, _db, reads) = directory();
         for _ in 0..100 {
-            assert!(directory.contains("BTC-USD").await.expect("known"));
+            assert!(
+                directory
+                    .contains(&crate::model::ProductId::from_static("BTC-USD"))
+                    .await
+                    .expect("known")
+            );
         }
         assert_eq!(reads.load(Ordering::SeqCst), 1);
         tokio::time::advance(MAX_AGE - Duration::from_millis(1)).await;
-        assert!(directory.contains("BTC-USD").await.expect("known"));
+        assert!(
+            directory
+                .contains(&crate::model::ProductId::from_static("BTC-USD"))
+                .await
+                .expect("known")
+        );
         assert_eq!(reads.load(Ordering::SeqCst), 1, "still fresh");
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(directory.contains("BTC-USD").await.expect("known"));
+        assert!(
+            directory
+                .contains(&crate::model::ProductId::from_static("BTC-USD"))
+                .await
+                .expect("known")
+        );
         assert_eq!(reads.load(Ordering::SeqCst), 2, "30 s old: read again");
     }
 
     #[tokio::test(start_paused = true)]
     async fn misses_read_again_at_most_once_a_second() {
         let (directory, db, reads) = directory();
-        assert!(directory.contains("BTC-USD").await.expect("known"));
+        assert!(
+            directory
+                .contains(&crate::model::ProductId::from_static("BTC-USD"))
+                .await
+                .expect("known")
+        );
         // A flood of unknown products right after a read: no read at all.
         for _ in 0..100 {
-            assert!(!directory.contains("NOPE-USD").await.expect("answers"));
+            assert!(
+                !directory
+                    .contains(&crate::model::ProductId::from_static("NOPE-USD"))
+                    .await
+                    .expect("answers")
+            );
         }
         assert_eq!(reads.load(Ordering::SeqCst), 1);
         // A product added meanwhile is found by the first miss a second later, once.
         *db.lock().expect("lock") = Db::Lists(vec!["BTC-USD", "ETH-USD"]);
         tokio::time::advance(MISS_RETRY).await;
-        assert!(directory.contains("ETH-USD").await.expect("answers"));
+        assert!(
+            directory
+                .contains(&crate::model::ProductId::from_static("ETH-USD"))
+                .await
+                .expect("answers")
+        );
         assert_eq!(reads.load(Ordering::SeqCst), 2);
         for _ in 0..100 {
             assert_eq!(
@@ -234,7 +270,12 @@ mod tests {
         }
         assert_eq!(reads.load(Ordering::SeqCst), 2);
         tokio::time::advance(MISS_RETRY).await;
-        assert!(!directory.contains("NOPE-USD").await.expect("answers"));
+        assert!(
+            !directory
+                .contains(&crate::model::ProductId::from_static("NOPE-USD"))
+                .await
+                .expect("answers")
+        );
         assert_eq!(
             reads.load(Ordering::SeqCst),
             3,
@@ -246,22 +287,36 @@ mod tests {
     async fn without_a_list_a_failing_or_hanging_database_is_an_error_and_is_not_hammered() {
         let (directory, db, reads) = directory();
         *db.lock().expect("lock") = Db::Fails;
-        let error = directory.contains("BTC-USD").await.expect_err("no list");
+        let error = directory
+            .contains(&crate::model::ProductId::from_static("BTC-USD"))
+            .await
+            .expect_err("no list");
         assert!(error.to_string().contains("not available"), "{error}");
         for _ in 0..10 {
-            directory.contains("BTC-USD").await.expect_err("no list");
+            directory
+                .contains(&crate::model::ProductId::from_static("BTC-USD"))
+                .await
+                .expect_err("no list");
         }
         assert_eq!(reads.load(Ordering::SeqCst), 1, "one read per second");
         // A database that does not answer at all: the read times out.
         *db.lock().expect("lock") = Db::Hangs;
         tokio::time::advance(MISS_RETRY).await;
         let started = Instant::now();
-        directory.contains("BTC-USD").await.expect_err("no list");
+        directory
+            .contains(&crate::model::ProductId::from_static("BTC-USD"))
+            .await
+            .expect_err("no list");
         assert_eq!(started.elapsed(), READ_TIMEOUT);
         // Back: the next read (a second later) answers.
         *db.lock().expect("lock") = Db::Lists(vec!["BTC-USD"]);
         tokio::time::advance(MISS_RETRY).await;
-        assert!(directory.contains("BTC-USD").await.expect("known"));
+        assert!(
+            directory
+                .contains(&crate::model::ProductId::from_static("BTC-USD"))
+                .await
+                .expect("known")
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -272,7 +327,11 @@ mod tests {
         let waiting: Vec<_> = (0..10)
             .map(|_| {
                 let directory = directory.clone();
-                tokio::spawn(async move { directory.contains("BTC-USD").await })
+                tokio::spawn(async move {
+                    directory
+                        .contains(&crate::model::ProductId::from_static("BTC-USD"))
+                        .await
+                })
             })
             .collect();
         for request in waiting {
@@ -292,11 +351,26 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_list_read_before_stays_in_use_while_the_database_fails() {
         let (directory, db, reads) = directory();
-        assert!(directory.contains("BTC-USD").await.expect("known"));
+        assert!(
+            directory
+                .contains(&crate::model::ProductId::from_static("BTC-USD"))
+                .await
+                .expect("known")
+        );
         *db.lock().expect("lock") = Db::Fails;
         tokio::time::advance(MAX_AGE * 2).await;
-        assert!(directory.contains("BTC-USD").await.expect("the old list"));
-        assert!(!directory.contains("NOPE-USD").await.expect("the old list"));
+        assert!(
+            directory
+                .contains(&crate::model::ProductId::from_static("BTC-USD"))
+                .await
+                .expect("the old list")
+        );
+        assert!(
+            !directory
+                .contains(&crate::model::ProductId::from_static("NOPE-USD"))
+                .await
+                .expect("the old list")
+        );
         assert_eq!(
             reads.load(Ordering::SeqCst),
             2,

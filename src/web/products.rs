@@ -59,14 +59,14 @@ pub async fn products(State(state): State<AppState>) -> Response {
             return unavailable();
         }
     };
-    let ingested: std::collections::HashSet<String> = state
+    let ingested: std::collections::HashSet<crate::model::ProductId> = state
         .feed
         .report()
         .connections
         .into_iter()
         .flat_map(|c| c.products)
         .collect();
-    let activity: HashMap<String, DateTime<Utc>> = state.live.product_activity();
+    let activity: HashMap<crate::model::ProductId, DateTime<Utc>> = state.live.product_activity();
     let live_since = Utc::now()
         - chrono::TimeDelta::from_std(LIVE_WITHIN).unwrap_or(chrono::TimeDelta::minutes(5));
     let mut products: Vec<ApiProduct> = rows
@@ -78,9 +78,9 @@ pub async fn products(State(state): State<AppState>) -> Response {
                 ingested: ingested.contains(&p.product_id),
                 live: last_update.is_some_and(|t| t >= live_since),
                 last_update,
-                id: p.product_id,
-                base: p.base,
-                quote: p.quote,
+                id: p.product_id.to_string(),
+                base: p.base.to_string(),
+                quote: p.quote.to_string(),
                 status: p.status,
                 trading_disabled: p.trading_disabled,
                 price_increment: p.price_increment,

@@ -79,7 +79,7 @@ async fn bad_candle_parameters_answer_400_saying_what_is_wrong_and_what_is_accep
         ),
         (
             "/api/v1/candles?product=BTC%20USD&granularity=1m",
-            "invalid product \"BTC USD\": a product id such as BTC-USD (letters, digits and '-' only)",
+            "invalid product \"BTC USD\": a product id such as BTC-USD (two codes of 1 to 16 letters or digits around one '-')",
         ),
         (
             "/api/v1/candles?product=BTC-USD&granularity=1m&limit=0",
@@ -415,7 +415,9 @@ async fn readiness_of_the_feed_follows_the_role() {
     let state = state();
     let stages = state.stages.report();
     // Ingesting, with products and no connection up: not ready.
-    state.feed.register(0, vec!["BTC-USD".into()]);
+    state
+        .feed
+        .register(0, vec![crate::model::ProductId::from_static("BTC-USD")]);
     state.feed.set_assigned(1);
     let feed = checks(&state, &stages).await.feed;
     assert!(!feed.ok, "{}", feed.detail);
@@ -495,7 +497,9 @@ async fn an_ingest_instance_serves_health_and_metrics_only_and_metrics_can_move_
 #[tokio::test]
 async fn a_product_the_feed_carries_streams_before_it_reaches_trading_pairs() {
     let state = AppState {
-        products: directory::ProductDirectory::fixed(vec!["ETH-USD".into()]),
+        products: directory::ProductDirectory::fixed(vec![crate::model::ProductId::from_static(
+            "ETH-USD",
+        )]),
         ..state()
     };
     let status = |state: AppState, uri: &'static str| async move {
@@ -508,7 +512,9 @@ async fn a_product_the_feed_carries_streams_before_it_reaches_trading_pairs() {
     // In neither trading_pairs nor the feed: unknown.
     assert_eq!(status(state.clone(), uri).await, StatusCode::BAD_REQUEST);
     // The feed carries it (its list not yet in trading_pairs): streamed.
-    state.feed.register(0, vec!["BTC-USD".into()]);
+    state
+        .feed
+        .register(0, vec![crate::model::ProductId::from_static("BTC-USD")]);
     assert_eq!(status(state.clone(), uri).await, StatusCode::OK);
     // Known from trading_pairs alone, as before.
     assert_eq!(

@@ -148,9 +148,9 @@ impl SseReader {
 pub fn product(id: &str, price_increment: Option<&str>) -> spot_canvas::model::Product {
     let (base, quote) = id.split_once('-').expect("BASE-QUOTE");
     spot_canvas::model::Product {
-        product_id: id.into(),
-        base: base.into(),
-        quote: quote.into(),
+        product_id: id.parse().expect("a product id"),
+        base: base.parse().expect("a currency code"),
+        quote: quote.parse().expect("a currency code"),
         status: "online".into(),
         product_type: "SPOT".into(),
         trading_disabled: false,
@@ -158,7 +158,7 @@ pub fn product(id: &str, price_increment: Option<&str>) -> spot_canvas::model::P
         base_max_size: None,
         base_increment: None,
         price_increment: price_increment.map(|p| p.parse().expect("a decimal")),
-        alias: String::new(),
+        alias: None,
         alias_to: Vec::new(),
     }
 }

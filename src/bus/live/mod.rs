@@ -37,7 +37,7 @@ use index::Index;
 
 use super::day::DayStats;
 use super::element::{ElementId, candle_event};
-use crate::model::{CandleUpdate, Granularity, Version};
+use crate::model::{CandleUpdate, Granularity, ProductId, Version};
 
 /// Older buckets per series whose last seen version is remembered (a revision window's worth
 /// of one-minute buckets is longer, but a revision that old is rare and still goes out when
@@ -47,7 +47,7 @@ const OLDER_BUCKETS: usize = 16;
 const FUTURE_SLACK_SECS: i64 = 60;
 
 /// A candle series: product and granularity.
-pub type Series = (String, Granularity);
+pub type Series = (ProductId, Granularity);
 
 /// The newest update of a series, with its event text.
 #[derive(Debug)]
@@ -84,7 +84,7 @@ impl LiveEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     /// `None`: every product.
-    pub products: Option<HashSet<String>>,
+    pub products: Option<HashSet<ProductId>>,
     /// At least one.
     pub granularities: Vec<Granularity>,
 }
@@ -99,14 +99,14 @@ impl Filter {
     }
 
     /// Only these series' products and granularities.
-    pub fn of(products: &[&str], granularities: &[Granularity]) -> Filter {
+    pub fn of(products: &[ProductId], granularities: &[Granularity]) -> Filter {
         Filter {
-            products: Some(products.iter().map(|p| (*p).to_owned()).collect()),
+            products: Some(products.iter().cloned().collect()),
             granularities: granularities.to_vec(),
         }
     }
 
-    pub fn matches(&self, product: &str, granularity: Granularity) -> bool {
+    pub fn matches(&self, product: &ProductId, granularity: Granularity) -> bool {
         self.granularities.contains(&granularity)
             && self.products.as_ref().is_none_or(|p| p.contains(product))
     }
@@ -430,18 +430,22 @@ impl LiveState {
     }
 
     /// The current candle of a series.
-    pub fn current(&self, product_id: &str, granularity: Granularity) -> Option<CandleUpdate> {
+    pub fn current(
+        &self,
+        product_id: &ProductId,
+        granularity: Granularity,
+    ) -> Option<CandleUpdate> {
         lock(&self.inner)
             .latest
-            .get(&(product_id.to_owned(), granularity))
+            .get(&(product_id.clone(), granularity))
             .map(|e| e.update.clone())
     }
 
     /// Per product, when its newest update was received (the newest `last_received` of its
     /// series): whether live data flows for it.
-    pub fn product_activity(&self) -> HashMap<String, DateTime<Utc>> {
+    pub fn product_activity(&self) -> HashMap<ProductId, DateTime<Utc>> {
         let inner = lock(&self.inner);
-        let mut activity: HashMap<String, DateTime<Utc>> = HashMap::new();
+        let mut activity: HashMap<ProductId, DateTime<Utc>> = HashMap::new();
         for ((product, _), entry) in &inner.latest {
             let at = entry.update.last_received;
             activity
@@ -454,7 +458,7 @@ impl LiveState {
 
     pub fn report(&self) -> LiveReport {
         let inner = lock(&self.inner);
-        let products: HashSet<&str> = inner.latest.keys().map(|(p, _)| p.as_str()).collect();
+        let products: HashSet<&ProductId> = inner.latest.keys().map(|(p, _)| p).collect();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         LiveReport {
             series: inner.latest.len(),

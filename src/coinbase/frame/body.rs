@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use super::values::{parse_decimal, parse_unix_seconds};
 use super::{FrameBody, FrameError, count_skipped};
-use crate::model::{Candle, Granularity};
+use crate::model::{Candle, Granularity, ProductId};
 
 #[derive(Deserialize)]
 pub(super) struct RawCandlesEvent<'a> {
@@ -27,8 +27,8 @@ pub(super) struct RawCandlesEvent<'a> {
 /// A candle of a `candles` frame that was not taken, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectedCandle {
-    /// The candle's product when it named one as text, else empty.
-    pub product_id: String,
+    /// The candle's product when it named a valid product id, else `None`.
+    pub product_id: Option<ProductId>,
     /// What was wrong, naming the field and the value.
     pub reason: String,
 }
@@ -91,8 +91,8 @@ pub(super) fn candles_body(events: Vec<RawCandlesEvent<'_>>) -> FrameBody {
                 Ok(candle) => candles.push(candle),
                 Err(e) => rejected.push(RejectedCandle {
                     product_id: serde_json::from_str::<CandleProduct<'_>>(raw.get())
-                        .map(|c| c.product_id.into_owned())
-                        .unwrap_or_default(),
+                        .ok()
+                        .and_then(|c| ProductId::parse(&c.product_id).ok()),
                     reason: e.to_string(),
                 }),
             }
@@ -103,14 +103,12 @@ pub(super) fn candles_body(events: Vec<RawCandlesEvent<'_>>) -> FrameBody {
 
 fn candle_from_raw(raw: &RawValue) -> Result<Candle, FrameError> {
     let raw: RawWsCandle<'_> = serde_json::from_str(raw.get())?;
-    if raw.product_id.is_empty() {
-        return Err(FrameError::BadValue {
-            field: "product_id",
-            value: String::new(),
-        });
-    }
+    let product_id = ProductId::parse(&raw.product_id).map_err(|_| FrameError::BadValue {
+        field: "product_id",
+        value: raw.product_id.clone().into_owned(),
+    })?;
     Ok(Candle {
-        product_id: raw.product_id.into_owned(),
+        product_id,
         granularity: Granularity::FiveMinutes,
         start: parse_unix_seconds("start", &raw.start)?,
         open: parse_decimal("open", &raw.open)?,

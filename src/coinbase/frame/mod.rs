@@ -90,11 +90,17 @@ pub enum FrameError {
         channel: &'static str,
         field: &'static str,
     },
-    #[error("field `{field}` is not an exact decimal: {value:?}")]
+    #[error(
+        "field `{field}` is not an exact decimal: {}",
+        crate::model::shown(value)
+    )]
     BadDecimal { field: &'static str, value: String },
-    #[error("field `{field}` is not an RFC 3339 time: {value:?}")]
+    #[error(
+        "field `{field}` is not an RFC 3339 time: {}",
+        crate::model::shown(value)
+    )]
     BadTime { field: &'static str, value: String },
-    #[error("field `{field}` is not valid: {value:?}")]
+    #[error("field `{field}` is not valid: {}", crate::model::shown(value))]
     BadValue { field: &'static str, value: String },
 }
 

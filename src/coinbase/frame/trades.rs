@@ -14,14 +14,14 @@ use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::values::{parse_positive_decimal, parse_time};
 use super::{FrameBody, FrameError, count_skipped};
-use crate::model::{Side, Trade, TradeId};
+use crate::model::{ProductId, Side, Trade, TradeId, shown};
 
 /// A trade of a frame that was not taken, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectedTrade {
-    /// The trade's product when it named one as text, else empty.
-    pub product_id: String,
-    /// The trade's id as sent when it was text, else empty.
+    /// The trade's product when it named a valid product id, else `None`.
+    pub product_id: Option<ProductId>,
+    /// The trade's id as sent when it was text ([`shown`]: escaped and clipped), else empty.
     pub trade_id: String,
     /// What was wrong, naming the field and the value.
     pub reason: String,
@@ -210,8 +210,11 @@ pub(super) fn trades_body(events: Vec<RawTradesEvent<'_>>, received: DateTime<Ut
             }
         }
         for raw in event.trades {
-            let product_id = raw.product_id.as_deref().unwrap_or_default().to_owned();
-            let trade_id = raw.trade_id.as_deref().unwrap_or_default().to_owned();
+            let product_id = raw
+                .product_id
+                .as_deref()
+                .and_then(|id| ProductId::parse(id).ok());
+            let trade_id = raw.trade_id.as_deref().map(shown).unwrap_or_default();
             match trade_from_raw(raw, received) {
                 Ok(trade) => trades.push(trade),
                 Err(e) => rejected.push(RejectedTrade {
@@ -261,14 +264,12 @@ fn trade_from_raw(raw: RawTrade<'_>, received: DateTime<Utc>) -> Result<Trade, F
         }
     };
     let product_id = field(raw.product_id, "product_id")?;
-    if product_id.is_empty() {
-        return Err(FrameError::BadValue {
-            field: "product_id",
-            value: String::new(),
-        });
-    }
+    let product_id = ProductId::parse(&product_id).map_err(|_| FrameError::BadValue {
+        field: "product_id",
+        value: product_id.into_owned(),
+    })?;
     Ok(Trade {
-        product_id: product_id.into_owned(),
+        product_id,
         trade_id,
         price: parse_positive_decimal("price", &field(raw.price, "price")?)?,
         size: parse_positive_decimal("size", &field(raw.size, "size")?)?,

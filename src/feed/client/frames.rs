@@ -20,10 +20,18 @@ use crate::coinbase::frame::{RejectedCandle, RejectedTrade};
 use crate::coinbase::pacer::Priority;
 use crate::coinbase::{FrameBody, frame_sequence, parse_frame};
 use crate::feed::health::AuthState;
-use crate::model::{FeedEvent, TradeBatch};
+use crate::model::{FeedEvent, ProductId, TradeBatch};
 
 /// Malformed trades (or candles) of one product are logged at most this often.
 const BAD_TRADE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a rate-limited log line is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum BadItem {
+    Trade,
+    Candle,
+    Unlisted,
+}
 
 impl Connection {
     pub(super) async fn on_frame(
@@ -68,12 +76,13 @@ impl Connection {
         let event = match frame.body {
             FrameBody::MarketTrades {
                 snapshot,
-                trades,
+                mut trades,
                 rejected,
             } => {
                 if !rejected.is_empty() {
                     self.on_rejected_trades(&rejected);
                 }
+                self.drop_unlisted(&mut trades);
                 if trades.is_empty() {
                     return Ok(());
                 }
@@ -172,6 +181,28 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether a malformed trade or candle of `product` (`None`: no valid id, or a product
+    /// this connection did not subscribe) is due to be logged: at most once a minute per
+    /// subscribed product, and once a minute for all the others together, so the map stays
+    /// as small as the subscription.
+    fn bad_item_log_due(&mut self, kind: BadItem, product: Option<&ProductId>) -> bool {
+        let key = product.filter(|p| self.products.contains(*p)).cloned();
+        let now = Instant::now();
+        let due = self
+            .bad_trades_logged
+            .get(&(kind, key.clone()))
+            .is_none_or(|last| now.duration_since(*last) >= BAD_TRADE_LOG_INTERVAL);
+        if due {
+            if self.bad_trades_logged.len() > 2 * (self.products.len() + 1) {
+                let products = &self.products;
+                self.bad_trades_logged
+                    .retain(|(_, p), _| p.as_ref().is_none_or(|p| products.contains(p)));
+            }
+            self.bad_trades_logged.insert((kind, key), now);
+        }
+        due
+    }
+
     /// Counts the malformed trades of a frame whose other trades go on, and logs them at most
     /// once a minute per product.
     fn on_rejected_trades(&mut self, rejected: &[RejectedTrade]) {
@@ -180,17 +211,11 @@ impl Connection {
         self.shared
             .health
             .update(self.id, |h| h.rejected_trades += count);
-        let now = Instant::now();
         for bad in rejected {
-            let due = self
-                .bad_trades_logged
-                .get(&bad.product_id)
-                .is_none_or(|last| now.duration_since(*last) >= BAD_TRADE_LOG_INTERVAL);
-            if due {
-                self.bad_trades_logged.insert(bad.product_id.clone(), now);
+            if self.bad_item_log_due(BadItem::Trade, bad.product_id.as_ref()) {
                 tracing::warn!(
                     conn = self.id,
-                    product = %bad.product_id,
+                    product = ?bad.product_id,
                     trade_id = %bad.trade_id,
                     reason = %bad.reason,
                     "skipping a malformed trade (logged at most once a minute per product)"
@@ -199,26 +224,50 @@ impl Connection {
         }
     }
 
+    /// Takes out of `trades` those of products this connection did not subscribe (the
+    /// exchange should send none): they are counted and dropped, and logged at most once a
+    /// minute, so nothing downstream ever holds a product that was not listed.
+    fn drop_unlisted(&mut self, trades: &mut Vec<crate::model::Trade>) {
+        let before = trades.len();
+        let mut example = None;
+        trades.retain(|t| {
+            let listed = self.products.contains(&t.product_id);
+            if !listed && example.is_none() {
+                example = Some(t.product_id.clone());
+            }
+            listed
+        });
+        let dropped = (before - trades.len()) as u64;
+        if dropped == 0 {
+            return;
+        }
+        metrics::counter!("spot_canvas_feed_unlisted_trades_total").increment(dropped);
+        self.shared
+            .health
+            .update(self.id, |h| h.unlisted_trades += dropped);
+        if self.bad_item_log_due(BadItem::Unlisted, None) {
+            tracing::warn!(
+                conn = self.id,
+                dropped,
+                example = ?example,
+                "dropping trades of products this connection did not subscribe (logged at most once a minute)"
+            );
+        }
+    }
+
     /// Counts the malformed candles of a frame whose other candles go on, and logs them at
-    /// most once a minute per product (sharing the trades' log budget).
+    /// most once a minute per product.
     fn on_rejected_candles(&mut self, rejected: &[RejectedCandle]) {
         let count = rejected.len() as u64;
         metrics::counter!("spot_canvas_feed_rejected_candles_total").increment(count);
         self.shared
             .health
             .update(self.id, |h| h.rejected_candles += count);
-        let now = Instant::now();
         for bad in rejected {
-            let key = format!("candles:{}", bad.product_id);
-            let due = self
-                .bad_trades_logged
-                .get(&key)
-                .is_none_or(|last| now.duration_since(*last) >= BAD_TRADE_LOG_INTERVAL);
-            if due {
-                self.bad_trades_logged.insert(key, now);
+            if self.bad_item_log_due(BadItem::Candle, bad.product_id.as_ref()) {
                 tracing::warn!(
                     conn = self.id,
-                    product = %bad.product_id,
+                    product = ?bad.product_id,
                     reason = %bad.reason,
                     "skipping a malformed candle (logged at most once a minute per product)"
                 );
@@ -287,7 +336,7 @@ impl Connection {
             at,
         })
         .await?;
-        let products: Vec<String> = self.products.iter().cloned().collect();
+        let products: Vec<ProductId> = self.products.iter().cloned().collect();
         if products.is_empty() {
             return Ok(());
         }
@@ -330,7 +379,7 @@ impl Connection {
                 .map_err(|e| End::Retry(format!("subscribe failed: {e}")))?;
             return Ok(());
         }
-        let refused: Vec<String> = self
+        let refused: Vec<ProductId> = self
             .products
             .iter()
             .filter(|p| names_product(&message, p))
@@ -350,7 +399,7 @@ impl Connection {
     async fn on_refused(
         &mut self,
         ws: &mut Socket,
-        refused: Vec<String>,
+        refused: Vec<ProductId>,
         message: String,
         previous_frame: DateTime<Utc>,
         last_seq: Option<u64>,
@@ -372,7 +421,7 @@ impl Connection {
         }
         // The manager takes them off this connection and tries them again later.
         let _manager_gone = self.shared.refused.send(refused.clone());
-        let rest: Vec<String> = self.products.iter().cloned().collect();
+        let rest: Vec<ProductId> = self.products.iter().cloned().collect();
         self.shared.health.register(self.id, rest.clone());
         if rest.is_empty() {
             return Ok(());

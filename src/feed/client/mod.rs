@@ -34,7 +34,7 @@ use crate::coinbase::auth::JwtSigner;
 use crate::coinbase::pacer::{Pacer, Priority};
 use crate::feed::FeedSettings;
 use crate::feed::health::{ConnectionState, FeedHealth};
-use crate::model::FeedEvent;
+use crate::model::{FeedEvent, ProductId};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -46,8 +46,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the connection manager tells a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Subscribe(Vec<String>),
-    Unsubscribe(Vec<String>),
+    Subscribe(Vec<ProductId>),
+    Unsubscribe(Vec<ProductId>),
 }
 
 /// State shared by all connections of the feed.
@@ -66,7 +66,7 @@ pub struct Shared {
     pub events: mpsc::Sender<FeedEvent>,
     /// Products the exchange refused to subscribe, for the manager to take off their
     /// connection and try again after a cool-down.
-    pub refused: mpsc::UnboundedSender<Vec<String>>,
+    pub refused: mpsc::UnboundedSender<Vec<ProductId>>,
 }
 
 /// How a session ended.
@@ -81,7 +81,7 @@ enum End {
 #[derive(Debug)]
 pub struct Connection {
     id: usize,
-    products: BTreeSet<String>,
+    products: BTreeSet<ProductId>,
     shared: Arc<Shared>,
     /// Commands from the manager; closed when the manager drops the connection.
     commands: mpsc::Receiver<Command>,
@@ -89,13 +89,13 @@ pub struct Connection {
     /// trades of its products from then on.
     pending_subscribe: Option<DateTime<Utc>>,
     /// When malformed trades were last logged, per product (at most once a minute each).
-    bad_trades_logged: HashMap<String, Instant>,
+    bad_trades_logged: HashMap<(frames::BadItem, Option<ProductId>), Instant>,
 }
 
 impl Connection {
     pub fn new(
         id: usize,
-        products: BTreeSet<String>,
+        products: BTreeSet<ProductId>,
         shared: Arc<Shared>,
         commands: mpsc::Receiver<Command>,
     ) -> Self {

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::{Command, Connection, PRODUCT_CHANNELS, Socket};
 use crate::coinbase::pacer::Priority;
 use crate::feed::health::AuthState;
+use crate::model::ProductId;
 
 /// Longest a client message may take to go out (a peer that stops reading fills the socket's
 /// buffers and would otherwise block the send forever).
@@ -41,24 +42,24 @@ impl Connection {
         &mut self,
         ws: &mut Socket,
         command: Command,
-    ) -> Result<Vec<String>, SendError> {
+    ) -> Result<Vec<ProductId>, SendError> {
         let (kind, products) = match command {
             Command::Subscribe(products) => {
-                let new: Vec<String> = products
+                let new: Vec<ProductId> = products
                     .into_iter()
                     .filter(|p| self.products.insert(p.clone()))
                     .collect();
                 ("subscribe", new)
             }
             Command::Unsubscribe(products) => {
-                let gone: Vec<String> = products
+                let gone: Vec<ProductId> = products
                     .into_iter()
                     .filter(|p| self.products.remove(p))
                     .collect();
                 ("unsubscribe", gone)
             }
         };
-        let all: Vec<String> = self.products.iter().cloned().collect();
+        let all: Vec<ProductId> = self.products.iter().cloned().collect();
         self.shared.health.register(self.id, all);
         if products.is_empty() {
             return Ok(Vec::new());
@@ -81,7 +82,7 @@ impl Connection {
         ws: &mut Socket,
         priority: Priority,
     ) -> Result<(), SendError> {
-        let products: Vec<String> = self.products.iter().cloned().collect();
+        let products: Vec<ProductId> = self.products.iter().cloned().collect();
         self.subscribe_products(ws, &products, priority).await?;
         self.send(ws, "subscribe", "heartbeats", &[], priority)
             .await
@@ -91,7 +92,7 @@ impl Connection {
     pub(super) async fn subscribe_products(
         &mut self,
         ws: &mut Socket,
-        products: &[String],
+        products: &[ProductId],
         priority: Priority,
     ) -> Result<(), SendError> {
         if products.is_empty() {
@@ -110,7 +111,7 @@ impl Connection {
         ws: &mut Socket,
         kind: &str,
         channel: &str,
-        products: &[String],
+        products: &[ProductId],
         priority: Priority,
     ) -> Result<(), SendError> {
         let mut message = if channel == "heartbeats" {

@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use self::random::{poisson, round, standard_normal};
-use crate::model::{Side, Trade, TradeId};
+use crate::model::{ProductId, Side, Trade, TradeId};
 
 pub use self::aggregate::Aggregate;
 pub use self::spec::MarketSpec;
@@ -54,6 +54,9 @@ pub struct Listing {
 
 #[derive(Debug)]
 struct ProductState {
+    /// The spec's id, checked: a market that trades has a valid id (odd ids are faults,
+    /// sent beside the markets).
+    id: ProductId,
     spec: MarketSpec,
     listing: Listing,
     price: f64,
@@ -140,6 +143,9 @@ impl Exchange {
             paused: std::sync::atomic::AtomicBool::new(false),
         };
         for id in product_ids {
+            if ProductId::parse(id).is_err() {
+                anyhow::bail!("{} is not a product id", crate::model::shown(id));
+            }
             exchange.add_product(id, None);
         }
         if history > TimeDelta::zero() {
@@ -167,8 +173,12 @@ impl Exchange {
         self.ticks.subscribe()
     }
 
-    /// Adds a trading product (no-op if it exists). `price` overrides the spec's start price.
+    /// Adds a trading product (no-op if it exists, or if `product_id` is not a product id).
+    /// `price` overrides the spec's start price.
     pub fn add_product(&self, product_id: &str, price: Option<f64>) -> bool {
+        let Ok(id) = ProductId::parse(product_id) else {
+            return false;
+        };
         let mut state = self.lock();
         if state.by_id.contains_key(product_id) {
             return false;
@@ -178,6 +188,7 @@ impl Exchange {
         let first_id = 1_000_000 + (state.rng.random::<u32>() as u64) * 1000;
         let index = state.products.len();
         state.products.push(ProductState {
+            id,
             spec,
             listing: Listing {
                 status: "online".into(),
@@ -418,7 +429,7 @@ fn next_trade(rng: &mut StdRng, product: &mut ProductState, time: DateTime<Utc>)
     let trade_id = TradeId(product.next_trade_id);
     product.next_trade_id += 1;
     Trade {
-        product_id: product.spec.product_id.clone(),
+        product_id: product.id.clone(),
         trade_id,
         price,
         size,

@@ -33,7 +33,7 @@ use super::templates::{HealthPartial, render};
 use super::view::ProductInfo;
 use super::{dev, health, query};
 use crate::bus::{Delivery, Filter, LiveEntry, Subscription};
-use crate::model::{CandleUpdate, Granularity};
+use crate::model::{CandleUpdate, Granularity, ProductId};
 use crate::web::AppState;
 use crate::web::json::error;
 use crate::web::serve::Connection;
@@ -132,14 +132,14 @@ struct Board {
     state: AppState,
     products: Arc<Vec<ProductInfo>>,
     /// Product id → position in `products`.
-    index: HashMap<String, usize>,
+    index: HashMap<ProductId, usize>,
     granularity: Granularity,
     /// The newest candle of each product in the board's granularity.
-    current: HashMap<String, CandleUpdate>,
+    current: HashMap<ProductId, CandleUpdate>,
     /// Hash of the row last sent, per product.
-    sent: HashMap<String, u64>,
+    sent: HashMap<ProductId, u64>,
     /// Products whose row may have changed since the last flush.
-    dirty: HashSet<String>,
+    dirty: HashSet<ProductId>,
     health: Option<HealthPartial>,
     /// Health ticks so far: every [`RECHECK_TICKS`]th, every row is looked at again (a
     /// product turns stale without an update).

@@ -8,8 +8,9 @@
 //! (pages answer 503).
 //!
 //! Product ids reach HTML attributes, URL paths and JavaScript strings of the pages (the
-//! stream's `@get('/markets/<id>/stream')`): an id that is not letters, digits and inner
-//! dashes (as every Coinbase id is) is left out, with a warning.
+//! stream's `@get('/markets/<id>/stream')`): they are [`ProductId`]s, which hold nothing but
+//! upper-case letters, digits and one inner dash; a stored row that does not parse is left
+//! out by the repository.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::view::ProductInfo;
+use crate::model::ProductId;
 use crate::store::Repository;
 
 /// How long a list is used before it is read again.
@@ -25,8 +27,6 @@ pub const MAX_AGE: Duration = Duration::from_secs(30);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// Least time between two failed attempts.
 const RETRY: Duration = Duration::from_secs(1);
-/// Longest product id shown.
-const MAX_ID: usize = 64;
 
 #[derive(Debug, Default)]
 struct Cached {
@@ -54,15 +54,6 @@ pub struct Catalog {
     cached: Arc<Mutex<Cached>>,
     /// Held by the one request reading the list.
     reading: Arc<tokio::sync::Mutex<()>>,
-}
-
-/// Whether a product id is safe in the pages' attributes, paths and script strings.
-pub fn plain_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && !id.starts_with('-')
-        && !id.ends_with('-')
 }
 
 impl Catalog {
@@ -110,10 +101,6 @@ impl Catalog {
             Ok(Ok(products)) => {
                 let mut list: Vec<ProductInfo> = Vec::with_capacity(products.len());
                 for p in products.into_iter().filter(|p| p.is_ingestible()) {
-                    if !plain_id(&p.product_id) {
-                        tracing::warn!(product = ?p.product_id.chars().take(MAX_ID).collect::<String>(), "a product id the pages cannot show safely: left out");
-                        continue;
-                    }
                     list.push(ProductInfo {
                         id: p.product_id,
                         base: p.base,
@@ -137,10 +124,10 @@ impl Catalog {
     }
 
     /// One product, if listed.
-    pub async fn product(&self, id: &str) -> Result<Option<ProductInfo>, String> {
+    pub async fn product(&self, id: &ProductId) -> Result<Option<ProductInfo>, String> {
         let list = self.products().await?;
         Ok(list
-            .binary_search_by(|p| p.id.as_str().cmp(id))
+            .binary_search_by(|p| p.id.cmp(id))
             .ok()
             .map(|i| list[i].clone()))
     }
@@ -148,29 +135,4 @@ impl Catalog {
 
 fn unavailable() -> String {
     "the product list is not available; retry shortly".to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_plain_ids_reach_the_pages() {
-        for ok in ["BTC-USD", "BIP-20DEC30-CDE", "1INCH-USD", "A"] {
-            assert!(plain_id(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "-BTC",
-            "BTC-",
-            "BTC USD",
-            "BTC'-USD",
-            "a\"b",
-            "BTC.USD",
-            "x<y",
-            &"A".repeat(65),
-        ] {
-            assert!(!plain_id(bad), "{bad}");
-        }
-    }
 }

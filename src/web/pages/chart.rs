@@ -33,7 +33,7 @@ use super::view::{ProductInfo, Row};
 use super::{CHART_HISTORY, dev, query};
 use crate::bus::element::{ElementId, candle_element, escape};
 use crate::bus::{Delivery, Filter, LiveEntry, Subscription};
-use crate::model::{CandleUpdate, Granularity, Version};
+use crate::model::{CandleUpdate, Granularity, ProductId, Version};
 use crate::store::StoredCandle;
 use crate::web::AppState;
 use crate::web::json::error;
@@ -62,6 +62,12 @@ pub async fn chart_stream(
     let query = match query::parse(raw.as_deref()) {
         Ok(query) => query,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let Ok(product_id) = ProductId::from_client(&product_id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such market; GET /api/v1/products lists them",
+        );
     };
     let product = match state.pages.catalog.product(&product_id).await {
         Ok(Some(product)) => product,
@@ -126,7 +132,7 @@ pub async fn chart_stream(
         .map(|c| c.close.clone())
         .unwrap_or_default();
     let (subscription, initial) = state.live.subscribe(
-        Filter::of(&[product.id.as_str()], &granularities),
+        Filter::of(std::slice::from_ref(&product.id), &granularities),
         state.streams.page_settings(),
         cut_off,
     );

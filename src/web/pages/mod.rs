@@ -29,7 +29,7 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::Utc;
 
 use super::AppState;
-use crate::model::Granularity;
+use crate::model::{Granularity, ProductId};
 use crate::store::Repository;
 use assets::Assets;
 use catalog::Catalog;
@@ -253,14 +253,18 @@ pub async fn market_page(
         Ok(query) => query,
         Err(message) => return error_page(StatusCode::BAD_REQUEST, &message),
     };
-    let product = match state.pages.catalog.product(&product_id).await {
+    let found = match ProductId::from_client(&product_id) {
+        Ok(id) => state.pages.catalog.product(&id).await,
+        Err(_) => Ok(None),
+    };
+    let product = match found {
         Ok(Some(product)) => product,
         Ok(None) => {
             return error_page(
                 StatusCode::NOT_FOUND,
                 &format!(
-                    "no market {:?}: the board lists every market",
-                    product_id.chars().take(64).collect::<String>()
+                    "no market {}: the board lists every market",
+                    crate::model::shown(&product_id)
                 ),
             );
         }

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use super::templates::{RowPartial, render};
 use super::view::{ProductInfo, Row, STALE_SECS};
 use crate::bus::day::{DaySummary, WINDOW_SECS};
-use crate::model::{CandleUpdate, Granularity, Version};
+use crate::model::{CandleUpdate, Granularity, ProductId, Version};
 
 /// What a row's HTML depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,11 +44,11 @@ struct Cached {
 /// The shared cache, one entry per product and granularity.
 #[derive(Debug, Default)]
 pub struct RowCache {
-    rows: Mutex<HashMap<(String, Granularity), Cached>>,
+    rows: Mutex<HashMap<(ProductId, Granularity), Cached>>,
 }
 
 impl RowCache {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(String, Granularity), Cached>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(ProductId, Granularity), Cached>> {
         // Entries are replaced whole: a panic elsewhere cannot leave one half-written.
         self.rows.lock().unwrap_or_else(|e| e.into_inner())
     }

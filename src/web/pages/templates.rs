@@ -114,9 +114,14 @@ mod tests {
 
     fn product(id: &str) -> ProductInfo {
         ProductInfo {
-            id: id.to_owned(),
-            base: id.split('-').next().unwrap_or_default().to_owned(),
-            quote: "USD".to_owned(),
+            id: id.parse().expect("an id"),
+            base: id
+                .split('-')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .expect("a code"),
+            quote: crate::model::Currency::from_static("USD"),
             price_increment: Some("0.01".parse().expect("decimal")),
         }
     }
@@ -125,7 +130,7 @@ mod tests {
         let time = DateTime::from_timestamp(start, 0).expect("time");
         CandleUpdate {
             candle: Candle {
-                product_id: product.into(),
+                product_id: product.parse().expect("an id"),
                 granularity: Granularity::OneMinute,
                 start: time,
                 open: "100".parse().expect("d"),
@@ -278,15 +283,18 @@ mod tests {
     }
 
     #[test]
-    fn text_from_outside_is_escaped() {
-        let mut p = product("X-USD");
-        p.base = "<script>alert(1)</script>".into();
-        let row = Row::new(&p, Granularity::OneMinute, None, None, Utc::now());
-        let html = render(&RowPartial { row: &row });
-        assert!(!html.contains("<script>"));
-        assert!(
-            html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"),
-            "{html}"
+    fn text_from_outside_cannot_reach_a_row_unchecked() {
+        // A row's texts are checked codes: markup cannot be one.
+        assert!(crate::model::Currency::parse("<script>alert(1)</script>").is_err());
+        assert!(crate::model::ProductId::parse("X-<b>").is_err());
+        let row = Row::new(
+            &product("X-USD"),
+            Granularity::OneMinute,
+            None,
+            None,
+            Utc::now(),
         );
+        let html = render(&RowPartial { row: &row });
+        assert!(html.contains("X-USD"), "{html}");
     }
 }

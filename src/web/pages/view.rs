@@ -14,7 +14,7 @@ use rust_decimal::prelude::ToPrimitive;
 
 use crate::bus::day::{DaySummary, WINDOW_SECS, percent};
 use crate::bus::element::{ElementId, candle_element};
-use crate::model::{CandleUpdate, Granularity};
+use crate::model::{CandleUpdate, Currency, Granularity, ProductId};
 
 /// A product with no trade for this long is marked stale on the board.
 pub const STALE_SECS: i64 = 300;
@@ -22,9 +22,9 @@ pub const STALE_SECS: i64 = 300;
 /// A product as the pages need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductInfo {
-    pub id: String,
-    pub base: String,
-    pub quote: String,
+    pub id: ProductId,
+    pub base: Currency,
+    pub quote: Currency,
     pub price_increment: Option<Decimal>,
 }
 
@@ -96,9 +96,9 @@ pub struct DayView {
 /// One product's row of the board (and the header of its market page).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
-    pub product: String,
-    pub base: String,
-    pub quote: String,
+    pub product: ProductId,
+    pub base: Currency,
+    pub quote: Currency,
     pub granularity: Granularity,
     pub candle: Option<CandleView>,
     pub day: Option<DayView>,

@@ -31,6 +31,7 @@ use super::json::error;
 use super::serve::Connection;
 use crate::bus::ClientSettings;
 use crate::config::StreamConfig;
+use crate::model::ProductId;
 
 /// What the stream handlers share.
 #[derive(Debug, Clone)]
@@ -110,7 +111,7 @@ pub async fn stream(
                     unknown
                         .iter()
                         .take(10)
-                        .copied()
+                        .map(|id| id.as_str())
                         .collect::<Vec<_>>()
                         .join(", "),
                     if unknown.len() > 10 { ", …" } else { "" }
@@ -187,7 +188,7 @@ pub(crate) fn admit(
 }
 
 /// The products of `ids` this instance's feed does not carry.
-fn not_carried<'a>(state: &AppState, ids: Vec<&'a str>) -> Vec<&'a str> {
+fn not_carried<'a>(state: &AppState, ids: Vec<&'a ProductId>) -> Vec<&'a ProductId> {
     if ids.is_empty() {
         return ids;
     }
@@ -197,7 +198,7 @@ fn not_carried<'a>(state: &AppState, ids: Vec<&'a str>) -> Vec<&'a str> {
             !report
                 .connections
                 .iter()
-                .any(|c| c.products.iter().any(|p| p == id))
+                .any(|c| c.products.iter().any(|p| p == *id))
         })
         .collect()
 }

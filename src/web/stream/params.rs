@@ -9,16 +9,13 @@
 use std::collections::BTreeSet;
 
 use crate::bus::Filter;
-use crate::model::{ACCEPTED_GRANULARITIES, Granularity};
-
-/// Longest product id accepted.
-const MAX_PRODUCT_LEN: usize = 64;
+use crate::model::{ACCEPTED_GRANULARITIES, BadProductId, Granularity, ProductId};
 
 /// A valid stream request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamRequest {
     /// Named products, upper case, sorted; empty: every product.
-    pub products: Vec<String>,
+    pub products: Vec<ProductId>,
     pub granularities: Vec<Granularity>,
 }
 
@@ -76,16 +73,14 @@ pub fn parse(query: Option<&str>, max_series: usize) -> Result<StreamRequest, St
     })
 }
 
-fn product(raw: &str) -> Result<String, String> {
-    let valid =
-        raw.len() <= MAX_PRODUCT_LEN && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if !valid {
-        return Err(format!(
-            "invalid product {:?}; accepted: product ids such as BTC-USD (letters, digits and '-', at most {MAX_PRODUCT_LEN})",
-            clip(raw)
-        ));
-    }
-    Ok(raw.to_ascii_uppercase())
+fn product(raw: &str) -> Result<ProductId, String> {
+    ProductId::from_client(raw).map_err(|e| {
+        format!(
+            "invalid product {}; accepted: {}",
+            e.shown(),
+            BadProductId::ACCEPTED
+        )
+    })
 }
 
 fn over_cap(products: usize, granularities: usize, max: usize) -> String {
@@ -137,7 +132,7 @@ mod tests {
                 "unknown granularity \"7m\"; accepted: ONE_MINUTE",
             ),
             (
-                "products=A,B,C&granularity=1m,5m",
+                "products=A-X,B-X,C-X&granularity=1m,5m",
                 "subscription over the cap: 3 product(s) × 2",
             ),
         ];
