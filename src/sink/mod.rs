@@ -396,7 +396,10 @@ async fn run_inner<F, Fut, O>(
                 if let Outcome::Written(refused) = outcome {
                     let refused = refused.min(flight.rows.len() as u64);
                     stats.refused.fetch_add(refused, Ordering::Relaxed);
-                    stats.record_batch(flight.rows.len() - refused as usize);
+                    let written = flight.rows.len() - refused as usize;
+                    if written > 0 {
+                        stats.record_batch(written);
+                    }
                     failures_in_row = 0;
                     retry_at = None;
                     continue;
