@@ -622,6 +622,160 @@ async fn the_writer_stores_a_flush_of_over_5000_rows_in_several_statements() {
     assert_eq!(statements, vec![2_000, 5_000, 5_000]);
 }
 
+/// A product id PostgreSQL cannot index: 8,000 random letters and digits, past the btree
+/// row limit even after compression.
+fn over_long_id() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(8_000)
+        .map(char::from)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_with_refused_rows_writes_every_other_row_in_one_flush() {
+    let db = TestDb::migrated().await;
+    let (tx, rx) = mpsc::channel(4);
+    let writer = BatchWriter::new(
+        Repository::new(db.pool.clone()),
+        WriterSettings {
+            max_rows: 1_000,
+            flush_interval: Duration::from_millis(50),
+            ..WriterSettings::default()
+        },
+        rx,
+    );
+    let stats = writer.stats();
+    let task = tokio::spawn(writer.run());
+    let mut batch: Vec<CandleUpdate> = (0..40)
+        .map(|i| update(&format!("P{:02}-USD", i % 8), T0 + 60 * (i / 8), 0, 3, "2"))
+        .collect();
+    // A NUL byte (22021) and an id past the index's row limit (54000), among the good rows.
+    batch.insert(13, update("NUL\0-USD", T0, 0, 1, "1"));
+    batch.insert(29, update(&over_long_id(), T0, 0, 1, "1"));
+    tx.send(batch).await.expect("send");
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the writer ends: refused rows are not retried forever")
+        .expect("join")
+        .expect("writer");
+    let report = stats.report();
+    assert_eq!(report.batches, 1, "one flush: {report:?}");
+    assert_eq!(report.failures, 0, "{report:?}");
+    assert_eq!((report.written_rows, report.refused), (40, 2), "{report:?}");
+    let stored = counts(&db.pool).await;
+    assert_eq!(stored.len(), 40);
+    assert!(
+        stored
+            .keys()
+            .all(|(p, _)| p.len() == 7 && p.starts_with('P'))
+    );
+}
+
+#[tokio::test]
+async fn a_products_list_with_a_duplicate_and_refused_rows_upserts_the_rest() {
+    let db = TestDb::migrated().await;
+    let repo = Repository::new(db.pool.clone());
+    let mut delisted = common::product("BTC-USD", Some("0.01"));
+    delisted.status = "delisted".into();
+    delisted.trading_disabled = true;
+    let mut nul_in_base = common::product("SOL-USD", None);
+    nul_in_base.base = "SO\0L".into();
+    let list = vec![
+        common::product("BTC-USD", Some("0.01")),
+        common::product("ETH-USD", None),
+        common::product("NUL\0-USD", None),
+        nul_in_base,
+        common::product(&format!("{}-USD", over_long_id()), None),
+        // Listed again, last: this listing is the one stored.
+        delisted.clone(),
+        common::product("ADA-USD", None),
+    ];
+    let written = repo.upsert_products(&list).await.expect("upsert");
+    assert_eq!(written.merged, 1, "{written:?}");
+    assert_eq!(written.refused.len(), 3, "{written:?}");
+    assert_eq!(written.changed, 3, "{written:?}");
+    let stored = repo.products().await.expect("read");
+    let ids: Vec<&str> = stored.iter().map(|p| p.product_id.as_str()).collect();
+    assert_eq!(ids, vec!["ADA-USD", "BTC-USD", "ETH-USD"]);
+    assert_eq!(stored[1], delisted, "the last listing of BTC-USD");
+    // The next refresh with the same list changes the same rows, refuses the same ones.
+    let again = repo.upsert_products(&list).await.expect("upsert again");
+    assert_eq!((again.changed, again.refused.len()), (3, 3));
+}
+
+#[tokio::test]
+async fn rows_not_written_by_the_stop_are_spooled_and_written_after_the_next_start() {
+    let db = TestDb::migrated().await;
+    let data = tempfile::tempdir().expect("dir");
+    let spool = spot_canvas::store::Spool::in_dir(data.path());
+    let settings = WriterSettings {
+        retry_base: Duration::from_secs(30),
+        retry_cap: Duration::from_secs(30),
+        ..WriterSettings::default()
+    };
+    let (tx, rx) = mpsc::channel(4);
+    let writer =
+        BatchWriter::new(Repository::new(db.pool.clone()), settings, rx).with_spool(spool.clone());
+    let stats = writer.stats();
+    let task = tokio::spawn(writer.run());
+    tx.send(vec![update("XRP-USD", T0, 0, 1, "1")])
+        .await
+        .expect("send");
+    wait_for("the first row written", Duration::from_secs(20), || async {
+        stats.report().written_rows == 1
+    })
+    .await;
+    db.pg.stop_with("immediate").await.expect("stop");
+    tx.send(
+        (0..20)
+            .map(|k| update("XRP-USD", T0 + 60 * k, 0, 5, "5"))
+            .collect(),
+    )
+    .await
+    .expect("send");
+    wait_for("a failed flush", Duration::from_secs(20), || async {
+        stats.report().failures > 0
+    })
+    .await;
+    // The stop, in the middle of a 15-30 s backoff: no wait for it.
+    let stopping = std::time::Instant::now();
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the stop is bounded")
+        .expect("join")
+        .expect("writer");
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let report = stats.report();
+    assert_eq!((report.kept_at_stop, report.pending), (20, 0), "{report:?}");
+    assert!(spool.path().exists());
+
+    // The next start: the database is back; the writer writes the spool and removes it.
+    db.pg.restart().await.expect("restart");
+    let (tx, rx) = mpsc::channel(4);
+    let writer = BatchWriter::new(Repository::new(db.pool.clone()), settings, rx)
+        .with_spool(spot_canvas::store::Spool::in_dir(data.path()));
+    let stats = writer.stats();
+    let task = tokio::spawn(writer.run());
+    wait_for("the spool written", Duration::from_secs(60), || async {
+        stats.report().recovered == 20
+    })
+    .await;
+    wait_for("the spool removed", Duration::from_secs(5), || async {
+        !spool.path().exists()
+    })
+    .await;
+    drop(tx);
+    task.await.expect("join").expect("writer");
+    let stored = counts(&db.pool).await;
+    assert_eq!(stored.len(), 20);
+    assert!(stored.values().all(|n| *n == 5), "{stored:?}");
+}
+
 #[tokio::test]
 async fn pools_have_a_statement_timeout_and_the_api_pool_is_small_and_separate() {
     let db = TestDb::migrated().await;

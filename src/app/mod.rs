@@ -6,7 +6,8 @@
 //! beside the engine (feed windows in, REST backfills out), and the HTTP server (health, candle
 //! history, products).
 //! On cancel, the stages stop in order: the feed closes its sockets politely, the engine
-//! finishes what it holds, the writer flushes everything to the database, then the embedded
+//! finishes what it holds, the writer flushes to the database (what it cannot write in time
+//! waits in its spool under `DATA_DIR` for the next start), then the embedded
 //! database (if any) and the HTTP server stop.
 
 use std::net::SocketAddr;
@@ -306,7 +307,8 @@ fn build_ingest(
             ..WriterSettings::default()
         },
         writer_rx,
-    );
+    )
+    .with_spool(crate::store::Spool::in_dir(&config.data_dir));
     let (to_publisher, publisher_rx) = mpsc::channel(UPDATE_CHANNEL);
     channels.register("publisher", &to_publisher);
     let mut publisher = Publisher::new(nats.0.clone(), nats.1.clone(), publisher_rx)

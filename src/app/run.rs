@@ -3,7 +3,8 @@
 //!
 //! The stop signal reaches every stage in order: the feed is cancelled and closes its sockets;
 //! its channel closing stops the engine after the events it holds; the engine's output closing
-//! stops the fan-out, then the writer and the publisher after their last flush; then the live
+//! stops the fan-out, then the writer and the publisher after their last flush (the writer's
+//! is one bounded attempt: what it cannot write goes to its spool in `DATA_DIR`); then the live
 //! state, the embedded servers' watchdogs and the HTTP server. Stages that stop on a closed input
 //! also get a token that is cancelled when the grace period runs out, so that nothing outlives
 //! it. Whatever happens, the embedded servers are stopped at the end.
@@ -177,6 +178,7 @@ impl App {
             tracing::info!(
                 written = report.written_rows,
                 pending = report.pending,
+                kept = report.kept_at_stop,
                 "writer flushed"
             );
             joined(summary_task).await;
@@ -374,7 +376,12 @@ async fn keep_products(
             continue;
         }
         match repository.upsert_products(&products).await {
-            Ok(n) => tracing::info!(products = n, "trading pairs updated"),
+            Ok(written) => tracing::info!(
+                products = written.changed,
+                merged = written.merged,
+                refused = written.refused.len(),
+                "trading pairs updated"
+            ),
             // The next refresh (every 10 minutes) tries again.
             Err(e) => tracing::warn!(error = %e, "cannot update trading pairs"),
         }

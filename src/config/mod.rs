@@ -51,7 +51,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "DATA_DIR",
         default: ".data",
-        description: "Directory for the embedded PostgreSQL cluster and NATS store",
+        description: "Directory for the embedded PostgreSQL cluster and NATS store, and the writer's spool of rows not written by the stop (written at the next start)",
     },
     Variable {
         name: "DATABASE_URL",

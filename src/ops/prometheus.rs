@@ -104,6 +104,22 @@ fn describe() {
         "Updates the writer dropped for a newer one of the same candle before writing"
     );
     describe_counter!(
+        "spot_canvas_store_rows_refused_total",
+        "Candle rows PostgreSQL refused for their content, dropped (the rest of their batch written)"
+    );
+    describe_counter!(
+        "spot_canvas_store_products_refused_total",
+        "Products PostgreSQL refused for their content, left out of trading_pairs"
+    );
+    describe_counter!(
+        "spot_canvas_store_rows_recovered_total",
+        "Candle rows an earlier run kept in the writer's spool at its stop, written at this start"
+    );
+    describe_counter!(
+        "spot_canvas_store_spool_lines_lost_total",
+        "Lines of the writer's spool that could not be read back (each one lost)"
+    );
+    describe_counter!(
         "spot_canvas_bus_published_total",
         "Candle updates published on NATS subjects"
     );
@@ -215,6 +231,9 @@ pub fn collect(state: &AppState) {
     counter!("spot_canvas_store_rows_written_total").absolute(writer.written_rows);
     counter!("spot_canvas_store_batches_total").absolute(writer.batches);
     counter!("spot_canvas_store_updates_superseded_total").absolute(writer.superseded);
+    counter!("spot_canvas_store_rows_refused_total").absolute(writer.refused);
+    counter!("spot_canvas_store_rows_recovered_total").absolute(writer.recovered);
+    counter!("spot_canvas_store_spool_lines_lost_total").absolute(writer.recovery_lost);
     let publisher = state.publisher.report();
     counter!("spot_canvas_bus_published_total").absolute(publisher.live.written_rows);
     counter!("spot_canvas_bus_updates_superseded_total").absolute(publisher.live.superseded);

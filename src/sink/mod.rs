@@ -6,8 +6,16 @@
 //! it never holds up its sender. A flush that fails, panics, or does not finish within
 //! `flush_timeout` (it is then abandoned) is retried with backoff, its rows merged back under
 //! any newer update received meanwhile: no row is dropped. Memory is bounded by the number of
-//! candles. When the input closes, everything held is flushed before `run` returns; if `run`
-//! is dropped first (a forced stop), the rows it still held are counted in an error log.
+//! candles. A flush may leave out rows the destination refused for their content: it says how
+//! many ([`Flushed`]), they are counted as `refused`, and the rest count as written.
+//!
+//! The stop (the input closing) comes in two kinds. [`run`] (the publisher's) flushes
+//! everything held, retrying with backoff, before it returns; if it is dropped first (a forced
+//! stop), the rows it still held are counted in an error log. [`run_keeping`] (the database
+//! writer's) never waits out a backoff once the input has closed: it flushes at once, every
+//! flush bounded by `stop_timeout` from the close, and at the first failure (or when that time
+//! is up) it hands every row it still holds to its [`Keep`] (a durable spool written after the
+//! next start) and returns; a forced stop (the sink dropped) hands them over too.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,6 +48,9 @@ pub struct SinkSettings {
     /// Rows one flush takes at most (the rest wait for the next): a backlog after a long
     /// outage is written in pieces that each fit in `flush_timeout`.
     pub max_flush_rows: usize,
+    /// [`run_keeping`] only: how long after its input closes the sink may still flush; what
+    /// is not written by then goes to its [`Keep`]. Fits in the service's stop grace.
+    pub stop_timeout: Duration,
 }
 
 impl Default for SinkSettings {
@@ -51,6 +62,7 @@ impl Default for SinkSettings {
             retry_cap: Duration::from_secs(10),
             flush_timeout: Duration::from_secs(30),
             max_flush_rows: 20_000,
+            stop_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -69,8 +81,17 @@ pub struct SinkStats {
     panics: AtomicU64,
     pending: AtomicU64,
     /// Updates dropped for a newer one of the same candle (held or received): with the
-    /// written rows, the pending and the in-flight ones, they account for every update received.
+    /// written, refused and kept rows, the pending and the in-flight ones, they account for
+    /// every update received.
     superseded: AtomicU64,
+    /// Rows a flush left out because the destination refused them for their content.
+    refused: AtomicU64,
+    /// Rows handed to the [`Keep`] at the stop (written after the next start).
+    kept_at_stop: AtomicU64,
+    /// Rows an earlier run kept at its stop, written at this start.
+    recovered: AtomicU64,
+    /// Entries of what an earlier run kept that could not be read back (each one lost).
+    recovery_lost: AtomicU64,
     /// Batches by size class: 1, 2–9, 10–49, 50–99, 100–999, ≥ 1000 rows.
     batch_sizes: [AtomicU64; 6],
 }
@@ -86,6 +107,10 @@ pub struct SinkReport {
     pub panics: u64,
     pub pending: u64,
     pub superseded: u64,
+    pub refused: u64,
+    pub kept_at_stop: u64,
+    pub recovered: u64,
+    pub recovery_lost: u64,
     pub batch_sizes: [(&'static str, u64); 6],
 }
 
@@ -106,6 +131,22 @@ impl SinkStats {
         self.batch_sizes[class].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Rows refused for their content outside a flush (written by another path of the
+    /// same stage, such as the recovery of kept rows).
+    pub fn record_refused(&self, rows: u64) {
+        self.refused.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// Rows kept by an earlier run, now written.
+    pub fn record_recovered(&self, rows: u64) {
+        self.recovered.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// Entries of what an earlier run kept that could not be read.
+    pub fn record_recovery_lost(&self, entries: u64) {
+        self.recovery_lost.fetch_add(entries, Ordering::Relaxed);
+    }
+
     pub fn report(&self) -> SinkReport {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         SinkReport {
@@ -117,6 +158,10 @@ impl SinkStats {
             panics: load(&self.panics),
             pending: load(&self.pending),
             superseded: load(&self.superseded),
+            refused: load(&self.refused),
+            kept_at_stop: load(&self.kept_at_stop),
+            recovered: load(&self.recovered),
+            recovery_lost: load(&self.recovery_lost),
             batch_sizes: std::array::from_fn(|i| (SIZE_CLASSES[i], load(&self.batch_sizes[i]))),
         }
     }
@@ -128,77 +173,189 @@ type Key = (String, Granularity, i64);
 /// succeeds, so a flush that fails, panics or is abandoned loses none.
 pub type Rows = Arc<Vec<CandleUpdate>>;
 
+/// What a successful flush says: how many of its rows the destination refused for their
+/// content (left out for good; the rest were written).
+pub trait Flushed: Send + 'static {
+    fn refused(&self) -> u64;
+}
+
+/// A flush that writes all its rows or fails.
+impl Flushed for () {
+    fn refused(&self) -> u64 {
+        0
+    }
+}
+
+/// A flush that may leave out rows the destination refused: their number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refused(pub u64);
+
+impl Flushed for Refused {
+    fn refused(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Where [`run_keeping`] hands the rows it could not write by its stop (coalesced, each key
+/// once): a durable place they are written from after the next start. Called once at most,
+/// synchronously (also from a drop); returns how many rows it kept, or why it could not.
+pub type Keep = Box<dyn FnOnce(Vec<CandleUpdate>) -> Result<u64, String> + Send>;
+
 /// A flush under way: its rows, its task (aborted if dropped) and its deadline.
-struct InFlight {
+struct InFlight<O> {
     rows: Rows,
-    task: JoinHandle<Result<(), String>>,
+    task: JoinHandle<Result<O, String>>,
     deadline: Instant,
 }
 
 /// How a flush ended.
 enum Outcome {
-    Written,
+    /// Written, but for this many rows refused for their content.
+    Written(u64),
     Failed(String),
     TimedOut,
     Panicked(String),
 }
 
-/// What the sink holds; on drop (a forced stop) it aborts the flush under way and says how
-/// many rows were never written.
-struct Held {
+/// What the sink holds; on drop it aborts the flush under way and hands every row still held
+/// to `keep`, or (without one, or if it fails) says how many rows were never written.
+struct Held<O> {
     name: &'static str,
     pending: HashMap<Key, CandleUpdate>,
-    in_flight: Option<InFlight>,
+    in_flight: Option<InFlight<O>>,
+    keep: Option<Keep>,
+    stats: Arc<SinkStats>,
 }
 
-impl Drop for Held {
+impl<O> Drop for Held<O> {
     fn drop(&mut self) {
-        let mut unwritten = self.pending.len();
+        let mut rows = std::mem::take(&mut self.pending);
         if let Some(flight) = self.in_flight.take() {
             flight.task.abort();
-            unwritten += flight.rows.len();
+            for update in flight.rows.iter() {
+                // The held update of a key is never older than the one in flight.
+                let (product, granularity, start) = update.candle_key();
+                CandleUpdate::keep_newest(
+                    &mut rows,
+                    (product.to_owned(), granularity, start),
+                    update.clone(),
+                );
+            }
         }
-        if unwritten > 0 {
+        if rows.is_empty() {
+            return;
+        }
+        let unwritten = rows.len();
+        let Some(keep) = self.keep.take() else {
             tracing::error!(
                 sink = self.name,
                 rows = unwritten,
                 "sink stopped before writing these rows"
             );
+            return;
+        };
+        match keep(rows.into_values().collect()) {
+            Ok(kept) => {
+                self.stats.kept_at_stop.fetch_add(kept, Ordering::Relaxed);
+                self.stats.pending.store(0, Ordering::Relaxed);
+                tracing::warn!(
+                    sink = self.name,
+                    rows = unwritten,
+                    kept,
+                    "rows not written by the stop are kept for the next start"
+                );
+            }
+            Err(e) => tracing::error!(
+                sink = self.name,
+                rows = unwritten,
+                error = %e,
+                "sink stopped before writing these rows, and cannot keep them"
+            ),
         }
     }
 }
 
 /// Runs the sink until `input` closes and everything received is flushed. `flush` gets the
 /// rows to write (each key once) and says whether they were written. `name` labels logs.
-pub async fn run<F, Fut>(
+pub async fn run<F, Fut, O>(
     name: &'static str,
-    mut input: mpsc::Receiver<Vec<CandleUpdate>>,
+    input: mpsc::Receiver<Vec<CandleUpdate>>,
     settings: SinkSettings,
     stats: Arc<SinkStats>,
     flush: F,
 ) where
     F: Fn(Rows) -> Fut,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
+    Fut: Future<Output = Result<O, String>> + Send + 'static,
+    O: Flushed,
 {
+    run_inner(name, input, settings, stats, flush, None).await;
+}
+
+/// As [`run`], but the stop never waits: once `input` closes, pending rows are flushed at
+/// once (no backoff), within `stop_timeout`; whatever is not written then, after the first
+/// failure, or when the sink is dropped, goes to `keep`.
+pub async fn run_keeping<F, Fut, O>(
+    name: &'static str,
+    input: mpsc::Receiver<Vec<CandleUpdate>>,
+    settings: SinkSettings,
+    stats: Arc<SinkStats>,
+    flush: F,
+    keep: Keep,
+) where
+    F: Fn(Rows) -> Fut,
+    Fut: Future<Output = Result<O, String>> + Send + 'static,
+    O: Flushed,
+{
+    run_inner(name, input, settings, stats, flush, Some(keep)).await;
+}
+
+async fn run_inner<F, Fut, O>(
+    name: &'static str,
+    mut input: mpsc::Receiver<Vec<CandleUpdate>>,
+    settings: SinkSettings,
+    stats: Arc<SinkStats>,
+    flush: F,
+    keep: Option<Keep>,
+) where
+    F: Fn(Rows) -> Fut,
+    Fut: Future<Output = Result<O, String>> + Send + 'static,
+    O: Flushed,
+{
+    let keeping = keep.is_some();
     let mut held = Held {
         name,
         pending: HashMap::new(),
         in_flight: None,
+        keep,
+        stats: stats.clone(),
     };
     let mut failures_in_row: u32 = 0;
     let mut retry_at: Option<Instant> = None;
     let mut flush_at = Instant::now() + settings.flush_interval;
     let mut input_open = true;
+    // Keeping sinks only: the end of the stop's flushing, set when the input closes.
+    let mut stop_by: Option<Instant> = None;
     loop {
+        if let Some(stop_by) = stop_by
+            && held.in_flight.is_none()
+            && Instant::now() >= stop_by
+        {
+            // Out of time: what is still held goes to `keep` as `held` drops.
+            break;
+        }
         let due = !held.pending.is_empty()
             && held.in_flight.is_none()
-            && retry_at.is_none_or(|t| Instant::now() >= t)
+            && (stop_by.is_some() || retry_at.is_none_or(|t| Instant::now() >= t))
             && (held.pending.len() >= settings.max_rows
                 || Instant::now() >= flush_at
                 || !input_open);
         if due {
             let rows: Rows = Arc::new(take_rows(&mut held.pending, settings.max_flush_rows));
-            held.in_flight = Some(start_flush(&flush, rows, settings.flush_timeout));
+            let mut flight = start_flush(&flush, rows, settings.flush_timeout);
+            if let Some(stop_by) = stop_by {
+                flight.deadline = flight.deadline.min(stop_by);
+            }
+            held.in_flight = Some(flight);
             flush_at = Instant::now() + settings.flush_interval;
         }
         stats
@@ -219,21 +376,36 @@ pub async fn run<F, Fut>(
                         }
                     }
                 }
-                None => input_open = false,
+                None => {
+                    input_open = false;
+                    if keeping {
+                        let end = Instant::now() + settings.stop_timeout;
+                        stop_by = Some(end);
+                        // A flush under way gets no longer than the stop allows.
+                        if let Some(flight) = held.in_flight.as_mut() {
+                            flight.deadline = flight.deadline.min(end);
+                        }
+                    }
+                }
             },
             outcome = finished(held.in_flight.as_mut()), if !idle => {
                 let Some(flight) = held.in_flight.take() else { continue };
                 if matches!(outcome, Outcome::TimedOut) {
                     flight.task.abort();
                 }
-                if let Outcome::Written = outcome {
-                    stats.record_batch(flight.rows.len());
+                if let Outcome::Written(refused) = outcome {
+                    let refused = refused.min(flight.rows.len() as u64);
+                    stats.refused.fetch_add(refused, Ordering::Relaxed);
+                    let written = flight.rows.len() - refused as usize;
+                    if written > 0 {
+                        stats.record_batch(written);
+                    }
                     failures_in_row = 0;
                     retry_at = None;
                     continue;
                 }
                 let error = match outcome {
-                    Outcome::Written => String::new(),
+                    Outcome::Written(_) => String::new(),
                     Outcome::Failed(e) => e,
                     Outcome::TimedOut => {
                         stats.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -246,35 +418,50 @@ pub async fn run<F, Fut>(
                 };
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("spot_canvas_sink_failures_total", "sink" => name).increment(1);
-                let delay = backoff(&settings, failures_in_row);
-                failures_in_row = failures_in_row.saturating_add(1);
-                tracing::warn!(
-                    error = %error,
-                    rows = flight.rows.len(),
-                    retry_in_ms = delay.as_millis() as u64,
-                    sink = name,
-                    "flush failed, keeping the rows and retrying"
-                );
                 // Back into pending, unless a newer update of the key came meanwhile.
                 let rows = Arc::try_unwrap(flight.rows).unwrap_or_else(|shared| (*shared).clone());
+                let failed_rows = rows.len();
                 for update in rows {
                     if coalesce(&mut held.pending, update) {
                         stats.superseded.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                if stop_by.is_some() {
+                    tracing::warn!(
+                        error = %error,
+                        rows = failed_rows,
+                        sink = name,
+                        "flush failed at the stop; keeping the rows for the next start"
+                    );
+                    // No retry at the stop: what is held goes to `keep` as `held` drops.
+                    break;
+                }
+                let delay = backoff(&settings, failures_in_row);
+                failures_in_row = failures_in_row.saturating_add(1);
+                tracing::warn!(
+                    error = %error,
+                    rows = failed_rows,
+                    retry_in_ms = delay.as_millis() as u64,
+                    sink = name,
+                    "flush failed, keeping the rows and retrying"
+                );
                 retry_at = Some(Instant::now() + delay);
             },
             () = tokio::time::sleep_until(wake_at), if !held.pending.is_empty() && idle => {}
         }
     }
+    stats
+        .pending
+        .store(held.pending.len() as u64, Ordering::Relaxed);
 }
 
 /// Spawns a flush of `rows`. A flush function that panics while building its future counts as
 /// a panicked flush, like one whose task panics.
-fn start_flush<F, Fut>(flush: &F, rows: Rows, timeout: Duration) -> InFlight
+fn start_flush<F, Fut, O>(flush: &F, rows: Rows, timeout: Duration) -> InFlight<O>
 where
     F: Fn(Rows) -> Fut,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
+    Fut: Future<Output = Result<O, String>> + Send + 'static,
+    O: Flushed,
 {
     let task = match std::panic::catch_unwind(AssertUnwindSafe(|| flush(rows.clone()))) {
         Ok(future) => tokio::spawn(future),
@@ -291,13 +478,13 @@ where
 }
 
 /// Waits for the flush under way to end or to run out of time.
-async fn finished(flight: Option<&mut InFlight>) -> Outcome {
+async fn finished<O: Flushed>(flight: Option<&mut InFlight<O>>) -> Outcome {
     let Some(flight) = flight else {
         return std::future::pending().await;
     };
     match tokio::time::timeout_at(flight.deadline, &mut flight.task).await {
         Err(_elapsed) => Outcome::TimedOut,
-        Ok(Ok(Ok(()))) => Outcome::Written,
+        Ok(Ok(Ok(flushed))) => Outcome::Written(flushed.refused()),
         Ok(Ok(Err(e))) => Outcome::Failed(e),
         Ok(Err(e)) if e.is_panic() => Outcome::Panicked(panic_message(e.into_panic().as_ref())),
         Ok(Err(e)) => Outcome::Failed(e.to_string()),

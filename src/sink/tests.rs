@@ -43,6 +43,7 @@ fn settings() -> SinkSettings {
         retry_cap: Duration::from_millis(50),
         flush_timeout: Duration::from_secs(2),
         max_flush_rows: 1_000,
+        stop_timeout: Duration::from_secs(1),
     }
 }
 
@@ -241,4 +242,157 @@ async fn a_failed_flush_keeps_newer_updates_received_meanwhile() {
         Some(&2),
         "newest kept"
     );
+}
+
+/// A keep that records what it was given.
+fn keep_into(kept: Arc<Mutex<Vec<CandleUpdate>>>) -> Keep {
+    Box::new(move |rows: Vec<CandleUpdate>| {
+        let n = rows.len() as u64;
+        kept.lock().expect("lock").extend(rows);
+        Ok(n)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_a_flush_reports_refused_are_counted_apart_from_the_written() {
+    let (tx, rx) = mpsc::channel(4);
+    let stats = Arc::new(SinkStats::default());
+    let flush = |rows: Rows| async move { Ok(Refused(rows.len().min(2) as u64)) };
+    let sink = tokio::spawn(run("test", rx, settings(), stats.clone(), flush));
+    tx.send((0..10).map(|k| update(k, 1)).collect())
+        .await
+        .expect("send");
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(60), sink)
+        .await
+        .expect("ends")
+        .expect("join");
+    let report = stats.report();
+    assert_eq!((report.written_rows, report.refused), (8, 2), "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keeping_sink_waits_out_no_backoff_at_the_stop_and_keeps_what_it_could_not_write() {
+    let (tx, rx) = mpsc::channel(4);
+    let stats = Arc::new(SinkStats::default());
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let settings = SinkSettings {
+        // A backoff far longer than any stop grace.
+        retry_base: Duration::from_secs(60),
+        retry_cap: Duration::from_secs(60),
+        ..settings()
+    };
+    let flush = {
+        let calls = calls.clone();
+        move |_rows: Rows| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>("the database is away".to_owned()) }
+        }
+    };
+    let sink = tokio::spawn(run_keeping(
+        "test",
+        rx,
+        settings,
+        stats.clone(),
+        flush,
+        keep_into(kept.clone()),
+    ));
+    tx.send((0..100).map(|k| update(k, 1)).collect())
+        .await
+        .expect("send");
+    let failed = tokio::time::timeout(Duration::from_secs(5), async {
+        while stats.report().failures == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    failed.await.expect("the first flush fails");
+    // A newer update of one key while the sink waits out its backoff.
+    tx.send(vec![update(0, 7)]).await.expect("send");
+    let stopping = tokio::time::Instant::now();
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(2), sink)
+        .await
+        .expect("the stop waits out no backoff")
+        .expect("join");
+    assert!(stopping.elapsed() <= settings.stop_timeout);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one attempt at the stop");
+    let kept = kept.lock().expect("lock");
+    assert_eq!(kept.len(), 100, "every key kept, once");
+    let newest = kept
+        .iter()
+        .find(|u| u.candle.start == update(0, 1).candle.start);
+    assert_eq!(newest.map(|u| u.counted_trades), Some(7), "the newest kept");
+    let report = stats.report();
+    assert_eq!(
+        (report.kept_at_stop, report.pending),
+        (100, 0),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flush_hanging_at_the_stop_is_cut_by_the_stop_timeout_and_its_rows_kept() {
+    let (tx, rx) = mpsc::channel(4);
+    let stats = Arc::new(SinkStats::default());
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let settings = SinkSettings {
+        flush_timeout: Duration::from_secs(30),
+        stop_timeout: Duration::from_secs(1),
+        ..settings()
+    };
+    let flush = |_rows: Rows| async {
+        std::future::pending::<()>().await;
+        Ok(())
+    };
+    let sink = tokio::spawn(run_keeping(
+        "test",
+        rx,
+        settings,
+        stats.clone(),
+        flush,
+        keep_into(kept.clone()),
+    ));
+    tx.send((0..10).map(|k| update(k, 1)).collect())
+        .await
+        .expect("send");
+    // The flush hangs; then the stop.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = tokio::time::Instant::now();
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("the stop is bounded")
+        .expect("join");
+    assert!(stopping.elapsed() <= Duration::from_millis(1_100));
+    assert_eq!(kept.lock().expect("lock").len(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keeping_sink_dropped_by_a_forced_stop_keeps_its_rows() {
+    let (tx, rx) = mpsc::channel(4);
+    let stats = Arc::new(SinkStats::default());
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let flush = |_rows: Rows| async { Err::<(), _>("away".to_owned()) };
+    let sink = tokio::spawn(run_keeping(
+        "test",
+        rx,
+        settings(),
+        stats.clone(),
+        flush,
+        keep_into(kept.clone()),
+    ));
+    tx.send((0..10).map(|k| update(k, 1)).collect())
+        .await
+        .expect("send");
+    let failed = tokio::time::timeout(Duration::from_secs(5), async {
+        while stats.report().failures == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    failed.await.expect("a flush fails");
+    sink.abort();
+    let _aborted = sink.await;
+    assert_eq!(kept.lock().expect("lock").len(), 10);
+    assert_eq!(stats.report().kept_at_stop, 10);
 }

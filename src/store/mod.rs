@@ -4,10 +4,14 @@
 //! and `trading_pairs`, and queries for charts and the API. Migrations are embedded in the
 //! binary (`migrations/`); the embedded default starts a local cluster when no
 //! `DATABASE_URL` is set. Every connection has a statement timeout and server-side TCP
-//! keepalives; the history API reads through a pool of its own ([`api_pool`]).
+//! keepalives; the history API reads through a pool of its own ([`api_pool`]). A row the
+//! server refuses for its content is left out of its batch, never the batch
+//! ([`refusal`]); candle rows not written by the stop wait in a [`Spool`] under `DATA_DIR`.
 
 pub mod embedded;
+pub mod refusal;
 mod repository;
+pub mod spool;
 pub mod writer;
 
 use std::str::FromStr;
@@ -19,7 +23,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub use embedded::EmbeddedPostgres;
-pub use repository::{MinuteRow, Repository, StoredCandle};
+pub use repository::{MinuteRow, ProductsWritten, Repository, StoredCandle};
+pub use spool::Spool;
 pub use writer::{BatchWriter, WriterSettings, WriterStats};
 
 /// The schema migrations, embedded at compile time (no database needed to build).

@@ -12,6 +12,17 @@ use sqlx::{PgPool, Row};
 
 use crate::model::{Candle, CandleUpdate, Currency, EXCHANGE, Granularity, Product, ProductId};
 
+/// What [`Repository::upsert_products`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProductsWritten {
+    /// Rows inserted or updated.
+    pub changed: u64,
+    /// Listings merged into another of the same product id (the last one is stored).
+    pub merged: usize,
+    /// Ids of the products the server refused for their content (left out), unescaped.
+    pub refused: Vec<String>,
+}
+
 /// A candle as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCandle {
@@ -326,8 +337,75 @@ impl Repository {
             .await
     }
 
-    /// Inserts or updates products (trading pairs), keeping them in step with the feed.
-    pub async fn upsert_products(&self, products: &[Product]) -> Result<u64, sqlx::Error> {
+    /// Inserts or updates products (trading pairs), keeping them in step with the feed. A
+    /// product listed twice is written once, as listed last; a product the server refuses for
+    /// its content (an id too long for the index, a NUL byte) is left out, logged escaped and
+    /// counted (`spot_canvas_store_products_refused_total`), and the rest are written.
+    pub async fn upsert_products(
+        &self,
+        products: &[Product],
+    ) -> Result<ProductsWritten, sqlx::Error> {
+        // The last listing of an id wins, in the order of the ids' first listing.
+        let mut position: HashMap<&str, usize> = HashMap::new();
+        let mut distinct: Vec<&Product> = Vec::with_capacity(products.len());
+        for product in products {
+            match position.get(product.product_id.as_str()) {
+                Some(&at) => distinct[at] = product,
+                None => {
+                    position.insert(product.product_id.as_str(), distinct.len());
+                    distinct.push(product);
+                }
+            }
+        }
+        let mut written = ProductsWritten {
+            merged: products.len() - distinct.len(),
+            ..ProductsWritten::default()
+        };
+        if written.merged > 0 {
+            tracing::warn!(
+                merged = written.merged,
+                "the products list names some products more than once; the last listing of each is stored"
+            );
+        }
+        let changed = std::sync::atomic::AtomicU64::new(0);
+        let refused = super::refusal::write_splitting(distinct.len(), |range| {
+            let (rows, changed) = (&distinct[range], &changed);
+            async move {
+                let n = self.upsert_product_rows(rows).await?;
+                changed.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .await?;
+        written.changed = changed.into_inner();
+        if !refused.is_empty() {
+            metrics::counter!("spot_canvas_store_products_refused_total")
+                .increment(refused.len() as u64);
+            for (index, error) in refused.iter().take(5) {
+                let why = super::refusal::refusal(error);
+                tracing::error!(
+                    product = %super::refusal::escaped(&distinct[*index].product_id, 64),
+                    code = why.code.as_deref().unwrap_or(""),
+                    error = %why.message,
+                    "PostgreSQL refused a product for its content; it is left out, the rest written"
+                );
+            }
+            if refused.len() > 5 {
+                tracing::error!(
+                    refused = refused.len(),
+                    "products refused by PostgreSQL in this update, in all"
+                );
+            }
+        }
+        written.refused = refused
+            .iter()
+            .map(|(index, _)| distinct[*index].product_id.clone())
+            .collect();
+        Ok(written)
+    }
+
+    /// One upsert statement of distinct products; the rows it changed.
+    async fn upsert_product_rows(&self, products: &[&Product]) -> Result<u64, sqlx::Error> {
         if products.is_empty() {
             return Ok(0);
         }

@@ -5,16 +5,35 @@
 //! never touches a row twice, memory is bounded by the number of candles), flushed at
 //! `max_rows` candles or every `flush_interval`; while the database is slow or down it keeps
 //! coalescing and retries with backoff; a flush that hangs (a database that stopped answering)
-//! is abandoned after `flush_timeout` and retried, its rows kept; when its input closes it
-//! writes all it holds.
+//! is abandoned after `flush_timeout` and retried, its rows kept.
+//!
+//! A row PostgreSQL refuses for its content (a NUL byte, an id too long for the primary key's
+//! index) never stops the others: a refused statement is split until the refused rows are
+//! alone ([`refusal`](super::refusal)); they are dropped, counted (`refused`, and
+//! `spot_canvas_store_rows_refused_total`) and logged escaped, at most one line per
+//! [`REFUSAL_LOG_EVERY`]; the rest are written in the same flush.
+//!
+//! When its input closes it writes all it holds. Without a [`Spool`] it retries until it has
+//! (tests that stop the database); with one (the service) it makes one attempt bounded by
+//! `stop_timeout`, never waiting out a backoff, and what it still holds after it goes to the
+//! spool, which the next start writes through the same upserts (in a task beside the writer,
+//! retried until written) and then removes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::Repository;
+use super::refusal::{escaped, refusal, write_splitting};
+use super::spool::Spool;
 use crate::model::CandleUpdate;
-use crate::sink::{SinkSettings, SinkStats};
+use crate::sink::{Refused, SinkSettings, SinkStats};
+
+/// Refused rows are logged at most once in this time (the rest are counted in the next line).
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Longest product id shown in a refusal's log line.
+const MAX_LOGGED_ID_CHARS: usize = 64;
 
 /// Rows per statement at most (UNNEST arrays: one parameter per column whatever the rows).
 const MAX_ROWS_PER_STATEMENT: usize = 5_000;
@@ -34,6 +53,8 @@ pub struct BatchWriter {
     /// Updates from the engine (through the fan-out); closed at shutdown.
     input: mpsc::Receiver<Vec<CandleUpdate>>,
     stats: Arc<WriterStats>,
+    /// Where the rows not written by the stop go, and come back from at the start.
+    spool: Option<Spool>,
 }
 
 impl BatchWriter {
@@ -47,48 +68,236 @@ impl BatchWriter {
             settings,
             input,
             stats: Arc::new(WriterStats::default()),
+            spool: None,
         }
+    }
+
+    /// Keeps the rows not written by the stop in `spool`, and writes what an earlier run kept
+    /// there (see the module docs).
+    pub fn with_spool(mut self, spool: Spool) -> Self {
+        self.spool = Some(spool);
+        self
     }
 
     pub fn stats(&self) -> Arc<WriterStats> {
         self.stats.clone()
     }
 
-    /// Runs until the input closes and everything received is written.
+    /// Runs until the input closes and everything received is written (or, with a spool,
+    /// kept in it).
     pub async fn run(self) -> anyhow::Result<()> {
-        let repository = self.repository;
-        crate::sink::run(
-            "store",
-            self.input,
-            self.settings,
-            self.stats,
-            move |rows| {
-                let repository = repository.clone();
+        let BatchWriter {
+            repository,
+            settings,
+            input,
+            stats,
+            spool,
+        } = self;
+        let refusals = Arc::new(RefusalLog::default());
+        let flush = {
+            let (repository, refusals) = (repository.clone(), refusals.clone());
+            move |rows: crate::sink::Rows| {
+                let (repository, refusals) = (repository.clone(), refusals.clone());
                 async move {
                     let started = std::time::Instant::now();
-                    write_all(&repository, &rows)
+                    let refused = write_all(&repository, &rows, &refusals)
                         .await
                         .map_err(|e| e.to_string())?;
                     metrics::histogram!(crate::ops::prometheus::STORE_WRITE_SECONDS)
                         .record(started.elapsed().as_secs_f64());
-                    Ok(())
+                    Ok(Refused(refused))
                 }
-            },
-        )
-        .await;
+            }
+        };
+        let Some(spool) = spool else {
+            crate::sink::run("store", input, settings, stats, flush).await;
+            return Ok(());
+        };
+        // Ends with the writer (or when it is dropped): the spool keeps what it did not write.
+        let recovery = AbortOnDrop(tokio::spawn(recover(
+            repository,
+            spool.clone(),
+            stats.clone(),
+            refusals,
+            settings,
+        )));
+        let keep: crate::sink::Keep = Box::new(move |rows: Vec<CandleUpdate>| {
+            let saved = spool
+                .save(rows)
+                .map_err(|e| format!("cannot write the spool {}: {e}", spool.path().display()))?;
+            tracing::info!(
+                rows = saved.rows,
+                dropped = saved.dropped,
+                path = %spool.path().display(),
+                "the writer's spool is written"
+            );
+            Ok(saved.rows)
+        });
+        crate::sink::run_keeping("store", input, settings, stats, flush, keep).await;
+        drop(recovery);
         Ok(())
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes the rows an earlier run kept in `spool`, retrying with the sink's backoff until
+/// they are written, then removes the spool (unless this run saved to it meanwhile).
+async fn recover(
+    repository: Repository,
+    spool: Spool,
+    stats: Arc<WriterStats>,
+    refusals: Arc<RefusalLog>,
+    settings: WriterSettings,
+) {
+    let loaded = match tokio::task::spawn_blocking({
+        let spool = spool.clone();
+        move || spool.load()
+    })
+    .await
+    {
+        Ok(Ok(loaded)) => loaded,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, path = %spool.path().display(), "cannot read the writer's spool; it stays for the next start");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading the writer's spool failed");
+            return;
+        }
+    };
+    stats.record_recovery_lost(loaded.lost);
+    if loaded.rows.is_empty() && loaded.lost == 0 {
+        if spool.path().exists() {
+            let _removed = spool.remove_if_unchanged(loaded.generation);
+        }
+        return;
+    }
+    tracing::info!(
+        rows = loaded.rows.len(),
+        lost = loaded.lost,
+        path = %spool.path().display(),
+        "writing the rows the last run kept in the writer's spool"
+    );
+    let mut attempt = 0u32;
+    loop {
+        match write_all(&repository, &loaded.rows, &refusals).await {
+            Ok(refused) => {
+                stats.record_refused(refused);
+                stats.record_recovered(loaded.rows.len() as u64 - refused);
+                break;
+            }
+            Err(e) => {
+                let delay = crate::backoff::equal_jitter(
+                    settings.retry_base,
+                    settings.retry_cap,
+                    attempt,
+                    rand::random::<f64>(),
+                );
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(
+                    error = %crate::config::redact(&e.to_string()),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot write the writer's spool yet; retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+    match spool.remove_if_unchanged(loaded.generation) {
+        Ok(removed) => tracing::info!(
+            rows = loaded.rows.len(),
+            removed,
+            "the rows of the writer's spool are written"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            path = %spool.path().display(),
+            "the rows of the writer's spool are written, but it cannot be removed (writing them again changes nothing)"
+        ),
+    }
+}
+
 /// Writes a flush's rows (distinct keys) in statements of at most 5,000 rows, up to 4 at a
-/// time. On failure the sink retries all of them; rows already written are then no-ops.
-async fn write_all(repository: &Repository, rows: &[CandleUpdate]) -> Result<(), sqlx::Error> {
+/// time; a statement refused for its content is split until the refused rows are found, and
+/// those are left out (logged through `refusals`). Returns how many were refused. On any other
+/// failure the sink retries all of them; rows already written are then no-ops.
+async fn write_all(
+    repository: &Repository,
+    rows: &[CandleUpdate],
+    refusals: &RefusalLog,
+) -> Result<u64, sqlx::Error> {
+    let mut refused = 0;
     for group in rows.chunks(MAX_ROWS_PER_STATEMENT * CONCURRENT_STATEMENTS) {
         let mut statements = Vec::with_capacity(CONCURRENT_STATEMENTS);
         for chunk in group.chunks(MAX_ROWS_PER_STATEMENT) {
-            statements.push(repository.upsert_candles(chunk));
+            statements.push(async move {
+                let found = write_splitting(chunk.len(), |range| async move {
+                    repository.upsert_candles(&chunk[range]).await.map(|_| ())
+                })
+                .await?;
+                Ok::<_, sqlx::Error>(
+                    found
+                        .into_iter()
+                        .map(|(i, e)| (&chunk[i], e))
+                        .collect::<Vec<_>>(),
+                )
+            });
         }
-        futures_util::future::try_join_all(statements).await?;
+        for found in futures_util::future::try_join_all(statements).await? {
+            refused += found.len() as u64;
+            refusals.note(&found);
+        }
     }
-    Ok(())
+    Ok(refused)
+}
+
+/// The rate-limited log of refused rows.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    /// When the last line was logged, and the rows refused since without a line.
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RefusalLog {
+    /// Counts `refused` and logs the first of them, unless a line was logged less than
+    /// [`REFUSAL_LOG_EVERY`] ago (then the next line says how many went unlogged).
+    fn note(&self, refused: &[(&CandleUpdate, sqlx::Error)]) {
+        let Some((first, error)) = refused.first() else {
+            return;
+        };
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if state
+            .0
+            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_EVERY)
+        {
+            state.1 += refused.len() as u64;
+            return;
+        }
+        let unlogged = std::mem::take(&mut state.1);
+        state.0 = Some(now);
+        drop(state);
+        let why = refusal(error);
+        tracing::error!(
+            rows = refused.len(),
+            unlogged_before = unlogged,
+            product = %escaped(&first.candle.product_id, MAX_LOGGED_ID_CHARS),
+            granularity = %first.candle.granularity,
+            start = %first.candle.start,
+            code = why.code.as_deref().unwrap_or(""),
+            error = %why.message,
+            "PostgreSQL refused candle rows for their content; they are dropped, the rest written"
+        );
+    }
 }
