@@ -1,7 +1,7 @@
 //! The feed's state for `/health` and logs: per connection, whether it is connected, its
 //! products, last frame time, frame, trade, reconnect, gap, sequence-reset, malformed-frame
 //! and rejected-trade counts; the products whose subscribe the exchange refused; and the
-//! authentication state.
+//! authentication state; the products list fetches.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -106,6 +106,8 @@ pub struct FeedHealth {
     auth: Mutex<AuthState>,
     /// Products this instance's shard holds, once chosen.
     assigned: Mutex<Option<usize>>,
+    /// The products list fetches (discovery and metadata).
+    pub discovery: super::discovery::DiscoveryHealth,
 }
 
 /// What `/health` shows of the feed.
@@ -120,6 +122,8 @@ pub struct FeedReport {
     pub rejected_trades: u64,
     /// Products the exchange refused to subscribe.
     pub refused_products: Vec<RefusedProduct>,
+    /// The products list fetches: counts and the last error (a list too large among them).
+    pub discovery: super::discovery::DiscoveryReport,
     pub connections: Vec<ConnectionHealth>,
 }
 
@@ -130,6 +134,7 @@ impl FeedHealth {
             refused: Mutex::new(BTreeMap::new()),
             auth: Mutex::new(auth),
             assigned: Mutex::new(None),
+            discovery: super::discovery::DiscoveryHealth::default(),
         }
     }
 
@@ -203,6 +208,7 @@ impl FeedHealth {
             connected: connections.iter().filter(|c| c.connected).count(),
             rejected_trades: connections.iter().map(|c| c.rejected_trades).sum(),
             refused_products,
+            discovery: self.discovery.report(),
             connections,
         }
     }

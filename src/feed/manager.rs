@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::{Command, Connection, Shared};
-use super::discovery::{fetch_products, ingestible_ids};
+use super::discovery::{fetch_reported, ingestible_ids};
 use crate::coinbase::auth::JwtSigner;
 use crate::coinbase::pacer::Pacer;
 use crate::feed::FeedSettings;
@@ -171,7 +171,13 @@ impl Feed {
     async fn initial_products(&self, cancel: &CancellationToken) -> Option<Vec<String>> {
         if let Some(products) = &self.shared.settings.products {
             // Metadata for `trading_pairs` is welcome but not needed to ingest.
-            match fetch_products(&self.http, &self.shared.settings.rest_url).await {
+            match fetch_reported(
+                &self.http,
+                &self.shared.settings.rest_url,
+                &self.shared.health.discovery,
+            )
+            .await
+            {
                 Ok(all) => self.publish_catalog(&all),
                 Err(e) => tracing::info!(error = %e, "no product metadata from REST"),
             }
@@ -179,7 +185,13 @@ impl Feed {
         }
         let mut delay = DISCOVERY_RETRY;
         loop {
-            match fetch_products(&self.http, &self.shared.settings.rest_url).await {
+            match fetch_reported(
+                &self.http,
+                &self.shared.settings.rest_url,
+                &self.shared.health.discovery,
+            )
+            .await
+            {
                 Ok(products) => {
                     self.publish_catalog(&products);
                     return Some(ingestible_ids(&products));
@@ -223,7 +235,13 @@ impl Feed {
     async fn refresh(&mut self, tracker: &TaskTracker, cancel: &CancellationToken) {
         let all = match &self.shared.settings.products {
             Some(products) => products.clone(),
-            None => match fetch_products(&self.http, &self.shared.settings.rest_url).await {
+            None => match fetch_reported(
+                &self.http,
+                &self.shared.settings.rest_url,
+                &self.shared.health.discovery,
+            )
+            .await
+            {
                 Ok(products) => {
                     self.publish_catalog(&products);
                     ingestible_ids(&products)
