@@ -5,7 +5,8 @@
 //! condition holds (a product stops trading, a connection's heartbeats stop, the exchange's
 //! clock drifts, the database or NATS goes away) and cleared when it ends; a web-only instance
 //! serves streams that an ingest-only instance feeds through NATS, and each role is ready on
-//! what it uses.
+//! what it uses; a products list of 2 GiB costs tens of MiB, is reported, and the markets
+//! stream once it is normal again.
 
 mod common;
 
@@ -604,6 +605,97 @@ async fn a_web_instance_serves_streams_an_ingest_instance_feeds_through_nats() {
         assert!(status.success(), "{status}\n{}", service.log());
     }
     nats.stop().await;
+    sim.stop().await;
+}
+
+/// Resident memory of process `pid` from `/proc/<pid>/status`: `VmRSS` now and `VmHWM`, its
+/// peak so far, in bytes.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process runs");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .expect(name)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[tokio::test]
+async fn a_products_list_of_2_gib_costs_tens_of_mib_and_is_reported() {
+    // The list is 2 GiB (streamed, no length announced) from the service's first fetch on.
+    let sim = simulator(3, 4.0).await;
+    sim_post(&sim, "/sim/products-faults", json!({ "kind": "huge" })).await;
+    let db = TestDb::new().await;
+    let data_dir = common::data_dir();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let env = AppEnv::for_sim(&sim, data_dir.path()).database(&db);
+    let service = Service::start(&env, &logs.path().join("serve.log")).await;
+    let port = service.port;
+    let health = service
+        .wait_for_health("two refused products lists", WITHIN, |_, h| {
+            h["feed"]["discovery"]["too_large"].as_u64() >= Some(2)
+        })
+        .await;
+    let error = health["feed"]["discovery"]["last_error"]
+        .as_str()
+        .expect("the error in /health");
+    assert!(error.contains("body larger than 33554432 bytes"), "{error}");
+    let s = scrape(port).await.expect("metrics");
+    assert!(
+        value(
+            &s,
+            "spot_canvas_rest_body_too_large_total{answer=\"products\"}"
+        ) >= 2.0,
+        "counted in /metrics"
+    );
+    let (_, peak_during_fault) = memory_of(service.pid());
+
+    // The list is normal again: the next attempt reads it, and the markets stream.
+    let cleared = reqwest::Client::new()
+        .delete(format!("{}/sim/products-faults", root(&sim)))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(cleared.status(), 204);
+    let health = service
+        .wait_for_health("the markets streaming", WITHIN, |status, h| {
+            status == 200
+                && h["feed"]["products"].as_u64() == Some(3)
+                && h["feed"]["discovery"]["last_error"].is_null()
+                && h["engine"]["trades"].as_u64() > Some(200)
+        })
+        .await;
+    assert_eq!(
+        health["feed"]["discovery"]["last_products"]
+            .as_u64()
+            .map(|n| n > 3),
+        Some(true)
+    );
+    // Normal: a few samples of the settled process, the lowest.
+    let mut normal = u64::MAX;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        normal = normal.min(memory_of(service.pid()).0);
+    }
+    let (_, peak) = memory_of(service.pid());
+    println!(
+        "peak RSS while the products list was 2 GiB: {} MiB (VmHWM); normal RSS after: {} MiB; \
+         peak over the whole run: {} MiB",
+        peak_during_fault >> 20,
+        normal >> 20,
+        peak >> 20
+    );
+    assert!(
+        peak_during_fault <= normal + (64 << 20),
+        "peak {} MiB while the list was 2 GiB, normal {} MiB",
+        peak_during_fault >> 20,
+        normal >> 20
+    );
+    drop(service);
     sim.stop().await;
 }
 
