@@ -225,6 +225,8 @@ impl App {
                 .as_ref()
                 .and_then(|i| i.clock.as_ref())
                 .map(ClockCheck::state),
+            health_answer: idle.health_answer,
+            products_answer: idle.products_answer,
         };
         let Some(listener) = listener else {
             return Err((anyhow::anyhow!("no listener for PORT"), servers));
