@@ -109,7 +109,7 @@ impl App {
             None => {
                 match EmbeddedNats::start(config.nats_server_bin.as_deref(), &config.data_dir).await
                 {
-                    Ok(nats) => (nats.url(), Some(nats)),
+                    Ok(nats) => (nats.client_url(), Some(nats)),
                     Err(e) => {
                         stop_embedded(embedded.as_ref(), None).await;
                         return Err(e);
