@@ -51,7 +51,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn raw_floor(url: &str, count: usize) {
-    let client = async_nats::connect(url).await.expect("connect");
+    let client = spot_canvas::bus::connect_plain(url).await.expect("connect");
     let mut sub = client.subscribe("floor.>").await.expect("subscribe");
     client.flush().await.expect("flush");
     let mut latencies = Vec::with_capacity(count);
@@ -96,13 +96,13 @@ async fn raw_floor(url: &str, count: usize) {
 /// while a client of the live state (fed by its own subscription) measures the time from the
 /// update leaving the engine to reaching it.
 async fn publisher_and_latency(url: &str, keys: usize, rate: f64, duration: Duration) {
-    let publish_client = async_nats::connect(url).await.expect("connect");
+    let publish_client = spot_canvas::bus::connect_plain(url).await.expect("connect");
     let js = async_nats::jetstream::new(publish_client.clone());
     let kv = spot_canvas::bus::ensure_bucket(&js, 1)
         .await
         .expect("bucket");
     let live = LiveState::new();
-    let live_client = async_nats::connect(url).await.expect("connect");
+    let live_client = spot_canvas::bus::connect_plain(url).await.expect("connect");
     let cancel = CancellationToken::new();
     let live_task = tokio::spawn(live.clone().run(live_client, kv.clone(), cancel.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -217,10 +217,10 @@ fn main() {
         let server = EmbeddedNats::start(None, dir.path())
             .await
             .expect("nats-server");
-        raw_floor(&server.url(), floor_count).await;
+        raw_floor(&server.client_url(), floor_count).await;
         // A live load (500 products' 8 series, 4 frames a second each), then all it takes.
-        publisher_and_latency(&server.url(), 4_000, 16_000.0, duration).await;
-        publisher_and_latency(&server.url(), 4_000, 200_000.0, duration).await;
+        publisher_and_latency(&server.client_url(), 4_000, 16_000.0, duration).await;
+        publisher_and_latency(&server.client_url(), 4_000, 200_000.0, duration).await;
         server.stop().await;
     });
 }

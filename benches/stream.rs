@@ -54,7 +54,7 @@ async fn run(products: u32, trades_per_second: f64, duration: Duration) {
         .await
         .expect("nats-server");
     let vars = [
-        ("NATS_URL", nats.url()),
+        ("NATS_URL", nats.client_url()),
         ("PORT", "0".to_owned()),
         ("DATA_DIR", data_dir.path().display().to_string()),
         ("COINBASE_WS_URL", sim.ws_url()),
@@ -85,7 +85,9 @@ async fn run(products: u32, trades_per_second: f64, duration: Duration) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     // Frame → NATS, beside frame → SSE client.
-    let listener = async_nats::connect(nats.url()).await.expect("connect");
+    let listener = spot_canvas::bus::connect_plain(&nats.client_url())
+        .await
+        .expect("connect");
     let mut messages = listener.subscribe("candles.>").await.expect("subscribe");
     let on_nats = tokio::spawn(async move {
         use futures_util::StreamExt;

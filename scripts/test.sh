@@ -3,7 +3,9 @@
 # scenario files (they mostly wait for the clock: a real 5-minute boundary, backfill windows
 # due after their minute, the feed's silence timeout) run beside all the others, so that the
 # suite takes the longer of the two groups rather than their sum. Either group failing fails
-# the run. The slow group's output goes to target/slow-tests.log and is printed when it ends.
+# the run. The slow group's output goes to a temporary file (not under target/, which is not
+# there when CARGO_TARGET_DIR points elsewhere) and is printed when it ends; the file is removed
+# on the way out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,10 +43,11 @@ stop_all() {
     done
   fi
 }
-trap 'trap - EXIT; stop_all; exit 130' INT TERM HUP
-trap 'stop_all' EXIT
 
-slow_log=target/slow-tests.log
+slow_log=$(mktemp "${TMPDIR:-/tmp}/spot-canvas-slow-tests.XXXXXX.log")
+trap 'trap - EXIT; stop_all; rm -f "$slow_log"; exit 130' INT TERM HUP
+trap 'stop_all; rm -f "$slow_log"' EXIT
+
 setsid cargo test --locked --no-fail-fast "${slow[@]}" >"$slow_log" 2>&1 &
 slow_pid=$!
 sessions+=("$slow_pid")

@@ -69,7 +69,7 @@ async fn nats() -> Nats {
     let server = EmbeddedNats::start(None, dir.path())
         .await
         .expect("nats-server starts");
-    let client = spot_canvas::bus::connect(&server.url(), "test", |_| async {})
+    let client = spot_canvas::bus::connect(&server.client_url(), "test", |_| async {})
         .await
         .expect("connects");
     let js = async_nats::jetstream::new(client.clone());
@@ -228,7 +228,7 @@ async fn a_killed_nats_server_is_restarted_and_state_and_kv_become_whole_again()
     let live = LiveState::new();
     let resync = live.resync_trigger();
     // A second client for the live state, as the service has one, hearing reconnects.
-    let live_client = spot_canvas::bus::connect(&n.server.url(), "live", move |event| {
+    let live_client = spot_canvas::bus::connect(&n.server.client_url(), "live", move |event| {
         let resync = resync.clone();
         async move {
             if matches!(event, async_nats::Event::Connected) {
@@ -398,7 +398,7 @@ async fn an_instance_skips_its_own_messages_and_applies_every_other_instances() 
     let mut tasks = Vec::new();
     let mut clients = Vec::new();
     for live in [&own, &other, &web] {
-        let client = spot_canvas::bus::connect(&n.server.url(), "live", |_| async {})
+        let client = spot_canvas::bus::connect(&n.server.client_url(), "live", |_| async {})
             .await
             .expect("connects");
         clients.push(client.clone());

@@ -106,7 +106,7 @@ async fn a_thousand_clients_are_served_while_one_that_never_reads_is_resynced_th
     let data_dir = common::data_dir();
     let logs = tempfile::tempdir().expect("tempdir");
     let env = AppEnv::for_sim(&sim, data_dir.path())
-        .set("NATS_URL", nats.url())
+        .set("NATS_URL", nats.client_url())
         .set("BACKFILL_HORIZON_HOURS", "0")
         .set("HISTORY_BUCKETS", "0")
         .set("STREAM_QUEUE", "256")
@@ -204,7 +204,9 @@ async fn a_thousand_clients_are_served_while_one_that_never_reads_is_resynced_th
 
     // Updates: every round, each product's one-minute candle once (for the thousand), and a
     // burst on the five-minute series that only the slow client (every series) wants.
-    let publisher = async_nats::connect(nats.url()).await.expect("connect");
+    let publisher = spot_canvas::bus::connect_plain(&nats.client_url())
+        .await
+        .expect("connect");
     let mut rss_after_warmup = 0;
     let mut noise = 1_000_000u64;
     for round in 1..=ROUNDS {

@@ -263,7 +263,7 @@ async fn one_process_survives_every_fault_and_stores_exactly_the_exchanges_candl
     let data = common::data_dir();
     let env = AppEnv::for_sim(&sim, data.path())
         .database(&db)
-        .set("NATS_URL", nats.url())
+        .set("NATS_URL", nats.client_url())
         .set("PRODUCTS", products.join(","))
         .set("REST_REQUESTS_PER_SECOND", "50")
         .set("CROSSCHECK_INTERVAL_SECS", "0")

@@ -42,7 +42,7 @@ async fn a_trade_from_the_future_reaches_no_store_kv_or_live_candle() {
     let data = common::data_dir();
     let env = AppEnv::for_sim(&sim, data.path())
         .database(&db)
-        .set("NATS_URL", nats.url());
+        .set("NATS_URL", nats.client_url());
     let app = TestApp::start(&env, |_| {}).await;
 
     // Every injected future trade was rejected, and normal trades still make candles.
@@ -81,7 +81,9 @@ async fn a_trade_from_the_future_reaches_no_store_kv_or_live_candle() {
     }
 
     // The KV.
-    let client = async_nats::connect(nats.url()).await.expect("connects");
+    let client = spot_canvas::bus::connect_plain(&nats.client_url())
+        .await
+        .expect("connects");
     let kv = async_nats::jetstream::new(client)
         .get_key_value("live-candles")
         .await

@@ -586,7 +586,7 @@ async fn dropping_the_last_clone_of_an_embedded_nats_stops_it() {
     let other = nats.clone();
     drop(nats);
     assert!(alive(pid), "another clone keeps it running");
-    let client = async_nats::connect(other.url())
+    let client = spot_canvas::bus::connect_plain(&other.client_url())
         .await
         .expect("it still answers");
     client.flush().await.expect("flush");

@@ -5,7 +5,9 @@
 //! condition holds (a product stops trading, a connection's heartbeats stop, the exchange's
 //! clock drifts, the database or NATS goes away) and cleared when it ends; a web-only instance
 //! serves streams that an ingest-only instance feeds through NATS, and each role is ready on
-//! what it uses.
+//! what it uses; the embedded nats-server refuses clients without the token made at its
+//! start; a products list of 2 GiB costs tens of MiB, is reported, and the markets
+//! stream once it is normal again.
 
 mod common;
 
@@ -434,7 +436,7 @@ async fn database_and_nats_alarms_follow_their_servers() {
     let logs = tempfile::tempdir().expect("tempdir");
     let env = AppEnv::for_sim(&sim, data_dir.path())
         .database(&db)
-        .set("NATS_URL", nats.url());
+        .set("NATS_URL", nats.client_url());
     let service = Service::start(&env, &logs.path().join("serve.log")).await;
     let port = service.port;
     service
@@ -494,7 +496,7 @@ async fn a_web_instance_serves_streams_an_ingest_instance_feeds_through_nats() {
     let mut ingest = Service::start(
         &AppEnv::for_sim(&sim, ingest_dir.path())
             .database(&db)
-            .set("NATS_URL", nats.url())
+            .set("NATS_URL", nats.client_url())
             .set("ROLE", "ingest"),
         &logs.path().join("ingest.log"),
     )
@@ -507,7 +509,7 @@ async fn a_web_instance_serves_streams_an_ingest_instance_feeds_through_nats() {
             .set("METRICS_PORT", metrics_port.to_string())
             .set("DATA_DIR", web_dir.path().display().to_string())
             .database(&db)
-            .set("NATS_URL", nats.url())
+            .set("NATS_URL", nats.client_url())
             .set("COINBASE_WS_URL", "ws://127.0.0.1:1")
             .set("COINBASE_REST_URL", "http://127.0.0.1:1")
             .set("ROLE", "web"),
@@ -604,6 +606,194 @@ async fn a_web_instance_serves_streams_an_ingest_instance_feeds_through_nats() {
         assert!(status.success(), "{status}\n{}", service.log());
     }
     nats.stop().await;
+    sim.stop().await;
+}
+
+/// Resident memory of process `pid` from `/proc/<pid>/status`: `VmRSS` now and `VmHWM`, its
+/// peak so far, in bytes.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process runs");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .expect(name)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[tokio::test]
+async fn a_products_list_of_2_gib_costs_tens_of_mib_and_is_reported() {
+    // The list is 2 GiB (streamed, no length announced) from the service's first fetch on.
+    let sim = simulator(3, 4.0).await;
+    sim_post(&sim, "/sim/products-faults", json!({ "kind": "huge" })).await;
+    let db = TestDb::new().await;
+    let data_dir = common::data_dir();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let env = AppEnv::for_sim(&sim, data_dir.path()).database(&db);
+    let service = Service::start(&env, &logs.path().join("serve.log")).await;
+    let port = service.port;
+    let health = service
+        .wait_for_health("two refused products lists", WITHIN, |_, h| {
+            h["feed"]["discovery"]["too_large"].as_u64() >= Some(2)
+        })
+        .await;
+    let error = health["feed"]["discovery"]["last_error"]
+        .as_str()
+        .expect("the error in /health");
+    assert!(error.contains("body larger than 33554432 bytes"), "{error}");
+    let s = scrape(port).await.expect("metrics");
+    assert!(
+        value(
+            &s,
+            "spot_canvas_rest_body_too_large_total{answer=\"products\"}"
+        ) >= 2.0,
+        "counted in /metrics"
+    );
+    let (_, peak_during_fault) = memory_of(service.pid());
+
+    // The list is normal again: the next attempt reads it, and the markets stream.
+    let cleared = reqwest::Client::new()
+        .delete(format!("{}/sim/products-faults", root(&sim)))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(cleared.status(), 204);
+    let health = service
+        .wait_for_health("the markets streaming", WITHIN, |status, h| {
+            status == 200
+                && h["feed"]["products"].as_u64() == Some(3)
+                && h["feed"]["discovery"]["last_error"].is_null()
+                && h["engine"]["trades"].as_u64() > Some(200)
+        })
+        .await;
+    assert_eq!(
+        health["feed"]["discovery"]["last_products"]
+            .as_u64()
+            .map(|n| n > 3),
+        Some(true)
+    );
+    // Normal: a few samples of the settled process, the lowest.
+    let mut normal = u64::MAX;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        normal = normal.min(memory_of(service.pid()).0);
+    }
+    let (_, peak) = memory_of(service.pid());
+    println!(
+        "peak RSS while the products list was 2 GiB: {} MiB (VmHWM); normal RSS after: {} MiB; \
+         peak over the whole run: {} MiB",
+        peak_during_fault >> 20,
+        normal >> 20,
+        peak >> 20
+    );
+    assert!(
+        peak_during_fault <= normal + (64 << 20),
+        "peak {} MiB while the list was 2 GiB, normal {} MiB",
+        peak_during_fault >> 20,
+        normal >> 20
+    );
+    drop(service);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn the_embedded_nats_refuses_clients_without_the_token_made_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let sim = simulator(2, 4.0).await;
+    let db = TestDb::new().await;
+    let data_dir = common::data_dir();
+    let logs = tempfile::tempdir().expect("tempdir");
+    // No NATS_URL: the service starts its own nats-server.
+    let env = AppEnv::for_sim(&sim, data_dir.path()).database(&db);
+    let log = logs.path().join("serve.log");
+    let service = Service::start(&env, &log).await;
+    service
+        .wait_for_health("ready on the embedded NATS", WITHIN, |status, h| {
+            status == 200 && h["checks"]["nats"]["ok"] == true
+        })
+        .await;
+    let store = data_dir.path().join("nats");
+    let config = store.join("nats-server.conf");
+    let mode = std::fs::metadata(&config)
+        .expect("the config file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let text = std::fs::read_to_string(&config).expect("readable");
+    let token = text
+        .split('"')
+        .nth(1)
+        .filter(|t| t.len() >= 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .expect("a token of 32 random bytes, hex")
+        .to_owned();
+    // The server's address, from its ports file.
+    let ports = std::fs::read_dir(store.join("ports"))
+        .expect("ports dir")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))
+        .expect("a ports file");
+    let ports: Value =
+        serde_json::from_str(&std::fs::read_to_string(ports.path()).expect("read")).expect("json");
+    let url = ports["nats"][0].as_str().expect("a client URL").to_owned();
+
+    // Without the token, or with another: refused.
+    let refused = async_nats::ConnectOptions::new()
+        .connect(url.as_str())
+        .await
+        .expect_err("no token: refused");
+    assert!(
+        refused.to_string().to_lowercase().contains("authorization"),
+        "{refused}"
+    );
+    let wrong = async_nats::ConnectOptions::with_token("0".repeat(64))
+        .connect(url.as_str())
+        .await
+        .expect_err("a wrong token: refused");
+    assert!(
+        wrong.to_string().to_lowercase().contains("authorization"),
+        "{wrong}"
+    );
+    // With it: taken.
+    let client = async_nats::ConnectOptions::with_token(token.clone())
+        .connect(url.as_str())
+        .await
+        .expect("the token is taken");
+    client.flush().await.expect("flush");
+
+    // The token is in no argv, no environment and no log line; the service works.
+    for pid in std::iter::once(service.pid()).chain(service.descendants()) {
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&argv).contains(&token),
+            "the token in the argv of {pid}"
+        );
+        assert!(
+            !common::environment_of(pid)
+                .iter()
+                .any(|e| e.contains(&token)),
+            "the token in the environment of {pid}"
+        );
+    }
+    service
+        .wait_for_health("candles flowing through NATS", WITHIN, |status, h| {
+            let live = &h["bus"]["live"];
+            status == 200
+                && (live["messages"].as_u64() > Some(0) || live["own_skipped"].as_u64() > Some(0))
+        })
+        .await;
+    let nats_log = std::fs::read_to_string(store.join("nats-server.log")).unwrap_or_default();
+    assert!(
+        !service.log().contains(&token),
+        "the token in the service's log"
+    );
+    assert!(!nats_log.contains(&token), "the token in nats-server's log");
+    drop(client);
+    drop(service);
     sim.stop().await;
 }
 

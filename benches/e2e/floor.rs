@@ -69,8 +69,10 @@ pub(crate) async fn start(
     nats_url: &str,
 ) -> Arc<Logs> {
     let logs = Arc::new(Logs::default());
-    let publisher = async_nats::connect(nats_url).await.expect("nats publisher");
-    let subscriber = async_nats::connect(nats_url)
+    let publisher = spot_canvas::bus::connect_plain(nats_url)
+        .await
+        .expect("nats publisher");
+    let subscriber = spot_canvas::bus::connect_plain(nats_url)
         .await
         .expect("nats subscriber");
     let mut messages = subscriber.subscribe(SUBJECT).await.expect("subscribe");

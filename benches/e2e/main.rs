@@ -334,12 +334,12 @@ impl Bench {
         let nats = spot_canvas::bus::EmbeddedNats::start(None, &data_dir)
             .await
             .expect("nats-server");
-        let logs = floor::start(tapped, index.clone(), base, &nats.url()).await;
+        let logs = floor::start(tapped, index.clone(), base, &nats.client_url()).await;
         let per_address_cap = settings.per_address.max(settings.all_clients) + 16;
         let vars = [
             ("PORT", "0".to_owned()),
             ("DATA_DIR", data_dir.display().to_string()),
-            ("NATS_URL", nats.url()),
+            ("NATS_URL", nats.client_url()),
             ("COINBASE_WS_URL", sim.ws_url()),
             ("COINBASE_REST_URL", sim.rest_url()),
             ("PRODUCTS", product_ids.join(",")),

@@ -110,7 +110,7 @@ impl App {
             None => {
                 match EmbeddedNats::start(config.nats_server_bin.as_deref(), &config.data_dir).await
                 {
-                    Ok(nats) => (nats.url(), Some(nats)),
+                    Ok(nats) => (nats.client_url(), Some(nats)),
                     Err(e) => {
                         stop_embedded(embedded.as_ref(), None).await;
                         return Err(e);
@@ -226,6 +226,8 @@ impl App {
                 .as_ref()
                 .and_then(|i| i.clock.as_ref())
                 .map(ClockCheck::state),
+            health_answer: idle.health_answer,
+            products_answer: idle.products_answer,
         };
         let Some(listener) = listener else {
             return Err((anyhow::anyhow!("no listener for PORT"), servers));

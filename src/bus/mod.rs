@@ -126,6 +126,28 @@ where
     Ok(client)
 }
 
+/// A plain client of one server (no reconnect settings, no event handler: tests and
+/// benchmarks), with the credentials `url` carries (`nats://TOKEN@host:port`, as
+/// [`EmbeddedNats::client_url`] gives) handed over as credentials.
+pub async fn connect_plain(url: &str) -> anyhow::Result<async_nats::Client> {
+    let (server, credentials) = split_credentials(url)
+        .map_err(|e| anyhow::anyhow!("invalid NATS URL {}: {e}", crate::config::redact_url(url)))?;
+    let options = match credentials {
+        Credentials::None => async_nats::ConnectOptions::new(),
+        Credentials::Token(token) => async_nats::ConnectOptions::with_token(token),
+        Credentials::UserPassword(user, password) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+    };
+    options.connect(server).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to NATS at {}: {}",
+            crate::config::redact_url(url),
+            crate::config::redact(&e.to_string())
+        )
+    })
+}
+
 /// Credentials found in a NATS URL.
 #[derive(Debug, PartialEq, Eq)]
 enum Credentials {

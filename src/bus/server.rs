@@ -10,14 +10,25 @@
 //! (nothing of the service's: no key, no password) and never outlives its last owner:
 //! [`EmbeddedNats::stop`] is the normal end, dropping the last clone stops it otherwise. A
 //! server of the same store left by an earlier run (killed with -9) is stopped at start.
+//!
+//! The server takes only clients that present a token made at random at each start (32 random
+//! bytes, hex): it is written with the server's other settings to `DATA_DIR/nats/
+//! nats-server.conf` (mode 0600, read by the child through `-c`), never put in the child's
+//! argv or environment, and never logged. [`EmbeddedNats::client_url`] carries it to the
+//! service's own clients (`nats://TOKEN@127.0.0.1:PORT`, split into a token by
+//! [`crate::bus::connect`]); [`EmbeddedNats::url`] has none and may be shown.
 
 use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use crate::children::{self, OwnedChild, Signal, StopPlan};
@@ -39,6 +50,10 @@ struct Inner {
     binary: PathBuf,
     store: PathBuf,
     port: u16,
+    /// The token clients present (hex of 32 random bytes); its `Debug` shows none of it.
+    token: SecretString,
+    /// The configuration file holding it (mode 0600).
+    config: PathBuf,
     /// The child process; replaced when it is restarted. Dropping it stops the server.
     child: Mutex<Option<OwnedChild>>,
     /// Set by [`EmbeddedNats::stop`]: the watchdog does not restart a stopped server.
@@ -65,12 +80,17 @@ impl EmbeddedNats {
             std::fs::remove_dir_all(&ports)?;
         }
         std::fs::create_dir_all(&ports)?;
-        let (child, port) = spawn(&binary, &store, None).await?;
+        let token = new_token();
+        let config = store.join("nats-server.conf");
+        write_config(&config, &token)?;
+        let (child, port) = spawn(&binary, &store, &config, None).await?;
         let nats = EmbeddedNats {
             inner: Arc::new(Inner {
                 binary,
                 store,
                 port,
+                token,
+                config,
                 child: Mutex::new(Some(child)),
                 stopped: AtomicBool::new(false),
             }),
@@ -79,9 +99,24 @@ impl EmbeddedNats {
         Ok(nats)
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// `nats://127.0.0.1:PORT`, without the token: for showing, not for connecting.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.inner.port)
+    }
+
+    /// `nats://TOKEN@127.0.0.1:PORT`: the URL a client connects with (as `NATS_URL`, or through
+    /// [`crate::bus::connect`]). It holds the token: never log it.
+    pub fn client_url(&self) -> String {
+        format!(
+            "nats://{}@127.0.0.1:{}",
+            self.inner.token.expose_secret(),
+            self.inner.port
+        )
+    }
+
+    /// The token clients present (for `async_nats::ConnectOptions::with_token`).
+    pub fn token(&self) -> &SecretString {
+        &self.inner.token
     }
 
     fn slot(&self) -> MutexGuard<'_, Option<OwnedChild>> {
@@ -117,7 +152,7 @@ impl EmbeddedNats {
                 tracing::warn!(%status, "nats-server exited, restarting it");
                 metrics::counter!("spot_canvas_nats_restarts_total").increment(1);
                 let inner = &self.inner;
-                match spawn(&inner.binary, &inner.store, Some(inner.port)).await {
+                match spawn(&inner.binary, &inner.store, &inner.config, Some(inner.port)).await {
                     Ok((child, _port)) => *self.slot() = Some(child),
                     Err(e) => tracing::error!(error = %e, "cannot restart nats-server"),
                 }
@@ -136,11 +171,44 @@ impl EmbeddedNats {
     }
 }
 
-/// Spawns `nats-server` on `port` (`None`: one it chooses) and waits until the ports file
-/// written by this very child says where it listens.
+/// A fresh token: 32 random bytes, hex.
+fn new_token() -> SecretString {
+    let bytes: [u8; 32] = rand::rng().random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    hex.into()
+}
+
+/// Writes the server's configuration (the token) to `path`, readable by this user only: an
+/// earlier file is removed first, so the mode is that of a new file whatever the old one had.
+fn write_config(path: &Path, token: &SecretString) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("cannot replace {}: {e}", path.display()),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    // Hex only: nothing to escape in the quoted string.
+    writeln!(
+        file,
+        "# Written by spot-canvas at each start; the token changes every time.\n\
+         authorization {{\n  token: \"{}\"\n}}",
+        token.expose_secret()
+    )
+    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Spawns `nats-server` with the configuration file `config` on `port` (`None`: one it
+/// chooses) and waits until the ports file written by this very child says where it listens.
 async fn spawn(
     binary: &Path,
     store: &Path,
+    config: &Path,
     port: Option<u16>,
 ) -> anyhow::Result<(OwnedChild, u16)> {
     let log_path = store.join("nats-server.log");
@@ -149,6 +217,8 @@ async fn spawn(
     let mut command = Command::new(binary);
     children::minimal_env(&mut command);
     command
+        .arg("-c")
+        .arg(config)
         .args(["-a", "127.0.0.1", "-p"])
         .arg(port.map_or_else(|| "-1".to_owned(), |p| p.to_string()))
         .arg("-js")

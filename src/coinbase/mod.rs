@@ -1,11 +1,12 @@
 //! Coinbase Advanced Trade's protocol: WebSocket frame and REST parsers (exact decimals), JWT
 //! auth, request pacing within the exchange's limits, and the production URLs.
 //!
-//! In: bytes from Coinbase. Out: typed frames, products and candles. Used by the feed, the
+//! In: bytes from Coinbase (answers' bodies read with a cap, [`body`]). Out: typed frames, products and candles. Used by the feed, the
 //! reconciler and the configuration; the simulator deliberately does not use it, so that its
 //! ground truth stays independent of these parsers.
 
 pub mod auth;
+pub mod body;
 pub mod frame;
 pub mod pacer;
 pub mod rest;

@@ -161,7 +161,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "STREAM_MAX_PER_ADDRESS",
         default: "100",
-        description: "Most concurrent SSE streams from one client address (1–1000000); beyond it a new stream gets 429",
+        description: "Most concurrent SSE streams from one client address, an IPv6 /64 counting as one address (1–1000000); beyond it a new stream gets 429",
     },
     Variable {
         name: "STREAM_MAX_SERIES",

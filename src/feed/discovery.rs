@@ -1,13 +1,16 @@
 //! Product discovery from Coinbase's public REST products list.
 //!
-//! In: `GET {COINBASE_REST_URL}/market/products`. Out: the ids of online, tradable spot
+//! In: `GET {COINBASE_REST_URL}/market/products`, its body read with a cap
+//! ([`PRODUCTS_MAX_BYTES`]; a larger list is an error, not a 2 GiB buffer). Out: the ids of online, tradable spot
 //! products, without `-USDC` aliases of `-USD` products (Coinbase sends aliases the same data).
+//! Each fetch's outcome is kept for `/health` ([`DiscoveryReport`]).
 //! A malformed product costs only itself: it is skipped, counted and logged (once per fetch,
 //! with a few examples), and the others are used.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::coinbase::body::{BodyError, PRODUCTS_MAX_BYTES, read_capped};
 use crate::coinbase::rest::{ProductIssue, parse_error, parse_products};
 use crate::feed::health::FeedHealth;
 use crate::model::{Product, ProductId};
@@ -21,10 +24,13 @@ pub enum DiscoveryError {
     /// The request failed; the error carries no URL.
     #[error("products request failed: {0}")]
     Http(reqwest::Error),
-    #[error("products request answered {status}: {message}")]
+    #[error("products request answered {status}: {}", crate::model::shown(message))]
     Status { status: u16, message: String },
     #[error("products answer is malformed: {0}")]
     Parse(#[from] crate::coinbase::FrameError),
+    /// The answer's body was too large (more than [`PRODUCTS_MAX_BYTES`]) or broke off.
+    #[error("products answer not read: {0}")]
+    Body(#[from] BodyError),
 }
 
 impl From<reqwest::Error> for DiscoveryError {
@@ -33,11 +39,70 @@ impl From<reqwest::Error> for DiscoveryError {
     }
 }
 
+/// What `/health` shows of discovery (`feed.discovery`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DiscoveryReport {
+    /// Products list requests made, and those that failed.
+    pub fetches: u64,
+    pub failures: u64,
+    /// Lists refused for holding more than [`PRODUCTS_MAX_BYTES`].
+    pub too_large: u64,
+    /// Products in the last list read.
+    pub last_products: Option<usize>,
+    pub last_success: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why the last fetch failed, cleared by the next that succeeds.
+    pub last_error: Option<String>,
+}
+
+/// Discovery's outcomes, shared with `/health`.
+#[derive(Debug, Default)]
+pub struct DiscoveryHealth {
+    report: std::sync::Mutex<DiscoveryReport>,
+}
+
+impl DiscoveryHealth {
+    pub fn report(&self) -> DiscoveryReport {
+        self.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record(&self, outcome: &Result<Vec<Product>, DiscoveryError>) {
+        let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        report.fetches += 1;
+        match outcome {
+            Ok(products) => {
+                report.last_products = Some(products.len());
+                report.last_success = Some(chrono::Utc::now());
+                report.last_error = None;
+            }
+            Err(e) => {
+                report.failures += 1;
+                if matches!(e, DiscoveryError::Body(BodyError::TooLarge { .. })) {
+                    report.too_large += 1;
+                }
+                report.last_error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// Fetches the products list and records the outcome in `health`.
+pub async fn fetch_reported(
+    http: &reqwest::Client,
+    rest_url: &str,
+    health: &FeedHealth,
+) -> Result<Vec<Product>, DiscoveryError> {
+    let outcome = fetch_products(http, rest_url, health).await;
+    health.discovery.record(&outcome);
+    outcome
+}
+
 /// Products named in one log line about a fetch's malformed products.
 const ISSUES_LOGGED: usize = 5;
 
-/// Fetches the products list.
-/// The products left out of the list (ids or fields that do not parse, duplicates) are
+/// Fetches the products list. The products left out of the list (ids or fields that do not parse, duplicates) are
 /// noted in `health` and counted in `spot_canvas_feed_skipped_products_total`.
 pub async fn fetch_products(
     http: &reqwest::Client,
@@ -52,7 +117,7 @@ pub async fn fetch_products(
         .send()
         .await?;
     let status = response.status();
-    let body = response.bytes().await?;
+    let body = read_capped(response, PRODUCTS_MAX_BYTES, "products").await?;
     if !status.is_success() {
         let message = parse_error(&body).map_or_else(
             || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),

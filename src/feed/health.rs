@@ -1,7 +1,7 @@
 //! The feed's state for `/health` and logs: per connection, whether it is connected, its
 //! products, last frame time, frame, trade, reconnect, gap, sequence-reset, malformed-frame
 //! and rejected-trade counts; the products whose subscribe the exchange refused; and the
-//! authentication state.
+//! authentication state; the products list fetches.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -112,6 +112,8 @@ pub struct FeedHealth {
     auth: Mutex<AuthState>,
     /// Products this instance's shard holds, once chosen.
     assigned: Mutex<Option<usize>>,
+    /// The products list fetches (discovery and metadata).
+    pub discovery: super::discovery::DiscoveryHealth,
 }
 
 /// What `/health` shows of the feed.
@@ -131,6 +133,8 @@ pub struct FeedReport {
     pub skipped_products: SkippedProducts,
     /// Products the exchange refused to subscribe.
     pub refused_products: Vec<RefusedProduct>,
+    /// The products list fetches: counts and the last error (a list too large among them).
+    pub discovery: super::discovery::DiscoveryReport,
     pub connections: Vec<ConnectionHealth>,
 }
 
@@ -161,6 +165,7 @@ impl FeedHealth {
             skipped: Mutex::default(),
             auth: Mutex::new(auth),
             assigned: Mutex::new(None),
+            discovery: super::discovery::DiscoveryHealth::default(),
         }
     }
 
@@ -246,6 +251,7 @@ impl FeedHealth {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             refused_products,
+            discovery: self.discovery.report(),
             connections,
         }
     }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::{Command, Connection, Shared};
-use super::discovery::{fetch_products, ingestible_ids};
+use super::discovery::{fetch_reported, ingestible_ids};
 use crate::coinbase::auth::JwtSigner;
 use crate::coinbase::pacer::Pacer;
 use crate::feed::FeedSettings;
@@ -168,7 +168,7 @@ impl Feed {
     async fn initial_products(&self, cancel: &CancellationToken) -> Option<Vec<ProductId>> {
         if let Some(products) = &self.shared.settings.products {
             // Metadata for `trading_pairs` is welcome but not needed to ingest.
-            match fetch_products(
+            match fetch_reported(
                 &self.http,
                 &self.shared.settings.rest_url,
                 &self.shared.health,
@@ -182,7 +182,7 @@ impl Feed {
         }
         let mut delay = DISCOVERY_RETRY;
         loop {
-            match fetch_products(
+            match fetch_reported(
                 &self.http,
                 &self.shared.settings.rest_url,
                 &self.shared.health,
@@ -232,7 +232,7 @@ impl Feed {
     async fn refresh(&mut self, tracker: &TaskTracker, cancel: &CancellationToken) {
         let all = match &self.shared.settings.products {
             Some(products) => products.clone(),
-            None => match fetch_products(
+            None => match fetch_reported(
                 &self.http,
                 &self.shared.settings.rest_url,
                 &self.shared.health,

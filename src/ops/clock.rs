@@ -16,14 +16,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::coinbase::body::{TIME_MAX_BYTES, read_capped};
+
 /// Longest wait for the exchange's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A drift larger than this (milliseconds, either way) raises the alarm.
 pub const MAX_DRIFT_MS: i64 = 1_000;
 /// Round trips longer than this are discarded (the offset's uncertainty is half of it).
 pub const MAX_ROUND_TRIP: Duration = Duration::from_secs(1);
-/// The largest `/time` answer read (Coinbase's is under 100 bytes).
-const MAX_BODY: usize = 4 * 1024;
 
 /// One comparison.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -169,7 +169,7 @@ impl ClockCheck {
     async fn read_once(&self) -> Result<ClockReading, String> {
         let sent = Utc::now();
         let started = std::time::Instant::now();
-        let mut response = self
+        let response = self
             .http
             .get(&self.url)
             .send()
@@ -179,17 +179,9 @@ impl ClockCheck {
         if !status.is_success() {
             return Err(format!("time request answered {status}"));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        let body = read_capped(response, TIME_MAX_BYTES, "time")
             .await
-            .map_err(|e| format!("time answer unreadable: {}", e.without_url()))?
-        {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(format!("time answer larger than {MAX_BODY} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+            .map_err(|e| format!("time answer not read: {e}"))?;
         let round_trip = started.elapsed();
         let server_ms = parse_time(&body)?;
         offset(sent, round_trip, server_ms)

@@ -4,7 +4,8 @@
 //! Coinbase has for it (no candle means no trades), oldest first, fetched in pages of at most
 //! [`PAGE_BUCKETS`] buckets at no more than the configured request rate (one [`Pacer`] shared
 //! by every caller). Transient failures (network errors, 429, 5xx) are retried with backoff;
-//! the rest are returned as errors naming the request.
+//! the rest are returned as errors naming the request, the last one kept for `/health`. Each
+//! answer's body is read with a cap ([`CANDLES_MAX_BYTES`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::backoff::equal_jitter;
+use crate::coinbase::body::{BodyError, CANDLES_MAX_BYTES, read_capped};
 use crate::coinbase::pacer::{Pacer, Priority};
 use crate::coinbase::rest::{parse_candles, parse_error};
 use crate::coinbase::url::candles_url;
@@ -57,6 +59,12 @@ pub enum RestError {
         product: ProductId,
         source: crate::coinbase::url::BadBaseUrl,
     },
+    /// The body was larger than [`CANDLES_MAX_BYTES`], or broke off.
+    #[error("candles answer for {product} not read: {source}")]
+    Body {
+        product: ProductId,
+        source: BodyError,
+    },
 }
 
 impl RestError {
@@ -66,6 +74,8 @@ impl RestError {
             RestError::Http { .. } => true,
             RestError::Status { status, .. } => *status == 429 || *status >= 500,
             RestError::Parse { .. } | RestError::Url { .. } => false,
+            // A transfer that broke off may go through next time; a body too large will not.
+            RestError::Body { source, .. } => matches!(source, BodyError::Read(_)),
         }
     }
 }
@@ -91,6 +101,18 @@ pub struct RestStats {
     pub retries: AtomicU64,
     pub failures: AtomicU64,
     pub candles: AtomicU64,
+    /// The last request that failed for good, and why (`None`: none yet).
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl RestStats {
+    /// The last request that failed for good.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// The REST candles client.
@@ -184,6 +206,11 @@ impl CandleClient {
                 }
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    *self
+                        .stats
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                     return Err(e);
                 }
             }
@@ -221,7 +248,12 @@ impl CandleClient {
             .await
             .map_err(http)?;
         let status = response.status();
-        let body = response.bytes().await.map_err(http)?;
+        let body = read_capped(response, CANDLES_MAX_BYTES, "candles")
+            .await
+            .map_err(|source| RestError::Body {
+                product: product_id.clone(),
+                source,
+            })?;
         if !status.is_success() {
             let message = parse_error(&body).map_or_else(
                 || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),

@@ -45,6 +45,8 @@ pub struct ReconcileReport {
     pub rest_requests: u64,
     pub rest_retries: u64,
     pub rest_failures: u64,
+    /// Why the last failed REST request failed (e.g. a body larger than the cap).
+    pub rest_last_error: Option<String>,
     pub crosscheck_rest_1m: CheckReport,
     pub crosscheck_rest_1m_missing: u64,
 }
@@ -64,6 +66,7 @@ impl ReconcileStats {
             rest_requests: load(&self.rest.requests),
             rest_retries: load(&self.rest.retries),
             rest_failures: load(&self.rest.failures),
+            rest_last_error: self.rest.last_error(),
             crosscheck_rest_1m: self.rest_1m.report(),
             crosscheck_rest_1m_missing: load(&self.rest_1m_missing),
         }

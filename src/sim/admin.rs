@@ -1,5 +1,6 @@
 //! The simulator's control API for tests and demos, under `/sim`: statistics (including how
-//! often a client hit a limit), open connections, fault injection (and the trades faults
+//! often a client hit a limit), open connections, fault injection (of the WebSocket, and of the
+//! products list under `/sim/products-faults`; and the trades faults
 //! added to frames), options (multi-product frames, the trade rate), adding and delisting products, and late
 //! trades.
 
@@ -15,6 +16,7 @@ use serde_json::json;
 use super::SimState;
 use super::faults::FaultRequest;
 use super::market::Listing;
+use super::products_faults::ProductsFault;
 
 /// `GET /sim/stats`
 pub(super) async fn stats(State(sim): State<Arc<SimState>>) -> Response {
@@ -35,6 +37,27 @@ pub(super) async fn arm_fault(
 ) -> Response {
     let id = sim.faults.arm(request);
     (StatusCode::CREATED, Json(json!({ "id": id }))).into_response()
+}
+
+/// `POST /sim/products-faults` with a [`ProductsFault`]: armed until cleared. Answers how many
+/// are armed.
+pub(super) async fn arm_products_fault(
+    State(sim): State<Arc<SimState>>,
+    Json(fault): Json<ProductsFault>,
+) -> Response {
+    let armed = sim.products_faults.arm(fault);
+    (StatusCode::CREATED, Json(json!({ "armed": armed }))).into_response()
+}
+
+/// `GET /sim/products-faults`: the products list faults armed now.
+pub(super) async fn products_faults(State(sim): State<Arc<SimState>>) -> Response {
+    Json(sim.products_faults.all()).into_response()
+}
+
+/// `DELETE /sim/products-faults`: the products list is normal again.
+pub(super) async fn clear_products_faults(State(sim): State<Arc<SimState>>) -> Response {
+    sim.products_faults.clear();
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// `GET /sim/injected-trades`: every trade a fault added to a frame (not in the trade log).

@@ -11,7 +11,8 @@
 //! `{"kind":"future_trade"}`, `{"kind":"refuse_subscribe","product_id":"ETH-USD"}` or
 //! `{"kind":"rewind_sequence","count":5}`.
 //!
-//! Trades a fault adds to a frame (malformed, absurd or future) are **not** exchange trades:
+//! Trades a fault adds to a frame (malformed, absurd, future, or of a product never listed) are
+//! **not** exchange trades:
 //! they are left out of the trade log, the snapshots and the REST candles, and recorded in the
 //! [`InjectedLog`] instead (`GET /sim/injected-trades`), so a test aggregates the trade log
 //! and gets exactly the normal trades. Each takes a trade id of its product's own sequence,
@@ -68,6 +69,13 @@ pub enum FaultKind {
         #[serde(default)]
         time: Option<String>,
     },
+    /// Put one trade of a product that was never listed nor subscribed (by default
+    /// [`UNLISTED_PRODUCT`]; any string, odd ids too) among the trades of the next
+    /// `market_trades` update frame.
+    UnlistedTrade {
+        #[serde(default)]
+        product_id: Option<String>,
+    },
     /// From now on, refuse every subscribe of this connection that names `product_id` with an
     /// error frame, as Coinbase does for an unknown or delisted product (the whole subscribe
     /// message is refused).
@@ -108,6 +116,8 @@ impl TradeDefect {
 
 /// The default size of [`FaultKind::AbsurdSize`]: `Decimal::MAX`.
 pub const ABSURD_SIZE: &str = "79228162514264337593543950335";
+/// The default product of [`FaultKind::UnlistedTrade`]: never listed.
+pub const UNLISTED_PRODUCT: &str = "GHOST-USD";
 /// The default time of [`FaultKind::FutureTrade`].
 pub const FUTURE_TIME: &str = "2100-01-01T00:00:00Z";
 
@@ -116,7 +126,7 @@ pub const FUTURE_TIME: &str = "2100-01-01T00:00:00Z";
 pub struct InjectedTrade {
     /// The connection that sent it.
     pub connection: u64,
-    /// `bad_trade:<defect>`, `absurd_size` or `future_trade`.
+    /// `bad_trade:<defect>`, `absurd_size`, `future_trade` or `unlisted_trade`.
     pub fault: String,
     pub product_id: String,
     pub trade_id: String,

@@ -4,7 +4,7 @@
 //! In: its [`SimConfig`]. Out: one HTTP port that serves the market-data WebSocket at `/`
 //! (as `wss://advanced-trade-ws.coinbase.com`), the public REST API under
 //! `/api/v3/brokerage` (as `https://api.coinbase.com/api/v3/brokerage`), and a control API
-//! under `/sim`. Point `COINBASE_WS_URL` at `ws://ADDR` and `COINBASE_REST_URL` at
+//! under `/sim` (faults of the WebSocket and of the products list among them). Point `COINBASE_WS_URL` at `ws://ADDR` and `COINBASE_REST_URL` at
 //! `http://ADDR/api/v3/brokerage`.
 
 mod admin;
@@ -13,6 +13,7 @@ pub mod format;
 pub mod jwt;
 pub mod limits;
 pub mod market;
+pub mod products_faults;
 mod rest;
 pub mod tap;
 mod ws;
@@ -35,6 +36,7 @@ use self::faults::{FaultBoard, FaultRequest, InjectedLog};
 use self::jwt::JwtVerifier;
 use self::limits::RateLimits;
 use self::market::{Exchange, MarketSpec};
+use self::products_faults::{ProductsFault, ProductsFaults};
 use self::tap::SendTap;
 
 pub use self::rest::{MAX_CANDLES_PER_ANSWER, MAX_WINDOW_BUCKETS};
@@ -67,6 +69,10 @@ pub struct SimConfig {
     /// Arm a fault at start (JSON, as POST /sim/faults takes); repeatable.
     #[arg(long = "fault", value_parser = parse_fault)]
     pub faults: Vec<FaultRequest>,
+    /// Arm a products list fault at start (JSON, as POST /sim/products-faults takes, e.g.
+    /// `{"kind":"odd_ids"}` or `{"kind":"huge"}`); repeatable.
+    #[arg(long = "products-fault", value_parser = parse_products_fault)]
+    pub products_faults: Vec<ProductsFault>,
     /// Answer subscribes that carry a JWT with `authentication failure`.
     #[arg(long)]
     pub reject_jwt: bool,
@@ -98,6 +104,7 @@ impl Default for SimConfig {
             history_minutes: 120,
             trade_log: None,
             faults: Vec::new(),
+            products_faults: Vec::new(),
             reject_jwt: false,
             jwt_public_key: None,
             jwt_key_name: None,
@@ -121,6 +128,10 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 
 fn parse_fault(s: &str) -> Result<FaultRequest, String> {
     serde_json::from_str(s).map_err(|e| format!("not a fault: {e}"))
+}
+
+fn parse_products_fault(s: &str) -> Result<ProductsFault, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a products list fault: {e}"))
 }
 
 /// A counter in the simulator's statistics.
@@ -189,6 +200,8 @@ pub struct SimState {
     pub exchange: Arc<Exchange>,
     pub limits: RateLimits,
     pub faults: FaultBoard,
+    /// Faults of the REST products list.
+    pub products_faults: ProductsFaults,
     pub stats: SimStats,
     /// Trades faults added to frames (not in the trade log).
     pub injected: InjectedLog,
@@ -314,6 +327,7 @@ impl Simulator {
             exchange: exchange.clone(),
             limits: RateLimits::default(),
             faults: FaultBoard::default(),
+            products_faults: ProductsFaults::default(),
             stats: SimStats::default(),
             injected: InjectedLog::default(),
             jwt,
@@ -327,6 +341,9 @@ impl Simulator {
         });
         for fault in config.faults {
             state.faults.arm(fault);
+        }
+        for fault in config.products_faults {
+            state.products_faults.arm(fault);
         }
         let listener = TcpListener::bind(config.listen)
             .await
@@ -391,6 +408,12 @@ fn router(state: Arc<SimState>) -> Router {
         .route("/sim/stats", get(admin::stats))
         .route("/sim/connections", get(admin::connections))
         .route("/sim/faults", post(admin::arm_fault))
+        .route(
+            "/sim/products-faults",
+            get(admin::products_faults)
+                .post(admin::arm_products_fault)
+                .delete(admin::clear_products_faults),
+        )
         .route("/sim/injected-trades", get(admin::injected_trades))
         .route("/sim/options", post(admin::set_options))
         .route("/sim/products", post(admin::add_product))

@@ -1,18 +1,23 @@
 //! The simulator's public REST endpoints, as Coinbase's: the products list (with online,
 //! delisted, trading-disabled, future and `-USDC` alias entries), one product, product
-//! candles in every REST granularity from the simulator's own trades, and server time.
+//! candles in every REST granularity from the simulator's own trades, and server time. The
+//! products list carries the armed [`products_faults`] (odd ids, a duplicate, control
+//! characters, or a huge or endless body instead).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::SimState;
 use super::market::{Listing, MarketSpec};
+use super::products_faults::{self, ProductsFault};
 
 /// Most buckets one candles answer holds (newest first).
 pub const MAX_CANDLES_PER_ANSWER: usize = 300;
@@ -129,12 +134,62 @@ fn all_products(sim: &SimState) -> Vec<Value> {
     out
 }
 
-/// `GET /api/v3/brokerage/market/products`
+/// An extra online spot product a products list fault adds: listed, never traded.
+fn extra_product(id: &str) -> Value {
+    let mut entry = product_json(
+        &MarketSpec::for_product(id),
+        &Listing {
+            status: "online".into(),
+            trading_disabled: false,
+        },
+        "1",
+        "",
+    );
+    entry["alias_to"] = json!([]);
+    entry
+}
+
+/// `GET /api/v3/brokerage/market/products` (as the armed products list faults bend it).
 pub(super) async fn products(
     State(sim): State<Arc<SimState>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    match sim.products_faults.replacement() {
+        Some(ProductsFault::Huge {
+            bytes,
+            content_length,
+        }) => {
+            let entry = extra_product("HUGE-USD");
+            let (body, length) = products_faults::huge_body(
+                bytes.unwrap_or(products_faults::HUGE_BYTES),
+                &entry,
+                sim.cancel.clone(),
+            );
+            let mut response = Response::new(body);
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if content_length {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+            }
+            return response;
+        }
+        Some(ProductsFault::Endless { interval_ms }) => {
+            let interval = Duration::from_millis(
+                interval_ms
+                    .unwrap_or(products_faults::ENDLESS_INTERVAL_MS)
+                    .max(1),
+            );
+            let body = products_faults::endless_body(
+                interval,
+                &extra_product("ENDLESS-USD"),
+                sim.cancel.clone(),
+            );
+            return ([(CONTENT_TYPE, "application/json")], body).into_response();
+        }
+        _ => {}
+    }
     let mut products = all_products(&sim);
+    sim.products_faults.apply(&mut products, &extra_product);
     if let Some(kind) = query.get("product_type") {
         products.retain(|p| p["product_type"] == kind.as_str());
     }

@@ -19,8 +19,8 @@ pub struct ProductsWritten {
     pub changed: u64,
     /// Listings merged into another of the same product id (the last one is stored).
     pub merged: usize,
-    /// Ids of the products the server refused for their content (left out), unescaped.
-    pub refused: Vec<String>,
+    /// Ids of the products the server refused for their content (left out).
+    pub refused: Vec<ProductId>,
 }
 
 /// A candle as stored.

@@ -303,7 +303,7 @@ mod tests {
         let start = DateTime::from_timestamp(1_790_000_040 + 60 * minute, 0).expect("time");
         CandleUpdate {
             candle: Candle {
-                product_id: product.into(),
+                product_id: product.parse().expect("an id"),
                 granularity: Granularity::OneMinute,
                 start,
                 open: Decimal::ONE,

@@ -1,6 +1,7 @@
 //! The known products: those in `trading_pairs`, cached in memory.
 //!
-//! In: product ids to check. Out: whether each is known. The set is read again when it is
+//! In: product ids to check. Out: whether each is known, and the products' rows for
+//! `/api/v1/products` ([`ProductDirectory::products`]), from the same cached read. The set is read again when it is
 //! older than [`MAX_AGE`], and on a miss at most once per [`MISS_RETRY`], so a product inserted
 //! into `trading_pairs` is known about a second later while a flood of requests for unknown
 //! products costs the database one read per second. Every read has a [`READ_TIMEOUT`]. When the
@@ -15,7 +16,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::model::ProductId;
+use crate::model::{Product, ProductId};
 use crate::store::Repository;
 
 /// A set older than this is read again before it answers.
@@ -33,6 +34,8 @@ pub struct DirectoryError(String);
 #[derive(Debug, Default)]
 struct Cache {
     known: Option<Arc<HashSet<ProductId>>>,
+    /// The rows `known` was made from, sorted by id.
+    rows: Option<Arc<Vec<Product>>>,
     /// When `known` was read.
     loaded_at: Option<Instant>,
     /// The last read, successful or not.
@@ -49,8 +52,8 @@ impl Cache {
     }
 }
 
-/// Reads the ids of every product; the error says what went wrong, without secrets.
-type Reader = Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<ProductId>, String>> + Send + Sync>;
+/// Reads every product's row; the error says what went wrong, without secrets.
+type Reader = Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<Product>, String>> + Send + Sync>;
 
 /// The products in `trading_pairs`; cheap to clone (one shared cache).
 #[derive(Clone)]
@@ -71,7 +74,7 @@ impl ProductDirectory {
             let repository = repository.clone();
             Box::pin(async move {
                 repository
-                    .product_ids()
+                    .products()
                     .await
                     .map_err(|e| crate::config::redact(&e.to_string()))
             })
@@ -82,9 +85,25 @@ impl ProductDirectory {
     #[cfg(test)]
     pub(crate) fn fixed(ids: Vec<ProductId>) -> Self {
         Self::with_reader(Arc::new(move || {
-            let ids = ids.clone();
-            Box::pin(async move { Ok(ids) })
+            let products = ids.iter().map(|id| bare_product(id)).collect::<Vec<_>>();
+            Box::pin(async move { Ok(products) })
         }))
+    }
+
+    /// Every product's row, sorted by id: the list at hand while it is fresh (and not empty),
+    /// else read again (at most once per [`MISS_RETRY`]; concurrent callers wait for one read).
+    pub async fn products(&self) -> Result<Arc<Vec<Product>>, DirectoryError> {
+        let mut cache = self.cache.lock().await;
+        let now = Instant::now();
+        // An empty table (a service that has not listed its products yet) is read again as a
+        // miss is: at most once a second.
+        let empty = cache.rows.as_ref().is_some_and(|rows| rows.is_empty());
+        if (!cache.fresh(now) || empty) && cache.may_retry(now) {
+            self.read(&mut cache, now).await;
+        }
+        cache.rows.clone().ok_or_else(|| {
+            DirectoryError("the database did not answer and no earlier list is at hand".into())
+        })
     }
 
     fn with_reader(read: Reader) -> Self {
@@ -140,8 +159,12 @@ impl ProductDirectory {
         let result = tokio::time::timeout(READ_TIMEOUT, (self.read)()).await;
         cache.attempted_at = Some(Instant::now());
         match result {
-            Ok(Ok(ids)) => {
-                cache.known = Some(Arc::new(ids.into_iter().collect()));
+            Ok(Ok(mut rows)) => {
+                rows.sort_by(|a, b| a.product_id.cmp(&b.product_id));
+                cache.known = Some(Arc::new(
+                    rows.iter().map(|p| p.product_id.clone()).collect(),
+                ));
+                cache.rows = Some(Arc::new(rows));
                 cache.loaded_at = Some(now);
             }
             Ok(Err(error)) => {
@@ -151,6 +174,26 @@ impl ProductDirectory {
                 tracing::warn!(timeout = ?READ_TIMEOUT, "the product list read timed out");
             }
         }
+    }
+}
+
+/// A product with only its id (tests).
+#[cfg(test)]
+pub(crate) fn bare_product(id: &str) -> Product {
+    let id = ProductId::parse(id).expect("a product id");
+    Product {
+        base: id.base().parse().expect("a code"),
+        quote: id.quote().parse().expect("a code"),
+        product_id: id,
+        status: "online".to_owned(),
+        product_type: "SPOT".to_owned(),
+        trading_disabled: false,
+        base_min_size: None,
+        base_max_size: None,
+        base_increment: None,
+        price_increment: None,
+        alias: None,
+        alias_to: Vec::new(),
     }
 }
 
@@ -182,10 +225,7 @@ mod tests {
             let answer = db2.lock().expect("lock").clone();
             Box::pin(async move {
                 match answer {
-                    Db::Lists(ids) => Ok(ids
-                        .into_iter()
-                        .map(|id| ProductId::parse(id).expect("an id"))
-                        .collect()),
+                    Db::Lists(ids) => Ok(ids.into_iter().map(bare_product).collect()),
                     Db::Fails => Err("connection refused".to_owned()),
                     Db::Hangs => std::future::pending().await,
                 }
@@ -346,6 +386,31 @@ mod tests {
             Vec::<&str>::new()
         );
         assert_eq!(reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_come_from_the_same_cache_as_the_ids() {
+        let (directory, db, reads) = directory();
+        *db.lock().expect("lock") = Db::Lists(vec!["ETH-USD", "BTC-USD"]);
+        for _ in 0..100 {
+            let rows = directory.products().await.expect("rows");
+            let ids: Vec<&str> = rows.iter().map(|p| p.product_id.as_str()).collect();
+            assert_eq!(ids, ["BTC-USD", "ETH-USD"], "sorted by id");
+            assert!(
+                directory
+                    .contains(&ProductId::from_static("ETH-USD"))
+                    .await
+                    .expect("known")
+            );
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one read for rows and ids");
+        // Stale and the database gone: the old rows stay in use, read again once a second.
+        *db.lock().expect("lock") = Db::Fails;
+        tokio::time::advance(MAX_AGE).await;
+        for _ in 0..10 {
+            assert_eq!(directory.products().await.expect("the old rows").len(), 2);
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

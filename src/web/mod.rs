@@ -76,6 +76,10 @@ pub struct AppState {
     pub alarms: Arc<crate::ops::alarms::Alarms>,
     /// The clock comparison with the exchange (`None`: not made here).
     pub clock: Option<Arc<crate::ops::clock::ClockState>>,
+    /// `/health`'s answer, computed at most once a second and shared.
+    pub health_answer: health::SharedAnswer,
+    /// `/api/v1/products`'s answer, likewise.
+    pub products_answer: health::SharedAnswer,
 }
 
 impl AppState {
@@ -107,6 +111,8 @@ impl AppState {
             separate_metrics: false,
             alarms: Arc::default(),
             clock: None,
+            health_answer: health::SharedAnswer::default(),
+            products_answer: health::SharedAnswer::default(),
         }
     }
 }

@@ -1,9 +1,12 @@
 //! `GET /api/v1/products`: every product in `trading_pairs`, with its shard, whether this
 //! instance ingests it and whether live data flows.
 //!
-//! In: the products table (through the API pool, within [`QUERY_TIMEOUT`]), the feed's
-//! connections and the live state. Out: JSON sorted by id; 503 when the database cannot answer.
-//! Query parameters are ignored.
+//! In: the products table as the product directory caches it (read through the API pool at
+//! most every 30 s, or once a second while reads fail: not one query per request), the feed's
+//! connections and the live state's activity. Out: JSON sorted by id; 503 when the database
+//! cannot answer and no earlier list is at hand. The whole answer is computed at most once a
+//! second and shared, so the live state (whose lock the ingest path takes) is walked at most
+//! once a second whatever the request rate. Query parameters are ignored.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,7 +20,6 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
-use super::json;
 use crate::feed::shard::instance_for;
 
 /// Longest wait for the database: then 503.
@@ -46,12 +48,18 @@ pub struct ApiProduct {
     pub last_update: Option<DateTime<Utc>>,
 }
 
-/// `GET /api/v1/products`.
+/// `GET /api/v1/products`, at most a second old.
 pub async fn products(State(state): State<AppState>) -> Response {
-    let rows = match tokio::time::timeout(QUERY_TIMEOUT, state.repository.products()).await {
+    let shared = state.products_answer.clone();
+    shared.get(|| compute(state)).await
+}
+
+/// The answer now.
+async fn compute(state: AppState) -> (StatusCode, serde_json::Value) {
+    let rows = match tokio::time::timeout(QUERY_TIMEOUT, state.products.products()).await {
         Ok(Ok(rows)) => rows,
         Ok(Err(e)) => {
-            tracing::warn!(error = %crate::config::redact(&e.to_string()), "products query failed");
+            tracing::warn!(error = %e, "products list not available");
             return unavailable();
         }
         Err(_elapsed) => {
@@ -69,8 +77,8 @@ pub async fn products(State(state): State<AppState>) -> Response {
     let activity: HashMap<crate::model::ProductId, DateTime<Utc>> = state.live.product_activity();
     let live_since = Utc::now()
         - chrono::TimeDelta::from_std(LIVE_WITHIN).unwrap_or(chrono::TimeDelta::minutes(5));
-    let mut products: Vec<ApiProduct> = rows
-        .into_iter()
+    let products: Vec<ApiProduct> = rows
+        .iter()
         .map(|p| {
             let last_update = activity.get(&p.product_id).copied();
             ApiProduct {
@@ -81,14 +89,13 @@ pub async fn products(State(state): State<AppState>) -> Response {
                 id: p.product_id.to_string(),
                 base: p.base.to_string(),
                 quote: p.quote.to_string(),
-                status: p.status,
+                status: p.status.clone(),
                 trading_disabled: p.trading_disabled,
                 price_increment: p.price_increment,
             }
         })
         .collect();
-    products.sort_by(|a, b| a.id.cmp(&b.id));
-    json::answer(
+    (
         StatusCode::OK,
         json!({
             "shard_index": state.shard_index,
@@ -98,9 +105,9 @@ pub async fn products(State(state): State<AppState>) -> Response {
     )
 }
 
-fn unavailable() -> Response {
-    json::error(
+fn unavailable() -> (StatusCode, serde_json::Value) {
+    (
         StatusCode::SERVICE_UNAVAILABLE,
-        "the product list is not available, try again",
+        json!({ "error": "the product list is not available, try again" }),
     )
 }

@@ -1,6 +1,7 @@
 //! How a connection applies the faults armed for it: closing, dropping, stalling, bending the
 //! sequence, sending a malformed (unsequenced or sequenced) or oversized frame, repeating an update, refusing a
-//! product's subscribes, and adding malformed, absurd or future trades to an update frame.
+//! product's subscribes, and adding malformed, absurd, future or unlisted products' trades to an
+//! update frame.
 //!
 //! In: the fault board and the frames about to be sent. Out: changed frames and connection
 //! state; every added trade is recorded in the simulator's [`InjectedLog`].
@@ -13,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{Connection, End};
 use crate::sim::faults::{
-    ABSURD_SIZE, FUTURE_TIME, FaultKind, FaultRequest, InjectedTrade, TradeDefect,
+    ABSURD_SIZE, FUTURE_TIME, FaultKind, FaultRequest, InjectedTrade, TradeDefect, UNLISTED_PRODUCT,
 };
 use crate::sim::format::WireTrade;
 
@@ -29,6 +30,8 @@ pub(super) enum Injection {
     Bad(TradeDefect),
     Absurd(String),
     Future(String),
+    /// A trade of this product, never listed nor subscribed.
+    Unlisted(String),
 }
 
 impl Connection {
@@ -88,6 +91,9 @@ impl Connection {
                 )),
                 FaultKind::FutureTrade { time } => self.inject.push(Injection::Future(
                     time.unwrap_or_else(|| FUTURE_TIME.into()),
+                )),
+                FaultKind::UnlistedTrade { product_id } => self.inject.push(Injection::Unlisted(
+                    product_id.unwrap_or_else(|| UNLISTED_PRODUCT.into()),
                 )),
                 FaultKind::RefuseSubscribe { product_id } => {
                     self.refused.insert(product_id);
@@ -155,6 +161,10 @@ impl Connection {
                 Injection::Future(time) => {
                     t.time = time.clone();
                     "future_trade".to_owned()
+                }
+                Injection::Unlisted(product) => {
+                    t.product_id = product.clone();
+                    "unlisted_trade".to_owned()
                 }
             };
             self.sim.injected.record(InjectedTrade {

@@ -1,5 +1,6 @@
 //! A connection's client messages: subscribe and unsubscribe per channel, with the checks
-//! Coinbase applies (known channel, tradable products, a valid token when the simulator has a
+//! Coinbase applies (known channel, tradable products or those a products list fault lists,
+//! a valid token when the simulator has a
 //! public key) and the refusals a `refuse_subscribe` fault arms.
 //!
 //! In: one client text message. Out: a `subscriptions` ack and snapshots, or an error frame.
@@ -76,11 +77,9 @@ impl Connection {
                     self.send_error(&text).await?;
                     return Ok(false);
                 }
-                if let Some(unknown) = message
-                    .product_ids
-                    .iter()
-                    .find(|p| !self.sim.exchange.is_tradable(p))
-                {
+                if let Some(unknown) = message.product_ids.iter().find(|p| {
+                    !self.sim.exchange.is_tradable(p) && !self.sim.products_faults.lists(p)
+                }) {
                     self.sim.stats.unknown_product_errors.inc();
                     let text = format!("Failed to subscribe: unknown product_id {unknown}");
                     self.send_error(&text).await?;
