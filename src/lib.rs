@@ -14,6 +14,7 @@
 //! - [`sim`]: the exchange simulator (`spot-canvas sim`).
 //! - [`shutdown`]: the stop signal.
 //! - [`supervise`]: stage supervision (restart or ordered stop on an early end).
+//! - [`sse`]: the one renderer of server-sent events (no control character from outside).
 //! - [`web`]: HTTP: router, `/health`, the history API.
 //! - [`telemetry`]: logging setup.
 //! - [`cli`]: the command line.
@@ -33,6 +34,7 @@ pub mod reconcile;
 pub mod shutdown;
 pub mod sim;
 pub mod sink;
+pub mod sse;
 pub mod store;
 pub mod supervise;
 pub mod telemetry;

@@ -92,7 +92,7 @@ pub fn candle_event(update: &CandleUpdate, id: u64, element: ElementId) -> Bytes
     let event = PatchElements::new(candle_element(update, element))
         .id(id.to_string())
         .into_datastar_event();
-    Bytes::from(event.to_string())
+    crate::sse::render(event)
 }
 
 /// Escapes text for a double-quoted HTML attribute (product ids come from NATS, where any

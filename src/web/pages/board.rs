@@ -163,7 +163,7 @@ impl Board {
             self.pending.push_back(dev::reload_event());
         }
         let signals = PatchSignals::new(r#"{"_link":"live"}"#).into_datastar_event();
-        self.pending.push_back(Bytes::from(signals.to_string()));
+        self.pending.push_back(crate::sse::render(signals));
         for entry in &initial {
             self.note(entry);
         }
@@ -180,13 +180,13 @@ impl Board {
             .selector("#board-rows")
             .mode(ElementPatchMode::Inner)
             .into_datastar_event();
-        self.pending.push_back(Bytes::from(rows.to_string()));
+        self.pending.push_back(crate::sse::render(rows));
         let count = PatchElements::new(format!(
             "<span id=\"product-count\">{}</span>",
             self.products.len()
         ))
         .into_datastar_event();
-        self.pending.push_back(Bytes::from(count.to_string()));
+        self.pending.push_back(crate::sse::render(count));
         self.push_health();
     }
 
@@ -252,7 +252,7 @@ impl Board {
         }
         if !html.is_empty() {
             let event = PatchElements::new(html).into_datastar_event();
-            self.pending.push_back(Bytes::from(event.to_string()));
+            self.pending.push_back(crate::sse::render(event));
         }
     }
 
@@ -262,7 +262,7 @@ impl Board {
             return;
         }
         let event = PatchElements::new(render(&health)).into_datastar_event();
-        self.pending.push_back(Bytes::from(event.to_string()));
+        self.pending.push_back(crate::sse::render(event));
         self.health = Some(health);
     }
 

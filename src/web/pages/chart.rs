@@ -241,7 +241,7 @@ impl Chart {
             self.pending.push_back(dev::reload_event());
         }
         let signals = PatchSignals::new(r#"{"_link":"live"}"#).into_datastar_event();
-        self.pending.push_back(Bytes::from(signals.to_string()));
+        self.pending.push_back(crate::sse::render(signals));
         let mut buckets: BTreeMap<i64, CandleUpdate> = BTreeMap::new();
         for stored in history {
             let update = stored_update(stored);
@@ -278,7 +278,7 @@ impl Chart {
         let chart = PatchElements::new(html)
             .mode(ElementPatchMode::Replace)
             .into_datastar_event();
-        self.pending.push_back(Bytes::from(chart.to_string()));
+        self.pending.push_back(crate::sse::render(chart));
         self.summary_dirty = true;
         self.push_summary();
     }
@@ -334,14 +334,14 @@ impl Chart {
             }
             if !morphs.is_empty() {
                 let event = PatchElements::new(morphs).into_datastar_event();
-                self.pending.push_back(Bytes::from(event.to_string()));
+                self.pending.push_back(crate::sse::render(event));
             }
             if !appends.is_empty() {
                 let event = PatchElements::new(appends)
                     .selector("#chart")
                     .mode(ElementPatchMode::Append)
                     .into_datastar_event();
-                self.pending.push_back(Bytes::from(event.to_string()));
+                self.pending.push_back(crate::sse::render(event));
             }
             self.trim();
         }
@@ -353,7 +353,7 @@ impl Chart {
     fn trim(&mut self) {
         if let Some(selector) = trim(&mut self.held, &self.product.id, self.granularity) {
             let event = PatchElements::new_remove(selector).into_datastar_event();
-            self.pending.push_back(Bytes::from(event.to_string()));
+            self.pending.push_back(crate::sse::render(event));
         }
     }
 
@@ -384,7 +384,7 @@ impl Chart {
         }
         self.summary_sent = h;
         let event = PatchElements::new(html).into_datastar_event();
-        self.pending.push_back(Bytes::from(event.to_string()));
+        self.pending.push_back(crate::sse::render(event));
     }
 
     async fn next_chunk(&mut self) -> Option<Bytes> {

@@ -75,7 +75,7 @@ async fn fingerprint(dir: &Path) -> u64 {
 pub fn reload_event() -> bytes::Bytes {
     use datastar::prelude::ExecuteScript;
     let event = ExecuteScript::new("window.location.reload()").into_datastar_event();
-    bytes::Bytes::from(event.to_string())
+    crate::sse::render(event)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub(super) fn beat(n: u64, every: Duration) -> bytes::Bytes {
         every.as_secs().max(1)
     ))
     .into_datastar_event();
-    bytes::Bytes::from(event.to_string())
+    crate::sse::render(event)
 }
 
 /// A timer whose first tick is one `period` from now, and that never bursts to catch up.
