@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{AppEnv, LoggedTrade, Service, TestDb, aggregate, read_trade_log, stored_candles};
+use common::{AppEnv, Service, TestDb, read_trade_log};
 use spot_canvas::candles::{Engine, EngineSettings};
 use spot_canvas::feed::{Feed, FeedSettings};
 use spot_canvas::model::FeedEvent;
@@ -31,32 +31,6 @@ async fn sim_with_log(dir: &std::path::Path, products: usize, tps: f64) -> Simul
     })
     .await
     .expect("sim")
-}
-
-/// Compares the table with the log's trades of ids `[first, last]` per product.
-async fn assert_table_matches_log(
-    db: &TestDb,
-    log: &[LoggedTrade],
-    windows: &BTreeMap<String, (u64, u64)>,
-) {
-    let seen: Vec<&LoggedTrade> = log
-        .iter()
-        .filter(|t| {
-            windows
-                .get(&t.product_id)
-                .is_some_and(|(first, last)| (*first..=*last).contains(&t.trade_id))
-        })
-        .collect();
-    let expected = aggregate(&seen);
-    let stored = stored_candles(&db.pool).await;
-    assert_eq!(
-        stored.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "the same candles"
-    );
-    for (key, e) in &expected {
-        assert_eq!(&stored[key], e, "{key:?}");
-    }
 }
 
 #[tokio::test]
@@ -190,8 +164,8 @@ async fn candles_survive_a_database_crash_while_trades_flow() {
         .map(|(p, f)| (p.to_string(), (*f, last[p])))
         .collect();
     assert_eq!(windows.len(), 3);
-    assert_table_matches_log(
-        &db,
+    common::assert_table_matches_log(
+        &db.pool,
         &read_trade_log(&dir.path().join("trades.jsonl")),
         &windows,
     )
@@ -253,34 +227,17 @@ async fn sigterm_with_updates_in_flight_loses_nothing() {
     assert!(!logs.contains("before the stop signal"), "{logs}");
     // The engine saw each product's trades from its first snapshot on, contiguously: the
     // 1-minute trade counts tell how many, the highest stored id where they end.
-    let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT product_id, trade_count, version FROM live_candles WHERE granularity = 'ONE_MINUTE'",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("rows");
-    let mut windows: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for (product, count, version) in rows {
-        let v = spot_canvas::model::Version::from_bytes(&version).expect("version");
-        *counts.entry(product.clone()).or_default() += count as u64;
-        let w = windows.entry(product).or_insert((0, 0));
-        w.1 = w.1.max(v.last_trade_id.0);
-    }
+    let log = read_trade_log(&dir.path().join("trades.jsonl"));
+    let (windows, stored) = common::stored_windows(&db.pool, &log).await;
     // Every trade the engine had taken before the signal is stored: updates lost at the
     // signal would leave fewer (the stored windows alone would just be shorter).
-    let stored: u64 = counts.values().sum();
     assert!(
         stored >= taken,
         "{stored} trades stored, {taken} taken before the signal"
     );
-    for (product, w) in &mut windows {
-        w.0 = w.1 + 1 - counts[product];
-    }
     assert_eq!(windows.len(), 10);
     // And what is stored is exactly the simulator's trades of those windows: each a
     // contiguous run of the log from the first snapshot on.
-    let log = read_trade_log(&dir.path().join("trades.jsonl"));
     for (product, (first, last)) in &windows {
         assert!(
             log.iter()
@@ -289,7 +246,7 @@ async fn sigterm_with_updates_in_flight_loses_nothing() {
         );
         assert!(*first <= *last, "{product}");
     }
-    assert_table_matches_log(&db, &log, &windows).await;
+    common::assert_table_matches_log(&db.pool, &log, &windows).await;
 }
 
 /// What a `/stream` client saw of one candle: its newest version (hex, whose string order is
@@ -482,25 +439,9 @@ async fn a_stop_while_postgres_is_away_keeps_every_streamed_candle_for_the_next_
     );
     // And the table is exactly the simulator's trades of each product's window (contiguous
     // from its first snapshot; the trade counts tell where each window starts).
-    let mut windows: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    let minutes: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT product_id, trade_count, version FROM live_candles WHERE granularity = 'ONE_MINUTE'",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("rows");
-    for (product, count, version) in minutes {
-        let v = spot_canvas::model::Version::from_bytes(&version).expect("version");
-        *counts.entry(product.clone()).or_default() += count as u64;
-        let w = windows.entry(product).or_insert((0, 0));
-        w.1 = w.1.max(v.last_trade_id.0);
-    }
-    for (product, w) in &mut windows {
-        w.0 = w.1 + 1 - counts[product];
-    }
+    let log = read_trade_log(&dir.path().join("trades.jsonl"));
+    let (windows, _) = common::stored_windows(&db.pool, &log).await;
     // The second run's products too, if it wrote any of them before its stop.
     assert!(first.iter().all(|p| windows.contains_key(p)), "{windows:?}");
-    let log = read_trade_log(&dir.path().join("trades.jsonl"));
-    assert_table_matches_log(&db, &log, &windows).await;
+    common::assert_table_matches_log(&db.pool, &log, &windows).await;
 }

@@ -295,3 +295,71 @@ pub async fn stored_candles(pool: &PgPool) -> BTreeMap<(String, Granularity, i64
         })
         .collect()
 }
+
+/// Per product, the window `[first, last]` of trade ids the table holds, from the stored
+/// one-minute candles: the highest last trade id, and as many of the log's trades of the
+/// product back from it as the stored trade counts say (the feed delivers each product's
+/// trades as one contiguous run from its first snapshot on; the log's ids may skip the ids a
+/// fault took). Also the number of trades stored in all.
+pub async fn stored_windows(
+    pool: &PgPool,
+    log: &[LoggedTrade],
+) -> (BTreeMap<String, (u64, u64)>, u64) {
+    let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT product_id, trade_count, version FROM live_candles WHERE granularity = 'ONE_MINUTE'",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("rows");
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for (product, count, version) in rows {
+        let v = spot_canvas::model::Version::from_bytes(&version).expect("version");
+        *counts.entry(product.clone()).or_default() += count.max(0) as u64;
+        let l = last.entry(product).or_default();
+        *l = (*l).max(v.last_trade_id.0);
+    }
+    let mut windows = BTreeMap::new();
+    for (product, last) in last {
+        let mut ids: Vec<u64> = log
+            .iter()
+            .filter(|t| t.product_id == product && t.trade_id <= last)
+            .map(|t| t.trade_id)
+            .collect();
+        ids.sort_unstable();
+        let count = counts[&product] as usize;
+        let first = ids
+            .len()
+            .checked_sub(count)
+            .map_or(0, |at| ids.get(at).copied().unwrap_or(0));
+        windows.insert(product, (first, last));
+    }
+    (windows, counts.values().sum())
+}
+
+/// Asserts the table holds exactly the candles of the log's trades of ids `[first, last]` per
+/// product, each candle equal to the log's aggregation.
+pub async fn assert_table_matches_log(
+    pool: &PgPool,
+    log: &[LoggedTrade],
+    windows: &BTreeMap<String, (u64, u64)>,
+) {
+    let seen: Vec<&LoggedTrade> = log
+        .iter()
+        .filter(|t| {
+            windows
+                .get(&t.product_id)
+                .is_some_and(|(first, last)| (*first..=*last).contains(&t.trade_id))
+        })
+        .collect();
+    let expected = aggregate(&seen);
+    let stored = stored_candles(pool).await;
+    assert_eq!(
+        stored.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "the same candles"
+    );
+    for (key, e) in &expected {
+        assert_eq!(&stored[key], e, "{key:?}");
+    }
+}
