@@ -79,15 +79,16 @@ mod tests {
         let hostile = "<td>BTC\rretry: 0\revent: datastar-patch-signals\rdata: signals {\"x\":1}\u{0}\u{7f}\u{85}</td>";
         let bytes = render(PatchElements::new(hostile).into_datastar_event());
         assert!(
-            !bytes
-                .iter()
-                .any(|&b| b != b'\n' && (b < 0x20 || b == 0x7f)),
+            !bytes.iter().any(|&b| b != b'\n' && (b < 0x20 || b == 0x7f)),
             "{bytes:?}"
         );
         let lines = sse_lines(&bytes);
         assert_eq!(lines[0], "event: datastar-patch-elements");
         for line in &lines[1..] {
-            assert!(line.is_empty() || line.starts_with("data: elements "), "{line:?}");
+            assert!(
+                line.is_empty() || line.starts_with("data: elements "),
+                "{line:?}"
+            );
         }
         let text = String::from_utf8(bytes.to_vec()).expect("UTF-8");
         assert!(text.contains("BTC&#13;retry: 0&#13;event"), "{text}");

@@ -840,6 +840,8 @@ struct Hostile {
     ws_faults: Vec<Value>,
     what: &'static str,
     counted: fn(&Value) -> bool,
+    /// The products faults are cleared once counted (a list the service cannot take at all).
+    cleared_when_counted: bool,
 }
 
 /// The normal markets of a simulator of 3 products.
@@ -910,17 +912,33 @@ async fn normal_markets_stay_exact_beside(hostile: Hostile) {
         .set("BACKFILL_HORIZON_HOURS", "0");
     let mut service = Service::start(&env, &dir.path().join("serve.log")).await;
     let port = service.port;
+    if hostile.cleared_when_counted {
+        service
+            .wait_for_health(hostile.what, WITHIN, |_, h| (hostile.counted)(h))
+            .await;
+        let cleared = reqwest::Client::new()
+            .delete(format!("{}/sim/products-faults", root(&sim)))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(cleared.status(), 204);
+    }
     service
-        .wait_for_health("ready, the normal markets subscribed", WITHIN, |status, h| {
-            status == 200 && h["feed"]["products"].as_u64() == Some(3)
-        })
+        .wait_for_health(
+            "ready, the normal markets subscribed",
+            WITHIN,
+            |status, h| status == 200 && h["feed"]["products"].as_u64() == Some(3),
+        )
         .await;
     for fault in &hostile.ws_faults {
         sim_post(&sim, "/sim/faults", fault.clone()).await;
     }
     let base = format!("http://127.0.0.1:{port}");
     let streams = [
-        ("/board/stream", raw_stream(format!("{base}/board/stream"), 12)),
+        (
+            "/board/stream",
+            raw_stream(format!("{base}/board/stream"), 12),
+        ),
         (
             "/markets/BTC-USD/stream",
             raw_stream(format!("{base}/markets/BTC-USD/stream"), 12),
@@ -944,7 +962,10 @@ async fn normal_markets_stay_exact_beside(hostile: Hostile) {
     let rows = page.matches("id=\"row-").count();
     assert_eq!(rows, 3, "three rows on the board");
     for id in NORMAL {
-        assert!(page.contains(&format!("id=\"row-{id}\"")), "{id} on the board");
+        assert!(
+            page.contains(&format!("id=\"row-{id}\"")),
+            "{id} on the board"
+        );
     }
     for (name, stream) in streams {
         let bytes = stream.await.expect("the reader");
@@ -988,6 +1009,7 @@ async fn odd_product_ids_in_the_list_cost_only_themselves() {
         ws_faults: vec![],
         what: "the eleven odd ids counted as skipped",
         counted: |h| h["feed"]["skipped_products"]["last_list"].as_u64() >= Some(11),
+        cleared_when_counted: false,
     })
     .await;
 }
@@ -999,6 +1021,7 @@ async fn a_product_listed_twice_is_taken_once() {
         ws_faults: vec![],
         what: "the second listing counted as skipped",
         counted: |h| h["feed"]["skipped_products"]["last_list"].as_u64() == Some(1),
+        cleared_when_counted: false,
     })
     .await;
 }
@@ -1015,6 +1038,7 @@ async fn control_characters_in_names_reach_no_stream() {
         ws_faults: vec![],
         what: "the product with control characters in its codes counted as skipped",
         counted: |h| h["feed"]["skipped_products"]["last_list"].as_u64() == Some(1),
+        cleared_when_counted: false,
     })
     .await;
 }
@@ -1033,6 +1057,32 @@ async fn trades_of_products_never_listed_are_counted_and_dropped() {
             h["feed"]["unlisted_trades"].as_u64() >= Some(1)
                 && h["feed"]["rejected_trades"].as_u64() >= Some(1)
         },
+        cleared_when_counted: false,
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_products_list_too_large_is_refused_and_the_next_one_taken() {
+    normal_markets_stay_exact_beside(Hostile {
+        // 64 MiB, twice the cap, with no length announced: read until the cap.
+        products_faults: vec![json!({ "kind": "huge", "bytes": 64u64 << 20 })],
+        ws_faults: vec![],
+        what: "a list refused as too large",
+        counted: |h| h["feed"]["discovery"]["too_large"].as_u64() >= Some(1),
+        cleared_when_counted: true,
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_products_list_that_never_ends_is_cut_and_the_next_one_taken() {
+    normal_markets_stay_exact_beside(Hostile {
+        products_faults: vec![json!({ "kind": "endless", "interval_ms": 50 })],
+        ws_faults: vec![],
+        what: "a list cut by the request timeout",
+        counted: |h| h["feed"]["discovery"]["failures"].as_u64() >= Some(1),
+        cleared_when_counted: true,
     })
     .await;
 }
