@@ -960,3 +960,25 @@ async fn credentials_in_the_nats_url_authenticate_the_client() {
     assert_eq!(&message.payload[..], b"ok");
     server.kill().await.expect("stop");
 }
+
+#[test]
+fn series_quiet_for_two_days_are_forgotten_and_the_others_kept() {
+    let live = LiveState::new();
+    live.apply(update("OLD-USD", 0, 1));
+    live.apply(update("NEW-USD", 0, 1));
+    let mut fresh = update("NEW-USD", 1, 2);
+    let received = fresh.last_received;
+    fresh.last_received = received + spot_canvas::bus::FORGET_QUIET_AFTER;
+    live.apply(fresh);
+    assert_eq!(live.report().products, 2);
+    let now = received + spot_canvas::bus::FORGET_QUIET_AFTER + chrono::TimeDelta::seconds(1);
+    assert_eq!(live.forget_quiet(now), 1, "the old product's one series");
+    assert_eq!(live.report().products, 1);
+    assert!(
+        live.current(
+            &spot_canvas::model::ProductId::from_static("NEW-USD"),
+            Granularity::OneMinute
+        )
+        .is_some()
+    );
+}

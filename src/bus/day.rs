@@ -227,10 +227,18 @@ impl DayStats {
         window.record(start, minute)
     }
 
-    /// Forgets the products `keep` refuses (delisted): their windows go.
-    pub fn retain(&self, keep: impl Fn(&ProductId) -> bool) {
+    /// Forgets the products with no minute left in the window at `now` (Unix seconds): a
+    /// delisted product's window goes a day after its last trade. Returns how many went.
+    pub fn forget_empty(&self, now: i64) -> usize {
+        let floor = floor(now);
         let mut windows = self.windows.write().unwrap_or_else(|e| e.into_inner());
-        windows.retain(|id, _| keep(id));
+        let before = windows.len();
+        windows.retain(|_, window| {
+            let mut window = lock(window);
+            window.expire(floor);
+            !window.minutes.is_empty()
+        });
+        before - windows.len()
     }
 
     /// The product's last day at `now` (Unix seconds); `None` when no minute of it is in the
@@ -299,6 +307,24 @@ mod tests {
     }
 
     const NOW: i64 = 1_767_225_630; // 2026-01-01T00:00:30Z
+
+    #[test]
+    fn a_product_with_no_minute_left_is_forgotten() {
+        let day = DayStats::new();
+        let start = NOW.div_euclid(60) * 60;
+        let (a, b) = (
+            crate::model::ProductId::from_static("A-B"),
+            crate::model::ProductId::from_static("C-D"),
+        );
+        assert!(day.record_minute(&a, start - 120, minute(1, "1", "2", "1"), NOW));
+        assert!(day.record_minute(&b, start, minute(1, "1", "2", "1"), NOW));
+        assert_eq!(day.forget_empty(NOW), 0);
+        // A day and two minutes later, A's minute has left the window; B's is still in.
+        let later = NOW + WINDOW_SECS - 60;
+        assert_eq!(day.forget_empty(later), 1);
+        assert_eq!(day.products(), 1);
+        assert!(day.summary(&b, later).is_some());
+    }
 
     #[test]
     fn change_and_exact_volume_over_the_window() {

@@ -15,7 +15,9 @@ pub mod server;
 
 use std::time::Duration;
 
-pub use live::{ClientSettings, Delivery, Filter, LiveEntry, LiveState, Subscription};
+pub use live::{
+    ClientSettings, Delivery, FORGET_QUIET_AFTER, Filter, LiveEntry, LiveState, Subscription,
+};
 pub use message::CandleMessage;
 pub use publisher::{Publisher, PublisherReport, PublisherStats};
 pub use server::EmbeddedNats;

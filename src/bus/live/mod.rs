@@ -46,6 +46,10 @@ const OLDER_BUCKETS: usize = 16;
 /// Seconds beyond the next bucket's start that an update's bucket may start.
 const FUTURE_SLACK_SECS: i64 = 60;
 
+/// A series with no update received for this long is forgotten (a delisted product's, or one
+/// a producer named once): the maps keyed by product hold what is listed now.
+pub const FORGET_QUIET_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(48);
+
 /// A candle series: product and granularity.
 pub type Series = (ProductId, Granularity);
 
@@ -381,6 +385,23 @@ impl LiveState {
                 self.stats.clients_cut_off.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Forgets the series with no update received since [`FORGET_QUIET_AFTER`] before `now`,
+    /// and the rolling day of products with no minute in the last day. Returns how many series
+    /// went. The running loop calls it every minute.
+    pub fn forget_quiet(&self, now: DateTime<Utc>) -> usize {
+        let cutoff = now - FORGET_QUIET_AFTER;
+        let forgotten = {
+            let mut inner = lock(&self.inner);
+            let Inner { latest, older, .. } = &mut *inner;
+            let before = latest.len();
+            latest.retain(|_, entry| entry.update.last_received >= cutoff);
+            older.retain(|series, _| latest.contains_key(series));
+            before - latest.len()
+        };
+        self.day.forget_empty(now.timestamp());
+        forgotten
     }
 
     /// The current candle of each series `filter` wants (oldest applied first), then, through

@@ -20,6 +20,8 @@ use crate::bus::{ALL_CANDLES, CandleMessage, ORIGIN_HEADER};
 const KV_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often clients that stayed behind on quiet series are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often quiet series are forgotten.
+const FORGET_INTERVAL: Duration = Duration::from_secs(60);
 /// First wait before a failed KV reload is tried again (doubling, with jitter).
 const RELOAD_RETRY_BASE: Duration = Duration::from_millis(500);
 /// Longest wait between tries of a failed KV reload.
@@ -109,6 +111,8 @@ impl LiveState {
         let mut again = false;
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut forget = tokio::time::interval(FORGET_INTERVAL);
+        forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry_at = reload.at.filter(|_| reloading.is_none());
             tokio::select! {
@@ -123,6 +127,12 @@ impl LiveState {
                     reloading = std::mem::take(&mut again).then(|| self.resync_now(&kv).boxed());
                 }
                 _ = sweep.tick() => self.sweep(),
+                _ = forget.tick() => {
+                    let forgotten = self.forget_quiet(chrono::Utc::now());
+                    if forgotten > 0 {
+                        tracing::info!(forgotten, "quiet series forgotten");
+                    }
+                }
                 () = self.resync.notified() => {
                     if reloading.is_some() {
                         again = true;
