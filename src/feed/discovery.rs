@@ -31,6 +31,8 @@ pub enum DiscoveryError {
     /// The answer's body was too large (more than [`PRODUCTS_MAX_BYTES`]) or broke off.
     #[error("products answer not read: {0}")]
     Body(#[from] BodyError),
+    #[error("products request: {0}")]
+    Url(#[from] crate::coinbase::url::BadBaseUrl),
 }
 
 impl From<reqwest::Error> for DiscoveryError {
@@ -109,9 +111,9 @@ pub async fn fetch_products(
     rest_url: &str,
     health: &FeedHealth,
 ) -> Result<Vec<Product>, DiscoveryError> {
-    let url = format!("{rest_url}/market/products");
+    let url = crate::coinbase::url::endpoint(rest_url, &["market", "products"])?;
     let response = http
-        .get(&url)
+        .get(url)
         .query(&[("product_type", "SPOT")])
         .timeout(REQUEST_TIMEOUT)
         .send()

@@ -89,7 +89,8 @@ impl ClockState {
 /// The clock check stage.
 #[derive(Debug, Clone)]
 pub struct ClockCheck {
-    url: String,
+    /// `{rest}/time`; `None` when the base URL takes no path (every check then fails, said).
+    url: Option<reqwest::Url>,
     interval: Duration,
     http: reqwest::Client,
     state: Arc<ClockState>,
@@ -110,7 +111,7 @@ impl ClockCheck {
             .unwrap_or_else(|e| e.into_inner())
             .interval_secs = interval.as_secs();
         ClockCheck {
-            url: format!("{}/time", rest_url.trim_end_matches('/')),
+            url: crate::coinbase::url::endpoint(rest_url, &["time"]).ok(),
             interval,
             http,
             state: Arc::new(state),
@@ -169,9 +170,13 @@ impl ClockCheck {
     async fn read_once(&self) -> Result<ClockReading, String> {
         let sent = Utc::now();
         let started = std::time::Instant::now();
+        let url = self
+            .url
+            .clone()
+            .ok_or("time request: the REST base URL is not a URL that takes a path")?;
         let response = self
             .http
-            .get(&self.url)
+            .get(url)
             .send()
             .await
             .map_err(|e| format!("time request failed: {}", e.without_url()))?;
