@@ -31,7 +31,7 @@ pub const MAX_CURRENCY_LEN: usize = 16;
 /// Longest product id: two currency codes and the dash.
 pub const MAX_PRODUCT_ID_LEN: usize = 2 * MAX_CURRENCY_LEN + 1;
 /// Characters of a refused value quoted back in an error or a log line.
-const SHOWN: usize = 40;
+const SHOWN: usize = 160;
 
 /// A product id of the grammar in the module doc. Cheap to clone (shared text).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -326,7 +326,7 @@ mod tests {
                 !text.chars().any(|c| c.is_control()),
                 "the error holds no control character: {text:?}"
             );
-            assert!(text.len() < 300, "the error is clipped: {}", text.len());
+            assert!(text.len() < 400, "the error is clipped: {}", text.len());
         }
     }
 
