@@ -77,6 +77,18 @@ struct Entry {
 pub struct Stages {
     entries: Mutex<BTreeMap<&'static str, Entry>>,
     stopping: std::sync::atomic::AtomicBool,
+    /// Counts every change of a stage's state (and the stop): a cached `/health` answer is
+    /// used only while it is unchanged.
+    changes: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a change when dropped (after the change it guards).
+struct Changed<'a>(&'a Stages);
+
+impl Drop for Changed<'_> {
+    fn drop(&mut self) {
+        self.0.changed();
+    }
 }
 
 /// How a stage's run ended.
@@ -85,6 +97,16 @@ type Outcome = Result<anyhow::Result<()>, String>;
 impl Stages {
     pub fn new() -> Arc<Stages> {
         Arc::new(Stages::default())
+    }
+
+    /// The count of state changes so far (see [`Stages::report`]).
+    pub fn generation(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<&'static str, Entry>) -> R) -> R {
@@ -96,6 +118,7 @@ impl Stages {
     }
 
     fn register(&self, name: &'static str, policy: Policy) -> CancellationToken {
+        self.changed();
         let fault = CancellationToken::new();
         self.with(|entries| {
             entries.insert(
@@ -115,6 +138,8 @@ impl Stages {
     }
 
     fn set(&self, name: &'static str, state: StageState, error: Option<String>) {
+        // Counted after the change: a reader that sees the new count sees the new state.
+        let _changed = Changed(self);
         self.with(|entries| {
             if let Some(entry) = entries.get_mut(name) {
                 entry.view.state = state;
@@ -135,6 +160,7 @@ impl Stages {
     pub fn begin_stop(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.changed();
     }
 
     fn is_stopping(&self) -> bool {

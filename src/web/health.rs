@@ -44,6 +44,7 @@ pub struct SharedAnswer {
 
 #[derive(Debug)]
 struct Computed {
+    key: u64,
     at: Instant,
     status: StatusCode,
     /// The serialized body (with `"schema"`).
@@ -58,8 +59,10 @@ impl SharedAnswer {
         }
     }
 
-    /// The answer computed within `max_age`, or `compute`'s (then kept).
-    pub async fn get<F, Fut>(&self, compute: F) -> Response
+    /// The answer computed within `max_age` for the same `key`, or `compute`'s (then kept).
+    /// The key is what must not be served stale (the stages' generation: a stage that ends,
+    /// restarts or stops shows at once).
+    pub async fn get<F, Fut>(&self, key: u64, compute: F) -> Response
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = (StatusCode, Value)>,
@@ -67,7 +70,7 @@ impl SharedAnswer {
         let mut slot = self.slot.lock().await;
         let fresh = slot
             .as_ref()
-            .filter(|c| c.at.elapsed() < self.max_age)
+            .filter(|c| c.key == key && c.at.elapsed() < self.max_age)
             .map(|c| (c.status, c.body.clone()));
         let (status, body) = match fresh {
             Some(answer) => answer,
@@ -79,6 +82,7 @@ impl SharedAnswer {
                 // A `Value` always serializes.
                 let body = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
                 *slot = Some(Computed {
+                    key,
                     at: Instant::now(),
                     status,
                     body: body.clone(),
@@ -232,7 +236,8 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 /// `GET /health`: the checks and every stage's state and counts, at most a second old.
 pub async fn health(State(state): State<AppState>) -> Response {
     let shared = state.health_answer.clone();
-    shared.get(|| compute(state)).await
+    let generation = state.stages.generation();
+    shared.get(generation, || compute(state)).await
 }
 
 /// The `/health` answer now.
@@ -279,7 +284,7 @@ mod tests {
         let computed = Arc::new(AtomicUsize::new(0));
         let ask = |shared: SharedAnswer, computed: Arc<AtomicUsize>| async move {
             shared
-                .get(|| async move {
+                .get(7, || async move {
                     let n = computed.fetch_add(1, Ordering::SeqCst) + 1;
                     // A slow check (the database's `SELECT 1`).
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -312,5 +317,15 @@ mod tests {
         tokio::time::advance(HEALTH_MAX_AGE).await;
         let _ = ask(shared.clone(), computed.clone()).await;
         assert_eq!(computed.load(Ordering::SeqCst), 2);
+        // Another key (a stage changed state) is computed at once, within the second.
+        let _ = shared
+            .get(8, || async { (StatusCode::OK, json!({})) })
+            .await;
+        let _ = ask(shared.clone(), computed.clone()).await;
+        assert_eq!(
+            computed.load(Ordering::SeqCst),
+            3,
+            "the key changed back: computed"
+        );
     }
 }

@@ -51,7 +51,7 @@ pub struct ApiProduct {
 /// `GET /api/v1/products`, at most a second old.
 pub async fn products(State(state): State<AppState>) -> Response {
     let shared = state.products_answer.clone();
-    shared.get(|| compute(state)).await
+    shared.get(0, || compute(state)).await
 }
 
 /// The answer now.
