@@ -106,6 +106,28 @@ fn the_message_matches_the_golden_sample() {
     let mut other_schema = golden.clone();
     other_schema["schema"] = 2.into();
     assert!(CandleMessage::parse(other_schema.to_string().as_bytes()).is_err());
+    // Outside text is checked: the exchange, the id, the subject naming the series.
+    let mut other_exchange = golden.clone();
+    other_exchange["exchange"] = "elsewhere\r".into();
+    let error = CandleMessage::parse(other_exchange.to_string().as_bytes()).expect_err("exchange");
+    assert!(error.to_string().contains("\\r"), "escaped: {error}");
+    let mut odd_id = golden.clone();
+    odd_id["product_id"] = "PEPE-USD\rretry: 0".into();
+    assert!(CandleMessage::parse(odd_id.to_string().as_bytes()).is_err());
+    assert!(
+        back.check_subject(&spot_canvas::bus::subject(
+            "PEPE-USD",
+            Granularity::OneMinute
+        ))
+        .is_ok()
+    );
+    for other in [
+        spot_canvas::bus::subject("BTC-USD", Granularity::OneMinute),
+        spot_canvas::bus::subject("PEPE-USD", Granularity::OneDay),
+        "candles.coinbase.PEPE-USD.ONE_MINUTE.x".to_owned(),
+    ] {
+        assert!(back.check_subject(&other).is_err(), "{other}");
+    }
 }
 
 #[tokio::test]
@@ -964,14 +986,14 @@ async fn credentials_in_the_nats_url_authenticate_the_client() {
 #[test]
 fn series_quiet_for_two_days_are_forgotten_and_the_others_kept() {
     let live = LiveState::new();
-    live.apply(update("OLD-USD", 0, 1));
-    live.apply(update("NEW-USD", 0, 1));
-    let mut fresh = update("NEW-USD", 1, 2);
-    let received = fresh.last_received;
-    fresh.last_received = received + spot_canvas::bus::FORGET_QUIET_AFTER;
-    live.apply(fresh);
+    let t0 = chrono::Utc::now();
+    let later = t0 + spot_canvas::bus::FORGET_QUIET_AFTER;
+    live.apply_at(update("OLD-USD", 0, 1), t0);
+    live.apply_at(update("NEW-USD", 0, 1), t0);
+    // Applied later by this instance, whatever times the producer wrote.
+    live.apply_at(update("NEW-USD", 1, 2), later);
     assert_eq!(live.report().products, 2);
-    let now = received + spot_canvas::bus::FORGET_QUIET_AFTER + chrono::TimeDelta::seconds(1);
+    let now = later + chrono::TimeDelta::seconds(1);
     assert_eq!(live.forget_quiet(now), 1, "the old product's one series");
     assert_eq!(live.report().products, 1);
     assert!(

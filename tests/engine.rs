@@ -913,3 +913,47 @@ fn trades_more_than_five_seconds_ahead_of_the_clock_are_rejected() {
     assert_eq!((outcome.applied, outcome.rejected_future), (1, 2));
     assert!(out.iter().all(|u| u.candle.start <= now), "{out:?}");
 }
+
+#[test]
+fn an_unsubscribed_product_is_forgotten_once_its_open_candles_are_completed() {
+    let mut engine = Aggregator::new(Timing::default());
+    let mut out = Vec::new();
+    let id = spot_canvas::model::ProductId::from_static("BTC-USD");
+    engine.apply(
+        &[trade(1, "2026-09-30T10:00:05Z", "100", "1", Side::Buy)],
+        at("2026-09-30T10:00:06Z"),
+        &mut out,
+    );
+    engine.feed_notice(&id, FeedNotice::Unsubscribed);
+    out.clear();
+    // Still held while its day is open: the hour's and the day's candles complete as usual.
+    engine.tick(at("2026-09-30T12:00:00Z"), &mut out);
+    assert_eq!(engine.footprint().products, 1);
+    assert!(
+        out.iter()
+            .any(|u| u.candle.granularity == Granularity::OneHour && u.complete)
+    );
+    out.clear();
+    engine.tick(at("2026-10-01T00:00:10Z"), &mut out);
+    let day = out
+        .iter()
+        .find(|u| u.candle.granularity == Granularity::OneDay)
+        .expect("the day's candle is completed before the product is forgotten");
+    assert!(day.complete && day.candle.trade_count == Some(1));
+    assert_eq!(engine.footprint().products, 0, "then forgotten");
+    // Subscribed again before its day ends: kept.
+    engine.apply(
+        &[trade(2, "2026-10-01T00:01:00Z", "100", "1", Side::Buy)],
+        at("2026-10-01T00:01:01Z"),
+        &mut out,
+    );
+    engine.feed_notice(&id, FeedNotice::Unsubscribed);
+    engine.feed_notice(
+        &id,
+        FeedNotice::Subscribed {
+            at: at("2026-10-01T00:02:00Z"),
+        },
+    );
+    engine.tick(at("2026-10-02T00:00:10Z"), &mut out);
+    assert_eq!(engine.footprint().products, 1);
+}

@@ -644,7 +644,7 @@ async fn a_products_list_of_2_gib_costs_tens_of_mib_and_is_reported() {
     let error = health["feed"]["discovery"]["last_error"]
         .as_str()
         .expect("the error in /health");
-    assert!(error.contains("body larger than 33554432 bytes"), "{error}");
+    assert!(error.contains("body larger than 16777216 bytes"), "{error}");
     let s = scrape(port).await.expect("metrics");
     assert!(
         value(
@@ -1065,7 +1065,7 @@ async fn trades_of_products_never_listed_are_counted_and_dropped() {
 #[tokio::test]
 async fn a_products_list_too_large_is_refused_and_the_next_one_taken() {
     normal_markets_stay_exact_beside(Hostile {
-        // 64 MiB, twice the cap, with no length announced: read until the cap.
+        // 64 MiB, four times the cap, with no length announced: read until the cap.
         products_faults: vec![json!({ "kind": "huge", "bytes": 64u64 << 20 })],
         ws_faults: vec![],
         what: "a list refused as too large",

@@ -804,3 +804,23 @@ proptest! {
         let _ = parse_frame(&mutated, received());
     }
 }
+
+#[test]
+fn an_event_of_more_than_ten_thousand_elements_is_a_malformed_frame() {
+    let frame = |n: usize| {
+        format!(
+            r#"{{"channel":"market_trades","timestamp":"2026-09-30T02:39:59Z","sequence_num":1,"events":[{{"type":"update","trades":[{}]}}]}}"#,
+            vec!["{}"; n].join(",")
+        )
+    };
+    let parsed = parse_frame(frame(10_000).as_bytes(), received()).expect("at the bound");
+    let FrameBody::MarketTrades { rejected, .. } = parsed.body else {
+        panic!("trades");
+    };
+    assert_eq!(rejected.len(), 10_000);
+    let error = parse_frame(frame(10_001).as_bytes(), received()).expect_err("past the bound");
+    assert!(
+        error.to_string().contains("more than 10000 elements"),
+        "{error}"
+    );
+}

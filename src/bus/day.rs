@@ -234,6 +234,11 @@ impl DayStats {
         let mut windows = self.windows.write().unwrap_or_else(|e| e.into_inner());
         let before = windows.len();
         windows.retain(|_, window| {
+            // A window someone else holds may be about to take a minute (it was just got
+            // through `window_or_new`): kept, looked at again next time.
+            if Arc::strong_count(window) > 1 {
+                return true;
+            }
             let mut window = lock(window);
             window.expire(floor);
             !window.minutes.is_empty()

@@ -40,12 +40,17 @@ pub struct CandleMessage {
 /// A message that is not a candle message of this schema.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
-    #[error("not a candle message: {0}")]
+    /// serde's text quotes what it read: shown escaped and clipped.
+    #[error("not a candle message: {}", crate::model::shown(&.0.to_string()))]
     Json(#[from] serde_json::Error),
     #[error("schema {0} is not {SCHEMA}")]
     Schema(u32),
     #[error("version {} is not a candle version", crate::model::shown(.0))]
     Version(String),
+    #[error("exchange {} is not {EXCHANGE}", crate::model::shown(.0))]
+    Exchange(String),
+    #[error("the subject {} does not name the message's series", crate::model::shown(.0))]
+    Subject(String),
 }
 
 impl CandleMessage {
@@ -84,8 +89,27 @@ impl CandleMessage {
         if message.schema != SCHEMA {
             return Err(MessageError::Schema(message.schema));
         }
+        if message.exchange != EXCHANGE {
+            return Err(MessageError::Exchange(message.exchange));
+        }
         message.parsed_version()?;
         Ok(message)
+    }
+
+    /// Checks that `subject` (`candles.<exchange>.<product>.<granularity>`) names this
+    /// message's series: a producer cannot publish one series under another's subject.
+    pub fn check_subject(&self, subject: &str) -> Result<(), MessageError> {
+        let mut parts = subject.split('.');
+        let names = parts.next() == Some("candles")
+            && parts.next() == Some(self.exchange.as_str())
+            && parts.next() == Some(self.product_id.as_str())
+            && parts.next() == Some(self.granularity.as_str())
+            && parts.next().is_none();
+        if names {
+            Ok(())
+        } else {
+            Err(MessageError::Subject(subject.to_owned()))
+        }
     }
 
     pub fn parsed_version(&self) -> Result<Version, MessageError> {

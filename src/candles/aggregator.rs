@@ -100,10 +100,14 @@ pub(crate) struct Limiters {
 #[derive(Debug)]
 pub struct Aggregator {
     pub(crate) timing: Timing,
-    /// Fx hashing: keys come from Coinbase, not from an adversary, and this is the hot path.
+    /// Fx hashing: keys are `ProductId`s of products the feed subscribed (trades of any other
+    /// product are dropped at the connection), and this is the hot path.
     pub(crate) products: FxHashMap<ProductId, ProductCandles>,
     /// Cross-checks done since the last [`Aggregator::take_checks`].
     checks: Vec<CrossCheck>,
+    /// Unsubscribed products and when they are forgotten (Unix seconds): once every open
+    /// candle of theirs has ended and been completed.
+    leaving: FxHashMap<ProductId, i64>,
     pub(crate) limiters: Limiters,
 }
 
@@ -113,6 +117,7 @@ impl Aggregator {
             timing,
             products: FxHashMap::default(),
             checks: Vec::new(),
+            leaving: FxHashMap::default(),
             limiters: Limiters::default(),
         }
     }
@@ -208,12 +213,36 @@ impl Aggregator {
     }
 
     /// Takes what the feed said about `product_id`'s trades: which minutes are whole.
-    /// [`FeedNotice::Unsubscribed`] forgets the product: what it held is dropped (its stored
-    /// and published candles stay as they were last sent).
+    /// [`FeedNotice::Unsubscribed`] has the product forgotten once its open candles have
+    /// ended and been completed by the ticks (so no stored candle stays incomplete); a
+    /// subscribe before then keeps it.
     pub fn feed_notice(&mut self, product_id: &ProductId, notice: FeedNotice) {
         if notice == FeedNotice::Unsubscribed {
-            self.products.remove(product_id);
+            let Some(product) = self.products.get(product_id) else {
+                return;
+            };
+            let grace = self.timing.grace.num_seconds() + 1;
+            let open_until = Granularity::ALL
+                .iter()
+                .flat_map(|g| {
+                    product.slots[g.index()]
+                        .iter()
+                        .filter(|s| !s.complete)
+                        .map(|s| s.start.saturating_add(g.seconds()))
+                })
+                .max();
+            match open_until {
+                Some(end) => {
+                    self.leaving.insert(product_id.clone(), end + grace);
+                }
+                None => {
+                    self.products.remove(product_id);
+                }
+            }
             return;
+        }
+        if matches!(notice, FeedNotice::Subscribed { .. }) {
+            self.leaving.remove(product_id);
         }
         self.product(product_id).coverage.note(notice);
     }
@@ -222,6 +251,23 @@ impl Aggregator {
     /// complete updates to `out`, cross-checks completed 5-minute candles with Coinbase's,
     /// and forgets what the revision window (and the current day's minutes) no longer need.
     pub fn tick(&mut self, now: DateTime<Utc>, out: &mut Vec<CandleUpdate>) {
+        self.tick_products(now, out);
+        if !self.leaving.is_empty() {
+            // After the completions above: an unsubscribed product whose candles have all
+            // ended (and so been completed) is forgotten.
+            let now_secs = now.timestamp();
+            let products = &mut self.products;
+            self.leaving.retain(|product_id, at| {
+                let stay = *at > now_secs;
+                if !stay {
+                    products.remove(product_id);
+                }
+                stay
+            });
+        }
+    }
+
+    fn tick_products(&mut self, now: DateTime<Utc>, out: &mut Vec<CandleUpdate>) {
         let grace_ms = self.timing.grace.num_milliseconds();
         let now_ms = now.timestamp_millis();
         let oldest_end = (now - self.timing.revision_window).timestamp();
@@ -298,7 +344,11 @@ impl Aggregator {
             if c.granularity != Granularity::FiveMinutes {
                 continue;
             }
-            let product = self.product(&c.product_id);
+            // Only products the engine holds: candles never create one (an id the feed did not
+            // subscribe must not grow the map).
+            let Some(product) = self.products.get_mut(&c.product_id) else {
+                continue;
+            };
             match product
                 .exchange
                 .iter_mut()

@@ -19,6 +19,7 @@ mod shard;
 mod stats;
 mod tally;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,60 @@ pub use stats::{EngineReport, EngineStats};
 
 /// Number of engine shards.
 pub const SHARDS: usize = 16;
+
+/// How long an unsubscribed product's trades, candles, notices and backfills are dropped:
+/// longer than any of them may still be on the way (a frame read before the connection
+/// unsubscribed, a backfill window retried for minutes). A product subscribed again is taken
+/// at once.
+const UNSUBSCRIBED_FOR: Duration = Duration::from_secs(30 * 60);
+
+/// The products unsubscribed lately, so that nothing still on the way makes the engine hold
+/// them again after it forgot them.
+#[derive(Debug, Default)]
+struct Unsubscribed {
+    since: HashMap<ProductId, tokio::time::Instant>,
+}
+
+impl Unsubscribed {
+    fn holds(&self, product: &ProductId) -> bool {
+        self.since.contains_key(product)
+    }
+
+    /// Notes what `event` says of subscriptions, and takes the unsubscribed products out of it.
+    fn follow(&mut self, event: &mut FeedEvent) {
+        match event {
+            FeedEvent::Unsubscribed { products } => {
+                let now = tokio::time::Instant::now();
+                self.since
+                    .retain(|_, at| now.duration_since(*at) < UNSUBSCRIBED_FOR);
+                for product in products.iter() {
+                    self.since.insert(product.clone(), now);
+                }
+                return;
+            }
+            FeedEvent::Subscribed { products, .. } => {
+                for product in products.iter() {
+                    self.since.remove(product);
+                }
+                return;
+            }
+            _ => {}
+        }
+        if self.since.is_empty() {
+            return;
+        }
+        match event {
+            FeedEvent::Trades(batch) => batch.trades.retain(|t| !self.holds(&t.product_id)),
+            FeedEvent::ExchangeCandles { candles, .. } => {
+                candles.retain(|c| !self.holds(&c.product_id));
+            }
+            FeedEvent::Reconnected { products, .. } | FeedEvent::Gap { products, .. } => {
+                products.retain(|p| !self.holds(p));
+            }
+            _ => {}
+        }
+    }
+}
 
 /// FNV-1a (32-bit) of a product id: the engine shard is this modulo [`SHARDS`].
 pub fn fnv1a32(bytes: &[u8]) -> u32 {
@@ -157,10 +212,12 @@ impl Engine {
             tasks.push(tokio::spawn(shard.run()));
         }
         let mut backfills = self.backfills.take();
+        let mut gone = Unsubscribed::default();
         loop {
             let event = tokio::select! {
                 () = cancel.cancelled() => break,
                 backfill = recv_backfill(&mut backfills) => match backfill {
+                    Some(backfill) if gone.holds(&backfill.product_id) => continue,
                     Some(backfill) => {
                         let shard = shard_of(&backfill.product_id);
                         let input = ShardInput::Backfill(Box::new(backfill));
@@ -179,6 +236,8 @@ impl Engine {
                     None => break,
                 },
             };
+            let mut event = event;
+            gone.follow(&mut event);
             match event {
                 FeedEvent::Trades(batch) => {
                     if !self.dispatch(&shards, batch.trades).await {

@@ -11,8 +11,9 @@
 
 use bytes::{Bytes, BytesMut};
 
-/// The most a products list may hold: Coinbase's is about 1 MB.
-pub const PRODUCTS_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// The most a products list may hold: Coinbase's is about 1 MB (about 800 products); the
+/// parser also refuses more than `MAX_PRODUCTS` elements.
+pub const PRODUCTS_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// The most a candles page (at most 300 buckets, ~100 bytes each) may hold.
 pub const CANDLES_MAX_BYTES: usize = 2 * 1024 * 1024;
 /// The most a `/time` answer (under 100 bytes at Coinbase) may hold.

@@ -23,11 +23,6 @@ pub struct RestError {
     pub error_details: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct RawProducts {
-    products: Vec<serde_json::Value>,
-}
-
 /// A product of a products list that was skipped, or kept with some fields left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductIssue {
@@ -55,24 +50,41 @@ pub struct ProductList {
     /// Products kept with an optional size or increment left out (`None`) because it was not
     /// an exact decimal string (`"1e10"`, a JSON number, ...).
     pub degraded: Vec<ProductIssue>,
+    /// Products left out in all (`skipped` keeps the first [`ISSUES_KEPT`] of them).
+    pub skipped_count: usize,
+    /// Products kept degraded in all (`degraded` keeps the first [`ISSUES_KEPT`]).
+    pub degraded_count: usize,
 }
 
-/// Parses a products list answer, each product on its own. Only a body that is not a
-/// products list at all is an error.
-pub fn parse_products(body: &[u8]) -> Result<ProductList, FrameError> {
-    let raw: RawProducts = serde_json::from_slice(body)?;
-    let mut list = ProductList {
-        products: Vec::with_capacity(raw.products.len()),
-        ..ProductList::default()
-    };
-    let mut seen = std::collections::HashSet::with_capacity(raw.products.len());
-    for value in &raw.products {
+/// Most products a list may hold (Coinbase lists about 800): a longer list is refused whole,
+/// so that no outside count sizes the service's memory.
+pub const MAX_PRODUCTS: usize = 20_000;
+/// Issues of a list kept as examples; the rest are counted.
+pub const ISSUES_KEPT: usize = 100;
+
+impl ProductList {
+    fn skip(&mut self, issue: ProductIssue) {
+        self.skipped_count += 1;
+        if self.skipped.len() < ISSUES_KEPT {
+            self.skipped.push(issue);
+        }
+    }
+
+    fn degrade(&mut self, issue: ProductIssue) {
+        self.degraded_count += 1;
+        if self.degraded.len() < ISSUES_KEPT {
+            self.degraded.push(issue);
+        }
+    }
+
+    /// Takes one element of the list.
+    fn take(&mut self, value: &serde_json::Value, seen: &mut std::collections::HashSet<ProductId>) {
         let kind = value
             .get("product_type")
             .and_then(serde_json::Value::as_str);
         if kind.is_some_and(|kind| !kind.eq_ignore_ascii_case("SPOT")) {
-            list.not_spot += 1;
-            continue;
+            self.not_spot += 1;
+            return;
         }
         let product_id = value
             .get("product_id")
@@ -82,26 +94,98 @@ pub fn parse_products(body: &[u8]) -> Result<ProductList, FrameError> {
         let mut left_out = Vec::new();
         match product_from_value(value, &mut left_out) {
             Ok(product) if !seen.insert(product.product_id.clone()) => {
-                list.skipped.push(ProductIssue {
+                self.skip(ProductIssue {
                     product_id,
                     reason: "listed more than once: the first listing is kept".into(),
                 });
             }
             Ok(product) => {
                 if !left_out.is_empty() {
-                    list.degraded.push(ProductIssue {
+                    self.degrade(ProductIssue {
                         product_id,
                         reason: left_out.join("; "),
                     });
                 }
-                list.products.push(product);
+                self.products.push(product);
             }
-            Err(e) => list.skipped.push(ProductIssue {
+            Err(e) => self.skip(ProductIssue {
                 product_id,
                 reason: e.to_string(),
             }),
         }
     }
+}
+
+/// `{"products": [...], ...}` read one element at a time: no element is held longer than it
+/// takes to parse it, and the list is refused past [`MAX_PRODUCTS`] elements.
+struct ListVisitor;
+
+struct ProductsSeq<'a>(&'a mut ProductList);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ProductsSeq<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ProductsSeq<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of products")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        let mut elements = 0usize;
+        while let Some(value) = seq.next_element::<serde_json::Value>()? {
+            elements += 1;
+            if elements > MAX_PRODUCTS {
+                return Err(serde::de::Error::custom(format!(
+                    "the list holds more than {MAX_PRODUCTS} products"
+                )));
+            }
+            self.0.take(&value, &mut seen);
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ListVisitor {
+    type Value = ProductList;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a products list object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ProductList, A::Error> {
+        let mut list = ProductList::default();
+        let mut found = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "products" && !found {
+                found = true;
+                map.next_value_seed(ProductsSeq(&mut list))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        if !found {
+            return Err(serde::de::Error::missing_field("products"));
+        }
+        Ok(list)
+    }
+}
+
+/// Parses a products list answer, each product on its own, one element at a time. Only a
+/// body that is not a products list at all, or one of more than [`MAX_PRODUCTS`] elements,
+/// is an error.
+pub fn parse_products(body: &[u8]) -> Result<ProductList, FrameError> {
+    use serde::Deserializer as _;
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let list = (&mut deserializer).deserialize_map(ListVisitor)?;
+    deserializer.end()?;
     Ok(list)
 }
 
@@ -301,4 +385,57 @@ pub fn parse_candles(
 /// Parses an error answer, if the body is one.
 pub fn parse_error(body: &[u8]) -> Option<RestError> {
     serde_json::from_slice(body).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(id: &str) -> String {
+        let (base, quote) = id.split_once('-').unwrap_or(("X", "Y"));
+        format!(
+            r#"{{"product_id":"{id}","base_currency_id":"{base}","quote_currency_id":"{quote}","status":"online","product_type":"SPOT"}}"#
+        )
+    }
+
+    #[test]
+    fn a_list_of_junk_elements_keeps_a_bounded_number_of_issues() {
+        let junk = vec!["0"; 5_000].join(",");
+        let body = format!(
+            r#"{{"products":[{},{junk},{}],"num_products":2}}"#,
+            product("A-B"),
+            product("C-D")
+        );
+        let list = parse_products(body.as_bytes()).expect("a list");
+        assert_eq!(list.products.len(), 2);
+        assert_eq!(list.skipped_count, 5_000);
+        assert_eq!(list.skipped.len(), ISSUES_KEPT);
+    }
+
+    #[test]
+    fn a_list_of_more_than_the_most_products_is_refused_whole() {
+        let body = format!(
+            r#"{{"products":[{}]}}"#,
+            vec!["{}"; MAX_PRODUCTS + 1].join(",")
+        );
+        let error = parse_products(body.as_bytes()).expect_err("too many");
+        assert!(
+            error.to_string().contains("more than 20000 products"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_no_products_list_is_an_error() {
+        for body in [
+            r#"{"items":[]}"#,
+            r#"[]"#,
+            r#"{"products":{}}"#,
+            r#"{"products":[]} x"#,
+        ] {
+            assert!(parse_products(body.as_bytes()).is_err(), "{body}");
+        }
+        let empty = parse_products(br#"{"products":[],"products":[1]}"#).expect("first key taken");
+        assert!(empty.products.is_empty());
+    }
 }

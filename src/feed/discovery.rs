@@ -131,15 +131,20 @@ pub async fn fetch_products(
         });
     }
     let list = parse_products(&body)?;
-    report_issues(&list.skipped, "skipped malformed products");
+    report_issues(
+        &list.skipped,
+        list.skipped_count,
+        "skipped malformed products",
+    );
     report_issues(
         &list.degraded,
+        list.degraded_count,
         "products kept with unreadable optional fields left out",
     );
     metrics::counter!("spot_canvas_feed_skipped_products_total")
-        .increment(list.skipped.len() as u64);
+        .increment(list.skipped_count as u64);
     health.set_skipped_products(
-        list.skipped.len(),
+        list.skipped_count,
         list.skipped
             .iter()
             .take(ISSUES_LOGGED)
@@ -150,8 +155,8 @@ pub async fn fetch_products(
 }
 
 /// Logs a fetch's product issues in one line: how many, and the first few.
-fn report_issues(issues: &[ProductIssue], what: &'static str) {
-    if issues.is_empty() {
+fn report_issues(issues: &[ProductIssue], count: usize, what: &'static str) {
+    if count == 0 {
         return;
     }
     let examples: Vec<String> = issues
@@ -159,7 +164,7 @@ fn report_issues(issues: &[ProductIssue], what: &'static str) {
         .take(ISSUES_LOGGED)
         .map(|i| format!("{}: {}", i.product_id, i.reason))
         .collect();
-    tracing::warn!(count = issues.len(), ?examples, "{what}");
+    tracing::warn!(count, ?examples, "{what}");
 }
 
 /// The ids the service ingests from a products list, sorted.

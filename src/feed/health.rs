@@ -58,6 +58,8 @@ pub struct ConnectionHealth {
     pub rejected_candles: u64,
     /// Trades of products this connection did not subscribe, dropped.
     pub unlisted_trades: u64,
+    /// `candles` of products this connection did not subscribe, dropped.
+    pub unlisted_candles: u64,
     pub error_frames: u64,
     /// The backoff delays waited so far, most recent last (at most 16 kept).
     pub backoffs_ms: Vec<u64>,
@@ -84,6 +86,7 @@ impl ConnectionHealth {
             malformed: 0,
             rejected_trades: 0,
             unlisted_trades: 0,
+            unlisted_candles: 0,
             rejected_candles: 0,
             error_frames: 0,
             backoffs_ms: Vec::new(),

@@ -63,15 +63,19 @@ pub struct LiveEntry {
     element: ElementId,
     /// The event, once a client wanted it.
     event: OnceLock<Bytes>,
+    /// When this instance applied it (Unix seconds, its own clock: a producer's times are not
+    /// trusted to decide what is forgotten).
+    applied: i64,
 }
 
 impl LiveEntry {
-    fn new(update: CandleUpdate, seq: u64, element: ElementId) -> LiveEntry {
+    fn new(update: CandleUpdate, seq: u64, element: ElementId, applied: i64) -> LiveEntry {
         LiveEntry {
             update,
             seq,
             element,
             event: OnceLock::new(),
+            applied,
         }
     }
 
@@ -260,11 +264,16 @@ impl LiveState {
     /// was last seen of that bucket: it goes to the clients as the element of that bucket
     /// (`<product>-<granularity>-<start>`). Returns whether it was news.
     pub fn apply(&self, update: CandleUpdate) -> bool {
+        self.apply_at(update, chrono::Utc::now())
+    }
+
+    /// [`LiveState::apply`] at clock time `now`.
+    pub fn apply_at(&self, update: CandleUpdate, now: DateTime<Utc>) -> bool {
         let series: Series = (update.candle.product_id.clone(), update.candle.granularity);
         let start = update.candle.start.timestamp();
         // A bucket after the next one comes from a bad or clock-skewed producer: taken, it
         // would outrank every real update of the series until its time came.
-        let clock = chrono::Utc::now().timestamp();
+        let clock = now.timestamp();
         let horizon = clock + update.candle.granularity.seconds() + FUTURE_SLACK_SECS;
         if start > horizon {
             self.stats.future.fetch_add(1, Ordering::Relaxed);
@@ -316,7 +325,7 @@ impl LiveState {
         } else {
             ElementId::Series
         };
-        let entry = Arc::new(LiveEntry::new(update, seq, id));
+        let entry = Arc::new(LiveEntry::new(update, seq, id, clock));
         let mut cut_off = Vec::new();
         let mut queued = 0u64;
         let named = inner.index.by_series.get(&series).into_iter().flatten();
@@ -387,16 +396,16 @@ impl LiveState {
         }
     }
 
-    /// Forgets the series with no update received since [`FORGET_QUIET_AFTER`] before `now`,
+    /// Forgets the series with no update applied since [`FORGET_QUIET_AFTER`] before `now`,
     /// and the rolling day of products with no minute in the last day. Returns how many series
     /// went. The running loop calls it every minute.
     pub fn forget_quiet(&self, now: DateTime<Utc>) -> usize {
-        let cutoff = now - FORGET_QUIET_AFTER;
+        let cutoff = (now - FORGET_QUIET_AFTER).timestamp();
         let forgotten = {
             let mut inner = lock(&self.inner);
             let Inner { latest, older, .. } = &mut *inner;
             let before = latest.len();
-            latest.retain(|_, entry| entry.update.last_received >= cutoff);
+            latest.retain(|_, entry| entry.applied >= cutoff);
             older.retain(|series, _| latest.contains_key(series));
             before - latest.len()
         };

@@ -20,6 +20,8 @@ use crate::bus::{ALL_CANDLES, CandleMessage, ORIGIN_HEADER};
 const KV_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often clients that stayed behind on quiet series are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Bad candle messages are logged at most this often.
+const BAD_LOG_EVERY: Duration = Duration::from_secs(60);
 /// How often quiet series are forgotten.
 const FORGET_INTERVAL: Duration = Duration::from_secs(60);
 /// First wait before a failed KV reload is tried again (doubling, with jitter).
@@ -66,6 +68,7 @@ impl LiveState {
             names.push(key.map_err(|e| anyhow::anyhow!("KV keys: {e}"))?);
         }
         let mut loaded = 0;
+        let mut bad_values = 0u64;
         for group in names.chunks(64) {
             let reads = group.iter().map(|k| kv.get(k.clone()));
             for value in futures_util::future::join_all(reads).await {
@@ -79,7 +82,10 @@ impl LiveState {
                     }
                     Err(e) => {
                         self.stats.bad.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "bad value in the KV, skipped");
+                        bad_values += 1;
+                        if bad_values == 1 {
+                            tracing::warn!(error = %e, "bad value in the KV, skipped (the first of this reload)");
+                        }
                     }
                 }
             }
@@ -112,6 +118,7 @@ impl LiveState {
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut forget = tokio::time::interval(FORGET_INTERVAL);
+        let mut bad_logged: Option<std::time::Instant> = None;
         forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry_at = reload.at.filter(|_| reloading.is_none());
@@ -154,13 +161,25 @@ impl LiveState {
                         self.stats.own_skipped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    match CandleMessage::parse(&message.payload).and_then(|m| m.to_update()) {
+                    let parsed = CandleMessage::parse(&message.payload).and_then(|m| {
+                        m.check_subject(&message.subject)?;
+                        m.to_update()
+                    });
+                    match parsed {
                         Ok(update) => {
                             self.apply(update);
                         }
                         Err(e) => {
-                            self.stats.bad.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(subject = %message.subject, error = %e, "bad candle message, skipped");
+                            let bad = self.stats.bad.fetch_add(1, Ordering::Relaxed) + 1;
+                            if bad_logged.is_none_or(|at: std::time::Instant| at.elapsed() >= BAD_LOG_EVERY) {
+                                bad_logged = Some(std::time::Instant::now());
+                                tracing::warn!(
+                                    subject = %crate::model::shown(&message.subject),
+                                    error = %e,
+                                    bad_so_far = bad,
+                                    "bad candle message, skipped (logged at most once a minute)"
+                                );
+                            }
                         }
                     }
                 }

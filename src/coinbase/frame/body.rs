@@ -20,7 +20,7 @@ pub(super) struct RawCandlesEvent<'a> {
     kind: Cow<'a, str>,
     /// Kept raw so that each candle is parsed on its own: one bad candle cannot fail the
     /// frame.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::bounded")]
     candles: Vec<&'a RawValue>,
 }
 

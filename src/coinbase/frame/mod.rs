@@ -17,7 +17,6 @@ mod envelope;
 mod trades;
 mod values;
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -79,7 +78,8 @@ pub enum FrameBody {
 /// Why a frame could not be parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("malformed JSON: {0}")]
+    /// serde's text quotes what it read: shown escaped and clipped.
+    #[error("malformed JSON: {}", crate::model::shown(&.0.to_string()))]
     Json(#[from] serde_json::Error),
     #[error("frame is not UTF-8 (invalid byte at {0})")]
     Utf8(usize),
@@ -119,6 +119,22 @@ pub fn frame_sequence(bytes: &[u8]) -> Option<u64> {
         .sequence_num
 }
 
+/// Longest error message kept from an error frame (bytes): enough for every message Coinbase
+/// sends (they name a product or a reason), bounded whatever a frame holds.
+pub const MAX_ERROR_MESSAGE: usize = 512;
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Parses one frame read at `received`.
 pub fn parse_frame(bytes: &[u8], received: DateTime<Utc>) -> Result<Frame, FrameError> {
     // One UTF-8 check of the whole frame is cheaper than one per string.
@@ -130,7 +146,10 @@ pub fn parse_frame(bytes: &[u8], received: DateTime<Utc>) -> Result<Frame, Frame
                 sequence_num: raw.sequence_num,
                 timestamp: None,
                 body: FrameBody::Error {
-                    message: raw.message.map(Cow::into_owned).unwrap_or_default(),
+                    message: raw
+                        .message
+                        .map(|m| clip(&m, MAX_ERROR_MESSAGE).to_owned())
+                        .unwrap_or_default(),
                 },
             }),
             Some(other) => {
@@ -248,4 +267,40 @@ fn events_of<'a, T: Deserialize<'a>>(
         Some(RawEvents::Raw(raw)) => Ok(serde_json::from_str(raw.get())?),
         Some(events) => typed(events).ok_or(missing),
     }
+}
+
+/// Most elements one event's `trades` or `candles` array may hold (a Coinbase snapshot holds
+/// 100 trades): past it the frame is malformed, so no frame sizes the memory by its count.
+pub const MAX_EVENT_ELEMENTS: usize = 10_000;
+
+/// An array of at most [`MAX_EVENT_ELEMENTS`] elements (for `deserialize_with`).
+fn bounded<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_EVENT_ELEMENTS} elements")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(element) = seq.next_element()? {
+                if out.len() == MAX_EVENT_ELEMENTS {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {MAX_EVENT_ELEMENTS} elements in one event"
+                    )));
+                }
+                out.push(element);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_seq(Bounded(std::marker::PhantomData))
 }

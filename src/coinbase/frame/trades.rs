@@ -31,7 +31,7 @@ pub struct RejectedTrade {
 pub(super) struct RawTradesEvent<'a> {
     #[serde(borrow, rename = "type")]
     kind: Cow<'a, str>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::bounded")]
     trades: Vec<RawTrade<'a>>,
 }
 

@@ -31,6 +31,8 @@ pub(super) enum BadItem {
     Trade,
     Candle,
     Unlisted,
+    ErrorFrame,
+    MalformedFrame,
 }
 
 impl Connection {
@@ -45,9 +47,17 @@ impl Connection {
             Ok(frame) => frame,
             Err(e) => {
                 metrics::counter!("spot_canvas_feed_malformed_total").increment(1);
-                let preview: String =
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into();
-                tracing::warn!(conn = self.id, error = %e, %preview, "skipping malformed frame");
+                if self.bad_item_log_due(BadItem::MalformedFrame, None) {
+                    let preview = crate::model::shown(&String::from_utf8_lossy(
+                        &bytes[..bytes.len().min(120)],
+                    ));
+                    tracing::warn!(
+                        conn = self.id,
+                        error = %e,
+                        %preview,
+                        "skipping malformed frame (logged at most once a minute)"
+                    );
+                }
                 let mut previous_frame = received;
                 self.shared.health.update(self.id, |h| {
                     previous_frame = h.last_frame.unwrap_or(received);
@@ -96,9 +106,21 @@ impl Connection {
                     trades,
                 })
             }
-            FrameBody::Candles { candles, rejected } => {
+            FrameBody::Candles {
+                mut candles,
+                rejected,
+            } => {
                 if !rejected.is_empty() {
                     self.on_rejected_candles(&rejected);
+                }
+                let before = candles.len();
+                candles.retain(|c| self.products.contains(&c.product_id));
+                let dropped = (before - candles.len()) as u64;
+                if dropped > 0 {
+                    metrics::counter!("spot_canvas_feed_unlisted_candles_total").increment(dropped);
+                    self.shared
+                        .health
+                        .update(self.id, |h| h.unlisted_candles += dropped);
                 }
                 if candles.is_empty() {
                     return Ok(());
@@ -193,7 +215,7 @@ impl Connection {
             .get(&(kind, key.clone()))
             .is_none_or(|last| now.duration_since(*last) >= BAD_TRADE_LOG_INTERVAL);
         if due {
-            if self.bad_trades_logged.len() > 2 * (self.products.len() + 1) {
+            if self.bad_trades_logged.len() > 4 * (self.products.len() + 1) {
                 let products = &self.products;
                 self.bad_trades_logged
                     .retain(|(_, p), _| p.as_ref().is_none_or(|p| products.contains(p)));
@@ -358,20 +380,22 @@ impl Connection {
         previous_frame: DateTime<Utc>,
         last_seq: Option<u64>,
     ) -> Result<(), End> {
+        // The message is clipped by the parser; shown escaped everywhere it goes.
+        let shown_message = crate::model::shown(&message);
         self.shared.health.update(self.id, |h| {
             h.error_frames += 1;
-            h.last_error = Some(message.clone());
+            h.last_error = Some(shown_message.clone());
         });
         let using_jwt =
             self.shared.signer.is_some() && !self.shared.auth_failed.load(Ordering::Acquire);
         if using_jwt && message.contains("authentication") {
             self.shared.auth_failed.store(true, Ordering::Release);
             self.shared.health.set_auth(AuthState::Failed {
-                reason: format!("Coinbase answered {message:?}; continuing unauthenticated"),
+                reason: format!("Coinbase answered {shown_message}; continuing unauthenticated"),
             });
             tracing::warn!(
                 conn = self.id,
-                %message,
+                message = %shown_message,
                 "authentication refused, continuing unauthenticated"
             );
             self.subscribe_all(ws, Priority::Low)
@@ -386,10 +410,16 @@ impl Connection {
             .cloned()
             .collect();
         if refused.is_empty() {
-            tracing::warn!(conn = self.id, %message, "error frame from the exchange");
+            if self.bad_item_log_due(BadItem::ErrorFrame, None) {
+                tracing::warn!(
+                    conn = self.id,
+                    message = %shown_message,
+                    "error frame from the exchange (logged at most once a minute)"
+                );
+            }
             return Ok(());
         }
-        self.on_refused(ws, refused, message, previous_frame, last_seq)
+        self.on_refused(ws, refused, shown_message, previous_frame, last_seq)
             .await
     }
 
@@ -407,7 +437,7 @@ impl Connection {
         tracing::warn!(
             conn = self.id,
             ?refused,
-            %message,
+            message = %message,
             "the exchange refused products: dropping them, subscribing the others again"
         );
         metrics::counter!("spot_canvas_feed_refused_products_total")
