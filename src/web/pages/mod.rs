@@ -155,6 +155,7 @@ fn rows_html(state: &AppState, products: &[ProductInfo], granularity: Granularit
         html.push_str(&render(&RowPartial { row: &row }));
         html.push('\n');
     }
+    state.pages.rows.keep_only(products);
     html
 }
 

@@ -48,6 +48,22 @@ pub struct RowCache {
 }
 
 impl RowCache {
+    /// How many rows are cached.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets the rows of products not in `products` (sorted by id, the catalog's list): a
+    /// delisted product's rows go.
+    pub fn keep_only(&self, products: &[ProductInfo]) {
+        self.lock()
+            .retain(|(id, _), _| products.binary_search_by(|p| p.id.cmp(id)).is_ok());
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<(ProductId, Granularity), Cached>> {
         // Entries are replaced whole: a panic elsewhere cannot leave one half-written.
         self.rows.lock().unwrap_or_else(|e| e.into_inner())

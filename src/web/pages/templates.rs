@@ -297,4 +297,17 @@ mod tests {
         let html = render(&RowPartial { row: &row });
         assert!(html.contains("X-USD"), "{html}");
     }
+
+    #[test]
+    fn the_row_cache_forgets_products_no_longer_listed() {
+        let cache = super::super::rows::RowCache::default();
+        let (a, b) = (product("A-USD"), product("B-USD"));
+        let now = Utc::now();
+        for p in [&a, &b] {
+            cache.row(p, Granularity::OneMinute, None, None, now);
+        }
+        assert_eq!(cache.len(), 2);
+        cache.keep_only(std::slice::from_ref(&b));
+        assert_eq!(cache.len(), 1);
+    }
 }
