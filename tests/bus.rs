@@ -156,7 +156,10 @@ async fn published_updates_arrive_on_their_subject_and_in_the_kv() {
         kv_version(&n.kv, &kv_key("BTC-USD", Granularity::OneMinute)).await,
         Some(sent.version())
     );
+    let config = n._dir.path().join("nats").join("nats-server.conf");
+    assert!(config.exists(), "the token's file while the server runs");
     n.server.stop().await;
+    assert!(!config.exists(), "the token's file goes with the server");
 }
 
 #[tokio::test]

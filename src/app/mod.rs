@@ -7,13 +7,15 @@
 //! history, products).
 //! On cancel, the stages stop in order: the feed closes its sockets politely, the engine
 //! finishes what it holds, the writer flushes to the database (what it cannot write in time
-//! waits in its spool under `DATA_DIR` for the next start), then the embedded
+//! waits for the next start in JetStream with an external NATS, else in its spool under
+//! `DATA_DIR`), then the embedded
 //! database (if any) and the HTTP server stop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +43,8 @@ const UPDATE_CHANNEL: usize = 1024;
 /// Where NATS is, and the embedded servers started for this process (stopped with it).
 #[derive(Debug)]
 struct Servers {
-    nats_url: String,
+    /// May carry credentials (the embedded server's token): its `Debug` shows none of it.
+    nats_url: SecretString,
     embedded: Option<EmbeddedPostgres>,
     embedded_nats: Option<EmbeddedNats>,
 }
@@ -106,11 +109,11 @@ impl App {
             };
         let (pool, embedded) = open_database(config).await?;
         let (nats_url, embedded_nats) = match &config.nats_url {
-            Some(url) => (url.clone(), None),
+            Some(url) => (SecretString::from(url.clone()), None),
             None => {
                 match EmbeddedNats::start(config.nats_server_bin.as_deref(), &config.data_dir).await
                 {
-                    Ok(nats) => (nats.client_url(), Some(nats)),
+                    Ok(nats) => (SecretString::from(nats.client_url()), Some(nats)),
                     Err(e) => {
                         stop_embedded(embedded.as_ref(), None).await;
                         return Err(e);
@@ -167,7 +170,13 @@ impl App {
             Some(origin) => LiveState::with_origin(origin.clone()),
             None => LiveState::new(),
         };
-        let nats = match connect_bus(&servers.nats_url, &live, config.nats_kv_replicas).await {
+        let nats = match connect_bus(
+            servers.nats_url.expose_secret(),
+            &live,
+            config.nats_kv_replicas,
+        )
+        .await
+        {
             Ok(nats) => nats,
             Err(e) => return Err((e, servers)),
         };
@@ -311,6 +320,16 @@ fn build_ingest(
         writer_rx,
     )
     .with_spool(crate::store::Spool::in_dir(&config.data_dir));
+    // An external NATS outlives the instance (on Cloud Run `DATA_DIR` is memory): the rows of
+    // the stop go to JetStream first. The embedded server's store is in `DATA_DIR` anyway.
+    let writer = if config.nats_url.is_some() {
+        writer.with_stream_spool(crate::store::StreamSpool::new(
+            nats.0.clone(),
+            config.nats_kv_replicas,
+        ))
+    } else {
+        writer
+    };
     let (to_publisher, publisher_rx) = mpsc::channel(UPDATE_CHANNEL);
     channels.register("publisher", &to_publisher);
     let mut publisher = Publisher::new(nats.0.clone(), nats.1.clone(), publisher_rx)
@@ -479,4 +498,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "listening"
     );
     app.run_until_stopped(cancel).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nats_url_with_its_token_never_shows_in_debug() {
+        let servers = Servers {
+            nats_url: SecretString::from("nats://0123456789abcdef@127.0.0.1:4222".to_owned()),
+            embedded: None,
+            embedded_nats: None,
+        };
+        let shown = format!("{servers:?}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+    }
 }

@@ -4,7 +4,8 @@
 //! The stop signal reaches every stage in order: the feed is cancelled and closes its sockets;
 //! its channel closing stops the engine after the events it holds; the engine's output closing
 //! stops the fan-out, then the writer and the publisher after their last flush (the writer's
-//! is one bounded attempt: what it cannot write goes to its spool in `DATA_DIR`); then the live
+//! is one bounded attempt: what it cannot write goes to JetStream with an external NATS, else to
+//! its spool in `DATA_DIR`, and a forced stop waits up to 1 s for that); then the live
 //! state, the embedded servers' watchdogs and the HTTP server. Stages that stop on a closed input
 //! also get a token that is cancelled when the grace period runs out, so that nothing outlives
 //! it. Whatever happens, the embedded servers are stopped at the end.
@@ -22,6 +23,9 @@ use crate::model::CandleUpdate;
 use crate::store::Repository;
 use crate::supervise::Supervisor;
 use crate::web::{AppState, router};
+
+/// How long a forced stop waits for the writer to keep what it holds.
+const WRITER_FORCED_WAIT: Duration = Duration::from_secs(1);
 
 /// Time the publisher gets to flush once the fan-out has ended, within the stages' grace.
 const PUBLISHER_GRACE: Duration = Duration::from_secs(3);
@@ -122,15 +126,22 @@ impl App {
         // The publisher's own end: cancelled with `overdue`, or once its input has closed and
         // it has had PUBLISHER_GRACE to flush.
         let publisher_stop = overdue.child_token();
-        let pipeline = ingest.map(|ingest| {
-            spawn_ingest(
+        // Cancelled when the writer's task ends (or at once without one).
+        let writer_done = CancellationToken::new();
+        let pipeline = match ingest {
+            Some(ingest) => Some(spawn_ingest(
                 &mut supervisor,
                 ingest,
                 &state,
                 repository,
                 [&feed_stop, &catalog_stop, &overdue, &publisher_stop],
-            )
-        });
+                writer_done.clone(),
+            )),
+            None => {
+                writer_done.cancel();
+                None
+            }
+        };
         let routes = router(state.clone());
         let http_task = supervisor.spawn_fatal("http", &http_stop, |token| async move {
             crate::web::serve::serve(listener, routes, token, HTTP_GRACE)
@@ -193,6 +204,13 @@ impl App {
             overdue.cancel();
             feed_stop.cancel();
             live_stop.cancel();
+            // The writer keeps what it holds as a step of its stop: wait for it, bounded.
+            if tokio::time::timeout(WRITER_FORCED_WAIT, writer_done.cancelled())
+                .await
+                .is_err()
+            {
+                tracing::error!(wait = ?WRITER_FORCED_WAIT, "the writer did not keep its rows in time after the forced stop");
+            }
         }
         // The watchdogs end before the servers stop, so that none starts a server again.
         watchdog_stop.cancel();
@@ -280,12 +298,14 @@ impl Pipeline {
 
 /// Spawns the ingest stages. `feed_stop` stops the feed, `catalog_stop` the helpers beside it;
 /// the rest stop on their closed inputs, or on `overdue` when the grace runs out.
+/// `writer_done` is cancelled when the writer's task ends.
 fn spawn_ingest(
     supervisor: &mut Supervisor,
     ingest: super::Ingest,
     state: &AppState,
     repository: Repository,
     [feed_stop, catalog_stop, overdue, publisher_stop]: [&CancellationToken; 4],
+    writer_done: CancellationToken,
 ) -> Pipeline {
     let super::Ingest {
         feed,
@@ -316,7 +336,11 @@ fn spawn_ingest(
             until(token, fan_out(updates, live, to_writer, to_publisher))
         })
     };
-    let writer = supervisor.spawn_fatal("writer", overdue, |token| until(token, writer.run()));
+    // The writer ends itself on `overdue`: it keeps what it holds first (an awaited step).
+    let writer = supervisor.spawn_fatal("writer", overdue, move |token| async move {
+        let _done = writer_done.drop_guard();
+        writer.run_until(token).await
+    });
     let publisher = supervisor.spawn_fatal("publisher", publisher_stop, |token| {
         until(token, publisher.run())
     });

@@ -14,7 +14,8 @@
 //! The server takes only clients that present a token made at random at each start (32 random
 //! bytes, hex): it is written with the server's other settings to `DATA_DIR/nats/
 //! nats-server.conf` (mode 0600, read by the child through `-c`), never put in the child's
-//! argv or environment, and never logged. [`EmbeddedNats::client_url`] carries it to the
+//! argv or environment, and never logged; the file is removed when the server stops (or its
+//! last handle goes). [`EmbeddedNats::client_url`] carries it to the
 //! service's own clients (`nats://TOKEN@127.0.0.1:PORT`, split into a token by
 //! [`crate::bus::connect`]); [`EmbeddedNats::url`] has none and may be shown.
 
@@ -167,6 +168,25 @@ impl EmbeddedNats {
         if let Some(mut child) = taken {
             // Dropped half-way, the child's guard finishes the stop.
             child.stop(STOP).await;
+        }
+        remove_config(&self.inner.config);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The server read it at its start; the token must not outlive the server.
+        remove_config(&self.config);
+    }
+}
+
+/// Removes the configuration file (it holds the token); a file already gone is fine.
+fn remove_config(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "cannot remove the nats-server configuration");
         }
     }
 }

@@ -14,8 +14,11 @@
 //! stop), the rows it still held are counted in an error log. [`run_keeping`] (the database
 //! writer's) never waits out a backoff once the input has closed: it flushes at once, every
 //! flush bounded by `stop_timeout` from the close, and at the first failure (or when that time
-//! is up) it hands every row it still holds to its [`Keep`] (a durable spool written after the
-//! next start) and returns; a forced stop (the sink dropped) hands them over too.
+//! is up) it hands every row it still holds to its [`Keep`] (a durable place they are written
+//! from after the next start), awaits it for at most [`KEEP_TIMEOUT`], and returns. A forced
+//! stop (its `force` token cancelled) abandons the flush under way and hands the rows over the
+//! same way, with [`FORCED_KEEP_TIMEOUT`]. The keep is an awaited step of the sink, never work
+//! done in a drop: a sink dropped while it holds rows only logs how many it loses.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,6 +32,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::model::{CandleUpdate, Granularity};
 
@@ -196,10 +200,33 @@ impl Flushed for Refused {
     }
 }
 
+/// How long a [`Keep`] may take at an ordinary stop (after the flushes' `stop_timeout`).
+pub const KEEP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a [`Keep`] may take at a forced stop (the stop grace is over).
+pub const FORCED_KEEP_TIMEOUT: Duration = Duration::from_millis(800);
+/// Past its deadline, a [`Keep`] still running is abandoned after this much more.
+const KEEP_OVERRUN: Duration = Duration::from_millis(500);
+
+/// What a [`Keep`] did with the rows it was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kept {
+    /// Rows of those given that are kept (the rest are lost, and the keep said why in its log).
+    pub rows: u64,
+    /// Where they went, for the stop's log line (`jetstream`, `file`, `jetstream+file`).
+    pub place: String,
+}
+
 /// Where [`run_keeping`] hands the rows it could not write by its stop (coalesced, each key
 /// once): a durable place they are written from after the next start. Called once at most,
-/// synchronously (also from a drop); returns how many rows it kept, or why it could not.
-pub type Keep = Box<dyn FnOnce(Vec<CandleUpdate>) -> Result<u64, String> + Send>;
+/// with a deadline it should finish by, and awaited (abandoned shortly after the deadline);
+/// says how many rows it kept and where, or why it could not keep any.
+pub type Keep = Box<
+    dyn FnOnce(
+            Vec<CandleUpdate>,
+            Instant,
+        ) -> futures_util::future::BoxFuture<'static, Result<Kept, String>>
+        + Send,
+>;
 
 /// A flush under way: its rows, its task (aborted if dropped) and its deadline.
 struct InFlight<O> {
@@ -217,18 +244,17 @@ enum Outcome {
     Panicked(String),
 }
 
-/// What the sink holds; on drop it aborts the flush under way and hands every row still held
-/// to `keep`, or (without one, or if it fails) says how many rows were never written.
+/// What the sink holds. On drop it aborts the flush under way and says how many rows were
+/// never written (a keeping sink hands them to its [`Keep`] before, see [`Held::take_all`]).
 struct Held<O> {
     name: &'static str,
     pending: HashMap<Key, CandleUpdate>,
     in_flight: Option<InFlight<O>>,
-    keep: Option<Keep>,
-    stats: Arc<SinkStats>,
 }
 
-impl<O> Drop for Held<O> {
-    fn drop(&mut self) {
+impl<O> Held<O> {
+    /// Every row still held, the flush under way (aborted) included, each key once.
+    fn take_all(&mut self) -> Vec<CandleUpdate> {
         let mut rows = std::mem::take(&mut self.pending);
         if let Some(flight) = self.in_flight.take() {
             flight.task.abort();
@@ -242,35 +268,19 @@ impl<O> Drop for Held<O> {
                 );
             }
         }
-        if rows.is_empty() {
-            return;
-        }
-        let unwritten = rows.len();
-        let Some(keep) = self.keep.take() else {
+        rows.into_values().collect()
+    }
+}
+
+impl<O> Drop for Held<O> {
+    fn drop(&mut self) {
+        let unwritten = self.take_all().len();
+        if unwritten > 0 {
             tracing::error!(
                 sink = self.name,
                 rows = unwritten,
                 "sink stopped before writing these rows"
             );
-            return;
-        };
-        match keep(rows.into_values().collect()) {
-            Ok(kept) => {
-                self.stats.kept_at_stop.fetch_add(kept, Ordering::Relaxed);
-                self.stats.pending.store(0, Ordering::Relaxed);
-                tracing::warn!(
-                    sink = self.name,
-                    rows = unwritten,
-                    kept,
-                    "rows not written by the stop are kept for the next start"
-                );
-            }
-            Err(e) => tracing::error!(
-                sink = self.name,
-                rows = unwritten,
-                error = %e,
-                "sink stopped before writing these rows, and cannot keep them"
-            ),
         }
     }
 }
@@ -293,7 +303,7 @@ pub async fn run<F, Fut, O>(
 
 /// As [`run`], but the stop never waits: once `input` closes, pending rows are flushed at
 /// once (no backoff), within `stop_timeout`; whatever is not written then, after the first
-/// failure, or when the sink is dropped, goes to `keep`.
+/// failure, or when `force` is cancelled, goes to `keep` (awaited, see [`KEEP_TIMEOUT`]).
 pub async fn run_keeping<F, Fut, O>(
     name: &'static str,
     input: mpsc::Receiver<Vec<CandleUpdate>>,
@@ -301,12 +311,13 @@ pub async fn run_keeping<F, Fut, O>(
     stats: Arc<SinkStats>,
     flush: F,
     keep: Keep,
+    force: CancellationToken,
 ) where
     F: Fn(Rows) -> Fut,
     Fut: Future<Output = Result<O, String>> + Send + 'static,
     O: Flushed,
 {
-    run_inner(name, input, settings, stats, flush, Some(keep)).await;
+    run_inner(name, input, settings, stats, flush, Some((keep, force))).await;
 }
 
 async fn run_inner<F, Fut, O>(
@@ -315,19 +326,19 @@ async fn run_inner<F, Fut, O>(
     settings: SinkSettings,
     stats: Arc<SinkStats>,
     flush: F,
-    keep: Option<Keep>,
+    keep: Option<(Keep, CancellationToken)>,
 ) where
     F: Fn(Rows) -> Fut,
     Fut: Future<Output = Result<O, String>> + Send + 'static,
     O: Flushed,
 {
     let keeping = keep.is_some();
+    let force = keep.as_ref().map(|(_, force)| force.clone());
+    let mut forced = false;
     let mut held = Held {
         name,
         pending: HashMap::new(),
         in_flight: None,
-        keep,
-        stats: stats.clone(),
     };
     let mut failures_in_row: u32 = 0;
     let mut retry_at: Option<Instant> = None;
@@ -340,7 +351,7 @@ async fn run_inner<F, Fut, O>(
             && held.in_flight.is_none()
             && Instant::now() >= stop_by
         {
-            // Out of time: what is still held goes to `keep` as `held` drops.
+            // Out of time: what is still held goes to `keep`.
             break;
         }
         let due = !held.pending.is_empty()
@@ -367,6 +378,11 @@ async fn run_inner<F, Fut, O>(
         let wake_at = retry_at.unwrap_or(flush_at).max(Instant::now());
         let idle = held.in_flight.is_none();
         tokio::select! {
+            () = cancelled(force.as_ref()), if keeping => {
+                forced = true;
+                tracing::warn!(sink = name, "forced stop: keeping what is not written yet");
+                break;
+            },
             batch = input.recv(), if input_open => match batch {
                 Some(batch) => {
                     stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -433,7 +449,7 @@ async fn run_inner<F, Fut, O>(
                         sink = name,
                         "flush failed at the stop; keeping the rows for the next start"
                     );
-                    // No retry at the stop: what is held goes to `keep` as `held` drops.
+                    // No retry at the stop: what is held goes to `keep`.
                     break;
                 }
                 let delay = backoff(&settings, failures_in_row);
@@ -450,9 +466,76 @@ async fn run_inner<F, Fut, O>(
             () = tokio::time::sleep_until(wake_at), if !held.pending.is_empty() && idle => {}
         }
     }
-    stats
-        .pending
-        .store(held.pending.len() as u64, Ordering::Relaxed);
+    let rows = held.take_all();
+    stats.pending.store(rows.len() as u64, Ordering::Relaxed);
+    if let Some((keep, _force)) = keep
+        && !rows.is_empty()
+    {
+        keep_at_stop(name, &stats, keep, rows, forced).await;
+    }
+}
+
+/// Hands `rows` to `keep` and awaits it, bounded by its deadline (a little more, then it is
+/// abandoned), and counts what it kept.
+async fn keep_at_stop(
+    name: &'static str,
+    stats: &SinkStats,
+    keep: Keep,
+    rows: Vec<CandleUpdate>,
+    forced: bool,
+) {
+    let given = rows.len();
+    let budget = if forced {
+        FORCED_KEEP_TIMEOUT
+    } else {
+        KEEP_TIMEOUT
+    };
+    let deadline = Instant::now() + budget;
+    let keeping = AssertUnwindSafe(keep(rows, deadline));
+    let outcome = tokio::time::timeout_at(
+        deadline + KEEP_OVERRUN,
+        futures_util::FutureExt::catch_unwind(keeping),
+    )
+    .await;
+    match outcome {
+        Ok(Ok(Ok(kept))) => {
+            stats.kept_at_stop.fetch_add(kept.rows, Ordering::Relaxed);
+            stats.pending.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                sink = name,
+                rows = given,
+                kept = kept.rows,
+                place = %kept.place,
+                "rows not written by the stop are kept for the next start"
+            );
+        }
+        Ok(Ok(Err(e))) => tracing::error!(
+            sink = name,
+            rows = given,
+            error = %e,
+            "sink stopped before writing these rows, and cannot keep them"
+        ),
+        Ok(Err(panic)) => tracing::error!(
+            sink = name,
+            rows = given,
+            error = %panic_message(panic.as_ref()),
+            "sink stopped before writing these rows, and keeping them panicked"
+        ),
+        Err(_elapsed) => tracing::error!(
+            sink = name,
+            rows = given,
+            budget = ?budget,
+            "sink stopped before writing these rows, and keeping them took too long"
+        ),
+    }
+}
+
+/// Ends when `token` is cancelled; never without one.
+async fn cancelled(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Spawns a flush of `rows`. A flush function that panics while building its future counts as

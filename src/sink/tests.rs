@@ -246,10 +246,17 @@ async fn a_failed_flush_keeps_newer_updates_received_meanwhile() {
 
 /// A keep that records what it was given.
 fn keep_into(kept: Arc<Mutex<Vec<CandleUpdate>>>) -> Keep {
-    Box::new(move |rows: Vec<CandleUpdate>| {
+    Box::new(move |rows: Vec<CandleUpdate>, _deadline| {
         let n = rows.len() as u64;
         kept.lock().expect("lock").extend(rows);
-        Ok(n)
+        Box::pin(async move {
+            // An awaited step: the sink returns only once it is done.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(Kept {
+                rows: n,
+                place: "test".to_owned(),
+            })
+        })
     })
 }
 
@@ -297,6 +304,7 @@ async fn a_keeping_sink_waits_out_no_backoff_at_the_stop_and_keeps_what_it_could
         stats.clone(),
         flush,
         keep_into(kept.clone()),
+        CancellationToken::new(),
     ));
     tx.send((0..100).map(|k| update(k, 1)).collect())
         .await
@@ -352,6 +360,7 @@ async fn a_flush_hanging_at_the_stop_is_cut_by_the_stop_timeout_and_its_rows_kep
         stats.clone(),
         flush,
         keep_into(kept.clone()),
+        CancellationToken::new(),
     ));
     tx.send((0..10).map(|k| update(k, 1)).collect())
         .await
@@ -364,16 +373,22 @@ async fn a_flush_hanging_at_the_stop_is_cut_by_the_stop_timeout_and_its_rows_kep
         .await
         .expect("the stop is bounded")
         .expect("join");
-    assert!(stopping.elapsed() <= Duration::from_millis(1_100));
+    // The stop timeout, then the keep (300 ms).
+    assert!(stopping.elapsed() <= Duration::from_millis(1_400));
     assert_eq!(kept.lock().expect("lock").len(), 10);
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_keeping_sink_dropped_by_a_forced_stop_keeps_its_rows() {
+async fn a_forced_stop_keeps_the_rows_and_awaits_the_keep() {
     let (tx, rx) = mpsc::channel(4);
     let stats = Arc::new(SinkStats::default());
     let kept = Arc::new(Mutex::new(Vec::new()));
-    let flush = |_rows: Rows| async { Err::<(), _>("away".to_owned()) };
+    let force = CancellationToken::new();
+    // The flush hangs: only the forced stop ends it.
+    let flush = |_rows: Rows| async {
+        std::future::pending::<()>().await;
+        Ok(())
+    };
     let sink = tokio::spawn(run_keeping(
         "test",
         rx,
@@ -381,18 +396,54 @@ async fn a_keeping_sink_dropped_by_a_forced_stop_keeps_its_rows() {
         stats.clone(),
         flush,
         keep_into(kept.clone()),
+        force.clone(),
     ));
     tx.send((0..10).map(|k| update(k, 1)).collect())
         .await
         .expect("send");
-    let failed = tokio::time::timeout(Duration::from_secs(5), async {
-        while stats.report().failures == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    });
-    failed.await.expect("a flush fails");
-    sink.abort();
-    let _aborted = sink.await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let forcing = tokio::time::Instant::now();
+    force.cancel();
+    tokio::time::timeout(Duration::from_secs(2), sink)
+        .await
+        .expect("the forced stop is bounded")
+        .expect("join");
+    // The sink ended after its keep (300 ms), not before.
+    assert!(forcing.elapsed() >= Duration::from_millis(300));
     assert_eq!(kept.lock().expect("lock").len(), 10);
     assert_eq!(stats.report().kept_at_stop, 10);
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keep_that_overruns_its_deadline_is_abandoned() {
+    let (tx, rx) = mpsc::channel(4);
+    let stats = Arc::new(SinkStats::default());
+    let flush = |_rows: Rows| async { Err::<(), _>("away".to_owned()) };
+    let keep: Keep = Box::new(|_rows, _deadline| {
+        Box::pin(async {
+            std::future::pending::<()>().await;
+            Ok(Kept::default())
+        })
+    });
+    let sink = tokio::spawn(run_keeping(
+        "test",
+        rx,
+        settings(),
+        stats.clone(),
+        flush,
+        keep,
+        CancellationToken::new(),
+    ));
+    tx.send((0..10).map(|k| update(k, 1)).collect())
+        .await
+        .expect("send");
+    let stopping = tokio::time::Instant::now();
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), sink)
+        .await
+        .expect("the keep is bounded")
+        .expect("join");
+    assert!(stopping.elapsed() <= settings().stop_timeout + KEEP_TIMEOUT + KEEP_OVERRUN);
+    assert_eq!(stats.report().kept_at_stop, 0);
 }

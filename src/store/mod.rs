@@ -6,12 +6,14 @@
 //! `DATABASE_URL` is set. Every connection has a statement timeout and server-side TCP
 //! keepalives; the history API reads through a pool of its own ([`api_pool`]). A row the
 //! server refuses for its content is left out of its batch, never the batch
-//! ([`refusal`]); candle rows not written by the stop wait in a [`Spool`] under `DATA_DIR`.
+//! ([`refusal`]); candle rows not written by the stop wait in JetStream ([`StreamSpool`]) with an
+//! external NATS, else (and for what JetStream does not take) in a [`Spool`] under `DATA_DIR`.
 
 pub mod embedded;
 pub mod refusal;
 mod repository;
 pub mod spool;
+pub mod stream_spool;
 pub mod writer;
 
 use std::str::FromStr;
@@ -25,6 +27,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 pub use embedded::EmbeddedPostgres;
 pub use repository::{MinuteRow, ProductsWritten, Repository, StoredCandle};
 pub use spool::Spool;
+pub use stream_spool::StreamSpool;
 pub use writer::{BatchWriter, WriterSettings, WriterStats};
 
 /// The schema migrations, embedded at compile time (no database needed to build).

@@ -15,20 +15,34 @@
 //!
 //! When its input closes it writes all it holds. Without a [`Spool`] it retries until it has
 //! (tests that stop the database); with one (the service) it makes one attempt bounded by
-//! `stop_timeout`, never waiting out a backoff, and what it still holds after it goes to the
-//! spool, which the next start writes through the same upserts (in a task beside the writer,
-//! retried until written) and then removes.
+//! `stop_timeout`, never waiting out a backoff, and what it still holds after it (or at a
+//! forced stop) is kept, as an awaited step of its stop: in the [`StreamSpool`] when NATS is
+//! external (JetStream outlives the instance), whatever JetStream did not acknowledge, and
+//! everything with the embedded NATS, in the file [`Spool`] under `DATA_DIR`. The stop's log
+//! line says which place took the rows. At the start, tasks beside the writer write what
+//! earlier runs kept through the same upserts, retried until written: the file's rows (then the
+//! file is removed), and for as long as the writer runs the stream's (any instance's; each
+//! message acknowledged once written). `/health` counts them in `kept_at_stop`, `recovered`
+//! and `recovery_lost`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Repository;
 use super::refusal::{escaped, refusal, write_splitting};
 use super::spool::Spool;
+use super::stream_spool::StreamSpool;
 use crate::model::CandleUpdate;
-use crate::sink::{Refused, SinkSettings, SinkStats};
+use crate::sink::{Kept, Refused, SinkSettings, SinkStats};
+
+/// Of a keep's time, what is left for the file after JetStream.
+const FILE_RESERVE: Duration = Duration::from_millis(400);
+/// How long the keep waits for the stream's drain to hand back the message it holds.
+const DRAIN_STOP_WAIT: Duration = Duration::from_millis(300);
 
 /// Refused rows are logged at most once in this time (the rest are counted in the next line).
 pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -55,6 +69,8 @@ pub struct BatchWriter {
     stats: Arc<WriterStats>,
     /// Where the rows not written by the stop go, and come back from at the start.
     spool: Option<Spool>,
+    /// With an external NATS: the first place for them (the file takes what it does not).
+    stream: Option<StreamSpool>,
 }
 
 impl BatchWriter {
@@ -69,6 +85,7 @@ impl BatchWriter {
             input,
             stats: Arc::new(WriterStats::default()),
             spool: None,
+            stream: None,
         }
     }
 
@@ -79,6 +96,14 @@ impl BatchWriter {
         self
     }
 
+    /// Keeps the rows not written by the stop in `stream` first (the file spool takes what it
+    /// does not acknowledge in time), and writes what any instance kept there (see the module
+    /// docs). Needs [`BatchWriter::with_spool`] too.
+    pub fn with_stream_spool(mut self, stream: StreamSpool) -> Self {
+        self.stream = Some(stream);
+        self
+    }
+
     pub fn stats(&self) -> Arc<WriterStats> {
         self.stats.clone()
     }
@@ -86,12 +111,19 @@ impl BatchWriter {
     /// Runs until the input closes and everything received is written (or, with a spool,
     /// kept in it).
     pub async fn run(self) -> anyhow::Result<()> {
+        self.run_until(CancellationToken::new()).await
+    }
+
+    /// As [`BatchWriter::run`]; `force` (the stop grace is over) ends the flushing at once
+    /// and keeps what is held (with a spool; without one, the rows held are lost and logged).
+    pub async fn run_until(self, force: CancellationToken) -> anyhow::Result<()> {
         let BatchWriter {
             repository,
             settings,
             input,
             stats,
             spool,
+            stream,
         } = self;
         let refusals = Arc::new(RefusalLog::default());
         let flush = {
@@ -110,32 +142,118 @@ impl BatchWriter {
             }
         };
         let Some(spool) = spool else {
-            crate::sink::run("store", input, settings, stats, flush).await;
+            tokio::select! {
+                () = crate::sink::run("store", input, settings, stats, flush) => {}
+                () = force.cancelled() => {}
+            }
             return Ok(());
         };
         // Ends with the writer (or when it is dropped): the spool keeps what it did not write.
         let recovery = AbortOnDrop(tokio::spawn(recover(
-            repository,
+            repository.clone(),
             spool.clone(),
             stats.clone(),
-            refusals,
+            refusals.clone(),
             settings,
         )));
-        let keep: crate::sink::Keep = Box::new(move |rows: Vec<CandleUpdate>| {
-            let saved = spool
-                .save(rows)
-                .map_err(|e| format!("cannot write the spool {}: {e}", spool.path().display()))?;
-            tracing::info!(
-                rows = saved.rows,
-                dropped = saved.dropped,
-                path = %spool.path().display(),
-                "the writer's spool is written"
-            );
-            Ok(saved.rows)
+        let drain_stop = CancellationToken::new();
+        let drain = stream.clone().map(|stream| {
+            let (stats, stop) = (stats.clone(), drain_stop.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                let write = |rows: Vec<CandleUpdate>| {
+                    let (repository, refusals) = (repository.clone(), refusals.clone());
+                    async move {
+                        write_all(&repository, &rows, &refusals)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                stream.drain(write, &stats, settings, stop).await;
+            }))
         });
-        crate::sink::run_keeping("store", input, settings, stats, flush, keep).await;
+        let keep: crate::sink::Keep = Box::new(move |rows: Vec<CandleUpdate>, deadline| {
+            Box::pin(async move {
+                // The drain hands back the message it is writing, so that the rows kept now
+                // and those it held all wait for the next start.
+                drain_stop.cancel();
+                if let Some(mut drain) = drain {
+                    let _ended = tokio::time::timeout(DRAIN_STOP_WAIT, &mut drain.0).await;
+                }
+                keep_rows(rows, deadline, stream.as_ref(), &spool).await
+            })
+        });
+        crate::sink::run_keeping("store", input, settings, stats, flush, keep, force).await;
         drop(recovery);
         Ok(())
+    }
+}
+
+/// Keeps `rows` by `deadline`: in `stream` first when there is one, then what it did not take
+/// (or all of them) in the file `spool`. Says how many of them are kept, and where.
+async fn keep_rows(
+    rows: Vec<CandleUpdate>,
+    deadline: Instant,
+    stream: Option<&StreamSpool>,
+    spool: &Spool,
+) -> Result<Kept, String> {
+    let given = rows.len() as u64;
+    let (in_stream, rest) = match stream {
+        Some(stream) => {
+            let by = deadline
+                .checked_sub(FILE_RESERVE)
+                .unwrap_or(deadline)
+                .max(Instant::now());
+            let stored = stream.keep(rows, by).await;
+            (stored.acked, stored.unacked)
+        }
+        None => (0, rows),
+    };
+    let to_file = rest.len() as u64;
+    let mut in_file = 0;
+    let mut file_error = None;
+    if !rest.is_empty() {
+        let saving = tokio::task::spawn_blocking({
+            let spool = spool.clone();
+            move || spool.save(rest)
+        });
+        match saving.await {
+            Ok(Ok(saved)) => in_file = saved.kept,
+            Ok(Err(e)) => {
+                file_error = Some(format!(
+                    "cannot write the spool {}: {e}",
+                    spool.path().display()
+                ));
+            }
+            Err(e) => file_error = Some(format!("writing the spool failed: {e}")),
+        }
+    }
+    let place = match (stream.is_some(), in_stream > 0, to_file > 0) {
+        (_, true, true) => "jetstream+file",
+        (_, true, false) => "jetstream",
+        _ => "file",
+    };
+    tracing::info!(
+        rows = given,
+        place,
+        in_jetstream = in_stream,
+        in_file,
+        left_out = given - in_stream - in_file,
+        path = %spool.path().display(),
+        "the writer's stop kept its rows"
+    );
+    match file_error {
+        Some(e) if in_stream == 0 => Err(e),
+        Some(e) => {
+            tracing::error!(error = %e, rows = to_file, "the rows JetStream did not take are lost");
+            Ok(Kept {
+                rows: in_stream,
+                place: place.to_owned(),
+            })
+        }
+        None => Ok(Kept {
+            rows: in_stream + in_file,
+            place: place.to_owned(),
+        }),
     }
 }
 
@@ -175,8 +293,8 @@ async fn recover(
     };
     stats.record_recovery_lost(loaded.lost);
     if loaded.rows.is_empty() && loaded.lost == 0 {
-        if spool.path().exists() {
-            let _removed = spool.remove_if_unchanged(loaded.generation);
+        if loaded.stamp.is_some() {
+            let _removed = remove_if_unchanged(&spool, &loaded).await;
         }
         return;
     }
@@ -211,7 +329,7 @@ async fn recover(
             }
         }
     }
-    match spool.remove_if_unchanged(loaded.generation) {
+    match remove_if_unchanged(&spool, &loaded).await {
         Ok(removed) => tracing::info!(
             rows = loaded.rows.len(),
             removed,
@@ -223,6 +341,17 @@ async fn recover(
             "the rows of the writer's spool are written, but it cannot be removed (writing them again changes nothing)"
         ),
     }
+}
+
+/// [`Spool::remove_if_unchanged`] on a blocking thread.
+async fn remove_if_unchanged(
+    spool: &Spool,
+    loaded: &super::spool::Loaded,
+) -> std::io::Result<bool> {
+    let (spool, stamp) = (spool.clone(), loaded.stamp);
+    tokio::task::spawn_blocking(move || spool.remove_if_unchanged(stamp))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// Writes a flush's rows (distinct keys) in statements of at most 5,000 rows, up to 4 at a
