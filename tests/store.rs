@@ -712,6 +712,46 @@ async fn a_products_list_with_a_duplicate_and_refused_rows_upserts_the_rest() {
     assert_eq!((again.changed, again.refused.len()), (3, 3));
 }
 
+/// Runs `writer` (fed by `tx`): one row of `product` written, then PostgreSQL stopped, 20
+/// more rows sent and a flush failed, then the stop (its input closed) in the middle of a
+/// backoff. Returns the writer's stats and how long the stop took.
+async fn stop_while_the_database_is_away(
+    db: &TestDb,
+    writer: BatchWriter,
+    tx: mpsc::Sender<Vec<CandleUpdate>>,
+    product: &str,
+) -> (std::sync::Arc<spot_canvas::store::WriterStats>, Duration) {
+    let stats = writer.stats();
+    let task = tokio::spawn(writer.run());
+    tx.send(vec![update(product, T0, 0, 1, "1")])
+        .await
+        .expect("send");
+    wait_for("the first row written", Duration::from_secs(20), || async {
+        stats.report().written_rows == 1
+    })
+    .await;
+    db.pg.stop_with("immediate").await.expect("stop");
+    tx.send(
+        (0..20)
+            .map(|k| update(product, T0 + 60 * k, 0, 5, "5"))
+            .collect(),
+    )
+    .await
+    .expect("send");
+    wait_for("a failed flush", Duration::from_secs(20), || async {
+        stats.report().failures > 0
+    })
+    .await;
+    let stopping = std::time::Instant::now();
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the stop is bounded")
+        .expect("join")
+        .expect("writer");
+    (stats, stopping.elapsed())
+}
+
 #[tokio::test]
 async fn rows_not_written_by_the_stop_are_spooled_and_written_after_the_next_start() {
     let db = TestDb::migrated().await;
@@ -725,36 +765,8 @@ async fn rows_not_written_by_the_stop_are_spooled_and_written_after_the_next_sta
     let (tx, rx) = mpsc::channel(4);
     let writer =
         BatchWriter::new(Repository::new(db.pool.clone()), settings, rx).with_spool(spool.clone());
-    let stats = writer.stats();
-    let task = tokio::spawn(writer.run());
-    tx.send(vec![update("XRP-USD", T0, 0, 1, "1")])
-        .await
-        .expect("send");
-    wait_for("the first row written", Duration::from_secs(20), || async {
-        stats.report().written_rows == 1
-    })
-    .await;
-    db.pg.stop_with("immediate").await.expect("stop");
-    tx.send(
-        (0..20)
-            .map(|k| update("XRP-USD", T0 + 60 * k, 0, 5, "5"))
-            .collect(),
-    )
-    .await
-    .expect("send");
-    wait_for("a failed flush", Duration::from_secs(20), || async {
-        stats.report().failures > 0
-    })
-    .await;
     // The stop, in the middle of a 15-30 s backoff: no wait for it.
-    let stopping = std::time::Instant::now();
-    drop(tx);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("the stop is bounded")
-        .expect("join")
-        .expect("writer");
-    let took = stopping.elapsed();
+    let (stats, took) = stop_while_the_database_is_away(&db, writer, tx, "XRP-USD").await;
     assert!(took < Duration::from_secs(5), "{took:?}");
     let report = stats.report();
     assert_eq!((report.kept_at_stop, report.pending), (20, 0), "{report:?}");
@@ -975,35 +987,8 @@ async fn rows_kept_at_a_stop_go_to_jetstream_and_the_next_writer_writes_and_acks
     let writer = BatchWriter::new(Repository::new(db.pool.clone()), settings, rx)
         .with_spool(spool.clone())
         .with_stream_spool(StreamSpool::new(nats.client().await, 1));
-    let stats = writer.stats();
-    let task = tokio::spawn(writer.run());
-    tx.send(vec![update("SOL-USD", T0, 0, 1, "1")])
-        .await
-        .expect("send");
-    wait_for("the first row written", Duration::from_secs(20), || async {
-        stats.report().written_rows == 1
-    })
-    .await;
-    db.pg.stop_with("immediate").await.expect("stop");
-    tx.send(
-        (0..20)
-            .map(|k| update("SOL-USD", T0 + 60 * k, 0, 5, "5"))
-            .collect(),
-    )
-    .await
-    .expect("send");
-    wait_for("a failed flush", Duration::from_secs(20), || async {
-        stats.report().failures > 0
-    })
-    .await;
-    let stopping = std::time::Instant::now();
-    drop(tx);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("the stop is bounded")
-        .expect("join")
-        .expect("writer");
-    assert!(stopping.elapsed() < Duration::from_secs(5));
+    let (stats, took) = stop_while_the_database_is_away(&db, writer, tx, "SOL-USD").await;
+    assert!(took < Duration::from_secs(5));
     let report = stats.report();
     assert_eq!((report.kept_at_stop, report.pending), (20, 0), "{report:?}");
     assert!(!spool.path().exists(), "JetStream took them: no file");

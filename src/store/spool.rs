@@ -401,14 +401,16 @@ fn sync_dir(path: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use chrono::DateTime;
     use rust_decimal::Decimal;
 
     use super::*;
     use crate::model::{Candle, TradeId};
 
-    fn update(product: &str, minute: i64, count: u64) -> CandleUpdate {
+    /// A one-minute row of `product`, `minute`s after a fixed start, of `count` trades (the
+    /// JetStream spool's tests use it too).
+    pub(crate) fn update(product: &str, minute: i64, count: u64) -> CandleUpdate {
         let start = DateTime::from_timestamp(1_790_000_040 + 60 * minute, 0).expect("time");
         CandleUpdate {
             candle: Candle {

@@ -536,39 +536,12 @@ fn backoff(settings: &SinkSettings, failures: u32) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use chrono::DateTime;
-    use rust_decimal::Decimal;
-
     use super::*;
-    use crate::model::{Candle, Granularity, TradeId};
-
-    fn update(product: &str, minute: i64) -> CandleUpdate {
-        let start = DateTime::from_timestamp(1_790_000_040 + 60 * minute, 0).expect("time");
-        CandleUpdate {
-            candle: Candle {
-                product_id: product.parse().expect("an id"),
-                granularity: Granularity::OneMinute,
-                start,
-                open: Decimal::ONE,
-                high: Decimal::TWO,
-                low: Decimal::ONE,
-                close: Decimal::TWO,
-                volume: Decimal::ONE,
-                buy_volume: None,
-                trade_count: Some(1),
-            },
-            complete: false,
-            revision: 0,
-            counted_trades: 1,
-            last_trade_id: TradeId(1),
-            last_trade_time: start,
-            last_received: start,
-        }
-    }
+    use crate::store::spool::tests::update;
 
     #[test]
     fn chunks_stay_under_the_limit_and_hold_every_row_once_in_a_readable_message() {
-        let rows: Vec<CandleUpdate> = (0..500).map(|m| update("BTC-USD", m)).collect();
+        let rows: Vec<CandleUpdate> = (0..500).map(|m| update("BTC-USD", m, 1)).collect();
         let one = serde_json::to_vec(&rows[0]).expect("json").len();
         let limit = 40 + 7 * (one + 1);
         let (chunks, oversized) = encode(&rows, limit);
