@@ -210,16 +210,15 @@ pub(super) fn trades_body(events: Vec<RawTradesEvent<'_>>, received: DateTime<Ut
             }
         }
         for raw in event.trades {
-            let product_id = raw
-                .product_id
-                .as_deref()
-                .and_then(|id| ProductId::parse(id).ok());
-            let trade_id = raw.trade_id.as_deref().map(shown).unwrap_or_default();
+            // Borrowed text: cloning it costs nothing; it is parsed only for a rejected trade.
+            let (product_id, trade_id) = (raw.product_id.clone(), raw.trade_id.clone());
             match trade_from_raw(raw, received) {
                 Ok(trade) => trades.push(trade),
                 Err(e) => rejected.push(RejectedTrade {
-                    product_id,
-                    trade_id,
+                    product_id: product_id
+                        .as_deref()
+                        .and_then(|id| ProductId::parse(id).ok()),
+                    trade_id: trade_id.as_deref().map(shown).unwrap_or_default(),
                     reason: e.to_string(),
                 }),
             }
