@@ -447,13 +447,18 @@ async fn an_instance_skips_its_own_messages_and_applies_every_other_instances() 
         },
     )
     .await;
-    // Their subscriptions went out before the reload; a round trip on each connection makes
-    // sure the server has them.
+    // Their subscriptions went out before the reload, but the reload ran on the test's own
+    // connection, and a client's flush only writes its socket. A request answered on each
+    // connection is a round trip: the server reads a connection in order, so it holds the
+    // subscription written before it.
     for client in &clients {
-        tokio::time::timeout(Duration::from_secs(10), client.flush())
-            .await
-            .expect("in time")
-            .expect("flushed");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            client.request("$JS.API.INFO", bytes::Bytes::new()),
+        )
+        .await
+        .expect("in time")
+        .expect("answered");
     }
     let (tx, rx) = mpsc::channel(8);
     let publisher = Publisher::new(n.client.clone(), n.kv.clone(), rx).with_origin(origin);
