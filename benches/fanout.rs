@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::DateTime;
 use rust_decimal::Decimal;
-use spot_canvas::bus::{ClientSettings, Delivery, Filter, LiveState};
+use spot_canvas::live::{ClientSettings, Delivery, Filter, LiveState};
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
 use tokio_util::sync::CancellationToken;
 

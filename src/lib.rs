@@ -8,7 +8,8 @@
 //! - [`backoff`]: retry delays shared by the feed, the sinks and the reconciler.
 //! - [`candles`]: the candle engine.
 //! - [`sink`]: the coalescing sink shared by the writer and the publisher.
-//! - [`bus`]: NATS: publisher, KV, live state, embedded nats-server.
+//! - [`bus`]: NATS: subjects, messages, publisher, KV, embedded nats-server.
+//! - [`live`]: the live view: live state, rolling day, elements, quiet products, fan-out.
 //! - [`store`]: PostgreSQL storage, the batch writer, the embedded database.
 //! - [`children`]: child processes (embedded servers): minimal environment, stopped on drop.
 //! - [`sim`]: the exchange simulator (`spot-canvas sim`).
@@ -16,10 +17,13 @@
 //! - [`supervise`]: stage supervision (restart or ordered stop on an early end).
 //! - [`sse`]: the one renderer of server-sent events (no control character from outside).
 //! - [`web`]: HTTP: router, `/health`, the history API.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: the ground floor of figures: logging, the metric catalog and recorder,
+//!   watched channels, latency.
 //! - [`cli`]: the command line.
 
 pub mod app;
+#[cfg(test)]
+mod architecture;
 pub mod backoff;
 pub mod bus;
 pub mod candles;
@@ -28,6 +32,7 @@ pub mod cli;
 pub mod coinbase;
 pub mod config;
 pub mod feed;
+pub mod live;
 pub mod model;
 pub mod ops;
 pub mod reconcile;

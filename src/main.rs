@@ -17,11 +17,8 @@ fn main() -> ExitCode {
         Command::Sim(sim) => {
             // The simulator needs none of the service's configuration.
             let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-            let format = match std::env::var("LOG_FORMAT").as_deref() {
-                Ok("json") => LogFormat::Json,
-                _ => LogFormat::Pretty,
-            };
-            spot_canvas::telemetry::init(&filter, format);
+            let json = std::env::var("LOG_FORMAT").as_deref() == Ok("json");
+            spot_canvas::telemetry::init(&filter, json);
             run_async(spot_canvas::sim::run(sim))
         }
         Command::Config => with_config(|config| {
@@ -29,11 +26,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Command::Serve => with_config(|config| {
-            spot_canvas::telemetry::init(&config.log_filter, config.log_format);
+            spot_canvas::telemetry::init(&config.log_filter, config.log_format == LogFormat::Json);
             run_async(spot_canvas::app::serve(config))
         }),
         Command::Migrate { action } => with_config(|config| {
-            spot_canvas::telemetry::init(&config.log_filter, config.log_format);
+            spot_canvas::telemetry::init(&config.log_filter, config.log_format == LogFormat::Json);
             run_async(spot_canvas::app::migrate(config, action))
         }),
     }

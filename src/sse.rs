@@ -20,7 +20,7 @@ use bytes::Bytes;
 use datastar::DatastarEvent;
 
 /// Counter of the control characters escaped in events.
-pub const CONTROL_CHARS_ESCAPED: &str = "spot_canvas_sse_control_chars_escaped_total";
+pub use crate::telemetry::catalog::CONTROL_CHARS_ESCAPED;
 
 fn is_unsafe(c: char) -> bool {
     c.is_control() && c != '\t'

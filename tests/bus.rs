@@ -12,10 +12,8 @@ use common::wait_for;
 use chrono::DateTime;
 use futures_util::StreamExt;
 use rust_decimal::Decimal;
-use spot_canvas::bus::{
-    CandleMessage, ClientSettings, Delivery, EmbeddedNats, Filter, LiveState, Publisher,
-    PublisherStats, kv_key,
-};
+use spot_canvas::bus::{CandleMessage, EmbeddedNats, Publisher, PublisherStats, kv_key};
+use spot_canvas::live::{ClientSettings, Delivery, Filter, LiveState};
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId, Version};
 use spot_canvas::sink::SinkSettings;
 use tokio::sync::mpsc;
@@ -673,14 +671,14 @@ async fn a_client_that_overflows_is_resynced_then_cut_off_when_it_stays_behind()
 fn one_client(
     live: &LiveState,
     settings: ClientSettings,
-) -> (spot_canvas::bus::Subscription, CancellationToken) {
+) -> (spot_canvas::live::Subscription, CancellationToken) {
     let cut = CancellationToken::new();
     let (sub, _) = live.subscribe(Filter::all(), settings, cut.clone());
     (sub, cut)
 }
 
 /// The element id and trade count of every event of one delivery.
-async fn delivered(sub: &mut spot_canvas::bus::Subscription) -> Vec<(String, u64)> {
+async fn delivered(sub: &mut spot_canvas::live::Subscription) -> Vec<(String, u64)> {
     match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
         Ok(Delivery::Updates(entries)) => entries
             .iter()
@@ -995,7 +993,7 @@ async fn credentials_in_the_nats_url_authenticate_the_client() {
 fn series_quiet_for_two_days_are_forgotten_and_the_others_kept() {
     let live = LiveState::new();
     let t0 = chrono::Utc::now();
-    let later = t0 + spot_canvas::bus::FORGET_QUIET_AFTER;
+    let later = t0 + spot_canvas::live::FORGET_QUIET_AFTER;
     live.apply_at(update("OLD-USD", 0, 1), t0);
     live.apply_at(update("NEW-USD", 0, 1), t0);
     // Applied later by this instance, whatever times the producer wrote.

@@ -11,8 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::{SseEvent, SseReader, TestDb, app_state, serve};
 use rust_decimal::Decimal;
-use spot_canvas::bus::LiveState;
 use spot_canvas::config::StreamConfig;
+use spot_canvas::live::LiveState;
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
 use spot_canvas::store::Repository;
 use spot_canvas::web::AppState;
@@ -359,7 +359,7 @@ async fn the_rolling_day_is_seeded_from_the_stored_minutes_of_the_products_asked
         with_volume("ETH-USD", Granularity::OneMinute, now - 60, "7"),
     ];
     repository.upsert_candles(&rows).await.expect("rows");
-    let day = spot_canvas::bus::day::DayStats::new();
+    let day = spot_canvas::live::day::DayStats::new();
     let (taken, bad) = day
         .seed(
             &repository,

@@ -20,16 +20,17 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{EmbeddedNats, LiveState, Publisher};
+use crate::bus::{EmbeddedNats, Publisher};
 use crate::candles::{Engine, EngineSettings};
 use crate::config::Config;
 use crate::feed::{Feed, FeedSettings};
+use crate::live::LiveState;
 use crate::model::{CandleUpdate, Clock, SystemClock};
 use crate::ops::clock::ClockCheck;
-use crate::ops::monitor::Channels;
 use crate::reconcile::{ReconcileSettings, Reconciler};
 use crate::store::{BatchWriter, EmbeddedPostgres, Repository, TableKind, WriterSettings};
 use crate::supervise::Stages;
+use crate::telemetry::Channels;
 use crate::web::AppState;
 
 mod run;
@@ -153,7 +154,7 @@ impl App {
         pool: sqlx::PgPool,
         servers: Servers,
     ) -> Result<App, (anyhow::Error, Servers)> {
-        let metrics = crate::ops::prometheus::install();
+        let metrics = crate::telemetry::recorder::install();
         let table = if config.migrate_on_start {
             match crate::store::migrate_up(&pool).await {
                 Ok(kind) => Some(kind),

@@ -10,16 +10,12 @@
 //! also get a token that is cancelled when the grace period runs out, so that nothing outlives
 //! it. Whatever happens, the embedded servers are stopped at the end.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{App, SHUTDOWN_GRACE, stop_embedded};
-use crate::bus::LiveState;
-use crate::model::CandleUpdate;
 use crate::store::Repository;
 use crate::supervise::Supervisor;
 use crate::web::{AppState, router};
@@ -106,21 +102,35 @@ impl App {
             })
         });
         let summary_task = {
-            let state = state.clone();
+            let (engine, writer, feed) = (
+                state.engine.clone(),
+                state.writer.clone(),
+                state.feed.clone(),
+            );
             supervisor.spawn_restarting("summary", &catalog_stop, move |token| {
-                summarize(state.clone(), token)
+                crate::ops::summary::summarize(engine.clone(), writer.clone(), feed.clone(), token)
             })
         };
         let seed_task = state.role.serves_web().then(|| {
             let (day, repository) = (state.live.day().clone(), state.repository.clone());
             supervisor.spawn_restarting("day-seed", &catalog_stop, move |token| {
-                seed_day(day.clone(), repository.clone(), token)
+                crate::live::seed_day(day.clone(), repository.clone(), token)
             })
         });
         let monitor_task = {
-            let (state, database) = (state.clone(), repository.clone());
+            let watch = crate::ops::monitor::Watch {
+                channels: channels.clone(),
+                probe: state.probe(),
+                stages: state.stages.clone(),
+                stopping: state.streams.stop.clone(),
+                metrics: state.metrics.clone(),
+                activity: state.live.activity().clone(),
+                clock: state.clock.clone(),
+                alarms: state.alarms.clone(),
+            };
+            let database = repository.clone();
             supervisor.spawn_restarting("monitor", &catalog_stop, move |token| {
-                crate::ops::monitor::run(state.clone(), channels.clone(), database.clone(), token)
+                crate::ops::monitor::run(watch.clone(), database.clone(), token)
             })
         };
         // The publisher's own end: cancelled with `overdue`, or once its input has closed and
@@ -333,7 +343,10 @@ fn spawn_ingest(
     let fanout = {
         let live = state.live.clone();
         supervisor.spawn_fatal("fan-out", overdue, |token| {
-            until(token, fan_out(updates, live, to_writer, to_publisher))
+            until(
+                token,
+                crate::live::fan_out(updates, live, to_writer, to_publisher),
+            )
         })
     };
     // The writer ends itself on `overdue`: it keeps what it holds first (an awaited step).
@@ -355,37 +368,6 @@ fn spawn_ingest(
         publisher,
     }
 }
-
-/// Seeds the board's rolling day from the stored one-minute candles, once, then idles until
-/// the stop (an error makes the supervisor try again).
-async fn seed_day(
-    day: Arc<crate::bus::day::DayStats>,
-    repository: Repository,
-    token: CancellationToken,
-) -> anyhow::Result<()> {
-    let seeded = tokio::select! {
-        () = token.cancelled() => return Ok(()),
-        r = tokio::time::timeout(SEED_TIMEOUT, async {
-            let products = repository.product_ids().await?;
-            day.seed(&repository, &products, chrono::Utc::now()).await
-        }) => r,
-    };
-    match seeded {
-        Ok(Ok((rows, bad))) => {
-            tracing::info!(rows, bad, products = day.products(), "rolling day seeded");
-        }
-        Ok(Err(e)) => anyhow::bail!(
-            "cannot read the last day's candles: {}",
-            crate::config::redact(&e.to_string())
-        ),
-        Err(_elapsed) => anyhow::bail!("reading the last day's candles took over {SEED_TIMEOUT:?}"),
-    }
-    token.cancelled().await;
-    Ok(())
-}
-
-/// Longest the rolling day's seed read may take.
-const SEED_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Keeps `trading_pairs` in step with the feed's product list; ends when the feed does.
 async fn keep_products(
@@ -411,71 +393,4 @@ async fn keep_products(
         }
     }
     anyhow::bail!("the feed's product list closed")
-}
-
-/// Hands every batch of the engine's output to this instance's live state (its stream
-/// clients get it without a NATS round trip; the same update coming back on NATS names this
-/// instance in its `Spot-Origin` header and is skipped unread), the publisher and the writer. None of them blocks on NATS or the
-/// database (the sinks coalesce while writing), so this never holds up the engine. A sink
-/// that stopped is an error: the fan-out ends, and the service with it.
-async fn fan_out(
-    mut updates: mpsc::Receiver<Vec<CandleUpdate>>,
-    live: LiveState,
-    to_writer: mpsc::Sender<Vec<CandleUpdate>>,
-    to_publisher: mpsc::Sender<Vec<CandleUpdate>>,
-) -> anyhow::Result<()> {
-    use crate::model::Granularity;
-    use crate::ops::prometheus::{PROCESSING_SECONDS, trade_latency};
-    let processing = metrics::histogram!(PROCESSING_SECONDS);
-    while let Some(batch) = updates.recv().await {
-        let now = chrono::Utc::now();
-        for update in &batch {
-            // Once per trade batch: its one-minute update stands for the other granularities.
-            if update.candle.granularity == Granularity::OneMinute
-                && let Some(seconds) = trade_latency(update, now)
-            {
-                processing.record(seconds);
-            }
-            live.apply_local(update.clone());
-        }
-        if to_publisher.send(batch.clone()).await.is_err() {
-            anyhow::bail!("the publisher stopped; candle updates can no longer be published");
-        }
-        if to_writer.send(batch).await.is_err() {
-            anyhow::bail!("the writer stopped; candle updates can no longer be stored");
-        }
-    }
-    Ok(())
-}
-
-/// Logs what the pipeline did, every 30 seconds, until `cancel`.
-async fn summarize(state: AppState, cancel: CancellationToken) -> anyhow::Result<()> {
-    let mut every = tokio::time::interval(Duration::from_secs(30));
-    every.reset();
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            _ = every.tick() => {}
-        }
-        let engine = state.engine.report();
-        let writer = state.writer.report();
-        let feed = state.feed.report();
-        tracing::info!(
-            connected = feed.connected,
-            products = feed.products,
-            trades = engine.trades,
-            updates = engine.granularities.iter().map(|g| g.updates).sum::<u64>(),
-            completed = engine
-                .granularities
-                .iter()
-                .map(|g| g.completed)
-                .sum::<u64>(),
-            duplicates = engine.duplicates,
-            too_late = engine.too_late,
-            rows_written = writer.written_rows,
-            write_failures = writer.failures,
-            pending = writer.pending,
-            "pipeline summary (since start)"
-        );
-    }
 }

@@ -1,23 +1,17 @@
-//! NATS: candle subjects, the JetStream KV of live candles, the embedded `nats-server`, and the
-//! per-instance live state the web layer reads.
+//! NATS: candle subjects, the wire message, the publisher, the JetStream KV of live candles
+//! and the embedded `nats-server`. NATS only: what an instance keeps of the messages it reads
+//! back is the live view's ([`crate::live`]).
 //!
-//! In: candle updates from the engine (publisher) and messages on `candles.>` (live state).
-//! Out: one message per update on `candles.<exchange>.<product>.<granularity>` (versioned
-//! JSON), the newest candle per key in the KV bucket `live-candles`, and for the web layer the
-//! current candle of any key followed by every newer update.
+//! In: candle updates from the engine (publisher). Out: one message per update on
+//! `candles.<exchange>.<product>.<granularity>` (versioned JSON) and the newest candle per key
+//! in the KV bucket `live-candles`.
 
-pub mod day;
-pub mod element;
-pub mod live;
 pub mod message;
 pub mod publisher;
 pub mod server;
 
 use std::time::Duration;
 
-pub use live::{
-    ClientSettings, Delivery, FORGET_QUIET_AFTER, Filter, LiveEntry, LiveState, Subscription,
-};
 pub use message::CandleMessage;
 pub use publisher::{Publisher, PublisherReport, PublisherStats};
 pub use server::EmbeddedNats;

@@ -91,7 +91,7 @@ pub struct Publisher {
     input: mpsc::Receiver<Vec<CandleUpdate>>,
     settings: SinkSettings,
     stats: Arc<PublisherStats>,
-    channels: Option<crate::ops::monitor::Channels>,
+    channels: Option<crate::telemetry::Channels>,
     /// This instance's origin, sent with every message (see [`super::ORIGIN_HEADER`]).
     origin: Option<Arc<str>>,
 }
@@ -127,7 +127,7 @@ impl Publisher {
     }
 
     /// Registers the publisher's own queues, once they exist, for the backpressure monitor.
-    pub fn with_channels(mut self, channels: crate::ops::monitor::Channels) -> Self {
+    pub fn with_channels(mut self, channels: crate::telemetry::Channels) -> Self {
         self.channels = Some(channels);
         self
     }

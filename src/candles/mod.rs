@@ -146,7 +146,7 @@ pub struct Engine {
     notices: Option<mpsc::UnboundedSender<FeedEvent>>,
     stats: Arc<EngineStats>,
     /// Where the shards' queues are registered for the backpressure monitor.
-    channels: Option<crate::ops::monitor::Channels>,
+    channels: Option<crate::telemetry::Channels>,
 }
 
 impl Engine {
@@ -169,7 +169,7 @@ impl Engine {
     }
 
     /// Registers the shards' queues, once they exist, for the backpressure monitor.
-    pub fn with_channels(mut self, channels: crate::ops::monitor::Channels) -> Self {
+    pub fn with_channels(mut self, channels: crate::telemetry::Channels) -> Self {
         self.channels = Some(channels);
         self
     }

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::clock::{ClockReport, MAX_DRIFT_MS};
-use super::quiet::QuietProduct;
 use crate::feed::health::FeedReport;
+use crate::live::quiet::QuietProduct;
 
 /// A connection silent on its `heartbeats` channel for longer raises the heartbeat alarm
 /// (Coinbase sends one a second).

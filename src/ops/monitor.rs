@@ -1,122 +1,27 @@
 //! The monitor stage: once a second, the backpressure of every bounded channel and the alarms.
 //!
-//! In: the bounded channels between the stages (held weakly: the monitor never keeps a channel
-//! open), the application state (feed, live state, clock, database, NATS). Out: the gauges
+//! In: [`Watch`]: the bounded channels between the stages (held weakly: the monitor never keeps
+//! a channel open), the readiness probe, the live view's product activity, the clock
+//! comparison, the database. Out: the gauges
 //! `spot_canvas_channel_{length,capacity,utilization}`, `spot_canvas_ready`, the alarm report
 //! (every second; the database and readiness checks every [`CHECK_EVERY`] rounds, each within
 //! the health check's timeout), and the exporter's upkeep.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::alarms::{self, Readings};
-use crate::web::AppState;
+use super::alarms::{self, Alarms, Readings};
+use super::clock::ClockState;
+use super::readiness::{DATABASE_TIMEOUT, Probe, error_kind};
+use crate::supervise::Stages;
+use crate::telemetry::Channels;
 
 /// Seconds between rounds.
 const ROUND: Duration = Duration::from_secs(1);
 /// Rounds between readiness checks (a database round trip) and exporter upkeeps.
 const CHECK_EVERY: u64 = 5;
-
-/// A bounded channel whose fill can be sampled.
-pub trait Queue: Send + Sync {
-    /// (items queued, capacity); `None` once the channel is closed.
-    fn depth(&self) -> Option<(usize, usize)>;
-}
-
-impl<T: Send> Queue for mpsc::WeakSender<T> {
-    fn depth(&self) -> Option<(usize, usize)> {
-        // A strong sender for the moment of the sample only.
-        let sender = self.upgrade()?;
-        let capacity = sender.max_capacity();
-        Some((capacity - sender.capacity(), capacity))
-    }
-}
-
-/// A named channel to watch.
-pub struct Watched {
-    pub name: &'static str,
-    pub queue: Box<dyn Queue>,
-}
-
-impl std::fmt::Debug for Watched {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watched").field("name", &self.name).finish()
-    }
-}
-
-impl Watched {
-    pub fn new<T: Send + 'static>(name: &'static str, sender: &mpsc::Sender<T>) -> Watched {
-        Watched {
-            name,
-            queue: Box::new(sender.downgrade()),
-        }
-    }
-}
-
-/// The bounded channels to sample, registered by whoever creates them (the app at build, the
-/// engine and the publisher when they start). Channels of one name (the engine's shard queues)
-/// are reported together: their lengths and capacities summed, their utilization the highest.
-#[derive(Debug, Clone, Default)]
-pub struct Channels {
-    watched: std::sync::Arc<std::sync::Mutex<Vec<Watched>>>,
-}
-
-impl Channels {
-    pub fn new() -> Channels {
-        Channels::default()
-    }
-
-    /// Watches `sender`'s channel under `name` (weakly: it is never kept open by this).
-    pub fn register<T: Send + 'static>(&self, name: &'static str, sender: &mpsc::Sender<T>) {
-        self.lock().push(Watched::new(name, sender));
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Watched>> {
-        self.watched.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// (name, summed length, summed capacity, highest utilization) of every open channel;
-    /// closed ones are forgotten.
-    pub fn sample(&self) -> Vec<(&'static str, usize, usize, f64)> {
-        let mut watched = self.lock();
-        let mut by_name: Vec<(&'static str, usize, usize, f64)> = Vec::new();
-        watched.retain(|channel| {
-            let Some((length, capacity)) = channel.queue.depth() else {
-                // Closed (its stage stopped): nothing queued any more.
-                if !by_name.iter().any(|(name, ..)| *name == channel.name) {
-                    by_name.push((channel.name, 0, 0, 0.0));
-                }
-                return false;
-            };
-            let utilization = if capacity == 0 {
-                0.0
-            } else {
-                length as f64 / capacity as f64
-            };
-            match by_name.iter_mut().find(|(name, ..)| *name == channel.name) {
-                Some(entry) => {
-                    entry.1 += length;
-                    entry.2 += capacity;
-                    entry.3 = entry.3.max(utilization);
-                }
-                None => by_name.push((channel.name, length, capacity, utilization)),
-            }
-            true
-        });
-        by_name
-    }
-}
-
-/// Samples the channels and sets their gauges.
-pub fn sample(channels: &Channels) {
-    for (name, length, capacity, utilization) in channels.sample() {
-        metrics::gauge!("spot_canvas_channel_length", "channel" => name).set(length as f64);
-        metrics::gauge!("spot_canvas_channel_capacity", "channel" => name).set(capacity as f64);
-        metrics::gauge!("spot_canvas_channel_utilization", "channel" => name).set(utilization);
-    }
-}
 
 /// Failed pings in a row before the database alarm is raised: one slow answer under load is
 /// not an outage.
@@ -125,24 +30,48 @@ const DATABASE_FAILURES: u32 = 2;
 /// Pings the database through `database` (the service's own pool, not the API's, which a busy
 /// API may have in use): `None` when it answered within the health check's timeout.
 async fn ping(database: &crate::store::Repository) -> Option<String> {
-    let timeout = crate::web::health::DATABASE_TIMEOUT;
-    match tokio::time::timeout(timeout, database.ping()).await {
+    match tokio::time::timeout(DATABASE_TIMEOUT, database.ping()).await {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!(
-            "SELECT 1 failed: {}",
-            crate::web::health::error_kind(&e)
+        Ok(Err(e)) => Some(format!("SELECT 1 failed: {}", error_kind(&e))),
+        Err(_elapsed) => Some(format!(
+            "SELECT 1 did not answer within {DATABASE_TIMEOUT:?}"
         )),
-        Err(_elapsed) => Some(format!("SELECT 1 did not answer within {timeout:?}")),
     }
+}
+
+/// What the monitor watches and where its judgement goes.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub channels: Channels,
+    /// Readiness, through the API's pool (as `/health/ready` sees it).
+    pub probe: Probe,
+    pub stages: Arc<Stages>,
+    /// Cancelled when the instance stops taking clients: not ready any more.
+    pub stopping: CancellationToken,
+    /// The exporter, for its upkeep (`None`: no metrics in this process).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The live view's product activity (the quiet-product alarm).
+    pub activity: Arc<crate::live::ActivityTracker>,
+    pub clock: Option<Arc<ClockState>>,
+    pub alarms: Arc<Alarms>,
 }
 
 /// Runs the rounds until `token`. `database` is the service's own pool.
 pub async fn run(
-    state: AppState,
-    channels: Channels,
+    watch: Watch,
     database: crate::store::Repository,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Watch {
+        channels,
+        probe,
+        stages,
+        stopping,
+        metrics: exporter,
+        activity,
+        clock,
+        alarms: judged,
+    } = watch;
     let mut every = tokio::time::interval(ROUND);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut round: u64 = 0;
@@ -153,13 +82,13 @@ pub async fn run(
             () = token.cancelled() => return Ok(()),
             _ = every.tick() => {}
         }
-        sample(&channels);
+        crate::telemetry::channels::sample(&channels);
         if round.is_multiple_of(CHECK_EVERY) {
-            let stages = state.stages.report();
+            let stages = stages.report();
             let (checks, pinged) = tokio::select! {
                 () = token.cancelled() => return Ok(()),
                 both = async {
-                    tokio::join!(crate::web::health::checks(&state, &stages), ping(&database))
+                    tokio::join!(super::readiness::checks(&probe, &stages), ping(&database))
                 } => both,
             };
             match pinged {
@@ -172,78 +101,29 @@ pub async fn run(
                     database_error = Some(why);
                 }
             }
-            let ready = checks.ok() && !state.streams.stop.is_cancelled();
+            let ready = checks.ok() && !stopping.is_cancelled();
             metrics::gauge!("spot_canvas_ready").set(if ready { 1.0 } else { 0.0 });
-            if let Some(handle) = &state.metrics {
+            if let Some(handle) = &exporter {
                 handle.run_upkeep();
             }
         }
         round = round.wrapping_add(1);
-        let nats = state.nats.as_ref().and_then(|client| {
+        let nats = probe.nats.as_ref().and_then(|client| {
             let connection = client.connection_state();
             (connection != async_nats::connection::State::Connected)
                 .then(|| format!("NATS connection {connection}"))
         });
         let now = chrono::Utc::now();
         let readings = Readings {
-            tracked_products: state.live.activity().products(),
-            feed: state.role.ingests().then(|| state.feed.report()),
-            quiet: state.live.activity().quiet(now),
-            clock: state.clock.as_ref().map(|c| c.report()),
+            tracked_products: activity.products(),
+            feed: probe.role.ingests().then(|| probe.feed.report()),
+            quiet: activity.quiet(now),
+            clock: clock.as_ref().map(|c| c.report()),
             database: (database_failures >= DATABASE_FAILURES)
                 .then(|| database_error.clone())
                 .flatten(),
             nats,
         };
-        state.alarms.set(alarms::evaluate(readings, now));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_watched_channel_reports_its_fill_and_never_keeps_it_open() {
-        let (tx, mut rx) = mpsc::channel::<u32>(8);
-        let watched = Watched::new("test", &tx);
-        assert_eq!(watched.queue.depth(), Some((0, 8)));
-        for i in 0..6 {
-            tx.send(i).await.expect("room");
-        }
-        assert_eq!(watched.queue.depth(), Some((6, 8)));
-        drop(tx);
-        // The receiver sees the end although the monitor still watches.
-        let mut got = 0;
-        while rx.recv().await.is_some() {
-            got += 1;
-        }
-        assert_eq!(got, 6);
-        assert_eq!(watched.queue.depth(), None);
-    }
-
-    #[tokio::test]
-    async fn channels_of_one_name_are_summed_and_closed_ones_forgotten() {
-        let channels = Channels::new();
-        let (a, _ra) = mpsc::channel::<u8>(4);
-        let (b, _rb) = mpsc::channel::<u8>(4);
-        let (c, rc) = mpsc::channel::<u8>(10);
-        channels.register("shard", &a);
-        channels.register("shard", &b);
-        channels.register("writer", &c);
-        a.send(1).await.expect("room");
-        for _ in 0..3 {
-            b.send(1).await.expect("room");
-        }
-        c.send(1).await.expect("room");
-        let sample = channels.sample();
-        assert_eq!(sample, vec![("shard", 4, 8, 0.75), ("writer", 1, 10, 0.1)]);
-        drop((c, rc));
-        // Once at zero (its gauges must not keep the last fill), then forgotten.
-        assert_eq!(
-            channels.sample(),
-            vec![("shard", 4, 8, 0.75), ("writer", 0, 0, 0.0)]
-        );
-        assert_eq!(channels.sample(), vec![("shard", 4, 8, 0.75)]);
+        judged.set(alarms::evaluate(readings, now));
     }
 }

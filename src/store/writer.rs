@@ -135,7 +135,7 @@ impl BatchWriter {
                     let refused = write_all(&repository, &rows, &refusals)
                         .await
                         .map_err(|e| e.to_string())?;
-                    metrics::histogram!(crate::ops::prometheus::STORE_WRITE_SECONDS)
+                    metrics::histogram!(crate::telemetry::STORE_WRITE_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     Ok(Refused(refused))
                 }

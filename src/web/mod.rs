@@ -12,6 +12,7 @@ pub mod directory;
 pub mod health;
 pub mod json;
 pub mod layers;
+pub mod metrics;
 pub mod pages;
 pub mod products;
 pub mod serve;
@@ -25,10 +26,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 
-use crate::bus::{LiveState, PublisherStats};
+use crate::bus::PublisherStats;
 use crate::candles::EngineStats;
 use crate::feed::FeedHealth;
 use crate::feed::health::AuthState;
+use crate::live::LiveState;
 use crate::reconcile::ReconcileStats;
 use crate::store::{Repository, TableKind, WriterStats};
 use crate::supervise::Stages;
@@ -117,6 +119,18 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// What readiness looks at: the feed, the role, the NATS client and the API pool.
+    pub fn probe(&self) -> crate::ops::readiness::Probe {
+        crate::ops::readiness::Probe {
+            feed: self.feed.clone(),
+            role: self.role,
+            nats: self.nats.clone(),
+            database: self.repository.clone(),
+        }
+    }
+}
+
 /// Every route of the service: an ingest-only instance serves health and metrics alone.
 pub fn router(state: AppState) -> Router {
     // Request/response routes: each answers within the request timeout.
@@ -125,7 +139,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready));
     if !state.separate_metrics {
-        api = api.route("/metrics", get(crate::ops::prometheus::metrics));
+        api = api.route("/metrics", get(metrics::metrics));
     }
     if !state.role.serves_web() {
         let routes =
@@ -155,7 +169,7 @@ pub fn router(state: AppState) -> Router {
 /// The router of `METRICS_PORT`: `/metrics` alone.
 pub fn metrics_router(state: AppState) -> Router {
     let routes = Router::new()
-        .route("/metrics", get(crate::ops::prometheus::metrics))
+        .route("/metrics", get(metrics::metrics))
         .with_state(state.clone());
     layers::wrap(
         layers::with_timeout(routes, state.http.request_timeout),

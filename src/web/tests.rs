@@ -411,7 +411,7 @@ async fn the_timeout_answers_503_on_api_routes_but_not_on_routes_merged_outside_
 #[tokio::test]
 async fn readiness_of_the_feed_follows_the_role() {
     use crate::config::Role;
-    use crate::web::health::checks;
+    use crate::ops::readiness::checks;
     let state = state();
     let stages = state.stages.report();
     // Ingesting, with products and no connection up: not ready.
@@ -419,23 +419,28 @@ async fn readiness_of_the_feed_follows_the_role() {
         .feed
         .register(0, vec![crate::model::ProductId::from_static("BTC-USD")]);
     state.feed.set_assigned(1);
-    let feed = checks(&state, &stages).await.feed;
+    let feed = checks(&state.probe(), &stages).await.feed;
     assert!(!feed.ok, "{}", feed.detail);
     // A shard that holds no products needs no connection.
     let empty = AppState::idle(unreachable_repository());
     empty.feed.set_assigned(0);
-    let feed = checks(&empty, &empty.stages.report()).await.feed;
+    let feed = checks(&empty.probe(), &empty.stages.report()).await.feed;
     assert!(feed.ok, "{}", feed.detail);
     assert!(feed.detail.contains("no products"));
     // Before the shard's products are chosen, it is not ready either.
     let choosing = AppState::idle(unreachable_repository());
-    assert!(!checks(&choosing, &choosing.stages.report()).await.feed.ok);
+    assert!(
+        !checks(&choosing.probe(), &choosing.stages.report())
+            .await
+            .feed
+            .ok
+    );
     // A web instance does not ingest: the feed is not its business.
     let web = AppState {
         role: Role::Web,
         ..AppState::idle(unreachable_repository())
     };
-    let feed = checks(&web, &web.stages.report()).await.feed;
+    let feed = checks(&web.probe(), &web.stages.report()).await.feed;
     assert!(
         feed.ok && feed.detail.contains("does not ingest"),
         "{}",

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use spot_canvas::bus::LiveState;
 use spot_canvas::config::StreamConfig;
+use spot_canvas::live::LiveState;
 use spot_canvas::store::Repository;
 use spot_canvas::web::AppState;
 use spot_canvas::web::stream::Streams;

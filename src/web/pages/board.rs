@@ -32,7 +32,7 @@ use super::rows::RenderedRow;
 use super::templates::{HealthPartial, render};
 use super::view::ProductInfo;
 use super::{dev, health, query};
-use crate::bus::{Delivery, Filter, LiveEntry, Subscription};
+use crate::live::{Delivery, Filter, LiveEntry, Subscription};
 use crate::model::{CandleUpdate, Granularity, ProductId};
 use crate::web::AppState;
 use crate::web::json::error;

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::templates::{RowPartial, render};
 use super::view::{ProductInfo, Row, STALE_SECS};
-use crate::bus::day::{DaySummary, WINDOW_SECS};
+use crate::live::day::{DaySummary, WINDOW_SECS};
 use crate::model::{CandleUpdate, Granularity, ProductId, Version};
 
 /// What a row's HTML depends on.

@@ -108,7 +108,7 @@ pub fn render(template: &impl Template) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::day::DaySummary;
+    use crate::live::day::DaySummary;
     use crate::model::{Candle, CandleUpdate, TradeId};
     use chrono::{DateTime, Utc};
 
@@ -201,9 +201,9 @@ mod tests {
             assert!(html.contains(needle), "{needle} in {html}");
         }
         // The element is the stream's, byte for byte.
-        assert!(html.contains(&crate::bus::element::candle_element(
+        assert!(html.contains(&crate::live::element::candle_element(
             &u,
-            crate::bus::element::ElementId::Series
+            crate::live::element::ElementId::Series
         )));
         // No candle yet: the row is there, saying so.
         let empty = Row::new(&product("ETH-USD"), Granularity::OneMinute, None, None, now);

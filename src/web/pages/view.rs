@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
-use crate::bus::day::{DaySummary, WINDOW_SECS, percent};
-use crate::bus::element::{ElementId, candle_element};
+use crate::live::day::{DaySummary, WINDOW_SECS, percent};
+use crate::live::element::{ElementId, candle_element};
 use crate::model::{CandleUpdate, Currency, Granularity, ProductId};
 
 /// A product with no trade for this long is marked stale on the board.

@@ -17,7 +17,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::gate::Permit;
-use crate::bus::{Delivery, LiveEntry, Subscription};
+use crate::live::{Delivery, LiveEntry, Subscription};
 
 /// Most bytes of events joined into one chunk.
 const MAX_CHUNK: usize = 64 * 1024;
@@ -51,7 +51,7 @@ pub(super) fn body(
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = StreamState {
         pending,
-        latency: metrics::histogram!(crate::ops::prometheus::END_TO_END_SECONDS),
+        latency: metrics::histogram!(crate::telemetry::END_TO_END_SECONDS),
         subscription,
         keepalive,
         stop,
@@ -102,7 +102,7 @@ async fn next_chunk(state: &mut StreamState) -> Option<Bytes> {
                     let now = chrono::Utc::now();
                     for entry in entries.iter() {
                         if let Some(seconds) =
-                            crate::ops::prometheus::trade_latency(&entry.update, now)
+                            crate::telemetry::latency::trade_latency(&entry.update, now)
                         {
                             state.latency.record(seconds);
                         }

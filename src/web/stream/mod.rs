@@ -2,7 +2,7 @@
 //!
 //! In: the query (see `params.rs`), the client's address, `Last-Event-ID`. Out:
 //! `text/event-stream` with one `datastar-patch-elements` event per candle change holding a
-//! `<spot-candle>` element (see `bus::element`): first the current candle of every subscribed
+//! `<spot-candle>` element (see `live::element`): first the current candle of every subscribed
 //! series, then the live changes, then keep-alive comments when idle. Each event has an `id:`;
 //! a client that comes back with `Last-Event-ID` gets a full, consistent snapshot again (the
 //! latest state of each series, then the changes after it). A client that falls behind is
@@ -29,8 +29,8 @@ pub use params::{StreamRequest, parse};
 use super::AppState;
 use super::json::error;
 use super::serve::Connection;
-use crate::bus::ClientSettings;
 use crate::config::StreamConfig;
+use crate::live::ClientSettings;
 use crate::model::ProductId;
 
 /// What the stream handlers share.

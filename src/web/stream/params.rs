@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::bus::Filter;
+use crate::live::Filter;
 use crate::model::{ACCEPTED_GRANULARITIES, BadProductId, Granularity, ProductId};
 
 /// A valid stream request.

@@ -1,32 +1,38 @@
-//! The per-instance live state: the newest candle of every series and its fan-out to stream
-//! clients.
+//! The live view: what one instance holds of the markets for its pages and streams.
 //!
-//! In: candle updates ([`LiveState::apply`]), fed by one NATS subscription per instance (see
-//! `nats.rs`) whatever the number of clients. Out: for each client, the current candle of each
-//! series it wants, then every newer update, with no gap and no duplicate between the two and
-//! never an update older than one already delivered.
+//! In: candle updates, from this instance's engine ([`fan_out`], which also hands them on to
+//! the publisher and the writer) and from every other instance through one NATS subscription
+//! per instance (the `nats` loop, with the KV reloaded at start and after a reconnect),
+//! and the stored last day at start ([`seed_day`]). Out: for each stream client, the current
+//! candle of each series it wants, then every newer update, with no gap and no duplicate
+//! between the two and never an update older than one already delivered; the rolling day of
+//! every product ([`day`]); the `<spot-candle>` elements ([`element`]); the activity behind
+//! the quiet-product alarm ([`quiet`]).
 //!
 //! Each update is rendered at most once into its server-sent event ([`LiveEntry::event`],
-//! shared `Bytes`), when a client first reads it (an update nobody wants is never rendered),
-//! and costs nothing for clients that did not ask for its series: subscribers are
-//! indexed by series (and, for clients of every product, by granularity). Each client has a
-//! bounded queue; one that overflows is marked lagged and resynced to the latest state of its
-//! series when it next reads, and one that stays behind (lagged for longer than its stall
-//! limit, or resynced too often) is cut off. Queue pushes happen under the state's lock, so a
-//! subscribe sees every update either in its initial state or in its queue; no lock is held
-//! while a client writes its socket.
+//! shared `Bytes`), when a client first reads it, and costs nothing for clients that did not
+//! ask for its series: subscribers are indexed by series (and, for clients of every product,
+//! by granularity). Each client has a bounded queue; one that overflows is marked lagged and
+//! resynced to the latest state of its series when it next reads, and one that stays behind
+//! (lagged for longer than its stall limit, or resynced too often) is cut off. Queue pushes
+//! happen under the state's lock, so a subscribe sees every update either in its initial
+//! state or in its queue; no lock is held while a client writes its socket.
 
 mod client;
+pub mod day;
+pub mod element;
+mod fan_out;
 mod index;
 mod nats;
+pub mod quiet;
+mod report;
+mod series;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,9 +41,14 @@ use client::{ClientQueue, Pushed};
 pub use client::{ClientSettings, Delivery, Subscription};
 use index::Index;
 
-use super::day::DayStats;
-use super::element::{ElementId, candle_event};
 use crate::model::{CandleUpdate, Granularity, ProductId, Version};
+pub use day::DayStats;
+use element::ElementId;
+pub use fan_out::{fan_out, seed_day};
+pub use quiet::ActivityTracker;
+pub use report::LiveReport;
+use report::LiveStats;
+pub use series::{Filter, LiveEntry, Series};
 
 /// Older buckets per series whose last seen version is remembered (a revision window's worth
 /// of one-minute buckets is longer, but a revision that old is rare and still goes out when
@@ -49,76 +60,6 @@ const FUTURE_SLACK_SECS: i64 = 60;
 /// A series with no update received for this long is forgotten (a delisted product's, or one
 /// a producer named once): the maps keyed by product hold what is listed now.
 pub const FORGET_QUIET_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(48);
-
-/// A candle series: product and granularity.
-pub type Series = (ProductId, Granularity);
-
-/// The newest update of a series, with its event text.
-#[derive(Debug)]
-pub struct LiveEntry {
-    pub update: CandleUpdate,
-    /// Position in the order of applied updates (the event's `id:`).
-    pub seq: u64,
-    /// Which element it patches.
-    element: ElementId,
-    /// The event, once a client wanted it.
-    event: OnceLock<Bytes>,
-    /// When this instance applied it (Unix seconds, its own clock: a producer's times are not
-    /// trusted to decide what is forgotten).
-    applied: i64,
-}
-
-impl LiveEntry {
-    fn new(update: CandleUpdate, seq: u64, element: ElementId, applied: i64) -> LiveEntry {
-        LiveEntry {
-            update,
-            seq,
-            element,
-            event: OnceLock::new(),
-            applied,
-        }
-    }
-
-    /// The `datastar-patch-elements` event, shared by every client: rendered by the first
-    /// that needs it (an update no client wants, such as a granularity nobody watches, costs
-    /// no rendering), the same bytes for all.
-    pub fn event(&self) -> &Bytes {
-        self.event
-            .get_or_init(|| candle_event(&self.update, self.seq, self.element))
-    }
-}
-
-/// Which series a client wants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Filter {
-    /// `None`: every product.
-    pub products: Option<HashSet<ProductId>>,
-    /// At least one.
-    pub granularities: Vec<Granularity>,
-}
-
-impl Filter {
-    /// Every series.
-    pub fn all() -> Filter {
-        Filter {
-            products: None,
-            granularities: Granularity::ALL.to_vec(),
-        }
-    }
-
-    /// Only these series' products and granularities.
-    pub fn of(products: &[ProductId], granularities: &[Granularity]) -> Filter {
-        Filter {
-            products: Some(products.iter().cloned().collect()),
-            granularities: granularities.to_vec(),
-        }
-    }
-
-    pub fn matches(&self, product: &ProductId, granularity: Granularity) -> bool {
-        self.granularities.contains(&granularity)
-            && self.products.as_ref().is_none_or(|p| p.contains(product))
-    }
-}
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -156,58 +97,6 @@ impl Inner {
     }
 }
 
-/// Counters of the live state.
-#[derive(Debug, Default)]
-pub(crate) struct LiveStats {
-    /// Messages from NATS.
-    pub(crate) messages: AtomicU64,
-    /// Of those, this instance's own, skipped unread.
-    pub(crate) own_skipped: AtomicU64,
-    /// Updates of this instance's engine, applied before they go to NATS.
-    local: AtomicU64,
-    applied: AtomicU64,
-    stale: AtomicU64,
-    pub(crate) bad: AtomicU64,
-    /// Updates of buckets after the next one (a bad or clock-skewed producer), refused.
-    future: AtomicU64,
-    /// Updates of older buckets (completions, revisions) sent to the clients.
-    older_buckets: AtomicU64,
-    /// Reloads from the KV (start, NATS reconnects, slow consumers, retries).
-    pub(crate) kv_reloads: AtomicU64,
-    /// Of those, the ones that failed (each tried again after a backoff).
-    pub(crate) kv_reload_failures: AtomicU64,
-    /// Clients whose queue overflowed: their backlog is dropped for the latest state of their
-    /// series, sent when they next read.
-    resyncs: AtomicU64,
-    /// Of those, the latest states sent.
-    resync_snapshots: AtomicU64,
-    clients_cut_off: AtomicU64,
-    /// Events handed to client queues.
-    events_queued: AtomicU64,
-}
-
-/// What `/health` shows of the live state.
-#[derive(Debug, Clone, Serialize)]
-pub struct LiveReport {
-    pub series: usize,
-    pub products: usize,
-    pub clients: usize,
-    pub messages: u64,
-    pub own_skipped: u64,
-    pub local: u64,
-    pub applied: u64,
-    pub stale: u64,
-    pub bad: u64,
-    pub future: u64,
-    pub older_buckets: u64,
-    pub kv_reloads: u64,
-    pub kv_reload_failures: u64,
-    pub resyncs: u64,
-    pub resync_snapshots: u64,
-    pub clients_cut_off: u64,
-    pub events_queued: u64,
-}
-
 /// The live state; clones share it.
 #[derive(Debug, Clone, Default)]
 pub struct LiveState {
@@ -218,7 +107,7 @@ pub struct LiveState {
     /// The rolling last day of every product, from the one-minute updates applied.
     day: Arc<DayStats>,
     /// When each product last traded and how often it does (the quiet-product alarm).
-    activity: Arc<crate::ops::quiet::ActivityTracker>,
+    activity: Arc<ActivityTracker>,
     /// This instance's origin when it ingests: its own messages coming back from NATS are
     /// skipped unread (they were applied from the engine).
     origin: Option<Arc<str>>,
@@ -249,7 +138,7 @@ impl LiveState {
     }
 
     /// Every product's trading activity, from the one-minute updates applied.
-    pub fn activity(&self) -> &Arc<crate::ops::quiet::ActivityTracker> {
+    pub fn activity(&self) -> &Arc<ActivityTracker> {
         &self.activity
     }
 
@@ -484,30 +373,5 @@ impl LiveState {
                 .or_insert(at);
         }
         activity
-    }
-
-    pub fn report(&self) -> LiveReport {
-        let inner = lock(&self.inner);
-        let products: HashSet<&ProductId> = inner.latest.keys().map(|(p, _)| p).collect();
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        LiveReport {
-            series: inner.latest.len(),
-            products: products.len(),
-            clients: inner.index.clients.len(),
-            messages: load(&self.stats.messages),
-            own_skipped: load(&self.stats.own_skipped),
-            local: load(&self.stats.local),
-            applied: load(&self.stats.applied),
-            stale: load(&self.stats.stale),
-            bad: load(&self.stats.bad),
-            future: load(&self.stats.future),
-            older_buckets: load(&self.stats.older_buckets),
-            kv_reloads: load(&self.stats.kv_reloads),
-            kv_reload_failures: load(&self.stats.kv_reload_failures),
-            resyncs: load(&self.stats.resyncs),
-            resync_snapshots: load(&self.stats.resync_snapshots),
-            clients_cut_off: load(&self.stats.clients_cut_off),
-            events_queued: load(&self.stats.events_queued),
-        }
     }
 }

@@ -18,7 +18,7 @@ use chrono::SecondsFormat;
 use datastar::prelude::PatchElements;
 use rust_decimal::Decimal;
 
-use super::message::hex;
+use crate::bus::message::hex;
 use crate::model::CandleUpdate;
 
 /// Decimals an amount shows at least.

@@ -1,0 +1,355 @@
+//! The direction of imports, checked: a test that reads the source and fails on an import
+//! against the layering, or on two parts of one folder importing each other (directly or
+//! around a loop).
+//!
+//! In: the files under `src/`. Out: a failing test naming the import, when there is one.
+//! The layers, from the ground floor up (a module may import only from layers below its own):
+//!
+//! | layer | modules                                            |
+//! |-------|----------------------------------------------------|
+//! | 0     | `model`                                            |
+//! | 1     | `telemetry`                                        |
+//! | 2     | `backoff`, `shutdown`, `sse`, `children`           |
+//! | 3     | `config`, `sink`, `supervise`, `sim`               |
+//! | 4     | `coinbase`                                         |
+//! | 5     | `feed`, `candles`                                  |
+//! | 6     | `store`, `bus`                                     |
+//! | 7     | `reconcile`, `live`                                |
+//! | 8     | `ops`                                              |
+//! | 9     | `web`                                              |
+//! | 10    | `cli` (the command line's types)                   |
+//! | 11    | `app` (the wiring)                                 |
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Each top-level module's layer.
+const LAYERS: &[(&str, u8)] = &[
+    ("model", 0),
+    ("telemetry", 1),
+    ("backoff", 2),
+    ("shutdown", 2),
+    ("sse", 2),
+    ("children", 2),
+    ("config", 3),
+    ("sink", 3),
+    ("supervise", 3),
+    ("sim", 3),
+    ("coinbase", 4),
+    ("feed", 5),
+    ("candles", 5),
+    ("store", 6),
+    ("bus", 6),
+    ("reconcile", 7),
+    ("live", 7),
+    ("ops", 8),
+    ("web", 9),
+    ("cli", 10),
+    ("app", 11),
+    ("architecture", 12),
+];
+
+/// A source file and its module path (`["web", "pages", "board"]`; a `mod.rs` is its folder).
+struct Source {
+    path: PathBuf,
+    module: Vec<String>,
+    text: String,
+}
+
+fn sources() -> Vec<Source> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    let mut folders = vec![root.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).expect("src is readable") {
+            let path = entry.expect("an entry").path();
+            if path.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let relative = path.strip_prefix(&root).expect("under src");
+            let mut module: Vec<String> = relative
+                .iter()
+                .map(|c| c.to_string_lossy().trim_end_matches(".rs").to_owned())
+                .collect();
+            if module
+                .last()
+                .is_some_and(|m| m == "mod" || m == "lib" || m == "main")
+            {
+                module.pop();
+            }
+            let text = std::fs::read_to_string(&path).expect("readable");
+            out.push(Source { path, module, text });
+        }
+    }
+    out
+}
+
+/// The code of `text` without comments (line comments only: the code base has no block ones).
+fn code(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.find("//") {
+            Some(at) => &line[..at],
+            None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every path starting with `crate::`, `super::` or `self::` in `code`, with `use` groups
+/// (`a::{b, c::d}`) expanded, as segments.
+fn paths(code: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let bytes = code.as_bytes();
+    let mut at = 0;
+    while at < code.len() {
+        let rest = &code[at..];
+        let starts = ["crate::", "super::", "self::"]
+            .iter()
+            .any(|p| rest.starts_with(p));
+        let boundary = at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_');
+        if starts && boundary {
+            let (found, used) = expand(rest);
+            out.extend(found);
+            at += used.max(1);
+        } else {
+            at += rest.chars().next().map_or(1, char::len_utf8);
+        }
+    }
+    out
+}
+
+/// The paths written at the start of `text` (one, or a group's), and the bytes they took.
+fn expand(text: &str) -> (Vec<Vec<String>>, usize) {
+    let mut prefix: Vec<String> = Vec::new();
+    let mut at = 0;
+    loop {
+        let word: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        at += word.len();
+        if !word.is_empty() {
+            prefix.push(word);
+        }
+        let rest = &text[at..];
+        if let Some(after) = rest.strip_prefix("::{") {
+            at += 3;
+            // A group: its parts, split at the top-level commas.
+            let mut depth = 0;
+            let mut end = after.len();
+            for (i, c) in after.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        end = i;
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            let inner = &after[..end];
+            let mut out = Vec::new();
+            let mut depth = 0;
+            let mut start = 0;
+            for (i, c) in inner
+                .char_indices()
+                .chain(std::iter::once((inner.len(), ',')))
+            {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        let part = inner[start..i].trim();
+                        start = i + 1;
+                        if part.is_empty() {
+                            continue;
+                        }
+                        for tail in expand(part).0 {
+                            let mut path = prefix.clone();
+                            path.extend(tail.into_iter().filter(|s| s != "self"));
+                            out.push(path);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            return (out, at + end + 1);
+        }
+        if let Some(_after) = rest.strip_prefix("::") {
+            at += 2;
+            continue;
+        }
+        return (vec![prefix], at);
+    }
+}
+
+/// The absolute module path `path` names, written in the module `module` (`None`: outside the
+/// crate, or more `super`s than there are parents).
+fn absolute(module: &[String], path: &[String]) -> Option<Vec<String>> {
+    let mut segments = path.iter();
+    let mut base: Vec<String> = match segments.next()?.as_str() {
+        "crate" => Vec::new(),
+        "self" => module.to_vec(),
+        "super" => {
+            let mut base = module.to_vec();
+            base.pop()?;
+            base
+        }
+        _ => return None,
+    };
+    for segment in segments {
+        if segment == "super" {
+            base.pop()?;
+        } else {
+            base.push(segment.clone());
+        }
+    }
+    Some(base)
+}
+
+/// (file, its module, the absolute paths it imports).
+fn imports() -> Vec<(PathBuf, Vec<String>, Vec<Vec<String>>)> {
+    sources()
+        .into_iter()
+        .map(|source| {
+            let found = paths(&code(&source.text))
+                .iter()
+                .filter_map(|p| absolute(&source.module, p))
+                .collect();
+            (source.path, source.module, found)
+        })
+        .collect()
+}
+
+fn layer(module: &str) -> Option<u8> {
+    LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
+}
+
+#[test]
+fn every_top_level_module_has_a_layer() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for entry in std::fs::read_dir(root).expect("src") {
+        let name = entry.expect("entry").file_name();
+        let name = name.to_string_lossy().trim_end_matches(".rs").to_owned();
+        if ["lib", "main"].contains(&name.as_str()) {
+            continue;
+        }
+        assert!(layer(&name).is_some(), "src/{name} has no layer in LAYERS");
+    }
+}
+
+#[test]
+fn imports_point_down_the_layers() {
+    let mut against = Vec::new();
+    for (path, module, found) in imports() {
+        let Some(from) = module.first() else { continue };
+        let Some(from_layer) = layer(from) else {
+            continue;
+        };
+        for target in found {
+            let Some(to) = target.first() else { continue };
+            if to == from {
+                continue;
+            }
+            let Some(to_layer) = layer(to) else { continue };
+            if to_layer >= from_layer {
+                against.push(format!(
+                    "{} imports {} ({from} is layer {from_layer}, {to} is {to_layer})",
+                    path.display(),
+                    target.join("::")
+                ));
+            }
+        }
+    }
+    against.sort();
+    against.dedup();
+    assert!(
+        against.is_empty(),
+        "imports against the layers:\n{}",
+        against.join("\n")
+    );
+}
+
+#[test]
+fn no_two_parts_of_a_folder_import_each_other() {
+    // For each folder, the edges between its direct parts (files and subfolders).
+    let mut edges: BTreeMap<Vec<String>, BTreeSet<(String, String)>> = BTreeMap::new();
+    for (_path, module, found) in imports() {
+        for target in found {
+            // The deepest folder holding both, and the part of it each lies in.
+            let common = module
+                .iter()
+                .zip(&target)
+                .take_while(|(a, b)| a == b)
+                .count();
+            let (Some(from), Some(to)) = (module.get(common), target.get(common)) else {
+                // One is inside the other: a module and its parent or child.
+                continue;
+            };
+            edges
+                .entry(module[..common].to_vec())
+                .or_default()
+                .insert((from.clone(), to.clone()));
+        }
+    }
+    let mut circles = Vec::new();
+    for (folder, edges) in &edges {
+        for (from, to) in edges {
+            if reaches(edges, to, from) {
+                circles.push(format!(
+                    "in {}: {from} imports {to}, and {to} leads back to {from}",
+                    if folder.is_empty() {
+                        "src".to_owned()
+                    } else {
+                        folder.join("/")
+                    }
+                ));
+            }
+        }
+    }
+    assert!(circles.is_empty(), "circles:\n{}", circles.join("\n"));
+}
+
+/// Whether `to` is reachable from `from` along `edges`.
+fn reaches(edges: &BTreeSet<(String, String)>, from: &str, to: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![from.to_owned()];
+    while let Some(at) = todo.pop() {
+        if at == to {
+            return true;
+        }
+        if seen.insert(at.clone()) {
+            todo.extend(
+                edges
+                    .iter()
+                    .filter(|(a, _)| *a == at)
+                    .map(|(_, b)| b.clone()),
+            );
+        }
+    }
+    false
+}
+
+#[test]
+fn the_path_reader_expands_groups_and_resolves_super() {
+    let found = paths("use super::{a, b::{c, d}};\nlet x = crate::web::AppState::idle();");
+    assert_eq!(
+        found,
+        vec![
+            vec!["super", "a"],
+            vec!["super", "b", "c"],
+            vec!["super", "b", "d"],
+            vec!["crate", "web", "AppState", "idle"],
+        ]
+    );
+    let module = vec!["web".to_owned(), "pages".to_owned(), "board".to_owned()];
+    assert_eq!(
+        absolute(&module, &["super".into(), "super".into(), "json".into()]),
+        Some(vec!["web".to_owned(), "json".to_owned()])
+    );
+}
