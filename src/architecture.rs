@@ -1,6 +1,6 @@
-//! The direction of imports, checked: a test that reads the source and fails on an import
-//! against the layering, or on two parts of one folder importing each other (directly or
-//! around a loop).
+//! Checks on the source as a whole: the direction of imports (a test that fails on an import
+//! against the layering, or on two parts of one folder importing each other, directly or
+//! around a loop), and every metric the source records being in the telemetry catalog.
 //!
 //! In: the files under `src/`. Out: a failing test naming the import, when there is one.
 //! The layers, from the ground floor up (a module may import only from layers below its own):
@@ -22,6 +22,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+use crate::telemetry::catalog;
 
 /// Each top-level module's layer.
 const LAYERS: &[(&str, u8)] = &[
@@ -352,4 +354,82 @@ fn the_path_reader_expands_groups_and_resolves_super() {
         absolute(&module, &["super".into(), "super".into(), "json".into()]),
         Some(vec!["web".to_owned(), "json".to_owned()])
     );
+}
+
+/// The metric names the source records: the first string literal or constant after
+/// each `counter!(`, `gauge!(` and `histogram!(`.
+fn recorded_in_source() -> Vec<String> {
+    let constants = [
+        ("PROCESSING_SECONDS", catalog::PROCESSING_SECONDS),
+        ("STORE_WRITE_SECONDS", catalog::STORE_WRITE_SECONDS),
+        ("END_TO_END_SECONDS", catalog::END_TO_END_SECONDS),
+        ("CONTROL_CHARS_ESCAPED", catalog::CONTROL_CHARS_ESCAPED),
+    ];
+    let mut names = Vec::new();
+    let mut folders = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src"
+    ))];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).expect("src is readable") {
+            let path = entry.expect("an entry").path();
+            if path.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs")
+                || path.ends_with("catalog.rs")
+                || path.ends_with("architecture.rs")
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("readable");
+            for macro_call in ["counter!(", "gauge!(", "histogram!("] {
+                for (at, _) in text.match_indices(macro_call) {
+                    let rest = text[at + macro_call.len()..].trim_start();
+                    let name = if let Some(quoted) = rest.strip_prefix('"') {
+                        quoted.split('"').next().unwrap_or_default().to_owned()
+                    } else {
+                        let word: String = rest
+                            .chars()
+                            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                            .collect();
+                        let last = word.rsplit("::").next().unwrap_or_default().to_owned();
+                        match constants.iter().find(|(c, _)| *c == last) {
+                            Some((_, name)) => (*name).to_owned(),
+                            // A variable (the catalog's own loop): not a name.
+                            None => continue,
+                        }
+                    };
+                    names.push(format!("{macro_call}{name}"));
+                }
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn every_metric_the_source_records_is_in_the_catalog_with_its_kind() {
+    let recorded = recorded_in_source();
+    assert!(
+        recorded.len() > 30,
+        "the scan found the metrics: {recorded:?}"
+    );
+    for call in &recorded {
+        let (kind, name) = call.split_once('(').expect("macro(name");
+        let kind = match kind {
+            "counter!" => catalog::Kind::Counter,
+            "gauge!" => catalog::Kind::Gauge,
+            _ => catalog::Kind::Histogram,
+        };
+        assert!(
+            catalog::CATALOG
+                .iter()
+                .any(|m| m.name == name && m.kind == kind),
+            "{name} ({kind:?}) is recorded but not in the catalog"
+        );
+    }
 }

@@ -28,12 +28,18 @@ use crate::live::LiveState;
 use crate::model::{CandleUpdate, Clock, SystemClock};
 use crate::ops::clock::ClockCheck;
 use crate::reconcile::{ReconcileSettings, Reconciler};
-use crate::store::{BatchWriter, EmbeddedPostgres, Repository, TableKind, WriterSettings};
+use crate::store::{BatchWriter, EmbeddedPostgres, Repository, WriterSettings};
 use crate::supervise::Stages;
 use crate::telemetry::Channels;
 use crate::web::AppState;
 
+mod connect;
+mod migrate;
 mod run;
+
+pub use connect::open_database;
+use connect::{connect_bus, install_tls_provider, stop_embedded};
+pub use migrate::migrate;
 
 /// How long stages get to finish after a stop signal: with the HTTP server's last second and
 /// the NATS flush, the whole stop fits in Cloud Run's 10 s between SIGTERM and SIGKILL.
@@ -355,124 +361,6 @@ fn build_ingest(
         to_publisher,
         clock,
     }
-}
-
-/// Connects to NATS (reconnects and slow consumers make the live state reload from the KV)
-/// and creates or updates the KV bucket.
-async fn connect_bus(
-    url: &str,
-    live: &LiveState,
-    replicas: usize,
-) -> anyhow::Result<(async_nats::Client, async_nats::jetstream::kv::Store)> {
-    let resync = live.resync_trigger();
-    let client = crate::bus::connect(url, "spot-canvas", move |event| {
-        let resync = resync.clone();
-        async move {
-            match event {
-                async_nats::Event::Connected => {
-                    tracing::info!("NATS connected");
-                    resync.notify_one();
-                }
-                async_nats::Event::SlowConsumer(sid) => {
-                    tracing::warn!(
-                        sid,
-                        "NATS slow consumer: reloading the live state from the KV"
-                    );
-                    resync.notify_one();
-                }
-                other => tracing::warn!(event = %other, "NATS event"),
-            }
-        }
-    })
-    .await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let kv = crate::bus::ensure_bucket(&js, replicas).await?;
-    Ok((client, kv))
-}
-
-async fn stop_embedded(pg: Option<&EmbeddedPostgres>, nats: Option<&EmbeddedNats>) {
-    if let Some(nats) = nats {
-        nats.stop().await;
-    }
-    if let Some(pg) = pg
-        && let Err(e) = pg.stop().await
-    {
-        tracing::error!(error = %e, "cannot stop embedded PostgreSQL");
-    }
-}
-
-/// `DATABASE_URL`, or the embedded cluster under `DATA_DIR`.
-pub async fn open_database(
-    config: &Config,
-) -> anyhow::Result<(sqlx::PgPool, Option<EmbeddedPostgres>)> {
-    match &config.database_url {
-        Some(url) => Ok((crate::store::connect(url).await?, None)),
-        None => {
-            let pg = EmbeddedPostgres::start(&config.data_dir).await?;
-            let pool = crate::store::connect(&pg.url()).await?;
-            Ok((pool, Some(pg)))
-        }
-    }
-}
-
-/// rustls needs one process-wide crypto provider for `wss://` and `https://`.
-fn install_tls_provider() {
-    // Already installed (a second app in one process) is fine.
-    let _already = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// `spot-canvas migrate up|down|status`. A SIGTERM or SIGINT drops the work (a migration's
-/// transaction rolls back with its connection) and the embedded database's guard stops it.
-pub async fn migrate(config: Config, action: crate::cli::MigrateAction) -> anyhow::Result<()> {
-    tokio::select! {
-        result = migrate_now(config, action) => result,
-        () = crate::shutdown::signal() => anyhow::bail!("interrupted by a stop signal"),
-    }
-}
-
-async fn migrate_now(config: Config, action: crate::cli::MigrateAction) -> anyhow::Result<()> {
-    use crate::cli::MigrateAction;
-    let (pool, embedded) = open_database(&config).await?;
-    let result = async {
-        match action {
-            MigrateAction::Up => {
-                let kind = crate::store::migrate_up(&pool).await?;
-                let kind = match kind {
-                    TableKind::Hypertable => "a TimescaleDB hypertable",
-                    TableKind::Plain => "a plain table (TimescaleDB not available)",
-                };
-                println!("migrations applied; live_candles is {kind}");
-            }
-            MigrateAction::Down { to } => {
-                let status = crate::store::migration_status(&pool).await?;
-                let applied: Vec<i64> = status
-                    .iter()
-                    .filter(|m| m.applied)
-                    .map(|m| m.version)
-                    .collect();
-                let target = match to {
-                    Some(target) => target,
-                    // The newest applied one goes: back to the one before it (0 if none).
-                    None => applied.iter().rev().nth(1).copied().unwrap_or(0),
-                };
-                crate::store::migrate_down(&pool, target).await?;
-                println!("reverted migrations above version {target}");
-            }
-            MigrateAction::Status => {
-                for m in crate::store::migration_status(&pool).await? {
-                    let state = if m.applied { "applied" } else { "pending" };
-                    println!("{:>16}  {state:8} {}", m.version, m.description);
-                }
-            }
-        }
-        anyhow::Ok(())
-    }
-    .await;
-    pool.close().await;
-    if let Some(pg) = embedded {
-        pg.stop().await?;
-    }
-    result
 }
 
 /// `spot-canvas serve`. The stop signal is watched before anything starts: a SIGTERM while
