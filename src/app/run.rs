@@ -1,23 +1,23 @@
 //! Running the built service: every stage spawned through the [`Supervisor`], the first
 //! early end of a fatal stage or the stop signal answered by the ordered stop.
 //!
-//! The stop signal reaches every stage in order: the feed is cancelled and closes its sockets;
-//! its channel closing stops the engine after the events it holds; the engine's output closing
-//! stops the fan-out, then the writer and the publisher after their last flush (the writer's
-//! is one bounded attempt: what it cannot write goes to JetStream with an external NATS, else to
-//! its spool in `DATA_DIR`, and a forced stop waits up to 1 s for that); then the live
-//! state, the embedded servers' watchdogs and the HTTP server. Stages that stop on a closed input
-//! also get a token that is cancelled when the grace period runs out, so that nothing outlives
-//! it. Whatever happens, the embedded servers are stopped at the end.
+//! The stop runs the phases of [`Phase::ORDER`]: the streams end; the feed is cancelled and
+//! closes its sockets; its channel closing stops the engine after the events it holds; the
+//! engine's output closing stops the fan-out, then the writer and the publisher after their
+//! last flush (the writer's is one bounded attempt: what it cannot write goes to JetStream
+//! with an external NATS, else to its spool in `DATA_DIR`, and a forced stop waits up to 1 s
+//! for that); then the live state, the embedded servers' watchdogs and the HTTP server.
+//! Stages that stop on a closed input also watch their phase's token, cancelled only when the
+//! grace period runs out, so that nothing outlives it. Whatever happens, the embedded servers
+//! are stopped at the end.
 
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{App, SHUTDOWN_GRACE, stop_embedded};
 use crate::store::Repository;
-use crate::supervise::Supervisor;
+use crate::supervise::{Phase, Phases, Supervisor};
 use crate::web::{AppState, router};
 
 /// How long a forced stop waits for the writer to keep what it holds.
@@ -28,12 +28,6 @@ const PUBLISHER_GRACE: Duration = Duration::from_secs(3);
 
 /// Time open connections get to finish their requests once the HTTP server stops.
 const HTTP_GRACE: Duration = Duration::from_secs(1);
-
-/// Awaits a stage's end, for the ordered stop.
-async fn joined(handle: JoinHandle<()>) {
-    // A panic is caught inside the stage's task; an abort only happens at runtime shutdown.
-    let _ended = handle.await;
-}
 
 /// Runs `future` until it ends or `token` is cancelled (then `Ok`): for stages that stop on a
 /// closed input and have no token of their own.
@@ -51,9 +45,9 @@ async fn until(
 }
 
 impl App {
-    /// Runs until `cancel` or until a fatal stage ends early, then stops the stages in order
-    /// (see the module docs). Returns an error when a stage ended early or the stop overran its
-    /// grace period, so that the process exits non-zero.
+    /// Runs until `cancel` or until a fatal stage ends early, then stops the stages phase by
+    /// phase ([`Phase::ORDER`]). Returns an error when a stage ended early or the stop overran
+    /// its grace period, so that the process exits non-zero.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let App {
             listener,
@@ -72,100 +66,113 @@ impl App {
         }
         tracing::info!(role = state.role.as_str(), "role");
         let mut supervisor = Supervisor::new(stages.clone());
-        // Cancelled in stop order.
-        let feed_stop = CancellationToken::new();
-        let catalog_stop = CancellationToken::new();
-        let live_stop = CancellationToken::new();
-        let watchdog_stop = CancellationToken::new();
-        let http_stop = CancellationToken::new();
-        // Cancelled only when the grace period runs out.
-        let overdue = CancellationToken::new();
+        let mut phases = Phases::new().with_token(Phase::Streams, state.streams.stop.clone());
 
-        let pg_watchdog = embedded.clone().map(|pg| {
-            supervisor.spawn_fatal("postgres", &watchdog_stop, move |token| async move {
-                pg.supervise(token).await;
-                Ok(())
-            })
-        });
-        let nats_watchdog = embedded_nats.clone().map(|n| {
-            supervisor.spawn_fatal("nats-server", &watchdog_stop, move |token| async move {
-                n.supervise(token).await;
-                Ok(())
-            })
-        });
+        if let Some(pg) = embedded.clone() {
+            let watchdog = supervisor.spawn_fatal(
+                "postgres",
+                phases.token(Phase::Watchdogs),
+                move |token| async move {
+                    pg.supervise(token).await;
+                    Ok(())
+                },
+            );
+            phases.track(Phase::Watchdogs, "postgres", watchdog);
+        }
+        if let Some(n) = embedded_nats.clone() {
+            let watchdog = supervisor.spawn_fatal(
+                "nats-server",
+                phases.token(Phase::Watchdogs),
+                move |token| async move {
+                    n.supervise(token).await;
+                    Ok(())
+                },
+            );
+            phases.track(Phase::Watchdogs, "nats-server", watchdog);
+        }
         // The web role's view of the candles comes from NATS; an ingest-only instance has no
         // stream clients, and its own updates reach its live state through the fan-out.
-        let live_task = state.role.serves_web().then(|| {
+        if state.role.serves_web() {
             let (live, client, kv) = (state.live.clone(), nats.0.clone(), nats.1.clone());
-            supervisor.spawn_restarting("live-state", &live_stop, move |token| {
-                live.clone().run(client.clone(), kv.clone(), token)
-            })
-        });
-        let summary_task = {
-            let (engine, writer, feed) = (
-                state.engine.clone(),
-                state.writer.clone(),
-                state.feed.clone(),
+            let task = supervisor.spawn_restarting(
+                "live-state",
+                phases.token(Phase::Live),
+                move |token| live.clone().run(client.clone(), kv.clone(), token),
             );
-            supervisor.spawn_restarting("summary", &catalog_stop, move |token| {
+            phases.track(Phase::Live, "live-state", task);
+        }
+        let (engine, writer, feed) = (
+            state.engine.clone(),
+            state.writer.clone(),
+            state.feed.clone(),
+        );
+        let summary =
+            supervisor.spawn_restarting("summary", phases.token(Phase::Intake), move |token| {
                 crate::ops::summary::summarize(engine.clone(), writer.clone(), feed.clone(), token)
-            })
-        };
-        let seed_task = state.role.serves_web().then(|| {
+            });
+        phases.track(Phase::Intake, "summary", summary);
+        if state.role.serves_web() {
             let (day, repository) = (state.live.day().clone(), state.repository.clone());
-            supervisor.spawn_restarting("day-seed", &catalog_stop, move |token| {
-                crate::live::seed_day(day.clone(), repository.clone(), token)
-            })
-        });
-        let monitor_task = {
-            let watch = crate::ops::monitor::Watch {
-                channels: channels.clone(),
-                probe: state.probe(),
-                stages: state.stages.clone(),
-                stopping: state.streams.stop.clone(),
-                metrics: state.metrics.clone(),
-                activity: state.live.activity().clone(),
-                clock: state.clock.clone(),
-                alarms: state.alarms.clone(),
-            };
-            let database = repository.clone();
-            supervisor.spawn_restarting("monitor", &catalog_stop, move |token| {
-                crate::ops::monitor::run(watch.clone(), database.clone(), token)
-            })
+            let seed = supervisor.spawn_restarting(
+                "day-seed",
+                phases.token(Phase::Intake),
+                move |token| crate::live::seed_day(day.clone(), repository.clone(), token),
+            );
+            phases.track(Phase::Intake, "day-seed", seed);
+        }
+        let watch = crate::ops::monitor::Watch {
+            channels: channels.clone(),
+            probe: state.probe(),
+            stages: state.stages.clone(),
+            stopping: state.streams.stop.clone(),
+            metrics: state.metrics.clone(),
+            activity: state.live.activity().clone(),
+            clock: state.clock.clone(),
+            alarms: state.alarms.clone(),
         };
-        // The publisher's own end: cancelled with `overdue`, or once its input has closed and
-        // it has had PUBLISHER_GRACE to flush.
-        let publisher_stop = overdue.child_token();
+        let database = repository.clone();
+        let monitor =
+            supervisor.spawn_restarting("monitor", phases.token(Phase::Intake), move |token| {
+                crate::ops::monitor::run(watch.clone(), database.clone(), token)
+            });
+        phases.track(Phase::Intake, "monitor", monitor);
+        // The publisher's own end: cancelled with the sinks' phase when forced, or once the
+        // fan-out has ended and it has had PUBLISHER_GRACE to flush.
+        let publisher_stop = phases.token(Phase::Sinks).child_token();
         // Cancelled when the writer's task ends (or at once without one).
         let writer_done = CancellationToken::new();
-        let pipeline = match ingest {
-            Some(ingest) => Some(spawn_ingest(
+        match ingest {
+            Some(ingest) => spawn_ingest(
                 &mut supervisor,
+                &mut phases,
                 ingest,
                 &state,
                 repository,
-                [&feed_stop, &catalog_stop, &overdue, &publisher_stop],
+                &publisher_stop,
                 writer_done.clone(),
-            )),
-            None => {
-                writer_done.cancel();
-                None
-            }
-        };
+            ),
+            None => writer_done.cancel(),
+        }
         let routes = router(state.clone());
-        let http_task = supervisor.spawn_fatal("http", &http_stop, |token| async move {
+        let http = supervisor.spawn_fatal("http", phases.token(Phase::Http), |token| async move {
             crate::web::serve::serve(listener, routes, token, HTTP_GRACE)
                 .await
                 .map_err(anyhow::Error::from)
         });
-        let metrics_task = metrics_listener.map(|listener| {
+        phases.track(Phase::Http, "http", http);
+        if let Some(listener) = metrics_listener {
             let routes = crate::web::metrics_router(state.clone());
-            supervisor.spawn_fatal("metrics-http", &http_stop, |token| async move {
-                crate::web::serve::serve(listener, routes, token, HTTP_GRACE)
-                    .await
-                    .map_err(anyhow::Error::from)
-            })
-        });
+            let task = supervisor.spawn_fatal(
+                "metrics-http",
+                phases.token(Phase::Http),
+                |token| async move {
+                    crate::web::serve::serve(listener, routes, token, HTTP_GRACE)
+                        .await
+                        .map_err(anyhow::Error::from)
+                },
+            );
+            phases.track(Phase::Http, "metrics-http", task);
+        }
         tracing::info!("serving");
 
         let early = tokio::select! {
@@ -175,20 +182,37 @@ impl App {
         stages.begin_stop();
         tracing::info!("stopping");
         metrics::gauge!("spot_canvas_ready").set(0.0);
-        // Streams end first: their clients reconnect (to another instance) at once.
-        state.streams.stop.cancel();
+        let streams = phases.stop(Phase::Streams);
+        let intake = phases.stop(Phase::Intake);
+        let pipeline = phases.drain(Phase::Pipeline);
+        let sinks = phases.drain(Phase::Sinks);
+        let live = phases.token(Phase::Live).clone();
+        let live_joined = phases.drain(Phase::Live);
         let writer_report = state.writer.clone();
         let stopped = async {
-            // The helpers beside the feed first, so that none sees the feed's end as a failure.
-            catalog_stop.cancel();
-            feed_stop.cancel();
-            if let Some(pipeline) = pipeline {
-                pipeline.joined(&publisher_stop).await;
+            streams.await;
+            intake.await;
+            pipeline.await;
+            // Once the fan-out has ended, the publisher has PUBLISHER_GRACE to flush: NATS
+            // carries live updates and the KV a cache of them, while the writer's rows are the
+            // record and keep the whole grace. A NATS cluster in the middle of an election must
+            // not make the stop overrun.
+            let give_up = async {
+                tokio::time::sleep(PUBLISHER_GRACE).await;
+                tracing::error!(
+                    grace = ?PUBLISHER_GRACE,
+                    "the writer and the publisher did not finish in time; ending the publisher \
+                     (the NATS KV may miss the last updates)"
+                );
+                publisher_stop.cancel();
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                () = sinks => {}
+                () = give_up => {}
             }
-            live_stop.cancel();
-            if let Some(live_task) = live_task {
-                joined(live_task).await;
-            }
+            live.cancel();
+            live_joined.await;
             if tokio::time::timeout(Duration::from_secs(2), nats.0.flush())
                 .await
                 .is_err()
@@ -202,18 +226,11 @@ impl App {
                 kept = report.kept_at_stop,
                 "writer flushed"
             );
-            joined(summary_task).await;
-            joined(monitor_task).await;
-            if let Some(seed_task) = seed_task {
-                joined(seed_task).await;
-            }
         };
         let in_time = tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_ok();
         if !in_time {
             tracing::error!(grace = ?SHUTDOWN_GRACE, "stages did not stop in time; forcing them");
-            overdue.cancel();
-            feed_stop.cancel();
-            live_stop.cancel();
+            phases.force();
             // The writer keeps what it holds as a step of its stop: wait for it, bounded.
             if tokio::time::timeout(WRITER_FORCED_WAIT, writer_done.cancelled())
                 .await
@@ -223,27 +240,20 @@ impl App {
             }
         }
         // The watchdogs end before the servers stop, so that none starts a server again.
-        watchdog_stop.cancel();
-        for watchdog in [pg_watchdog, nats_watchdog].into_iter().flatten() {
-            if tokio::time::timeout(Duration::from_secs(2), joined(watchdog))
-                .await
-                .is_err()
-            {
-                tracing::warn!("an embedded server's watchdog did not stop within 2 s");
-            }
+        if tokio::time::timeout(Duration::from_secs(2), phases.stop(Phase::Watchdogs))
+            .await
+            .is_err()
+        {
+            tracing::warn!("an embedded server's watchdog did not stop within 2 s");
         }
         // The servers go last, whatever happened above.
         stop_embedded(embedded.as_deref(), embedded_nats.as_ref()).await;
-        http_stop.cancel();
-        let servers = async {
-            joined(http_task).await;
-            if let Some(metrics_task) = metrics_task {
-                joined(metrics_task).await;
-            }
-        };
-        if tokio::time::timeout(HTTP_GRACE + Duration::from_secs(1), servers)
-            .await
-            .is_err()
+        if tokio::time::timeout(
+            HTTP_GRACE + Duration::from_secs(1),
+            phases.stop(Phase::Http),
+        )
+        .await
+        .is_err()
         {
             tracing::warn!("HTTP server did not stop in time");
         }
@@ -258,65 +268,20 @@ impl App {
     }
 }
 
-/// The running ingest pipeline's tasks, joined in stop order.
-struct Pipeline {
-    feed: JoinHandle<()>,
-    catalog: JoinHandle<()>,
-    clock: Option<JoinHandle<()>>,
-    engine: JoinHandle<()>,
-    reconciler: JoinHandle<()>,
-    fanout: JoinHandle<()>,
-    writer: JoinHandle<()>,
-    publisher: JoinHandle<()>,
-}
-
-impl Pipeline {
-    /// Waits for the stages in order: the feed first (its channel closing stops the engine),
-    /// the sinks last (after their final flush). Once the fan-out has ended, the publisher has
-    /// [`PUBLISHER_GRACE`] to flush, then `publisher_stop` ends it: NATS carries live updates
-    /// and the KV a cache of them, while the writer's rows are the record and keep the whole
-    /// grace. A NATS cluster in the middle of an election must not make the stop overrun.
-    async fn joined(self, publisher_stop: &CancellationToken) {
-        joined(self.feed).await;
-        joined(self.catalog).await;
-        if let Some(clock) = self.clock {
-            joined(clock).await;
-        }
-        joined(self.engine).await;
-        joined(self.reconciler).await;
-        joined(self.fanout).await;
-        let give_up = async {
-            tokio::time::sleep(PUBLISHER_GRACE).await;
-            tracing::error!(
-                grace = ?PUBLISHER_GRACE,
-                "the writer and the publisher did not finish in time; ending the publisher \
-                 (the NATS KV may miss the last updates)"
-            );
-            publisher_stop.cancel();
-            std::future::pending::<()>().await
-        };
-        let sinks = async {
-            joined(self.writer).await;
-            joined(self.publisher).await;
-        };
-        tokio::select! {
-            () = sinks => {}
-            () = give_up => {}
-        }
-    }
-}
-
-/// Spawns the ingest stages. `feed_stop` stops the feed, `catalog_stop` the helpers beside it;
-/// the rest stop on their closed inputs, or on `overdue` when the grace runs out.
+/// Spawns the ingest stages, each tracked under the phase it stops in: the feed and its
+/// helpers in [`Phase::Intake`]; the engine, the reconciler and the fan-out in
+/// [`Phase::Pipeline`] and the writer in [`Phase::Sinks`] (they stop on their closed inputs,
+/// or on their phase's token when the grace runs out); the publisher on `publisher_stop`.
 /// `writer_done` is cancelled when the writer's task ends.
 fn spawn_ingest(
     supervisor: &mut Supervisor,
+    phases: &mut Phases,
     ingest: super::Ingest,
     state: &AppState,
     repository: Repository,
-    [feed_stop, catalog_stop, overdue, publisher_stop]: [&CancellationToken; 4],
+    publisher_stop: &CancellationToken,
     writer_done: CancellationToken,
-) -> Pipeline {
+) {
     let super::Ingest {
         feed,
         engine,
@@ -328,45 +293,45 @@ fn spawn_ingest(
         to_publisher,
         clock,
     } = ingest;
-    let catalog = {
-        let catalog = feed.catalog();
-        supervisor.spawn_restarting("catalog", catalog_stop, move |token| {
-            until(token, keep_products(catalog.clone(), repository.clone()))
-        })
-    };
-    let clock = clock.map(|clock| {
-        supervisor.spawn_restarting("clock", catalog_stop, move |token| clock.clone().run(token))
+    let intake = phases.token(Phase::Intake).clone();
+    let pipeline = phases.token(Phase::Pipeline).clone();
+    let sinks = phases.token(Phase::Sinks).clone();
+    let catalog = feed.catalog();
+    // The feed first: its end closes the engine's input.
+    let task = supervisor.spawn_fatal("feed", &intake, |token| feed.run(token));
+    phases.track(Phase::Intake, "feed", task);
+    let task = supervisor.spawn_restarting("catalog", &intake, move |token| {
+        until(token, keep_products(catalog.clone(), repository.clone()))
     });
-    let feed = supervisor.spawn_fatal("feed", feed_stop, |token| feed.run(token));
-    let engine = supervisor.spawn_fatal("engine", overdue, |token| engine.run(token));
-    let reconciler = supervisor.spawn_fatal("reconciler", overdue, |token| reconciler.run(token));
-    let fanout = {
-        let live = state.live.clone();
-        supervisor.spawn_fatal("fan-out", overdue, |token| {
-            until(
-                token,
-                crate::live::fan_out(updates, live, to_writer, to_publisher),
-            )
-        })
-    };
-    // The writer ends itself on `overdue`: it keeps what it holds first (an awaited step).
-    let writer = supervisor.spawn_fatal("writer", overdue, move |token| async move {
+    phases.track(Phase::Intake, "catalog", task);
+    if let Some(clock) = clock {
+        let task =
+            supervisor.spawn_restarting("clock", &intake, move |token| clock.clone().run(token));
+        phases.track(Phase::Intake, "clock", task);
+    }
+    let task = supervisor.spawn_fatal("engine", &pipeline, |token| engine.run(token));
+    phases.track(Phase::Pipeline, "engine", task);
+    let task = supervisor.spawn_fatal("reconciler", &pipeline, |token| reconciler.run(token));
+    phases.track(Phase::Pipeline, "reconciler", task);
+    let live = state.live.clone();
+    let task = supervisor.spawn_fatal("fan-out", &pipeline, |token| {
+        until(
+            token,
+            crate::live::fan_out(updates, live, to_writer, to_publisher),
+        )
+    });
+    phases.track(Phase::Pipeline, "fan-out", task);
+    // The writer ends itself on its phase's token: it keeps what it holds first (an awaited
+    // step).
+    let task = supervisor.spawn_fatal("writer", &sinks, move |token| async move {
         let _done = writer_done.drop_guard();
         writer.run_until(token).await
     });
-    let publisher = supervisor.spawn_fatal("publisher", publisher_stop, |token| {
+    phases.track(Phase::Sinks, "writer", task);
+    let task = supervisor.spawn_fatal("publisher", publisher_stop, |token| {
         until(token, publisher.run())
     });
-    Pipeline {
-        feed,
-        catalog,
-        clock,
-        engine,
-        reconciler,
-        fanout,
-        writer,
-        publisher,
-    }
+    phases.track(Phase::Sinks, "publisher", task);
 }
 
 /// Keeps `trading_pairs` in step with the feed's product list; ends when the feed does.

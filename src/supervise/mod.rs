@@ -7,7 +7,12 @@
 //! of the first early end, on which the service runs its ordered stop and exits non-zero so
 //! that the platform (Cloud Run, systemd) restarts the process. [`Policy::Restart`] stages are
 //! started again with backoff while the service runs; they hold no channel that cannot be
-//! rebuilt.
+//! rebuilt. The order of the stop is data: [`Phase::ORDER`], each stage tracked under the
+//! phase it stops in ([`Phases`]).
+
+mod phases;
+
+pub use phases::{Phase, Phases};
 
 use std::collections::BTreeMap;
 use std::future::Future;
