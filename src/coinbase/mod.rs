@@ -1,9 +1,10 @@
 //! Coinbase Advanced Trade's protocol: WebSocket frame and REST parsers (exact decimals), JWT
-//! auth, request pacing within the exchange's limits, and the production URLs.
+//! auth, request pacing within the exchange's limits (the production URLs are defaults of the
+//! configuration, re-exported here).
 //!
-//! In: bytes from Coinbase (answers' bodies read with a cap, [`body`]). Out: typed frames, products and candles. Used by the feed, the
-//! reconciler and the configuration; the simulator deliberately does not use it, so that its
-//! ground truth stays independent of these parsers.
+//! In: bytes from Coinbase (answers' bodies read with a cap, [`body`]). Out: typed frames,
+//! products and candles. Used by the feed and the reconciler; the simulator deliberately does
+//! not use it, so that its ground truth stays independent of these parsers.
 
 pub mod auth;
 pub mod body;
@@ -14,7 +15,5 @@ pub mod url;
 
 pub use frame::{Frame, FrameBody, FrameError, frame_sequence, parse_frame};
 
-/// Coinbase's production market-data WebSocket endpoint.
-pub const PRODUCTION_WS_URL: &str = "wss://advanced-trade-ws.coinbase.com";
-/// Coinbase's production public REST base (`/market/products` and so on hang below it).
-pub const PRODUCTION_REST_URL: &str = "https://api.coinbase.com/api/v3/brokerage";
+/// The production endpoints, defaults of the configuration (which owns every default).
+pub use crate::config::{PRODUCTION_REST_URL, PRODUCTION_WS_URL};

@@ -1,13 +1,14 @@
 //! Validation of each variable into its typed value.
+//!
+//! In: a variable lookup. Out: the whole [`Config`], or the first [`ConfigError`].
 
 use std::path::PathBuf;
 
 use secrecy::SecretString;
 
-use super::{CoinbaseCredentials, Config, ConfigError, CorsOrigins, LogFormat, Role, VARIABLES};
+use super::lookup::{Lookup, boolean, number, value_or_default};
+use super::{CoinbaseCredentials, Config, ConfigError, CorsOrigins, LogFormat, Role};
 use crate::model::ProductId;
-
-pub(super) type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
     let shard_count: u32 = number(lookup, "SHARD_COUNT", 1, 1024, "an integer 1-1024")?;
@@ -114,63 +115,6 @@ pub(super) fn config(lookup: Lookup<'_>) -> Result<Config, ConfigError> {
         log_format: log_format(lookup)?,
         stream: super::stream::parse(lookup)?,
     })
-}
-
-fn default_of(var: &str) -> &'static str {
-    VARIABLES
-        .iter()
-        .find(|v| v.name == var)
-        .map(|v| v.default)
-        .unwrap_or("")
-}
-
-/// The value of `var`, or its default from [`VARIABLES`] when unset: the one place a
-/// default is written.
-fn value_or_default(lookup: Lookup<'_>, var: &str) -> String {
-    lookup(var).unwrap_or_else(|| default_of(var).to_owned())
-}
-
-/// An integer in `min..=max`. The default (from [`VARIABLES`]) is checked like a set value.
-pub(super) fn number<T>(
-    lookup: Lookup<'_>,
-    var: &'static str,
-    min: T,
-    max: T,
-    accepted: &'static str,
-) -> Result<T, ConfigError>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-{
-    let raw = value_or_default(lookup, var);
-    let value: T = raw.trim().parse().map_err(|_| ConfigError {
-        var,
-        problem: format!("{raw:?} is not an integer in range"),
-        accepted,
-    })?;
-    if value < min || value > max {
-        return Err(ConfigError {
-            var,
-            problem: format!("{value} is out of range"),
-            accepted,
-        });
-    }
-    Ok(value)
-}
-
-pub(super) fn boolean(lookup: Lookup<'_>, var: &'static str) -> Result<bool, ConfigError> {
-    match value_or_default(lookup, var)
-        .trim()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        other => Err(ConfigError {
-            var,
-            problem: format!("{other:?} is not a boolean"),
-            accepted: "true or false (also 1/0, yes/no, on/off)",
-        }),
-    }
 }
 
 fn url(

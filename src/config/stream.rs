@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::ConfigError;
-use super::parse::{Lookup, boolean, number};
+use super::lookup::{Lookup, boolean, number};
 
 /// Limits of the SSE streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

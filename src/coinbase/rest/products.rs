@@ -1,27 +1,11 @@
-//! Parser for Coinbase's public REST answers the service uses: the products list and
-//! product candles.
+//! The products list and one product.
 //!
-//! In: the body of `GET /market/products` or `GET /market/products/{id}/candles`. Out:
-//! [`Product`]s and [`Candle`]s with exact decimals, or a [`FrameError`] naming the bad field.
-//! In a products list one malformed product costs only that product ([`ProductList`]).
-//! REST candles carry no `product_id` (the caller knows it) and come newest first.
+//! In: the body of `GET /market/products` or `GET /market/products/{id}`. Out: a
+//! [`ProductList`] (one malformed product costs only itself, the list is capped) or a
+//! [`Product`].
 
-use std::borrow::Cow;
-
-use serde::Deserialize;
-
-use super::frame::{FrameError, parse_decimal, parse_unix_seconds};
-use crate::model::{Candle, Currency, Granularity, Product, ProductId, shown};
-
-/// An error answer: `{"error":"INVALID_ARGUMENT","message":"..."}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub struct RestError {
-    pub error: String,
-    #[serde(default)]
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_details: Option<String>,
-}
+use crate::coinbase::frame::{FrameError, parse_decimal};
+use crate::model::{Currency, Product, ProductId, shown};
 
 /// A product of a products list that was skipped, or kept with some fields left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,68 +307,6 @@ fn product_from_value(
         alias,
         alias_to,
     })
-}
-
-#[derive(Deserialize)]
-struct RawCandles<'a> {
-    #[serde(borrow)]
-    candles: Vec<RawRestCandle<'a>>,
-}
-
-#[derive(Deserialize)]
-struct RawRestCandle<'a> {
-    #[serde(borrow)]
-    start: Cow<'a, str>,
-    #[serde(borrow)]
-    low: Cow<'a, str>,
-    #[serde(borrow)]
-    high: Cow<'a, str>,
-    #[serde(borrow)]
-    open: Cow<'a, str>,
-    #[serde(borrow)]
-    close: Cow<'a, str>,
-    #[serde(borrow)]
-    volume: Cow<'a, str>,
-}
-
-/// Parses a candles answer for `product_id` at `granularity`, in the order sent (newest
-/// first). Trade count and buy volume are unknown on REST candles. A candle whose start is
-/// not aligned to the granularity is an error.
-pub fn parse_candles(
-    body: &[u8],
-    product_id: &ProductId,
-    granularity: Granularity,
-) -> Result<Vec<Candle>, FrameError> {
-    let raw: RawCandles<'_> = serde_json::from_slice(body)?;
-    raw.candles
-        .into_iter()
-        .map(|c| {
-            let start = parse_unix_seconds("start", &c.start)?;
-            if start.timestamp() % granularity.seconds() != 0 {
-                return Err(FrameError::BadValue {
-                    field: "start",
-                    value: c.start.into_owned(),
-                });
-            }
-            Ok(Candle {
-                product_id: product_id.clone(),
-                granularity,
-                start,
-                open: parse_decimal("open", &c.open)?,
-                high: parse_decimal("high", &c.high)?,
-                low: parse_decimal("low", &c.low)?,
-                close: parse_decimal("close", &c.close)?,
-                volume: parse_decimal("volume", &c.volume)?,
-                buy_volume: None,
-                trade_count: None,
-            })
-        })
-        .collect()
-}
-
-/// Parses an error answer, if the body is one.
-pub fn parse_error(body: &[u8]) -> Option<RestError> {
-    serde_json::from_slice(body).ok()
 }
 
 #[cfg(test)]
