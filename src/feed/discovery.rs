@@ -3,7 +3,7 @@
 //! In: `GET {COINBASE_REST_URL}/market/products`, its body read with a cap
 //! ([`PRODUCTS_MAX_BYTES`]; a larger list is an error, not a 2 GiB buffer). Out: the ids of online, tradable spot
 //! products, without `-USDC` aliases of `-USD` products (Coinbase sends aliases the same data).
-//! Each fetch's outcome is kept for `/health` ([`DiscoveryReport`]).
+//! Each fetch's outcome is kept for `/health` ([`DiscoveryReport`](super::health::DiscoveryReport)).
 //! A malformed product costs only itself: it is skipped, counted and logged (once per fetch,
 //! with a few examples), and the others are used.
 
@@ -41,55 +41,6 @@ impl From<reqwest::Error> for DiscoveryError {
     }
 }
 
-/// What `/health` shows of discovery (`feed.discovery`).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct DiscoveryReport {
-    /// Products list requests made, and those that failed.
-    pub fetches: u64,
-    pub failures: u64,
-    /// Lists refused for holding more than [`PRODUCTS_MAX_BYTES`].
-    pub too_large: u64,
-    /// Products in the last list read.
-    pub last_products: Option<usize>,
-    pub last_success: Option<chrono::DateTime<chrono::Utc>>,
-    /// Why the last fetch failed, cleared by the next that succeeds.
-    pub last_error: Option<String>,
-}
-
-/// Discovery's outcomes, shared with `/health`.
-#[derive(Debug, Default)]
-pub struct DiscoveryHealth {
-    report: std::sync::Mutex<DiscoveryReport>,
-}
-
-impl DiscoveryHealth {
-    pub fn report(&self) -> DiscoveryReport {
-        self.report
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn record(&self, outcome: &Result<Vec<Product>, DiscoveryError>) {
-        let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
-        report.fetches += 1;
-        match outcome {
-            Ok(products) => {
-                report.last_products = Some(products.len());
-                report.last_success = Some(chrono::Utc::now());
-                report.last_error = None;
-            }
-            Err(e) => {
-                report.failures += 1;
-                if matches!(e, DiscoveryError::Body(BodyError::TooLarge { .. })) {
-                    report.too_large += 1;
-                }
-                report.last_error = Some(e.to_string());
-            }
-        }
-    }
-}
-
 /// Fetches the products list and records the outcome in `health`.
 pub async fn fetch_reported(
     http: &reqwest::Client,
@@ -97,7 +48,13 @@ pub async fn fetch_reported(
     health: &FeedHealth,
 ) -> Result<Vec<Product>, DiscoveryError> {
     let outcome = fetch_products(http, rest_url, health).await;
-    health.discovery.record(&outcome);
+    match &outcome {
+        Ok(products) => health.discovery.record_success(products.len()),
+        Err(e) => health.discovery.record_failure(
+            e.to_string(),
+            matches!(e, DiscoveryError::Body(BodyError::TooLarge { .. })),
+        ),
+    }
     outcome
 }
 

@@ -116,7 +116,7 @@ pub struct FeedHealth {
     /// Products this instance's shard holds, once chosen.
     assigned: Mutex<Option<usize>>,
     /// The products list fetches (discovery and metadata).
-    pub discovery: super::discovery::DiscoveryHealth,
+    pub discovery: DiscoveryHealth,
 }
 
 /// What `/health` shows of the feed.
@@ -137,7 +137,7 @@ pub struct FeedReport {
     /// Products the exchange refused to subscribe.
     pub refused_products: Vec<RefusedProduct>,
     /// The products list fetches: counts and the last error (a list too large among them).
-    pub discovery: super::discovery::DiscoveryReport,
+    pub discovery: DiscoveryReport,
     pub connections: Vec<ConnectionHealth>,
 }
 
@@ -168,7 +168,7 @@ impl FeedHealth {
             skipped: Mutex::default(),
             auth: Mutex::new(auth),
             assigned: Mutex::new(None),
-            discovery: super::discovery::DiscoveryHealth::default(),
+            discovery: DiscoveryHealth::default(),
         }
     }
 
@@ -261,5 +261,56 @@ impl FeedHealth {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, ConnectionHealth>> {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What `/health` shows of discovery (`feed.discovery`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DiscoveryReport {
+    /// Products list requests made, and those that failed.
+    pub fetches: u64,
+    pub failures: u64,
+    /// Lists refused for being larger than the products list's cap.
+    pub too_large: u64,
+    /// Products in the last list read.
+    pub last_products: Option<usize>,
+    pub last_success: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why the last fetch failed, cleared by the next that succeeds.
+    pub last_error: Option<String>,
+}
+
+/// Discovery's outcomes, shared with `/health`.
+#[derive(Debug, Default)]
+pub struct DiscoveryHealth {
+    report: std::sync::Mutex<DiscoveryReport>,
+}
+
+impl DiscoveryHealth {
+    pub fn report(&self) -> DiscoveryReport {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DiscoveryReport> {
+        self.report.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fetch that read `products` products.
+    pub fn record_success(&self, products: usize) {
+        let mut report = self.lock();
+        report.fetches += 1;
+        report.last_products = Some(products);
+        report.last_success = Some(chrono::Utc::now());
+        report.last_error = None;
+    }
+
+    /// A fetch that failed with `error` (`too_large`: the list was over its cap).
+    pub fn record_failure(&self, error: String, too_large: bool) {
+        let mut report = self.lock();
+        report.fetches += 1;
+        report.failures += 1;
+        if too_large {
+            report.too_large += 1;
+        }
+        report.last_error = Some(error);
     }
 }
