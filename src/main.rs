@@ -22,7 +22,7 @@ fn main() -> ExitCode {
                 _ => LogFormat::Pretty,
             };
             spot_canvas::telemetry::init(&filter, format);
-            run_async(spot_canvas::sim::run(sim))
+            run_async(spot_canvas_sim::run(sim, spot_canvas::shutdown::signal()))
         }
         Command::Config => with_config(|config| {
             println!("{config:#?}");

@@ -12,9 +12,9 @@ use common::{AppEnv, TestApp, TestDb, get_json, product, timestamps, wait_for};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
-use spot_canvas::sim::{SimConfig, Simulator};
 use spot_canvas::store::Repository;
 use spot_canvas::web::{AppState, ProductDirectory};
+use spot_canvas_sim::{SimConfig, Simulator};
 
 const T0: i64 = 1_790_000_040; // a minute boundary
 

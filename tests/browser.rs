@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{AppEnv, Service};
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::{SimConfig, Simulator};
 
 const PRODUCTS: usize = 8;
 

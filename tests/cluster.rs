@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use common::{AppEnv, Service, TestDb};
 use futures_util::StreamExt;
 use serde_json::Value;
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::{SimConfig, Simulator};
 
 struct Node {
     child: Child,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::{AppEnv, TestApp, TestDb};
 use spot_canvas::candles::crosscheck::CheckReport;
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::{SimConfig, Simulator};
 
 /// Width of the `candles` channel's buckets, in seconds.
 const BUCKET: i64 = 300;

@@ -20,7 +20,7 @@ use common::{AppEnv, Service, SseReader};
 use rust_decimal::Decimal;
 use spot_canvas::bus::{CandleMessage, EmbeddedNats, subject};
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::{SimConfig, Simulator};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
 

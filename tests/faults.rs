@@ -23,9 +23,9 @@ use serde_json::Value;
 use spot_canvas::bus::EmbeddedNats;
 use spot_canvas::model::{Granularity, Version};
 use spot_canvas::reconcile::rest::POOL_IDLE;
-use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope};
-use spot_canvas::sim::market::MarketSpec;
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::faults::{FaultKind, FaultRequest, Scope};
+use spot_canvas_sim::market::MarketSpec;
+use spot_canvas_sim::{SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
 
 /// A generous deadline for a loaded 2-core CI.

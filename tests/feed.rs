@@ -16,8 +16,8 @@ use spot_canvas::config::CoinbaseCredentials;
 use spot_canvas::feed::health::{AuthState, ConnectionHealth, FeedReport};
 use spot_canvas::feed::{Feed, FeedHealth, FeedSettings, ReconnectPolicy};
 use spot_canvas::model::FeedEvent;
-use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope, ScopeName, TradeDefect};
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::faults::{FaultKind, FaultRequest, Scope, ScopeName, TradeDefect};
+use spot_canvas_sim::{SimConfig, Simulator};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
@@ -455,7 +455,7 @@ async fn two_hundred_products_over_ten_connections_stay_within_coinbase_limits()
     })
     .await
     .expect("sim");
-    let ids: Vec<String> = spot_canvas::sim::market::MarketSpec::product_ids(200);
+    let ids: Vec<String> = spot_canvas_sim::market::MarketSpec::product_ids(200);
     let mut s = settings(&sim, None);
     s.products = Some(ids.iter().map(|s| s.parse().expect("an id")).collect());
     let mut feed = Running::start(s);

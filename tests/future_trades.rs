@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use spot_canvas::bus::EmbeddedNats;
 use spot_canvas::model::Granularity;
-use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope, ScopeName};
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::faults::{FaultKind, FaultRequest, Scope, ScopeName};
+use spot_canvas_sim::{SimConfig, Simulator};
 
 const WAIT: Duration = Duration::from_secs(90);
 

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use common::{eventually, wait_for};
 use serde_json::Value;
 use spot_canvas::bus::EmbeddedNats;
-use spot_canvas::sim::{SimConfig, Simulator};
 use spot_canvas::store::EmbeddedPostgres;
+use spot_canvas_sim::{SimConfig, Simulator};
 
 /// Generous for a loaded 2-core CI: `initdb` alone can take many seconds there.
 const START: Duration = Duration::from_secs(180);

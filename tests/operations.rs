@@ -18,7 +18,7 @@ use common::{AppEnv, Service, TestDb, eventually, read_trade_log, wait_for};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use spot_canvas::bus::EmbeddedNats;
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::{SimConfig, Simulator};
 
 /// A generous deadline for a loaded 2-core CI.
 const WITHIN: Duration = Duration::from_secs(60);

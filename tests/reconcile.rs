@@ -17,9 +17,9 @@ use common::{
 use rust_decimal::Decimal;
 use serde_json::Value;
 use spot_canvas::model::{Candle, CandleUpdate, Granularity, TradeId};
-use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope};
-use spot_canvas::sim::{SimConfig, Simulator};
 use spot_canvas::store::Repository;
+use spot_canvas_sim::faults::{FaultKind, FaultRequest, Scope};
+use spot_canvas_sim::{SimConfig, Simulator};
 
 async fn sim(
     dir: &std::path::Path,
@@ -29,7 +29,7 @@ async fn sim(
 ) -> Simulator {
     // Logs show with `--nocapture`.
     let _already = tracing_subscriber::fmt()
-        .with_env_filter("info,spot_canvas::sim=warn")
+        .with_env_filter("info,spot_canvas_sim=warn")
         .with_test_writer()
         .try_init();
     Simulator::start(SimConfig {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{AppEnv, Service, environment_of, processes_mentioning};
 use p256::pkcs8::LineEnding;
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::{SimConfig, Simulator};
 
 /// A CDP key name and a valid SEC1 EC private key (as in tests/jwt.rs).
 const KEY_NAME: &str = "organizations/org-1234/apiKeys/key-5678";

@@ -16,8 +16,8 @@ use spot_canvas::candles::{Engine, EngineSettings};
 use spot_canvas::feed::{Feed, FeedSettings};
 use spot_canvas::model::FeedEvent;
 use spot_canvas::model::{CandleUpdate, SystemClock};
-use spot_canvas::sim::{SimConfig, Simulator};
 use spot_canvas::store::{BatchWriter, Repository, WriterSettings};
+use spot_canvas_sim::{SimConfig, Simulator};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -188,7 +188,7 @@ async fn sigterm_with_updates_in_flight_loses_nothing() {
         .set("WRITER_BATCH_ROWS", "10000")
         .set(
             "PRODUCTS",
-            spot_canvas::sim::market::MarketSpec::product_ids(10).join(","),
+            spot_canvas_sim::market::MarketSpec::product_ids(10).join(","),
         );
     let mut service = Service::start(&env, &dir.path().join("serve.log")).await;
     // Candles are being written, and then updates wait in the writer: the last `/health`
@@ -307,7 +307,7 @@ async fn a_stop_while_postgres_is_away_keeps_every_streamed_candle_for_the_next_
     let dir = tempfile::tempdir().expect("tempdir");
     let data = common::data_dir();
     let sim = sim_with_log(dir.path(), 6, 20.0).await;
-    let ids = spot_canvas::sim::market::MarketSpec::product_ids(6);
+    let ids = spot_canvas_sim::market::MarketSpec::product_ids(6);
     // The first run's products, then the second run's: the first run's rows reach the table
     // only through its own writes and its spool.
     let (first, second) = ids.split_at(4);

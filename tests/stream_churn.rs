@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::footprint::{back_near, footprint};
 use common::{AppEnv, Service, TestDb};
 use futures_util::StreamExt;
-use spot_canvas::sim::market::MarketSpec;
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::market::MarketSpec;
+use spot_canvas_sim::{SimConfig, Simulator};
 
 /// A generous deadline for a loaded 2-core CI.
 const WITHIN: Duration = Duration::from_secs(60);

@@ -11,7 +11,7 @@ use chrono::DateTime;
 use common::{AppEnv, LoggedTrade, Service, SseEvent, SseReader, aggregate, buy_volumes};
 use rust_decimal::Decimal;
 use spot_canvas::model::Granularity;
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::{SimConfig, Simulator};
 
 fn decimal(event: &SseEvent, name: &str) -> Decimal {
     event

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{AppEnv, TestApp, processes_mentioning};
 use serde_json::Value;
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::{SimConfig, Simulator};
 
 async fn sim() -> Simulator {
     Simulator::start(SimConfig {

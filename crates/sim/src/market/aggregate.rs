@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use crate::model::{Trade, TradeId};
+use spot_canvas_model::{Trade, TradeId};
 
 /// OHLCV of one minute (or a merge of minutes), with the order keys of its first and last
 /// trade so late trades land correctly.

@@ -199,7 +199,7 @@ mod tests {
         let start = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
         let mut u = CandleUpdate {
             candle: Candle {
-                product_id: crate::model::ProductId::from_static("BTC-USD"),
+                product_id: crate::ProductId::from_static("BTC-USD"),
                 granularity: Granularity::OneMinute,
                 start,
                 open: Decimal::ONE,

@@ -11,8 +11,8 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use super::{Connection, End};
-use crate::model::Granularity;
-use crate::sim::format;
+use crate::format;
+use spot_canvas_model::Granularity;
 
 #[derive(Deserialize)]
 struct ClientMessage {

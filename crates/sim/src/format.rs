@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use serde::Serialize;
 
 use super::market::Aggregate;
-use crate::model::Trade;
+use spot_canvas_model::Trade;
 
 /// Go's `time.RFC3339Nano`: `2026-09-30T02:39:59.4104Z` (fraction trimmed, none if zero).
 pub fn go_time(t: DateTime<Utc>) -> String {

@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use self::random::{poisson, round, standard_normal};
-use crate::model::{ProductId, Side, Trade, TradeId};
+use spot_canvas_model::{ProductId, Side, Trade, TradeId};
 
 pub use self::aggregate::Aggregate;
 pub use self::spec::MarketSpec;
@@ -144,7 +144,7 @@ impl Exchange {
         };
         for id in product_ids {
             if ProductId::parse(id).is_err() {
-                anyhow::bail!("{} is not a product id", crate::model::shown(id));
+                anyhow::bail!("{} is not a product id", spot_canvas_model::shown(id));
             }
             exchange.add_product(id, None);
         }

@@ -1,5 +1,9 @@
 //! Domain types shared by every stage: granularities, trades, candles and their updates,
 //! products, and the injected clock. Amounts are exact decimals, never floats.
+//!
+//! The workspace's ground floor, the crate `spot-canvas-model`: it depends on registry crates only
+//! (chrono, rust_decimal, serde, thiserror). The service re-exports it as `spot_canvas::model`; the
+//! simulator (`spot-canvas-sim`) uses it directly.
 
 mod candle;
 mod clock;

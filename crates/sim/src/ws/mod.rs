@@ -27,7 +27,7 @@ use self::faults::{Injection, PendingFault};
 use super::SimState;
 use super::format::{self, WireTrade};
 use super::market::Tick;
-use crate::model::Trade;
+use spot_canvas_model::Trade;
 
 /// Time a client has to send its first subscribe.
 pub const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(5);

@@ -4,8 +4,12 @@
 //! In: its [`SimConfig`]. Out: one HTTP port that serves the market-data WebSocket at `/`
 //! (as `wss://advanced-trade-ws.coinbase.com`), the public REST API under
 //! `/api/v3/brokerage` (as `https://api.coinbase.com/api/v3/brokerage`), and a control API
-//! under `/sim` (faults of the WebSocket and of the products list among them). Point `COINBASE_WS_URL` at `ws://ADDR` and `COINBASE_REST_URL` at
-//! `http://ADDR/api/v3/brokerage`.
+//! under `/sim` (faults of the WebSocket and of the products list among them). Point
+//! `COINBASE_WS_URL` at `ws://ADDR` and `COINBASE_REST_URL` at `http://ADDR/api/v3/brokerage`.
+//!
+//! Its own crate of the workspace, `spot-canvas-sim`, depending on `spot-canvas-model` and
+//! registry crates only: the compiler keeps it from importing the service. What stops it comes
+//! from its caller ([`run`] takes the stop future; [`Simulator::stop`] for tests).
 
 mod admin;
 pub mod faults;
@@ -452,14 +456,14 @@ async fn generate(
     }
 }
 
-/// `spot-canvas sim`: runs until SIGINT or SIGTERM.
-pub async fn run(config: SimConfig) -> anyhow::Result<()> {
+/// `spot-canvas sim`: runs until `stop` resolves (the caller passes its SIGINT or SIGTERM).
+pub async fn run(config: SimConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let sim = Simulator::start(config).await?;
     // Scripts read this line to learn the address.
     println!("sim listening on {}", sim.addr);
     println!("COINBASE_WS_URL={}", sim.ws_url());
     println!("COINBASE_REST_URL={}", sim.rest_url());
-    crate::shutdown::signal().await;
+    stop.await;
     sim.stop().await;
     Ok(())
 }

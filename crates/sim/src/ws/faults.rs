@@ -6,17 +6,17 @@
 //! In: the fault board and the frames about to be sent. Out: changed frames and connection
 //! state; every added trade is recorded in the simulator's [`InjectedLog`].
 //!
-//! [`InjectedLog`]: crate::sim::faults::InjectedLog
+//! [`InjectedLog`]: crate::faults::InjectedLog
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::{Connection, End};
-use crate::sim::faults::{
+use crate::faults::{
     ABSURD_SIZE, FUTURE_TIME, FaultKind, FaultRequest, InjectedTrade, TradeDefect, UNLISTED_PRODUCT,
 };
-use crate::sim::format::WireTrade;
+use crate::format::WireTrade;
 
 /// A fault seen by the connection, waiting for its frame.
 pub(super) struct PendingFault {
@@ -72,7 +72,7 @@ impl Connection {
                     self.seq += 1;
                     self.write(format!(
                         r#"{{"channel":"heartbeats","timestamp":"{}","sequence_num":{seq},"events":[{{"current_time":"","heartbeat_counter":"not-a-number"}}]}}"#,
-                        crate::sim::format::go_time(chrono::Utc::now())
+                        crate::format::go_time(chrono::Utc::now())
                     ))
                     .await?;
                 }
