@@ -13,10 +13,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::SimState;
-use super::faults::FaultRequest;
-use super::market::Listing;
-use super::products_faults::ProductsFault;
+use crate::faults::FaultRequest;
+use crate::market::Listing;
+use crate::products_faults::ProductsFault;
+use crate::state::SimState;
 
 /// `GET /sim/stats`
 pub(super) async fn stats(State(sim): State<Arc<SimState>>) -> Response {

@@ -1,38 +1,17 @@
-//! The simulator's frames and times, in the exact shape production Coinbase sends: key order,
-//! string amounts, Go's RFC 3339 times with trailing zeros trimmed, Go's `time.String()` in
-//! heartbeats, and no `client_id`.
+//! The simulator's frames, in the exact shape production Coinbase sends: key order, string
+//! amounts, Go's times ([`crate::go_time`]), and no `client_id`.
+//!
+//! In: trades, five-minute aggregates of the markets, heartbeat counters, subscriptions. Out:
+//! the frames' JSON text.
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, TimeDelta, Timelike, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
-
-use super::market::Aggregate;
 use spot_canvas_model::Trade;
 
-/// Go's `time.RFC3339Nano`: `2026-09-30T02:39:59.4104Z` (fraction trimmed, none if zero).
-pub fn go_time(t: DateTime<Utc>) -> String {
-    let base = t.format("%Y-%m-%dT%H:%M:%S").to_string();
-    let nanos = t.nanosecond() % 1_000_000_000;
-    if nanos == 0 {
-        return format!("{base}Z");
-    }
-    let fraction = format!("{nanos:09}");
-    format!("{base}.{}Z", fraction.trim_end_matches('0'))
-}
-
-/// Go's `time.Time.String()` with a monotonic reading:
-/// `2026-09-30 02:37:15.057778606 +0000 UTC m=+21697.195984854`.
-pub fn go_time_string(t: DateTime<Utc>, since_start: TimeDelta) -> String {
-    let nanos = t.nanosecond() % 1_000_000_000;
-    let mono = since_start.num_nanoseconds().unwrap_or(0).max(0);
-    format!(
-        "{}.{nanos:09} +0000 UTC m=+{}.{:09}",
-        t.format("%Y-%m-%d %H:%M:%S"),
-        mono / 1_000_000_000,
-        mono % 1_000_000_000
-    )
-}
+use crate::go_time::{go_time, go_time_string};
+use crate::market::Aggregate;
 
 #[derive(Serialize)]
 struct Envelope<'a, E> {
@@ -192,35 +171,4 @@ pub fn subscriptions(
 /// Coinbase's flat error frame.
 pub fn error(message: &str) -> String {
     to_json(&serde_json::json!({ "type": "error", "message": message }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn go_time_trims_trailing_zeros_like_go() {
-        let t = DateTime::parse_from_rfc3339("2026-09-30T02:39:59.410400Z")
-            .expect("valid")
-            .with_timezone(&Utc);
-        assert_eq!(go_time(t), "2026-09-30T02:39:59.4104Z");
-        let whole = DateTime::from_timestamp(1_700_000_000, 0).expect("valid");
-        assert_eq!(go_time(whole), "2023-11-14T22:13:20Z");
-        let nanos = DateTime::parse_from_rfc3339("2026-09-30T02:39:53.788655130Z")
-            .expect("valid")
-            .with_timezone(&Utc);
-        assert_eq!(go_time(nanos), "2026-09-30T02:39:53.78865513Z");
-    }
-
-    #[test]
-    fn go_time_string_matches_production_heartbeats() {
-        let t = DateTime::parse_from_rfc3339("2026-09-30T02:37:15.057778606Z")
-            .expect("valid")
-            .with_timezone(&Utc);
-        let since = TimeDelta::nanoseconds(21_697_195_984_854);
-        assert_eq!(
-            go_time_string(t, since),
-            "2026-09-30 02:37:15.057778606 +0000 UTC m=+21697.195984854"
-        );
-    }
 }

@@ -15,9 +15,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::SimState;
-use super::market::{Listing, MarketSpec};
-use super::products_faults::{self, ProductsFault};
+use crate::market::{Listing, MarketSpec};
+use crate::products_faults::{self, ProductsFault};
+use crate::state::SimState;
 
 /// Most buckets one candles answer holds (newest first).
 pub const MAX_CANDLES_PER_ANSWER: usize = 300;
@@ -283,7 +283,7 @@ pub(super) async fn candles(
 pub(super) async fn time(State(sim): State<Arc<SimState>>) -> Response {
     let now = sim.server_time();
     Json(json!({
-        "iso": super::format::go_time(now),
+        "iso": crate::go_time::go_time(now),
         "epochSeconds": now.timestamp().to_string(),
         "epochMillis": now.timestamp_millis().to_string(),
     }))

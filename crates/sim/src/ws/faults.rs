@@ -72,7 +72,7 @@ impl Connection {
                     self.seq += 1;
                     self.write(format!(
                         r#"{{"channel":"heartbeats","timestamp":"{}","sequence_num":{seq},"events":[{{"current_time":"","heartbeat_counter":"not-a-number"}}]}}"#,
-                        crate::format::go_time(chrono::Utc::now())
+                        crate::go_time::go_time(chrono::Utc::now())
                     ))
                     .await?;
                 }

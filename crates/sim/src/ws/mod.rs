@@ -24,9 +24,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use self::faults::{Injection, PendingFault};
-use super::SimState;
-use super::format::{self, WireTrade};
-use super::market::Tick;
+use crate::format::{self, WireTrade};
+use crate::market::Tick;
+use crate::state::SimState;
 use spot_canvas_model::Trade;
 
 /// Time a client has to send its first subscribe.
