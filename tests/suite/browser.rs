@@ -10,7 +10,7 @@
 //! Each check writes a screenshot under `target/screenshots/`. It needs what `task test` sets
 //! up first: the built assets (`task assets`), `node_modules` and `/usr/bin/chromium`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Stdio;

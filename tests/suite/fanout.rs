@@ -8,7 +8,7 @@
 //! outrank the simulator-fed candles, and with the publishing time as their last trade time,
 //! so each client measures its own latency.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;

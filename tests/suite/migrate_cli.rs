@@ -1,6 +1,6 @@
 //! `spot-canvas migrate up|down|status` against a real PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! its first event; afterwards no stream is open, the same process is ready, and its tokio
 //! tasks and resident memory are back near where they were before.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

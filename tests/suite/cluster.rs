@@ -3,7 +3,7 @@
 //! instance serves every product; stopping the NATS node an instance is connected to keeps
 //! its stream going.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};

@@ -6,7 +6,7 @@
 //! The simulator's clock is the wall clock, so a bucket takes its five real minutes: this test
 //! runs for up to about 6 minutes (3.5 on average).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! verifies the token) and its fallback; malformed trades, sequences going backwards and
 //! refused products; multi-product frames; backpressure.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,7 @@
 //! log written separately (tests/common), over the trade ids the simulator says the engine
 //! could have seen.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -10,8 +10,9 @@ use spot_canvas::coinbase::rest::{parse_candles, parse_error, parse_product, par
 use spot_canvas::coinbase::{FrameBody, FrameError, frame_sequence, parse_frame};
 use spot_canvas::model::{Granularity, Side, Trade, TradeId};
 
-const STREAM: &str = include_str!("fixtures/coinbase/production-stream-2026-09-30.jsonl");
-const MARKET_DATA: &str = include_str!("fixtures/coinbase/production-market-data-2026-09-30.jsonl");
+const STREAM: &str = include_str!("../fixtures/coinbase/production-stream-2026-09-30.jsonl");
+const MARKET_DATA: &str =
+    include_str!("../fixtures/coinbase/production-market-data-2026-09-30.jsonl");
 
 fn received() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-09-30T02:40:00Z")
@@ -196,7 +197,7 @@ fn subscriptions_acks_list_cumulative_subscriptions() {
 
 #[test]
 fn documented_examples_parse_with_client_id_present() {
-    let trades = include_str!("fixtures/coinbase/example-ws-market-trades.json");
+    let trades = include_str!("../fixtures/coinbase/example-ws-market-trades.json");
     let parsed = parse_frame(trades.as_bytes(), received()).expect("trades");
     assert_eq!(parsed.sequence_num, Some(5));
     let FrameBody::MarketTrades {
@@ -214,7 +215,7 @@ fn documented_examples_parse_with_client_id_present() {
     assert_eq!(trades[1].size.to_string(), "0.05000000");
     assert_eq!(trades[1].side, Side::Sell);
 
-    let candles = include_str!("fixtures/coinbase/example-ws-candles.json");
+    let candles = include_str!("../fixtures/coinbase/example-ws-candles.json");
     let FrameBody::Candles { candles, rejected } = parse_frame(candles.as_bytes(), received())
         .expect("candles")
         .body
@@ -237,7 +238,7 @@ fn documented_examples_parse_with_client_id_present() {
         ]
     );
 
-    let hb = include_str!("fixtures/coinbase/example-ws-heartbeats.json");
+    let hb = include_str!("../fixtures/coinbase/example-ws-heartbeats.json");
     let FrameBody::Heartbeat { counter, .. } =
         parse_frame(hb.as_bytes(), received()).expect("hb").body
     else {
@@ -245,7 +246,7 @@ fn documented_examples_parse_with_client_id_present() {
     };
     assert_eq!(counter, 42);
 
-    let subs = include_str!("fixtures/coinbase/example-ws-subscriptions.json");
+    let subs = include_str!("../fixtures/coinbase/example-ws-subscriptions.json");
     let FrameBody::Subscriptions { subscriptions } =
         parse_frame(subs.as_bytes(), received()).expect("subs").body
     else {
@@ -612,7 +613,7 @@ fn meme_coin_prices_and_huge_volumes_stay_exact() {
 #[test]
 fn rest_examples_parse() {
     let list = parse_products(include_bytes!(
-        "fixtures/coinbase/example-http-products.json"
+        "../fixtures/coinbase/example-http-products.json"
     ))
     .expect("ok");
     assert!(
@@ -636,7 +637,7 @@ fn rest_examples_parse() {
     }
 
     let product = parse_product(include_bytes!(
-        "fixtures/coinbase/rest-product-btc-usd.json"
+        "../fixtures/coinbase/rest-product-btc-usd.json"
     ))
     .expect("ok");
     assert_eq!(product.product_id, "BTC-USD");
@@ -646,7 +647,7 @@ fn rest_examples_parse() {
     );
 
     let candles = parse_candles(
-        include_bytes!("fixtures/coinbase/example-http-candles.json"),
+        include_bytes!("../fixtures/coinbase/example-http-candles.json"),
         &spot_canvas::model::ProductId::from_static("BTC-USD"),
         Granularity::OneHour,
     )

@@ -4,7 +4,7 @@
 //! in a `<spot-chart>`, then morphs of held buckets and appends of new ones), the answers to
 //! bad requests, and the development reload.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

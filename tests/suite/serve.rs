@@ -3,7 +3,7 @@
 //! (the embedded database's password, the private key) out of its log, `/health` and its
 //! children's environment, and stops cleanly on SIGTERM, closing its sockets politely.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use common::{AppEnv, Service, environment_of, processes_mentioning};
 use p256::pkcs8::LineEnding;
 use spot_canvas_sim::{SimConfig, Simulator};
 
-/// A CDP key name and a valid SEC1 EC private key (as in tests/jwt.rs).
+/// A CDP key name and a valid SEC1 EC private key (as in tests/suite/jwt.rs).
 const KEY_NAME: &str = "organizations/org-1234/apiKeys/key-5678";
 
 fn private_key_pem() -> String {

@@ -2,7 +2,7 @@
 //! trades, reaches no part of the whole service: no stored row, no KV entry and no live-state
 //! candle starts after the current bucket, while the normal trades keep flowing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

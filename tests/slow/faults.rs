@@ -1,5 +1,5 @@
-//! The fault suite (`task test:faults`, with `tests/stream_churn.rs`): one `spot-canvas serve`
-//! process, fed by the simulator, with a real PostgreSQL and a real nats-server, goes through
+//! The fault suite (`task test:faults`, with `tests/suite/stream_churn.rs`): one
+//! `spot-canvas serve` process, fed by the simulator, with a real PostgreSQL and a real nats-server, goes through
 //! every fault in turn while a stream client stays open: the exchange closes with 1001, the
 //! TCP connection drops, the feed stalls, sequence numbers skip, a malformed and an oversized
 //! frame arrive, PostgreSQL stops and restarts, NATS stops and restarts; then SIGTERM under
@@ -8,7 +8,7 @@
 //! candles in PostgreSQL equal an aggregation, written here, of the simulator's trade log, and
 //! nothing the stream showed before the signal is missing from them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -5,7 +5,7 @@
 //! aggregation of the simulator's trade log; and a deliberately wrong stored candle caught by
 //! the REST cross-check, counted and repaired.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! cross-check right after a start, completion, revisions, the day rollover and the edge of
 //! the revision window.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! (like every other stage) stops the service in order, `run_until_stopped` returns an error
 //! naming it, and the embedded servers are stopped.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! event text, initial state then live changes, filters, bad parameters, caps, reconnects with
 //! `Last-Event-ID`, and the stop.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

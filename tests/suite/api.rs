@@ -3,7 +3,7 @@
 //! `[start, end)` with exact decimals, and readiness following the database down and up again
 //! in the whole service (fed by the simulator).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! migrations, idempotent versioned upserts, exact extreme values, range queries, products,
 //! and the batch writer.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

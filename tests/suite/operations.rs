@@ -9,7 +9,7 @@
 //! start; a products list of 2 GiB costs tens of MiB, is reported, and the markets
 //! stream once it is normal again.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! The processes of a data directory are found through `/proc`: their command line names it
 //! or they work inside it (the postmaster and its backends work in the cluster directory).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

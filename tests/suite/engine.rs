@@ -2,7 +2,7 @@
 //! the engine's bucket or aggregation code): completion, revisions, duplicates, the window,
 //! memory, a property test, and the production recording replayed.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -474,7 +474,7 @@ proptest! {
 
 #[test]
 fn the_production_recording_replays_to_the_separate_aggregation() {
-    let recording = include_str!("fixtures/coinbase/production-market-data-2026-09-30.jsonl");
+    let recording = include_str!("../fixtures/coinbase/production-market-data-2026-09-30.jsonl");
     let mut engine = Aggregator::new(Timing::default());
     let mut updates = Vec::new();
     let mut all = Vec::new();

@@ -4,7 +4,7 @@
 //! and the next start writes it: every candle a `/stream` client saw is then in the table).
 //! Afterwards the table equals an aggregation of the simulator's trade log.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -181,7 +181,7 @@ async fn sigterm_with_updates_in_flight_loses_nothing() {
     let env = AppEnv::for_sim(&sim, data.path())
         .database(&db)
         // Only what the feed delivered, so the table's trade counts tell the window each
-        // product saw (backfill has its own tests in tests/reconcile.rs).
+        // product saw (backfill has its own tests in tests/slow/reconcile.rs).
         .set("BACKFILL_HORIZON_HOURS", "0")
         // Updates wait in the writer for up to 2 s: the signal finds some there.
         .set("WRITER_FLUSH_MS", "2000")

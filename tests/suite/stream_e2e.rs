@@ -3,7 +3,7 @@
 //! behind it exactly (the simulator's trade log up to the element's last trade), and a
 //! SIGTERM ends open streams within a second.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

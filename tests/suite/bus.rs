@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-mod common;
+use crate::common;
 use common::wait_for;
 
 use chrono::DateTime;
@@ -98,7 +98,7 @@ async fn kv_version(kv: &async_nats::jetstream::kv::Store, key: &str) -> Option<
 fn the_message_matches_the_golden_sample() {
     let message = CandleMessage::from_update(&update("PEPE-USD", 0, 42));
     let golden: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/candle-message.json")).expect("golden json");
+        serde_json::from_str(include_str!("../fixtures/candle-message.json")).expect("golden json");
     let actual: serde_json::Value = serde_json::from_slice(&message.to_json()).expect("json");
     assert_eq!(actual, golden);
     let back = CandleMessage::parse(&message.to_json()).expect("parses");
