@@ -33,27 +33,35 @@ RUN npm ci
 COPY scripts/fetch-datastar.sh scripts/fetch-datastar.sh
 RUN scripts/fetch-datastar.sh
 
-# 3. Rust dependencies, compiled against stub sources: only invalidated by the manifest, the
-#    lockfile and the bench files the manifest names. Our own crate's artifacts are removed so that
-#    the real build below cannot mistake the stubs for up-to-date sources.
+# 3. Rust dependencies, compiled against stub sources: only invalidated by the manifests (the
+#    workspace's and those of its crates under crates/), the lockfile and the bench files the
+#    manifest names. Our own crates' artifacts (spot-canvas, spot-canvas-model, spot-canvas-sim)
+#    are removed so that the real build below cannot mistake the stubs for up-to-date sources.
 COPY Cargo.toml Cargo.lock askama.toml ./
+COPY crates/model/Cargo.toml crates/model/Cargo.toml
+COPY crates/sim/Cargo.toml crates/sim/Cargo.toml
 COPY benches/ benches/
-RUN mkdir -p src \
+RUN mkdir -p src crates/model/src crates/sim/src \
     && echo 'fn main() {}' > src/main.rs \
     && : > src/lib.rs \
+    && : > crates/model/src/lib.rs \
+    && : > crates/sim/src/lib.rs \
     && cargo build --release --locked \
-    && rm -rf src \
+    && rm -rf src crates/model/src crates/sim/src \
         target/release/spot-canvas target/release/spot-canvas.d \
         target/release/.fingerprint/spot-canvas-* \
-        target/release/deps/spot_canvas-* target/release/deps/libspot_canvas-*
+        target/release/deps/spot_canvas-* target/release/deps/libspot_canvas-* \
+        target/release/deps/spot_canvas_* target/release/deps/libspot_canvas_*
 
-# 4. The sources: Tailwind scans templates/, web/ and src/web/ for class names, askama compiles
-#    templates/ into the binary, sqlx::migrate! embeds migrations/.
+# 4. The sources (the service's src/ and the workspace's crates/): Tailwind scans templates/, web/
+#    and src/web/ for class names, askama compiles templates/ into the binary, sqlx::migrate!
+#    embeds migrations/.
 COPY tailwind.config.js tsconfig.json ./
 COPY web/ web/
 COPY templates/ templates/
 COPY migrations/ migrations/
 COPY static/ static/
+COPY crates/ crates/
 COPY src/ src/
 RUN npm run build
 RUN cargo build --release --locked

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use spot_canvas::candles::{Aggregator, Backfill, Timing};
 use spot_canvas::coinbase::{FrameBody, parse_frame};
 use spot_canvas::model::{Candle, Granularity, Side, Trade, TradeId};
-use spot_canvas::sim::format;
+use spot_canvas_sim::format;
 
 const PRODUCTS: usize = 100;
 const TRADES: usize = 20_000;

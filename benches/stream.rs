@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use spot_canvas::app::App;
 use spot_canvas::config::Config;
 use spot_canvas::feed::FeedSettings;
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::{SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -1,30 +1,36 @@
 #!/usr/bin/env bash
-# The whole test suite, as `task test` runs it: every target built once, then the slow
-# scenario files (they mostly wait for the clock: a real 5-minute boundary, backfill windows
-# due after their minute, the feed's silence timeout) run beside all the others, so that the
-# suite takes the longer of the two groups rather than their sum. Either group failing fails
-# the run. The slow group's output goes to a temporary file (not under target/, which is not
-# there when CARGO_TARGET_DIR points elsewhere) and is printed when it ends; the file is removed
-# on the way out.
+# The whole test suite, as `task test` runs it: every target of the workspace built once, then
+# the slow scenarios (the `slow` test binary, tests/slow/: they mostly wait for the clock: a
+# real 5-minute boundary, backfill windows due after their minute, the feed's silence timeout)
+# run beside all the others, so that the suite takes the longer of the two groups rather than
+# their sum. Either group failing fails the run. The slow group's output goes to a temporary
+# file (not under target/, which is not there when CARGO_TARGET_DIR points elsewhere) and is
+# printed when it ends; the file is removed on the way out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SLOW=(crosscheck reconcile faults)
+# The test binary of the slow scenarios (tests/slow/main.rs; its modules are crosscheck,
+# reconcile and faults).
+SLOW=slow
 
-cargo test --locked --all-targets --no-run
+cargo test --locked --workspace --all-targets --no-run
 
-rest=(--lib --bins --benches)
-for file in tests/*.rs; do
+# Every other test binary: tests/<name>.rs and tests/<name>/main.rs (tests/suite, most of them).
+rest=(--workspace --lib --bins --benches)
+for file in tests/*.rs tests/*/main.rs; do
   name=$(basename "$file" .rs)
-  if [[ " ${SLOW[*]} " != *" $name "* ]]; then
+  if [[ $name == main ]]; then
+    name=$(basename "$(dirname "$file")")
+  fi
+  if [[ $name != "$SLOW" ]]; then
     rest+=(--test "$name")
   fi
 done
-slow=()
-for name in "${SLOW[@]}"; do
-  [[ -f "tests/$name.rs" ]] || { echo "scripts/test.sh: tests/$name.rs is gone; update SLOW" >&2; exit 2; }
-  slow+=(--test "$name")
-done
+if [[ ! -f "tests/$SLOW/main.rs" ]]; then
+  echo "scripts/test.sh: tests/$SLOW/main.rs is gone; update SLOW" >&2
+  exit 2
+fi
+slow=(--test "$SLOW")
 
 # Each group runs in a session of its own, so that it can be stopped whole: cargo, the test
 # binaries and the servers they started (which sit in process groups of their own, but stay in
@@ -60,7 +66,7 @@ rest_status=0
 wait "$rest_pid" || rest_status=$?
 slow_status=0
 wait "$slow_pid" || slow_status=$?
-echo "──── slow scenarios (${SLOW[*]}), from $slow_log ────"
+echo "──── slow scenarios (tests/$SLOW), from $slow_log ────"
 cat "$slow_log"
 if [[ $rest_status -ne 0 || $slow_status -ne 0 ]]; then
   echo "scripts/test.sh: failed (the others: exit $rest_status, the slow scenarios: exit $slow_status)" >&2

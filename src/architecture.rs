@@ -7,10 +7,10 @@
 //!
 //! | layer | modules                                            |
 //! |-------|----------------------------------------------------|
-//! | 0     | `model`                                            |
+//! | 0     | `model` (the `spot-canvas-model` crate, re-exported) |
 //! | 1     | `telemetry`                                        |
 //! | 2     | `backoff`, `shutdown`, `sse`, `children`           |
-//! | 3     | `config`, `sink`, `supervise`, `sim`               |
+//! | 3     | `config`, `sink`, `supervise`                      |
 //! | 4     | `coinbase`                                         |
 //! | 5     | `feed`, `candles`                                  |
 //! | 6     | `store`, `bus`                                     |
@@ -36,7 +36,6 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 3),
     ("sink", 3),
     ("supervise", 3),
-    ("sim", 3),
     ("coinbase", 4),
     ("feed", 5),
     ("candles", 5),

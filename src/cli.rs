@@ -15,7 +15,7 @@ pub enum Command {
     /// Run the service (the default).
     Serve,
     /// Run the exchange simulator: Coinbase's market-data WebSocket and REST protocol.
-    Sim(crate::sim::SimConfig),
+    Sim(spot_canvas_sim::SimConfig),
     /// Database migrations against DATABASE_URL (or the embedded database).
     Migrate {
         #[command(subcommand)]

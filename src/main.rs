@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
             let json = std::env::var("LOG_FORMAT").as_deref() == Ok("json");
             spot_canvas::telemetry::init(&filter, json);
-            run_async(spot_canvas::sim::run(sim))
+            run_async(spot_canvas_sim::run(sim, spot_canvas::shutdown::signal()))
         }
         Command::Config => with_config(|config| {
             println!("{config:#?}");

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use spot_canvas::coinbase::rest::{parse_candles, parse_products};
 use spot_canvas::coinbase::{FrameBody, parse_frame};
 use spot_canvas::model::{Granularity, Product};
-use spot_canvas::sim::faults::{FaultKind, FaultRequest, Scope, ScopeName, TradeDefect};
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::faults::{FaultKind, FaultRequest, Scope, ScopeName, TradeDefect};
+use spot_canvas_sim::{SimConfig, Simulator};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
@@ -1162,7 +1162,7 @@ mod tokens {
 
 // ---- Faults of the trust boundary: the products list and trades of unlisted products ----
 
-use spot_canvas::sim::products_faults::{CONTROL_PRODUCT, CONTROL_TEXT, OddId, ProductsFault};
+use spot_canvas_sim::products_faults::{CONTROL_PRODUCT, CONTROL_TEXT, OddId, ProductsFault};
 
 /// The products list as served, as JSON.
 async fn products_json(sim: &Simulator) -> Value {

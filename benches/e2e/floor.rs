@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use spot_canvas::sim::tap::SentFrame;
+use spot_canvas_sim::tap::SentFrame;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::client::ProductIndex;

@@ -41,9 +41,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use spot_canvas::sim::market::MarketSpec;
-use spot_canvas::sim::tap::SendTap;
-use spot_canvas::sim::{SimConfig, Simulator};
+use spot_canvas_sim::market::MarketSpec;
+use spot_canvas_sim::tap::SendTap;
+use spot_canvas_sim::{SimConfig, Simulator};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -114,9 +114,9 @@ impl Settings {
         }
         for rate in [s.rate, s.rate * s.burst] {
             assert!(
-                spot_canvas::sim::market::valid_rate(rate),
+                spot_canvas_sim::market::valid_rate(rate),
                 "E2E_RATE × E2E_BURST must stay within 0-{} trades/s per product, not {rate}",
-                spot_canvas::sim::market::MAX_TRADES_PER_SECOND
+                spot_canvas_sim::market::MAX_TRADES_PER_SECOND
             );
         }
         // Instants are kept as µs in a u32 since the start: 71 minutes at most.

@@ -1,5 +1,5 @@
 // The dashboard in a real browser: Debian's Chromium, driven by playwright-core (never a
-// downloaded browser), against the service fed by the exchange simulator. `tests/browser.rs`
+// downloaded browser), against the service fed by the exchange simulator. `tests/suite/browser.rs`
 // starts the simulator and the service, then runs this script with:
 //   BASE_URL     the service, e.g. http://127.0.0.1:8080
 //   SERVICE_PID  the service's process: the last check stops it (SIGTERM)
@@ -273,7 +273,7 @@ for (const [label, path] of [['board', '/'], ['market', `/markets/${CHART_PRODUC
 await check('a silent stream is noticed and opened again', board, async () => {
   await until(board, 'connected', () => document.querySelector('#connection')?.dataset.state === 'live');
   // Frozen, the service keeps its sockets open but sends nothing: only the page's heartbeat
-  // check can tell (tests/browser.rs sets a 2 s heartbeat).
+  // check can tell (tests/suite/browser.rs sets a 2 s heartbeat).
   process.kill(PID, 'SIGSTOP');
   try {
     await until(board, 'disconnected after three silent heartbeats', () =>

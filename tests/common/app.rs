@@ -12,9 +12,9 @@ use serde_json::Value;
 use spot_canvas::app::App;
 use spot_canvas::config::Config;
 use spot_canvas::feed::FeedSettings;
-use spot_canvas::sim::Simulator;
 use spot_canvas::supervise::Stages;
 use spot_canvas::web::AppState;
+use spot_canvas_sim::Simulator;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
