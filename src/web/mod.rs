@@ -9,12 +9,14 @@
 
 pub mod candles;
 pub mod directory;
+pub mod error;
 pub mod health;
 pub mod json;
 pub mod layers;
 pub mod pages;
 pub mod products;
 pub mod serve;
+pub mod session;
 pub mod stream;
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ pub mod board;
 pub mod catalog;
 pub mod chart;
 pub mod dev;
-mod pump;
+mod live;
 pub mod query;
 pub mod rows;
 pub mod templates;
