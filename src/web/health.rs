@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::AppState;
+use super::error::{ReadError, within};
 use super::json;
 use crate::supervise::StagesReport;
 
@@ -145,13 +146,15 @@ pub async fn checks(state: &AppState, stages: &StagesReport) -> Checks {
             )
         }
     };
-    let database = match tokio::time::timeout(DATABASE_TIMEOUT, state.repository.ping()).await {
-        Ok(Ok(())) => Check::new(true, "SELECT 1 answered"),
+    let database = match within(DATABASE_TIMEOUT, state.repository.ping()).await {
+        Ok(()) => Check::new(true, "SELECT 1 answered"),
         // The kind of failure only: sqlx errors may quote connection details.
-        Ok(Err(e)) => Check::new(false, format!("SELECT 1 failed: {}", error_kind(&e))),
-        Err(_elapsed) => Check::new(
+        Err(ReadError::Failed { kind, .. }) => {
+            Check::new(false, format!("SELECT 1 failed: {kind}"))
+        }
+        Err(ReadError::TimedOut(deadline)) => Check::new(
             false,
-            format!("SELECT 1 did not answer within {DATABASE_TIMEOUT:?}"),
+            format!("SELECT 1 did not answer within {deadline:?}"),
         ),
     };
     let stages = if stages.failed.is_empty() {

@@ -497,9 +497,7 @@ async fn an_ingest_instance_serves_health_and_metrics_only_and_metrics_can_move_
 #[tokio::test]
 async fn a_product_the_feed_carries_streams_before_it_reaches_trading_pairs() {
     let state = AppState {
-        products: directory::ProductDirectory::fixed(vec![crate::model::ProductId::from_static(
-            "ETH-USD",
-        )]),
+        products: catalog::Catalog::fixed(vec![crate::model::ProductId::from_static("ETH-USD")]),
         ..state()
     };
     let status = |state: AppState, uri: &'static str| async move {

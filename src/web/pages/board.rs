@@ -28,6 +28,7 @@ use super::{health, live, query};
 use crate::bus::LiveEntry;
 use crate::model::{CandleUpdate, Granularity, ProductId};
 use crate::web::AppState;
+use crate::web::catalog::UNAVAILABLE;
 use crate::web::error::ApiError;
 use crate::web::serve::Connection;
 use crate::web::session::{Events, View};
@@ -51,11 +52,10 @@ pub async fn board_stream(
     let connection = connection.map(|Extension(c)| c);
     let session = state.streams.admit(connection.as_ref(), &headers)?;
     let products = state
-        .pages
-        .catalog
-        .products()
+        .products
+        .shown()
         .await
-        .map_err(|message| ApiError::unavailable(message, "5"))?;
+        .map_err(|_| ApiError::unavailable(UNAVAILABLE, "5"))?;
     let board = Board {
         index: products
             .iter()

@@ -29,6 +29,7 @@ use crate::bus::element::{ElementId, candle_element, escape};
 use crate::model::{CandleUpdate, Granularity, ProductId, Version};
 use crate::store::StoredCandle;
 use crate::web::AppState;
+use crate::web::catalog::UNAVAILABLE;
 use crate::web::error::{ApiError, ReadError, read};
 use crate::web::serve::Connection;
 use crate::web::session::{Events, View};
@@ -53,11 +54,10 @@ pub async fn chart_stream(
     let no_such_market = || ApiError::not_found("no such market; GET /api/v1/products lists them");
     let product_id = ProductId::from_client(&product_id).map_err(|_| no_such_market())?;
     let product = state
-        .pages
-        .catalog
+        .products
         .product(&product_id)
         .await
-        .map_err(|message| ApiError::unavailable(message, "5"))?
+        .map_err(|_| ApiError::unavailable(UNAVAILABLE, "5"))?
         .ok_or_else(no_such_market)?;
     let connection = connection.map(|Extension(c)| c);
     let session = state.streams.admit(connection.as_ref(), &headers)?;

@@ -22,6 +22,7 @@ use axum::response::Response;
 pub use params::{StreamRequest, parse};
 
 use super::AppState;
+use super::catalog::{UNAVAILABLE, carried};
 use super::error::ApiError;
 use super::serve::Connection;
 use super::session::{Events, KeepAlive, View};
@@ -54,7 +55,7 @@ pub async fn stream(
         .map(|unknown| not_carried(&state, unknown))
         .map_err(|e| {
             tracing::warn!(error = %e, "cannot check the stream's products");
-            ApiError::unavailable("the product list is not available; retry shortly", "5")
+            ApiError::unavailable(UNAVAILABLE, "5")
         })?;
     if !unknown.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -123,13 +124,8 @@ fn not_carried<'a>(state: &AppState, ids: Vec<&'a ProductId>) -> Vec<&'a Product
     if ids.is_empty() {
         return ids;
     }
-    let report = state.feed.report();
+    let carried = carried(&state.feed);
     ids.into_iter()
-        .filter(|id| {
-            !report
-                .connections
-                .iter()
-                .any(|c| c.products.iter().any(|p| p == *id))
-        })
+        .filter(|id| !carried.contains(*id))
         .collect()
 }
