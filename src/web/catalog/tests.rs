@@ -33,6 +33,11 @@ fn catalog() -> (Catalog, Arc<std::sync::Mutex<Db>>, Arc<AtomicUsize>) {
     (catalog, db, reads)
 }
 
+/// Whether `catalog` lists `id`.
+async fn knows(catalog: &Catalog, id: &'static str) -> Result<bool, CatalogError> {
+    catalog.contains(&ProductId::from_static(id)).await
+}
+
 fn ids(list: &[&str]) -> Vec<ProductId> {
     list.iter()
         .map(|s| ProductId::parse(s).expect("a product id"))
@@ -43,60 +48,30 @@ fn ids(list: &[&str]) -> Vec<ProductId> {
 async fn hits_are_served_from_memory_until_the_list_is_30_s_old() {
     let (catalog, _db, reads) = catalog();
     for _ in 0..100 {
-        assert!(
-            catalog
-                .contains(&crate::model::ProductId::from_static("BTC-USD"))
-                .await
-                .expect("known")
-        );
+        assert!(knows(&catalog, "BTC-USD").await.expect("known"));
     }
     assert_eq!(reads.load(Ordering::SeqCst), 1);
     tokio::time::advance(MAX_AGE - Duration::from_millis(1)).await;
-    assert!(
-        catalog
-            .contains(&crate::model::ProductId::from_static("BTC-USD"))
-            .await
-            .expect("known")
-    );
+    assert!(knows(&catalog, "BTC-USD").await.expect("known"));
     assert_eq!(reads.load(Ordering::SeqCst), 1, "still fresh");
     tokio::time::advance(Duration::from_millis(1)).await;
-    assert!(
-        catalog
-            .contains(&crate::model::ProductId::from_static("BTC-USD"))
-            .await
-            .expect("known")
-    );
+    assert!(knows(&catalog, "BTC-USD").await.expect("known"));
     assert_eq!(reads.load(Ordering::SeqCst), 2, "30 s old: read again");
 }
 
 #[tokio::test(start_paused = true)]
 async fn misses_read_again_at_most_once_a_second() {
     let (catalog, db, reads) = catalog();
-    assert!(
-        catalog
-            .contains(&crate::model::ProductId::from_static("BTC-USD"))
-            .await
-            .expect("known")
-    );
+    assert!(knows(&catalog, "BTC-USD").await.expect("known"));
     // A flood of unknown products right after a read: no read at all.
     for _ in 0..100 {
-        assert!(
-            !catalog
-                .contains(&crate::model::ProductId::from_static("NOPE-USD"))
-                .await
-                .expect("answers")
-        );
+        assert!(!knows(&catalog, "NOPE-USD").await.expect("answers"));
     }
     assert_eq!(reads.load(Ordering::SeqCst), 1);
     // A product added meanwhile is found by the first miss a second later, once.
     *db.lock().expect("lock") = Db::Lists(vec!["BTC-USD", "ETH-USD"]);
     tokio::time::advance(MISS_RETRY).await;
-    assert!(
-        catalog
-            .contains(&crate::model::ProductId::from_static("ETH-USD"))
-            .await
-            .expect("answers")
-    );
+    assert!(knows(&catalog, "ETH-USD").await.expect("answers"));
     assert_eq!(reads.load(Ordering::SeqCst), 2);
     for _ in 0..100 {
         assert_eq!(
@@ -109,12 +84,7 @@ async fn misses_read_again_at_most_once_a_second() {
     }
     assert_eq!(reads.load(Ordering::SeqCst), 2);
     tokio::time::advance(MISS_RETRY).await;
-    assert!(
-        !catalog
-            .contains(&crate::model::ProductId::from_static("NOPE-USD"))
-            .await
-            .expect("answers")
-    );
+    assert!(!knows(&catalog, "NOPE-USD").await.expect("answers"));
     assert_eq!(
         reads.load(Ordering::SeqCst),
         3,
@@ -126,36 +96,22 @@ async fn misses_read_again_at_most_once_a_second() {
 async fn without_a_list_a_failing_or_hanging_database_is_an_error_and_is_not_hammered() {
     let (catalog, db, reads) = catalog();
     *db.lock().expect("lock") = Db::Fails;
-    let error = catalog
-        .contains(&crate::model::ProductId::from_static("BTC-USD"))
-        .await
-        .expect_err("no list");
+    let error = knows(&catalog, "BTC-USD").await.expect_err("no list");
     assert!(error.to_string().contains("not available"), "{error}");
     for _ in 0..10 {
-        catalog
-            .contains(&crate::model::ProductId::from_static("BTC-USD"))
-            .await
-            .expect_err("no list");
+        knows(&catalog, "BTC-USD").await.expect_err("no list");
     }
     assert_eq!(reads.load(Ordering::SeqCst), 1, "one read per second");
     // A database that does not answer at all: the read times out.
     *db.lock().expect("lock") = Db::Hangs;
     tokio::time::advance(MISS_RETRY).await;
     let started = Instant::now();
-    catalog
-        .contains(&crate::model::ProductId::from_static("BTC-USD"))
-        .await
-        .expect_err("no list");
+    knows(&catalog, "BTC-USD").await.expect_err("no list");
     assert_eq!(started.elapsed(), READ_TIMEOUT);
     // Back: the next read (a second later) answers.
     *db.lock().expect("lock") = Db::Lists(vec!["BTC-USD"]);
     tokio::time::advance(MISS_RETRY).await;
-    assert!(
-        catalog
-            .contains(&crate::model::ProductId::from_static("BTC-USD"))
-            .await
-            .expect("known")
-    );
+    assert!(knows(&catalog, "BTC-USD").await.expect("known"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -195,12 +151,7 @@ async fn rows_come_from_the_same_cache_as_the_ids() {
         let listing = catalog.listing().await.expect("rows");
         let ids: Vec<&str> = listing.rows.iter().map(|p| p.product_id.as_str()).collect();
         assert_eq!(ids, ["BTC-USD", "ETH-USD"], "sorted by id");
-        assert!(
-            catalog
-                .contains(&ProductId::from_static("ETH-USD"))
-                .await
-                .expect("known")
-        );
+        assert!(knows(&catalog, "ETH-USD").await.expect("known"));
     }
     assert_eq!(reads.load(Ordering::SeqCst), 1, "one read for rows and ids");
     // Stale and the database gone: the old rows stay in use, read again once a second.
@@ -215,26 +166,11 @@ async fn rows_come_from_the_same_cache_as_the_ids() {
 #[tokio::test(start_paused = true)]
 async fn a_list_read_before_stays_in_use_while_the_database_fails() {
     let (catalog, db, reads) = catalog();
-    assert!(
-        catalog
-            .contains(&crate::model::ProductId::from_static("BTC-USD"))
-            .await
-            .expect("known")
-    );
+    assert!(knows(&catalog, "BTC-USD").await.expect("known"));
     *db.lock().expect("lock") = Db::Fails;
     tokio::time::advance(MAX_AGE * 2).await;
-    assert!(
-        catalog
-            .contains(&crate::model::ProductId::from_static("BTC-USD"))
-            .await
-            .expect("the old list")
-    );
-    assert!(
-        !catalog
-            .contains(&crate::model::ProductId::from_static("NOPE-USD"))
-            .await
-            .expect("the old list")
-    );
+    assert!(knows(&catalog, "BTC-USD").await.expect("the old list"));
+    assert!(!knows(&catalog, "NOPE-USD").await.expect("the old list"));
     assert_eq!(
         reads.load(Ordering::SeqCst),
         2,
@@ -256,20 +192,10 @@ async fn while_one_request_reads_the_listing_at_hand_answers_pages_and_hits_at_o
     tokio::task::yield_now().await;
     let started = Instant::now();
     assert_eq!(catalog.shown().await.expect("at hand").len(), 1);
-    assert!(
-        catalog
-            .contains(&ProductId::from_static("BTC-USD"))
-            .await
-            .expect("a hit at hand")
-    );
+    assert!(knows(&catalog, "BTC-USD").await.expect("a hit at hand"));
     assert_eq!(started.elapsed(), Duration::ZERO, "no wait on the read");
     // A miss waits for the read in flight, which may know the product.
-    assert!(
-        !catalog
-            .contains(&ProductId::from_static("NOPE-USD"))
-            .await
-            .expect("answers")
-    );
+    assert!(!knows(&catalog, "NOPE-USD").await.expect("answers"));
     assert_eq!(started.elapsed(), READ_TIMEOUT);
     reader.await.expect("join").expect("the old listing");
     assert_eq!(reads.load(Ordering::SeqCst), 2, "one read for all of them");
