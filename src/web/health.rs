@@ -25,7 +25,6 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::AppState;
-use super::error::{ReadError, within};
 use super::json;
 use crate::supervise::StagesReport;
 
@@ -146,15 +145,13 @@ pub async fn checks(state: &AppState, stages: &StagesReport) -> Checks {
             )
         }
     };
-    let database = match within(DATABASE_TIMEOUT, state.repository.ping()).await {
-        Ok(()) => Check::new(true, "SELECT 1 answered"),
+    let database = match tokio::time::timeout(DATABASE_TIMEOUT, state.repository.ping()).await {
+        Ok(Ok(())) => Check::new(true, "SELECT 1 answered"),
         // The kind of failure only: sqlx errors may quote connection details.
-        Err(ReadError::Failed { kind, .. }) => {
-            Check::new(false, format!("SELECT 1 failed: {kind}"))
-        }
-        Err(ReadError::TimedOut(deadline)) => Check::new(
+        Ok(Err(e)) => Check::new(false, format!("SELECT 1 failed: {}", error_kind(&e))),
+        Err(_elapsed) => Check::new(
             false,
-            format!("SELECT 1 did not answer within {deadline:?}"),
+            format!("SELECT 1 did not answer within {DATABASE_TIMEOUT:?}"),
         ),
     };
     let stages = if stages.failed.is_empty() {
