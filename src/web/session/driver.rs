@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::Session;
 use super::gate::Permit;
 use crate::bus::{Delivery, LiveEntry, Subscription};
 
@@ -128,17 +129,22 @@ pub(super) struct Driver<V> {
 }
 
 impl<V: View> Driver<V> {
-    #[allow(clippy::too_many_arguments)]
+    /// `view` opened on `initial` in `session`, then fed by `subscription`.
     pub(super) fn new(
+        session: Session,
         mut view: V,
         initial: Vec<Arc<LiveEntry>>,
-        mut events: Events,
         subscription: Subscription,
-        (keepalive, every): (KeepAlive, Duration),
-        reload: Option<watch::Receiver<u64>>,
-        stop: CancellationToken,
-        permit: Permit,
+        keepalive: KeepAlive,
     ) -> Driver<V> {
+        let Session {
+            permit,
+            stop,
+            keepalive: every,
+            reload,
+            opening: mut events,
+            cut_off: _,
+        } = session;
         view.open(initial, &mut events);
         Driver {
             timers: view.timers().into_iter().map(interval).collect(),

@@ -157,17 +157,8 @@ impl Session {
         subscription: Subscription,
         keepalive: KeepAlive,
     ) -> Response {
-        let body = driver::body(driver::Driver::new(
-            view,
-            initial,
-            self.opening,
-            subscription,
-            (keepalive, self.keepalive),
-            self.reload,
-            self.stop,
-            self.permit,
-        ));
-        event_stream(body)
+        let driver = driver::Driver::new(self, view, initial, subscription, keepalive);
+        event_stream(driver::body(driver))
     }
 }
 
