@@ -209,7 +209,7 @@ impl App {
         } else {
             None
         };
-        let pages = crate::web::pages::Pages::new(api_repository.clone(), &config.static_dir, dev);
+        let pages = crate::web::pages::Pages::new(&config.static_dir, dev);
         let idle = AppState::idle(api_repository.clone());
         let state = AppState {
             feed: ingest.as_ref().map_or(idle.feed, |i| i.feed.health()),

@@ -22,8 +22,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
+use super::error::{ApiError, read};
 use super::json;
-use crate::model::{BadProductId, Granularity, ProductId};
+use crate::model::{BadProductId, Granularity, ProductId, UnknownGranularity};
 
 /// Most candles one request returns.
 pub const MAX_LIMIT: u32 = 1_000;
@@ -78,37 +79,59 @@ impl HistoryQuery {
     }
 }
 
+/// What is wrong with a history request: the parameter, and what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadHistoryQuery {
+    #[error("missing product, e.g. product=BTC-USD (GET /api/v1/products lists them)")]
+    MissingProduct,
+    #[error("invalid product {}: {}", .0.shown(), BadProductId::ACCEPTED)]
+    Product(BadProductId),
+    #[error("missing granularity, e.g. granularity=ONE_MINUTE")]
+    MissingGranularity,
+    #[error(transparent)]
+    Granularity(#[from] UnknownGranularity),
+    /// The limit as given.
+    #[error("invalid limit {0:?}: an integer 1-{MAX_LIMIT}")]
+    Limit(String),
+    /// `start` or `end`, and the value as given.
+    #[error("invalid {name} {raw:?}: Unix seconds, an integer 0-{MAX_TIMESTAMP}")]
+    Timestamp { name: &'static str, raw: String },
+    #[error(
+        "start {start} is not before end {end}: start is inclusive, end exclusive, so start < end"
+    )]
+    StartNotBeforeEnd { start: i64, end: i64 },
+}
+
 /// A Unix-seconds parameter.
-fn timestamp(name: &str, raw: &str) -> Result<DateTime<Utc>, String> {
+fn timestamp(name: &'static str, raw: &str) -> Result<DateTime<Utc>, BadHistoryQuery> {
     raw.trim()
         .parse::<i64>()
         .ok()
         .filter(|s| (0..=MAX_TIMESTAMP).contains(s))
         .and_then(|s| DateTime::from_timestamp(s, 0))
-        .ok_or_else(|| {
-            format!("invalid {name} {raw:?}: Unix seconds, an integer 0-{MAX_TIMESTAMP}")
+        .ok_or_else(|| BadHistoryQuery::Timestamp {
+            name,
+            raw: raw.to_owned(),
         })
 }
 
 /// Validates the query string; the error names the parameter and what it accepts.
-pub fn parse_query(query: &HashMap<String, String>) -> Result<HistoryQuery, String> {
+pub fn parse_query(query: &HashMap<String, String>) -> Result<HistoryQuery, BadHistoryQuery> {
     let product = query
         .get("product")
         .map(|p| p.trim())
         .filter(|p| !p.is_empty())
-        .ok_or("missing product, e.g. product=BTC-USD (GET /api/v1/products lists them)")?;
-    let product = ProductId::from_client(product)
-        .map_err(|e| format!("invalid product {}: {}", e.shown(), BadProductId::ACCEPTED))?;
+        .ok_or(BadHistoryQuery::MissingProduct)?;
+    let product = ProductId::from_client(product).map_err(BadHistoryQuery::Product)?;
     let granularity = query
         .get("granularity")
-        .ok_or("missing granularity, e.g. granularity=ONE_MINUTE")?
-        .parse::<Granularity>()
-        .map_err(|e| e.to_string())?;
+        .ok_or(BadHistoryQuery::MissingGranularity)?
+        .parse::<Granularity>()?;
     let limit = match query.get("limit") {
         None => DEFAULT_LIMIT,
         Some(raw) => match raw.parse::<u32>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => return Err(format!("invalid limit {raw:?}: an integer 1-{MAX_LIMIT}")),
+            _ => return Err(BadHistoryQuery::Limit(raw.clone())),
         },
     };
     let start = query
@@ -122,11 +145,10 @@ pub fn parse_query(query: &HashMap<String, String>) -> Result<HistoryQuery, Stri
     if let (Some(s), Some(e)) = (start, end)
         && s >= e
     {
-        return Err(format!(
-            "start {} is not before end {}: start is inclusive, end exclusive, so start < end",
-            s.timestamp(),
-            e.timestamp()
-        ));
+        return Err(BadHistoryQuery::StartNotBeforeEnd {
+            start: s.timestamp(),
+            end: e.timestamp(),
+        });
     }
     Ok(HistoryQuery {
         product,
@@ -141,23 +163,17 @@ pub fn parse_query(query: &HashMap<String, String>) -> Result<HistoryQuery, Stri
 pub async fn candles(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    let q = match parse_query(&query) {
-        Ok(q) => q,
-        Err(message) => return json::bad_request(message),
-    };
-    match state.products.contains(&q.product).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return json::bad_request(format!(
-                "unknown product {:?}: a product id listed by GET /api/v1/products",
-                q.product
-            ));
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot check the product");
-            return unavailable();
-        }
+) -> Result<Response, ApiError> {
+    let q = parse_query(&query).map_err(ApiError::bad_request)?;
+    let known = state.products.contains(&q.product).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot check the product");
+        unavailable()
+    })?;
+    if !known {
+        return Err(ApiError::bad_request(format!(
+            "unknown product {:?}: a product id listed by GET /api/v1/products",
+            q.product
+        )));
     }
     // Buckets start at most one bucket before now; a day of slack covers clock skew.
     let end = q
@@ -168,17 +184,9 @@ pub async fn candles(
     let query = state
         .repository
         .candles(&q.product, q.granularity, start, end, q.limit + 1);
-    let rows = match tokio::time::timeout(QUERY_TIMEOUT, query).await {
-        Ok(rows) => rows.map_err(|e| crate::config::redact(&e.to_string())),
-        Err(_elapsed) => Err(format!("no answer within {QUERY_TIMEOUT:?}")),
-    };
-    let mut rows = match rows {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::warn!(error = %e, "history query failed");
-            return unavailable();
-        }
-    };
+    let mut rows = read("the history query", QUERY_TIMEOUT, query)
+        .await
+        .map_err(|_| unavailable())?;
     let more = rows.len() > q.limit as usize;
     if more {
         // Oldest first: the extra row is the first.
@@ -207,11 +215,12 @@ pub async fn candles(
     if more && let Some(oldest) = candles.first().map(|c| c.timestamp) {
         body["next"] = json!({ "end": oldest, "url": q.next_url(oldest) });
     }
-    json::answer(StatusCode::OK, body)
+    Ok(json::answer(StatusCode::OK, body))
 }
 
-fn unavailable() -> Response {
-    json::error(
+/// 503 (no `Retry-After`: a program retries on its own schedule).
+fn unavailable() -> ApiError {
+    ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "the candle store is not available, try again",
     )
@@ -257,7 +266,7 @@ mod tests {
         assert_eq!(with(("limit", "1000")).expect("the cap").limit, MAX_LIMIT);
         assert_eq!(with(("limit", "1")).expect("the floor").limit, 1);
         for bad in ["1001", "-1", "1e3", ""] {
-            let error = with(("limit", bad)).expect_err(bad);
+            let error = with(("limit", bad)).expect_err(bad).to_string();
             assert!(error.contains("invalid limit"), "{bad}: {error}");
         }
         let q = with(("end", "1790000040")).expect("valid end");
@@ -271,13 +280,13 @@ mod tests {
             "253402300800",
             "1e9",
         ] {
-            let error = with(("end", bad)).expect_err(bad);
+            let error = with(("end", bad)).expect_err(bad).to_string();
             assert!(error.contains("invalid end"), "{bad}: {error}");
             assert!(
                 error.contains("Unix seconds, an integer 0-"),
                 "{bad}: {error}"
             );
-            let error = with(("start", bad)).expect_err(bad);
+            let error = with(("start", bad)).expect_err(bad).to_string();
             assert!(error.contains("invalid start"), "{bad}: {error}");
         }
         let q = with(("start", "1790000040")).expect("valid start");
@@ -300,7 +309,7 @@ mod tests {
             (Some(60), Some(120))
         );
         for (start, end) in [("120", "120"), ("180", "120")] {
-            let error = with(start, end).expect_err("start >= end");
+            let error = with(start, end).expect_err("start >= end").to_string();
             assert_eq!(
                 error,
                 format!(
@@ -361,7 +370,7 @@ mod tests {
             ),
         ];
         for (q, expected) in cases {
-            let error = parse_query(&q).expect_err(expected);
+            let error = parse_query(&q).expect_err(expected).to_string();
             assert!(error.contains(expected), "{error}");
         }
     }

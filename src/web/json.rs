@@ -20,11 +20,6 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// 400 with `message`.
-pub fn bad_request(message: impl Into<String>) -> Response {
-    error(StatusCode::BAD_REQUEST, message)
-}
-
 /// `body` (a JSON object) with `"schema"` added, and `status`.
 pub fn answer(status: StatusCode, mut body: Value) -> Response {
     if let Value::Object(map) = &mut body {

@@ -8,7 +8,8 @@
 //! ([`layers`]). Every JSON answer carries `"schema": 1` ([`json::SCHEMA`]).
 
 pub mod candles;
-pub mod directory;
+pub mod catalog;
+pub mod error;
 pub mod health;
 pub mod json;
 pub mod layers;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod pages;
 pub mod products;
 pub mod serve;
+pub mod session;
 pub mod stream;
 
 #[cfg(test)]
@@ -35,8 +37,11 @@ use crate::reconcile::ReconcileStats;
 use crate::store::{Repository, TableKind, WriterStats};
 use crate::supervise::Stages;
 
-pub use directory::{DirectoryError, ProductDirectory};
+pub use catalog::{Catalog, CatalogError};
 pub use layers::HttpSettings;
+
+/// The product catalog under the name the wiring knows it by.
+pub type ProductDirectory = Catalog;
 
 /// State the HTTP handlers read.
 #[derive(Debug, Clone)]
@@ -50,8 +55,8 @@ pub struct AppState {
     pub table: Option<TableKind>,
     /// Reads for the API (its own small pool, so API reads cannot starve the writer).
     pub repository: Repository,
-    /// The products in `trading_pairs`, cached (reads through `repository`).
-    pub products: ProductDirectory,
+    /// The product catalog: `trading_pairs`, cached (reads through `repository`).
+    pub products: Catalog,
     /// The service's NATS client, for the readiness check (`None`: not checked).
     pub nats: Option<async_nats::Client>,
     /// This instance's shard, `0 ≤ shard_index < shard_count`.
@@ -66,7 +71,7 @@ pub struct AppState {
     pub ws_url: String,
     /// The SSE streams' limits, caps and stop.
     pub streams: stream::Streams,
-    /// The dashboard's assets, product catalog and development reload.
+    /// The dashboard's assets and development reload.
     pub pages: pages::Pages,
     /// What this instance runs: readiness and the routes follow it.
     pub role: crate::config::Role,
@@ -88,7 +93,6 @@ impl AppState {
     /// State around `repository` with idle counts, no feed connection, no NATS client, shard 0
     /// of 1 and default HTTP settings: for tests of the handlers.
     pub fn idle(repository: Repository) -> AppState {
-        let repository_for_pages = repository.clone();
         AppState {
             feed: Arc::new(FeedHealth::new(AuthState::Unauthenticated)),
             engine: Arc::default(),
@@ -97,7 +101,7 @@ impl AppState {
             reconcile: Arc::default(),
             live: LiveState::new(),
             table: None,
-            products: ProductDirectory::new(repository.clone()),
+            products: Catalog::new(repository.clone()),
             repository,
             nats: None,
             shard_index: 0,
@@ -107,7 +111,7 @@ impl AppState {
             simulated: true,
             ws_url: "ws://127.0.0.1:1".to_owned(),
             streams: stream::Streams::new(crate::config::StreamConfig::default()),
-            pages: pages::Pages::new(repository_for_pages, std::path::Path::new("static"), None),
+            pages: pages::Pages::new(std::path::Path::new("static"), None),
             role: crate::config::Role::Both,
             metrics: None,
             separate_metrics: false,

@@ -1,7 +1,7 @@
 //! `GET /api/v1/products`: every product in `trading_pairs`, with its shard, whether this
 //! instance ingests it and whether live data flows.
 //!
-//! In: the products table as the product directory caches it (read through the API pool at
+//! In: the products table as the product catalog caches it (read through the API pool at
 //! most every 30 s, or once a second while reads fail: not one query per request), the feed's
 //! connections and the live state's activity. Out: JSON sorted by id; 503 when the database
 //! cannot answer and no earlier list is at hand. The whole answer is computed at most once a
@@ -20,6 +20,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
+use super::catalog::carried;
+use super::error::read;
 use crate::feed::shard::instance_for;
 
 /// Longest wait for the database: then 503.
@@ -56,28 +58,16 @@ pub async fn products(State(state): State<AppState>) -> Response {
 
 /// The answer now.
 async fn compute(state: AppState) -> (StatusCode, serde_json::Value) {
-    let rows = match tokio::time::timeout(QUERY_TIMEOUT, state.products.products()).await {
-        Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "products list not available");
-            return unavailable();
-        }
-        Err(_elapsed) => {
-            tracing::warn!(timeout = ?QUERY_TIMEOUT, "products query timed out");
-            return unavailable();
-        }
+    let listing = match read("the products list", QUERY_TIMEOUT, state.products.listing()).await {
+        Ok(listing) => listing,
+        Err(_) => return unavailable(),
     };
-    let ingested: std::collections::HashSet<crate::model::ProductId> = state
-        .feed
-        .report()
-        .connections
-        .into_iter()
-        .flat_map(|c| c.products)
-        .collect();
+    let ingested = carried(&state.feed);
     let activity: HashMap<crate::model::ProductId, DateTime<Utc>> = state.live.product_activity();
     let live_since = Utc::now()
         - chrono::TimeDelta::from_std(LIVE_WITHIN).unwrap_or(chrono::TimeDelta::minutes(5));
-    let products: Vec<ApiProduct> = rows
+    let products: Vec<ApiProduct> = listing
+        .rows
         .iter()
         .map(|p| {
             let last_update = activity.get(&p.product_id).copied();

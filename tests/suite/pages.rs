@@ -313,7 +313,7 @@ async fn in_development_pages_reload_on_a_new_build_and_on_asset_changes() {
     let dev = DevReload::start(assets.path().to_owned(), stop.clone()).await;
     let mut build = String::new();
     let s = setup_with(|state| {
-        state.pages = Pages::new(state.repository.clone(), assets.path(), Some(dev));
+        state.pages = Pages::new(assets.path(), Some(dev));
         build = state.pages.build.clone();
     })
     .await;

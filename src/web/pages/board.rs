@@ -10,35 +10,28 @@
 //! The feed health panel follows every [`HEALTH`]. The stream ends at the stop (the page
 //! reconnects to another instance) or when the client is cut off for not reading.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
-use bytes::Bytes;
 use chrono::Utc;
-use datastar::prelude::{ElementPatchMode, PatchElements, PatchSignals};
-use tokio::sync::watch;
-use tokio::time::Interval;
-use tokio_util::sync::CancellationToken;
+use datastar::prelude::{ElementPatchMode, PatchElements};
 
-use super::pump::{beat, interval, reload_changed};
 use super::rows::RenderedRow;
 use super::templates::{HealthPartial, render};
 use super::view::ProductInfo;
-use super::{dev, health, query};
-use crate::live::{Delivery, Filter, LiveEntry, Subscription};
+use super::{health, live, query};
+use crate::live::LiveEntry;
 use crate::model::{CandleUpdate, Granularity, ProductId};
 use crate::web::AppState;
-use crate::web::json::error;
+use crate::web::catalog::UNAVAILABLE;
+use crate::web::error::ApiError;
 use crate::web::serve::Connection;
-use crate::web::stream::gate::Permit;
-use crate::web::stream::{admit, event_stream, retry_after, stopping};
+use crate::web::session::{Events, View};
 
 /// Longest a changed row waits before it is sent.
 pub const FLUSH: Duration = Duration::from_secs(1);
@@ -53,81 +46,35 @@ pub async fn board_stream(
     connection: Option<Extension<Connection>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-) -> Response {
-    if state.streams.stop.is_cancelled() {
-        return stopping();
-    }
-    let query = match query::parse(raw.as_deref()) {
-        Ok(query) => query,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
+) -> Result<Response, ApiError> {
+    state.streams.open()?;
+    let query = query::parse(raw.as_deref()).map_err(ApiError::bad_request)?;
     let connection = connection.map(|Extension(c)| c);
-    let permit = match admit(&state.streams, connection.as_ref(), &headers) {
-        Ok(permit) => permit,
-        Err(refusal) => return *refusal,
-    };
-    let products = match state.pages.catalog.products().await {
-        Ok(products) => products,
-        Err(message) => {
-            return retry_after(error(StatusCode::SERVICE_UNAVAILABLE, message), "5");
-        }
-    };
-    let granularity = query.granularity;
-    let mut granularities = vec![granularity];
-    if granularity != Granularity::OneMinute {
-        // The rolling day moves with the one-minute candles.
-        granularities.push(Granularity::OneMinute);
-    }
-    let cut_off = connection
-        .as_ref()
-        .map(|c| c.close.clone())
-        .unwrap_or_default();
-    let (subscription, initial) = state.live.subscribe(
-        Filter {
-            products: None,
-            granularities,
-        },
-        state.streams.page_settings(),
-        cut_off,
-    );
-    let stale_build = state.pages.dev.is_some()
-        && query
-            .build
-            .as_deref()
-            .is_some_and(|b| b != state.pages.build);
-    let reload = state.pages.dev.as_ref().map(dev::DevReload::subscribe);
-    let mut board = Board {
+    let session = state.streams.admit(connection.as_ref(), &headers)?;
+    let products = state
+        .products
+        .shown()
+        .await
+        .map_err(|_| ApiError::unavailable(UNAVAILABLE, "5"))?;
+    let board = Board {
         index: products
             .iter()
             .enumerate()
             .map(|(i, p)| (p.id.clone(), i))
             .collect(),
         products,
-        granularity,
+        granularity: query.granularity,
         current: HashMap::new(),
         sent: HashMap::new(),
         dirty: HashSet::new(),
         health: None,
         ticks: 0,
-        pending: VecDeque::new(),
-        subscription,
-        flush: interval(FLUSH),
-        health_tick: interval(HEALTH),
-        keepalive: interval(state.streams.config.keepalive),
-        beats: 0,
-        stop: state.streams.stop.clone(),
-        reload,
-        state,
-        _permit: permit,
+        state: state.clone(),
     };
-    board.open(initial, stale_build);
-    let events = futures_util::stream::unfold(board, |mut board| async move {
-        let chunk = board.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), board))
-    });
-    event_stream(Body::from_stream(events))
+    Ok(live::respond(&state, session, &query, None, board))
 }
 
+/// The board's view: every row, then the rows that changed, and the health panel.
 struct Board {
     state: AppState,
     products: Arc<Vec<ProductInfo>>,
@@ -144,28 +91,14 @@ struct Board {
     /// Health ticks so far: every [`RECHECK_TICKS`]th, every row is looked at again (a
     /// product turns stale without an update).
     ticks: u64,
-    pending: VecDeque<Bytes>,
-    subscription: Subscription,
-    flush: Interval,
-    health_tick: Interval,
-    keepalive: Interval,
-    /// Heartbeats sent.
-    beats: u64,
-    stop: CancellationToken,
-    reload: Option<watch::Receiver<u64>>,
-    _permit: Permit,
 }
 
-impl Board {
+impl View for Board {
     /// The opening events: live, every row, the health panel.
-    fn open(&mut self, initial: Vec<Arc<LiveEntry>>, stale_build: bool) {
-        if stale_build {
-            self.pending.push_back(dev::reload_event());
-        }
-        let signals = PatchSignals::new(r#"{"_link":"live"}"#).into_datastar_event();
-        self.pending.push_back(crate::sse::render(signals));
+    fn open(&mut self, initial: Vec<Arc<LiveEntry>>, out: &mut Events) {
+        live::live_signal(out);
         for entry in &initial {
-            self.note(entry);
+            self.note_one(entry);
         }
         self.dirty.clear();
         let now = Utc::now();
@@ -176,20 +109,46 @@ impl Board {
             rows.push_str(&row.html);
             rows.push('\n');
         }
-        let rows = PatchElements::new(rows)
-            .selector("#board-rows")
-            .mode(ElementPatchMode::Inner)
-            .into_datastar_event();
-        self.pending.push_back(crate::sse::render(rows));
-        let count = PatchElements::new(format!(
-            "<span id=\"product-count\">{}</span>",
-            self.products.len()
-        ))
-        .into_datastar_event();
-        self.pending.push_back(crate::sse::render(count));
-        self.push_health();
+        out.push(
+            PatchElements::new(rows)
+                .selector("#board-rows")
+                .mode(ElementPatchMode::Inner)
+                .into_datastar_event(),
+        );
+        out.push(
+            PatchElements::new(format!(
+                "<span id=\"product-count\">{}</span>",
+                self.products.len()
+            ))
+            .into_datastar_event(),
+        );
+        self.push_health(out);
     }
 
+    fn note(&mut self, entries: &[Arc<LiveEntry>], _resync: bool, _out: &mut Events) {
+        for entry in entries {
+            self.note_one(entry);
+        }
+    }
+
+    fn timers(&self) -> Vec<Duration> {
+        vec![FLUSH, HEALTH]
+    }
+
+    fn tick(&mut self, timer: usize, out: &mut Events) {
+        if timer == 0 {
+            return self.flush(out);
+        }
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(RECHECK_TICKS) {
+            self.dirty
+                .extend(self.products.iter().map(|p| p.id.clone()));
+        }
+        self.push_health(out);
+    }
+}
+
+impl Board {
     /// The product's row, from the cache shared by every board.
     fn row(&self, product: &ProductInfo, now: chrono::DateTime<Utc>) -> RenderedRow {
         let day = self.state.live.day().summary(&product.id, now.timestamp());
@@ -203,7 +162,7 @@ impl Board {
     }
 
     /// Takes an update into the board's state.
-    fn note(&mut self, entry: &LiveEntry) {
+    fn note_one(&mut self, entry: &LiveEntry) {
         let update = &entry.update;
         let product = &update.candle.product_id;
         if !self.index.contains_key(product) {
@@ -227,7 +186,7 @@ impl Board {
     }
 
     /// One event with every changed row.
-    fn flush(&mut self) {
+    fn flush(&mut self, out: &mut Events) {
         if self.dirty.is_empty() {
             return;
         }
@@ -251,56 +210,16 @@ impl Board {
             html.push('\n');
         }
         if !html.is_empty() {
-            let event = PatchElements::new(html).into_datastar_event();
-            self.pending.push_back(crate::sse::render(event));
+            out.push(PatchElements::new(html).into_datastar_event());
         }
     }
 
-    fn push_health(&mut self) {
+    fn push_health(&mut self, out: &mut Events) {
         let health = health(&self.state, self.products.len());
         if self.health.as_ref() == Some(&health) {
             return;
         }
-        let event = PatchElements::new(render(&health)).into_datastar_event();
-        self.pending.push_back(crate::sse::render(event));
+        out.push(PatchElements::new(render(&health)).into_datastar_event());
         self.health = Some(health);
-    }
-
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        loop {
-            if let Some(chunk) = self.pending.pop_front() {
-                return Some(chunk);
-            }
-            tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => return None,
-                changed = reload_changed(&mut self.reload) => {
-                    if changed {
-                        self.pending.push_back(dev::reload_event());
-                    }
-                }
-                _ = self.flush.tick() => self.flush(),
-                _ = self.health_tick.tick() => {
-                    self.ticks += 1;
-                    if self.ticks.is_multiple_of(RECHECK_TICKS) {
-                        self.dirty.extend(self.products.iter().map(|p| p.id.clone()));
-                    }
-                    self.push_health();
-                }
-                _ = self.keepalive.tick() => {
-                    self.beats += 1;
-                    let every = self.keepalive.period();
-                    self.pending.push_back(beat(self.beats, every));
-                }
-                delivery = self.subscription.next() => match delivery {
-                    Delivery::Updates(entries) | Delivery::Resync(entries) => {
-                        for entry in &entries {
-                            self.note(entry);
-                        }
-                    }
-                    Delivery::CutOff => return None,
-                },
-            }
-        }
     }
 }

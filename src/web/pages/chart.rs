@@ -9,37 +9,30 @@
 //! completion), a new bucket is appended to the chart. Changes are coalesced per bucket over
 //! [`FLUSH`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::convert::Infallible;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
-use bytes::Bytes;
 use chrono::Utc;
-use datastar::prelude::{ElementPatchMode, PatchElements, PatchSignals};
-use tokio::sync::watch;
-use tokio::time::Interval;
-use tokio_util::sync::CancellationToken;
+use datastar::prelude::{ElementPatchMode, PatchElements};
 
-use super::pump::{beat, interval, reload_changed};
 use super::templates::{SummaryPartial, render};
 use super::view::{ProductInfo, Row};
-use super::{CHART_HISTORY, dev, query};
+use super::{CHART_HISTORY, live, query};
+use crate::live::LiveEntry;
 use crate::live::element::{ElementId, candle_element, escape};
-use crate::live::{Delivery, Filter, LiveEntry, Subscription};
 use crate::model::{CandleUpdate, Granularity, ProductId, Version};
 use crate::store::StoredCandle;
 use crate::web::AppState;
-use crate::web::json::error;
+use crate::web::catalog::UNAVAILABLE;
+use crate::web::error::{ApiError, ReadError, read};
 use crate::web::serve::Connection;
-use crate::web::stream::gate::Permit;
-use crate::web::stream::{admit, event_stream, retry_after, stopping};
+use crate::web::session::{Events, View};
 
 /// Longest a changed candle waits before it is sent.
 pub const FLUSH: Duration = Duration::from_millis(250);
@@ -55,41 +48,24 @@ pub async fn chart_stream(
     connection: Option<Extension<Connection>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-) -> Response {
-    if state.streams.stop.is_cancelled() {
-        return stopping();
-    }
-    let query = match query::parse(raw.as_deref()) {
-        Ok(query) => query,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
-    let Ok(product_id) = ProductId::from_client(&product_id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no such market; GET /api/v1/products lists them",
-        );
-    };
-    let product = match state.pages.catalog.product(&product_id).await {
-        Ok(Some(product)) => product,
-        Ok(None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "no such market; GET /api/v1/products lists them",
-            );
-        }
-        Err(message) => {
-            return retry_after(error(StatusCode::SERVICE_UNAVAILABLE, message), "5");
-        }
-    };
+) -> Result<Response, ApiError> {
+    state.streams.open()?;
+    let query = query::parse(raw.as_deref()).map_err(ApiError::bad_request)?;
+    let no_such_market = || ApiError::not_found("no such market; GET /api/v1/products lists them");
+    let product_id = ProductId::from_client(&product_id).map_err(|_| no_such_market())?;
+    let product = state
+        .products
+        .product(&product_id)
+        .await
+        .map_err(|_| ApiError::unavailable(UNAVAILABLE, "5"))?
+        .ok_or_else(no_such_market)?;
     let connection = connection.map(|Extension(c)| c);
-    let permit = match admit(&state.streams, connection.as_ref(), &headers) {
-        Ok(permit) => permit,
-        Err(refusal) => return *refusal,
-    };
+    let session = state.streams.admit(connection.as_ref(), &headers)?;
     let granularity = query.granularity;
     let now = Utc::now();
     let span = chrono::Duration::seconds(granularity.seconds() * i64::from(CHART_HISTORY + 2));
-    let history = tokio::time::timeout(
+    let history = read(
+        "a chart's history read",
         HISTORY_TIMEOUT,
         state.repository.candles(
             &product.id,
@@ -99,73 +75,29 @@ pub async fn chart_stream(
             CHART_HISTORY,
         ),
     )
-    .await;
-    let history = match history {
-        Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %crate::config::redact(&e.to_string()), product = %product.id, "cannot read a chart's history");
-            return retry_after(
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the history is not available; retry shortly",
-                ),
-                "2",
-            );
+    .await
+    .map_err(|e| match e {
+        ReadError::Failed { .. } => {
+            ApiError::unavailable("the history is not available; retry shortly", "2")
         }
-        Err(_elapsed) => {
-            tracing::warn!(product = %product.id, "a chart's history read timed out");
-            return retry_after(
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the history read timed out; retry shortly",
-                ),
-                "2",
-            );
+        ReadError::TimedOut(_) => {
+            ApiError::unavailable("the history read timed out; retry shortly", "2")
         }
-    };
-    let mut granularities = vec![granularity];
-    if granularity != Granularity::OneMinute {
-        granularities.push(Granularity::OneMinute);
-    }
-    let cut_off = connection
-        .as_ref()
-        .map(|c| c.close.clone())
-        .unwrap_or_default();
-    let (subscription, initial) = state.live.subscribe(
-        Filter::of(std::slice::from_ref(&product.id), &granularities),
-        state.streams.page_settings(),
-        cut_off,
-    );
-    let stale_build = state.pages.dev.is_some()
-        && query
-            .build
-            .as_deref()
-            .is_some_and(|b| b != state.pages.build);
-    let reload = state.pages.dev.as_ref().map(dev::DevReload::subscribe);
-    let mut chart = Chart {
-        product: Arc::new(product),
+    })?;
+    let product = Arc::new(product);
+    let chart = Chart {
+        product: product.clone(),
         granularity,
+        history,
         held: HashMap::new(),
         changed: BTreeMap::new(),
         newest: None,
         summary_dirty: false,
         summary_sent: 0,
-        pending: VecDeque::new(),
-        subscription,
-        flush: interval(FLUSH),
-        keepalive: interval(state.streams.config.keepalive),
-        beats: 0,
-        stop: state.streams.stop.clone(),
-        reload,
-        state,
-        _permit: permit,
+        state: state.clone(),
     };
-    chart.open(history, initial, stale_build);
-    let events = futures_util::stream::unfold(chart, |mut chart| async move {
-        let chunk = chart.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), chart))
-    });
-    event_stream(Body::from_stream(events))
+    let ids = std::slice::from_ref(&product.id);
+    Ok(live::respond(&state, session, &query, Some(ids), chart))
 }
 
 /// Drops the oldest buckets of `held` beyond [`CHART_HISTORY`] once it holds more than
@@ -212,10 +144,14 @@ pub fn stored_update(stored: StoredCandle) -> CandleUpdate {
     }
 }
 
+/// A chart's view: the history and the live candles of one product in one granularity, and
+/// its header.
 struct Chart {
     state: AppState,
     product: Arc<ProductInfo>,
     granularity: Granularity,
+    /// The stored candles the chart opens with (taken by `open`).
+    history: Vec<StoredCandle>,
     /// The version of every bucket the page's chart holds, by start.
     held: HashMap<i64, Version>,
     /// Buckets changed since the last flush.
@@ -224,26 +160,13 @@ struct Chart {
     newest: Option<CandleUpdate>,
     summary_dirty: bool,
     summary_sent: u64,
-    pending: VecDeque<Bytes>,
-    subscription: Subscription,
-    flush: Interval,
-    keepalive: Interval,
-    /// Heartbeats sent.
-    beats: u64,
-    stop: CancellationToken,
-    reload: Option<watch::Receiver<u64>>,
-    _permit: Permit,
 }
 
-impl Chart {
-    fn open(&mut self, history: Vec<StoredCandle>, initial: Vec<Arc<LiveEntry>>, stale: bool) {
-        if stale {
-            self.pending.push_back(dev::reload_event());
-        }
-        let signals = PatchSignals::new(r#"{"_link":"live"}"#).into_datastar_event();
-        self.pending.push_back(crate::sse::render(signals));
+impl View for Chart {
+    fn open(&mut self, initial: Vec<Arc<LiveEntry>>, out: &mut Events) {
+        live::live_signal(out);
         let mut buckets: BTreeMap<i64, CandleUpdate> = BTreeMap::new();
-        for stored in history {
+        for stored in std::mem::take(&mut self.history) {
             let update = stored_update(stored);
             buckets.insert(update.candle.start.timestamp(), update);
         }
@@ -275,15 +198,32 @@ impl Chart {
         }
         html.push_str("\n</spot-chart>");
         self.newest = buckets.into_values().next_back();
-        let chart = PatchElements::new(html)
-            .mode(ElementPatchMode::Replace)
-            .into_datastar_event();
-        self.pending.push_back(crate::sse::render(chart));
+        out.push(
+            PatchElements::new(html)
+                .mode(ElementPatchMode::Replace)
+                .into_datastar_event(),
+        );
         self.summary_dirty = true;
-        self.push_summary();
+        self.push_summary(out);
     }
 
-    fn note(&mut self, entry: &LiveEntry) {
+    fn note(&mut self, entries: &[Arc<LiveEntry>], _resync: bool, _out: &mut Events) {
+        for entry in entries {
+            self.note_one(entry);
+        }
+    }
+
+    fn timers(&self) -> Vec<Duration> {
+        vec![FLUSH]
+    }
+
+    fn tick(&mut self, _timer: usize, out: &mut Events) {
+        self.flush(out);
+    }
+}
+
+impl Chart {
+    fn note_one(&mut self, entry: &LiveEntry) {
         let update = &entry.update;
         if update.candle.product_id != self.product.id {
             return;
@@ -315,7 +255,7 @@ impl Chart {
         self.changed.insert(start, update.clone());
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, out: &mut Events) {
         if !self.changed.is_empty() {
             let mut morphs = String::new();
             let mut appends = String::new();
@@ -333,31 +273,30 @@ impl Chart {
                 self.held.insert(start, update.version());
             }
             if !morphs.is_empty() {
-                let event = PatchElements::new(morphs).into_datastar_event();
-                self.pending.push_back(crate::sse::render(event));
+                out.push(PatchElements::new(morphs).into_datastar_event());
             }
             if !appends.is_empty() {
-                let event = PatchElements::new(appends)
-                    .selector("#chart")
-                    .mode(ElementPatchMode::Append)
-                    .into_datastar_event();
-                self.pending.push_back(crate::sse::render(event));
+                out.push(
+                    PatchElements::new(appends)
+                        .selector("#chart")
+                        .mode(ElementPatchMode::Append)
+                        .into_datastar_event(),
+                );
             }
-            self.trim();
+            self.trim(out);
         }
-        self.push_summary();
+        self.push_summary(out);
     }
 
     /// Past [`CHART_HISTORY`] and some slack, the oldest buckets leave the page's chart (and
     /// this stream's memory): a page left open for a week stays the size it opened at.
-    fn trim(&mut self) {
+    fn trim(&mut self, out: &mut Events) {
         if let Some(selector) = trim(&mut self.held, &self.product.id, self.granularity) {
-            let event = PatchElements::new_remove(selector).into_datastar_event();
-            self.pending.push_back(crate::sse::render(event));
+            out.push(PatchElements::new_remove(selector).into_datastar_event());
         }
     }
 
-    fn push_summary(&mut self) {
+    fn push_summary(&mut self, out: &mut Events) {
         if !self.summary_dirty {
             return;
         }
@@ -383,39 +322,7 @@ impl Chart {
             return;
         }
         self.summary_sent = h;
-        let event = PatchElements::new(html).into_datastar_event();
-        self.pending.push_back(crate::sse::render(event));
-    }
-
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        loop {
-            if let Some(chunk) = self.pending.pop_front() {
-                return Some(chunk);
-            }
-            tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => return None,
-                changed = reload_changed(&mut self.reload) => {
-                    if changed {
-                        self.pending.push_back(dev::reload_event());
-                    }
-                }
-                _ = self.flush.tick() => self.flush(),
-                _ = self.keepalive.tick() => {
-                    self.beats += 1;
-                    let every = self.keepalive.period();
-                    self.pending.push_back(beat(self.beats, every));
-                }
-                delivery = self.subscription.next() => match delivery {
-                    Delivery::Updates(entries) | Delivery::Resync(entries) => {
-                        for entry in &entries {
-                            self.note(entry);
-                        }
-                    }
-                    Delivery::CutOff => return None,
-                },
-            }
-        }
+        out.push(PatchElements::new(html).into_datastar_event());
     }
 }
 

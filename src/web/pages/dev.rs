@@ -71,13 +71,6 @@ async fn fingerprint(dir: &Path) -> u64 {
     hasher.finish()
 }
 
-/// The script a stream sends to reload its page.
-pub fn reload_event() -> bytes::Bytes {
-    use datastar::prelude::ExecuteScript;
-    let event = ExecuteScript::new("window.location.reload()").into_datastar_event();
-    crate::sse::render(event)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,7 +88,6 @@ mod tests {
             .expect("a change within 10 s")
             .expect("poller alive");
         assert_eq!(*rx.borrow(), 1);
-        assert!(String::from_utf8_lossy(&reload_event()).contains("window.location.reload()"));
         stop.cancel();
     }
 }

@@ -1,7 +1,7 @@
 //! The dashboard: `/`, the market board, and `/markets/{product}`, one product's chart.
 //! askama pages styled with Tailwind and DaisyUI, kept live by one Datastar stream each.
 //!
-//! In: the [`AppState`] (live state, rolling day, stage reports, products). Out: the pages,
+//! In: the [`AppState`] (live state, rolling day, stage reports, the product catalog). Out: the pages,
 //! their streams (`/board/stream`, `/markets/{product}/stream`, see [`board`] and [`chart`]),
 //! and `/static/*` ([`assets`]). A page renders its current state at once; its stream then
 //! patches rows, headers and candles in place by id (Datastar morphs), coalesced so that the
@@ -9,10 +9,9 @@
 
 pub mod assets;
 pub mod board;
-pub mod catalog;
 pub mod chart;
 pub mod dev;
-mod pump;
+mod live;
 pub mod query;
 pub mod rows;
 pub mod templates;
@@ -29,10 +28,10 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::Utc;
 
 use super::AppState;
+use super::catalog::UNAVAILABLE;
+use super::error::{ApiError, PageError};
 use crate::model::{Granularity, ProductId};
-use crate::store::Repository;
 use assets::Assets;
-use catalog::Catalog;
 use dev::DevReload;
 use templates::{
     BoardPage, HealthPartial, Layout, MarketPage, RowPartial, SORTS, SummaryPartial, render,
@@ -49,7 +48,6 @@ pub const CHART_HISTORY: u32 = 300;
 #[derive(Debug, Clone)]
 pub struct Pages {
     pub assets: Arc<Assets>,
-    pub catalog: Catalog,
     /// Development reload (`DEV_RELOAD`).
     pub dev: Option<DevReload>,
     /// This process's build id: a page from another one reloads in development.
@@ -66,10 +64,9 @@ pub struct Pages {
 const HEALTH_MAX_AGE: Duration = Duration::from_secs(1);
 
 impl Pages {
-    pub fn new(repository: Repository, static_dir: &Path, dev: Option<DevReload>) -> Pages {
+    pub fn new(static_dir: &Path, dev: Option<DevReload>) -> Pages {
         Pages {
             assets: Arc::new(Assets::load(static_dir, dev.is_some())),
-            catalog: Catalog::new(repository),
             dev,
             build: format!("{:016x}", rand::random::<u64>()),
             rows: Arc::default(),
@@ -110,7 +107,15 @@ impl Pages {
         }
     }
 
-    fn page(&self, html: String) -> Response {
+    /// A rendered page (`what` names it in the log when it failed to render).
+    fn page(&self, html: askama::Result<String>, what: &str) -> Result<Response, PageError> {
+        let html = html.map_err(|error| {
+            tracing::error!(%error, "{what} failed to render");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page failed to render",
+            )
+        })?;
         let mut response = Html(html).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -118,23 +123,8 @@ impl Pages {
             HeaderValue::from_static(self.csp()),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        response
+        Ok(response)
     }
-}
-
-/// A small HTML error page (the JSON error shape is for the API).
-pub fn error_page(status: StatusCode, message: &str) -> Response {
-    let escaped = askama::filters::escape(message, askama::filters::Html)
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
-         content=\"width=device-width, initial-scale=1\"><title>{} · spot-canvas</title></head>\
-         <body><h1>{}</h1><p>{escaped}</p><p><a href=\"/\">Back to the markets</a></p></body></html>",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Error"),
-    );
-    (status, Html(html)).into_response()
 }
 
 /// The board's rows for `granularity`, rendered.
@@ -210,15 +200,16 @@ fn health_now(state: &AppState, products: usize) -> HealthPartial {
 }
 
 /// `GET /`.
-pub async fn board_page(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
-    let query = match query::parse(query.as_deref()) {
-        Ok(query) => query,
-        Err(message) => return error_page(StatusCode::BAD_REQUEST, &message),
-    };
-    let products = match state.pages.catalog.products().await {
-        Ok(products) => products,
-        Err(message) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &message),
-    };
+pub async fn board_page(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PageError> {
+    let query = query::parse(query.as_deref()).map_err(ApiError::bad_request)?;
+    let products = state
+        .products
+        .shown()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE))?;
     let page = BoardPage {
         layout: state.pages.layout(
             state.simulated,
@@ -232,16 +223,7 @@ pub async fn board_page(State(state): State<AppState>, RawQuery(query): RawQuery
         rows: rows_html(&state, &products, query.granularity),
         health: render(&health(&state, products.len())),
     };
-    match page.render() {
-        Ok(html) => state.pages.page(html),
-        Err(error) => {
-            tracing::error!(%error, "the board failed to render");
-            error_page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the page failed to render",
-            )
-        }
-    }
+    state.pages.page(page.render(), "the board")
 }
 
 /// `GET /markets/{product}`.
@@ -249,28 +231,20 @@ pub async fn market_page(
     State(state): State<AppState>,
     UrlPath(product_id): UrlPath<String>,
     RawQuery(query): RawQuery,
-) -> Response {
-    let query = match query::parse(query.as_deref()) {
-        Ok(query) => query,
-        Err(message) => return error_page(StatusCode::BAD_REQUEST, &message),
-    };
+) -> Result<Response, PageError> {
+    let query = query::parse(query.as_deref()).map_err(ApiError::bad_request)?;
     let found = match ProductId::from_client(&product_id) {
-        Ok(id) => state.pages.catalog.product(&id).await,
+        Ok(id) => state.products.product(&id).await,
         Err(_) => Ok(None),
     };
-    let product = match found {
-        Ok(Some(product)) => product,
-        Ok(None) => {
-            return error_page(
-                StatusCode::NOT_FOUND,
-                &format!(
-                    "no market {}: the board lists every market",
-                    crate::model::shown(&product_id)
-                ),
-            );
-        }
-        Err(message) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &message),
-    };
+    let product = found
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE))?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no market {}: the board lists every market",
+                crate::model::shown(&product_id)
+            ))
+        })?;
     let now = Utc::now();
     let current = state.live.current(&product.id, query.granularity);
     let day = state.live.day().summary(&product.id, now.timestamp());
@@ -295,14 +269,5 @@ pub async fn market_page(
             .unwrap_or_default(),
         summary: render(&SummaryPartial { row: &row }),
     };
-    match page.render() {
-        Ok(html) => state.pages.page(html),
-        Err(error) => {
-            tracing::error!(%error, "the market page failed to render");
-            error_page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the page failed to render",
-            )
-        }
-    }
+    state.pages.page(page.render(), "the market page")
 }

@@ -4,12 +4,29 @@
 //! link or a bookmark) or inside Datastar's `datastar` parameter (the page's signals as JSON,
 //! sent by `@get`); the signal wins, being the page's current choice. Every spelling of a
 //! granularity is accepted (`ONE_HOUR`, `1h`, Coinbase's `ONE_HOUR`). Out: a [`PageQuery`], or
-//! a message saying what is wrong and what is accepted. Unknown parameters are ignored.
+//! a [`BadPageQuery`] saying what is wrong and what is accepted. Unknown parameters are ignored.
 
 use crate::model::{ACCEPTED_GRANULARITIES, Granularity};
 
 /// Longest `datastar` parameter read (the pages' signals are a few dozen bytes).
 const MAX_SIGNALS: usize = 4096;
+
+/// What is wrong with a page's query, and what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadPageQuery {
+    #[error("the datastar parameter is longer than {MAX_SIGNALS} bytes")]
+    SignalsTooLong,
+    /// The JSON parser's message.
+    #[error("the datastar parameter is not JSON: {0}")]
+    SignalsNotJson(String),
+    #[error("the granularity signal must be a string; accepted: {ACCEPTED_GRANULARITIES}")]
+    SignalNotString,
+    /// The granularity as given, clipped.
+    #[error(
+        "unknown granularity {0:?}; accepted: {ACCEPTED_GRANULARITIES} (or 1m, 5m, 15m, 30m, 1h, 2h, 6h, 1d)"
+    )]
+    Granularity(String),
+}
 
 /// What a page or page stream was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +36,7 @@ pub struct PageQuery {
     pub build: Option<String>,
 }
 
-pub fn parse(query: Option<&str>) -> Result<PageQuery, String> {
+pub fn parse(query: Option<&str>) -> Result<PageQuery, BadPageQuery> {
     let mut plain = None;
     let mut signal = None;
     let mut build = None;
@@ -29,20 +46,14 @@ pub fn parse(query: Option<&str>) -> Result<PageQuery, String> {
             "build" if value.len() <= 64 => build = Some(value.into_owned()),
             "datastar" => {
                 if value.len() > MAX_SIGNALS {
-                    return Err(format!(
-                        "the datastar parameter is longer than {MAX_SIGNALS} bytes"
-                    ));
+                    return Err(BadPageQuery::SignalsTooLong);
                 }
                 let signals: serde_json::Value = serde_json::from_str(&value)
-                    .map_err(|e| format!("the datastar parameter is not JSON: {e}"))?;
+                    .map_err(|e| BadPageQuery::SignalsNotJson(e.to_string()))?;
                 if let Some(g) = signals.get("granularity") {
                     match g.as_str() {
                         Some(g) => signal = Some(g.to_owned()),
-                        None => {
-                            return Err(format!(
-                                "the granularity signal must be a string; accepted: {ACCEPTED_GRANULARITIES}"
-                            ));
-                        }
+                        None => return Err(BadPageQuery::SignalNotString),
                     }
                 }
             }
@@ -51,12 +62,9 @@ pub fn parse(query: Option<&str>) -> Result<PageQuery, String> {
     }
     let granularity = match signal.or(plain) {
         None => Granularity::OneMinute,
-        Some(text) => text.parse().map_err(|_| {
-            format!(
-                "unknown granularity {:?}; accepted: {ACCEPTED_GRANULARITIES} (or 1m, 5m, 15m, 30m, 1h, 2h, 6h, 1d)",
-                text.chars().take(40).collect::<String>()
-            )
-        })?,
+        Some(text) => text
+            .parse()
+            .map_err(|_| BadPageQuery::Granularity(text.chars().take(40).collect()))?,
     };
     Ok(PageQuery { granularity, build })
 }
@@ -94,7 +102,7 @@ mod tests {
             "datastar=%7B",
             "datastar=%7B%22granularity%22%3A5%7D",
         ] {
-            let message = parse(Some(bad)).expect_err(bad);
+            let message = parse(Some(bad)).expect_err(bad).to_string();
             assert!(
                 message.contains("granularity") || message.contains("JSON"),
                 "{bad}: {message}"

@@ -19,14 +19,7 @@ use crate::model::{CandleUpdate, Currency, Granularity, ProductId};
 /// A product with no trade for this long is marked stale on the board.
 pub const STALE_SECS: i64 = 300;
 
-/// A product as the pages need it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProductInfo {
-    pub id: ProductId,
-    pub base: Currency,
-    pub quote: Currency,
-    pub price_increment: Option<Decimal>,
-}
+pub use crate::web::catalog::ProductInfo;
 
 /// Direction of a change, for colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The stream's query parameters.
 //!
 //! In: the raw query string. Out: which series the client wants, or a message saying what is
-//! wrong and what is accepted. `products` or `product`, and `granularities` or `granularity`,
+//! wrong and what is accepted ([`BadStreamRequest`]). `products` or `product`, and `granularities` or `granularity`,
 //! each repeated or comma-separated; no products means every product (exempt from the series
 //! cap), no granularity means all eight. Other parameters (such as the `datastar` signals a
 //! Datastar client sends) are ignored.
@@ -9,7 +9,26 @@
 use std::collections::BTreeSet;
 
 use crate::live::Filter;
-use crate::model::{ACCEPTED_GRANULARITIES, BadProductId, Granularity, ProductId};
+use crate::model::{BadProductId, Granularity, ProductId, UnknownGranularity};
+
+/// What is wrong with a stream request, and what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadStreamRequest {
+    #[error("invalid product {}; accepted: {}", .0.shown(), BadProductId::ACCEPTED)]
+    Product(BadProductId),
+    /// The granularity as given, clipped.
+    #[error(transparent)]
+    Granularity(UnknownGranularity),
+    #[error(
+        "subscription over the cap: {products} product(s) × {granularities} granularity(ies) \
+         is more than {max} series; accepted: at most {max} series, or no products for every product"
+    )]
+    OverCap {
+        products: usize,
+        granularities: usize,
+        max: usize,
+    },
+}
 
 /// A valid stream request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +48,7 @@ impl StreamRequest {
 }
 
 /// Parses and checks the query; at most `max_series` named series.
-pub fn parse(query: Option<&str>, max_series: usize) -> Result<StreamRequest, String> {
+pub fn parse(query: Option<&str>, max_series: usize) -> Result<StreamRequest, BadStreamRequest> {
     let mut products = BTreeSet::new();
     let mut granularities = BTreeSet::new();
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -37,7 +56,8 @@ pub fn parse(query: Option<&str>, max_series: usize) -> Result<StreamRequest, St
         match key.as_ref() {
             "products" | "product" => {
                 for piece in pieces {
-                    products.insert(product(piece)?);
+                    products
+                        .insert(ProductId::from_client(piece).map_err(BadStreamRequest::Product)?);
                     // Checked as they come: a huge list is refused before it is all read.
                     if products.len() > max_series {
                         return Err(over_cap(products.len(), 1, max_series));
@@ -47,10 +67,7 @@ pub fn parse(query: Option<&str>, max_series: usize) -> Result<StreamRequest, St
             "granularities" | "granularity" => {
                 for piece in pieces {
                     let g = piece.parse::<Granularity>().map_err(|_| {
-                        format!(
-                            "unknown granularity {:?}; accepted: {ACCEPTED_GRANULARITIES}",
-                            clip(piece)
-                        )
+                        BadStreamRequest::Granularity(UnknownGranularity(clip(piece)))
                     })?;
                     granularities.insert(g);
                 }
@@ -73,21 +90,12 @@ pub fn parse(query: Option<&str>, max_series: usize) -> Result<StreamRequest, St
     })
 }
 
-fn product(raw: &str) -> Result<ProductId, String> {
-    ProductId::from_client(raw).map_err(|e| {
-        format!(
-            "invalid product {}; accepted: {}",
-            e.shown(),
-            BadProductId::ACCEPTED
-        )
-    })
-}
-
-fn over_cap(products: usize, granularities: usize, max: usize) -> String {
-    format!(
-        "subscription over the cap: {products} product(s) × {granularities} granularity(ies) \
-         is more than {max} series; accepted: at most {max} series, or no products for every product"
-    )
+fn over_cap(products: usize, granularities: usize, max: usize) -> BadStreamRequest {
+    BadStreamRequest::OverCap {
+        products,
+        granularities,
+        max,
+    }
 }
 
 /// A parameter as quoted back in an error: not more than 80 characters.
@@ -137,12 +145,12 @@ mod tests {
             ),
         ];
         for (query, expected) in cases {
-            let error = parse(Some(query), 5).expect_err(query);
+            let error = parse(Some(query), 5).expect_err(query).to_string();
             assert!(error.contains(expected), "{query}: {error}");
         }
         let many: Vec<String> = (0..10_000).map(|i| format!("P{i}-USD")).collect();
         let query = format!("products={}", many.join(","));
-        let error = parse(Some(&query), 800).expect_err("too many");
+        let error = parse(Some(&query), 800).expect_err("too many").to_string();
         assert!(error.contains("more than 800 series"), "{error}");
     }
 }
