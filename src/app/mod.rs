@@ -210,8 +210,8 @@ impl App {
             None
         };
         let pages = crate::web::pages::Pages::new(&config.static_dir, dev);
-        let idle = AppState::idle(api_repository.clone());
-        let state = AppState {
+        let idle = crate::ops::reports::Reports::default();
+        let reports = crate::ops::reports::Reports {
             feed: ingest.as_ref().map_or(idle.feed, |i| i.feed.health()),
             engine: ingest.as_ref().map_or(idle.engine, |i| i.engine.stats()),
             writer: ingest.as_ref().map_or(idle.writer, |i| i.writer.stats()),
@@ -221,29 +221,35 @@ impl App {
             reconcile: ingest
                 .as_ref()
                 .map_or(idle.reconcile, |i| i.reconciler.stats()),
-            live,
-            table,
-            products: crate::web::ProductDirectory::new(api_repository.clone()),
-            repository: api_repository,
-            nats: Some(nats.0.clone()),
-            shard_index: config.shard_index,
-            shard_count: config.shard_count,
-            http: crate::web::HttpSettings::from_config(config),
             stages: stages.clone(),
-            simulated: !config.is_production_feed(),
-            ws_url: config.coinbase_ws_url.clone(),
-            streams,
-            pages,
-            role: config.role,
-            metrics,
-            separate_metrics: metrics_listener.is_some(),
             alarms: idle.alarms,
             clock: ingest
                 .as_ref()
                 .and_then(|i| i.clock.as_ref())
                 .map(ClockCheck::state),
-            health_answer: idle.health_answer,
-            products_answer: idle.products_answer,
+        };
+        let state = AppState {
+            reports,
+            instance: crate::web::Instance {
+                role: config.role,
+                shard_index: config.shard_index,
+                shard_count: config.shard_count,
+                simulated: !config.is_production_feed(),
+                ws_url: config.coinbase_ws_url.clone(),
+                table,
+            },
+            live,
+            products: crate::web::ProductDirectory::new(api_repository.clone()),
+            repository: api_repository,
+            nats: Some(nats.0.clone()),
+            http: crate::web::HttpSettings::from_config(config),
+            streams,
+            pages,
+            exporter: crate::web::Exporter {
+                handle: metrics,
+                separate: metrics_listener.is_some(),
+            },
+            answers: crate::web::Answers::default(),
         };
         let Some(listener) = listener else {
             return Err((anyhow::anyhow!("no listener for PORT"), servers));

@@ -61,10 +61,10 @@ impl App {
             stages,
             repository,
         } = self;
-        if state.simulated && state.role.ingests() {
-            tracing::warn!(ws_url = %crate::config::redact(&state.ws_url), "running on a SIMULATED feed, not Coinbase");
+        if state.instance.simulated && state.instance.role.ingests() {
+            tracing::warn!(ws_url = %crate::config::redact(&state.instance.ws_url), "running on a SIMULATED feed, not Coinbase");
         }
-        tracing::info!(role = state.role.as_str(), "role");
+        tracing::info!(role = state.instance.role.as_str(), "role");
         let mut supervisor = Supervisor::new(stages.clone());
         let mut phases = Phases::new().with_token(Phase::Streams, state.streams.stop.clone());
 
@@ -92,7 +92,7 @@ impl App {
         }
         // The web role's view of the candles comes from NATS; an ingest-only instance has no
         // stream clients, and its own updates reach its live state through the fan-out.
-        if state.role.serves_web() {
+        if state.instance.role.serves_web() {
             let (live, client, kv) = (state.live.clone(), nats.0.clone(), nats.1.clone());
             let task = supervisor.spawn_restarting(
                 "live-state",
@@ -102,16 +102,16 @@ impl App {
             phases.track(Phase::Live, "live-state", task);
         }
         let (engine, writer, feed) = (
-            state.engine.clone(),
-            state.writer.clone(),
-            state.feed.clone(),
+            state.reports.engine.clone(),
+            state.reports.writer.clone(),
+            state.reports.feed.clone(),
         );
         let summary =
             supervisor.spawn_restarting("summary", phases.token(Phase::Intake), move |token| {
                 crate::ops::summary::summarize(engine.clone(), writer.clone(), feed.clone(), token)
             });
         phases.track(Phase::Intake, "summary", summary);
-        if state.role.serves_web() {
+        if state.instance.role.serves_web() {
             let (day, repository) = (state.live.day().clone(), state.repository.clone());
             let seed = supervisor.spawn_restarting(
                 "day-seed",
@@ -123,12 +123,12 @@ impl App {
         let watch = crate::ops::monitor::Watch {
             channels: channels.clone(),
             probe: state.probe(),
-            stages: state.stages.clone(),
+            stages: state.reports.stages.clone(),
             stopping: state.streams.stop.clone(),
-            metrics: state.metrics.clone(),
+            metrics: state.exporter.handle.clone(),
             activity: state.live.activity().clone(),
-            clock: state.clock.clone(),
-            alarms: state.alarms.clone(),
+            clock: state.reports.clock.clone(),
+            alarms: state.reports.alarms.clone(),
         };
         let database = repository.clone();
         let monitor =
@@ -188,7 +188,7 @@ impl App {
         let sinks = phases.drain(Phase::Sinks);
         let live = phases.token(Phase::Live).clone();
         let live_joined = phases.drain(Phase::Live);
-        let writer_report = state.writer.clone();
+        let writer_report = state.reports.writer.clone();
         let stopped = async {
             streams.await;
             intake.await;

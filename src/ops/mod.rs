@@ -14,4 +14,5 @@ pub mod monitor;
 pub mod process;
 pub mod prometheus;
 pub mod readiness;
+pub mod reports;
 pub mod summary;

@@ -113,7 +113,7 @@ pub async fn live() -> Response {
 
 /// `GET /health/ready`: the checks alone.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let stages = state.stages.report();
+    let stages = state.reports.stages.report();
     let checks = crate::ops::readiness::checks(&state.probe(), &stages).await;
     // Stopping: no new clients here (a load balancer sends them elsewhere).
     let stopping = state.streams.stop.is_cancelled();
@@ -127,37 +127,37 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 
 /// `GET /health`: the checks and every stage's state and counts, at most a second old.
 pub async fn health(State(state): State<AppState>) -> Response {
-    let shared = state.health_answer.clone();
-    let generation = state.stages.generation();
+    let shared = state.answers.health.clone();
+    let generation = state.reports.stages.generation();
     shared.get(generation, || compute(state)).await
 }
 
 /// The `/health` answer now.
 async fn compute(state: AppState) -> (StatusCode, Value) {
-    let stages = state.stages.report();
+    let stages = state.reports.stages.report();
     let checks = crate::ops::readiness::checks(&state.probe(), &stages).await;
     let (status, word) = status_of(checks.ok());
     let body: Value = json!({
         "status": word,
         "checks": checks,
         "version": env!("CARGO_PKG_VERSION"),
-        "role": state.role,
+        "role": state.instance.role,
         "process": crate::ops::process::ProcessReport::now(),
-        "alarms": state.alarms.report(),
-        "clock": state.clock.as_ref().map(|c| c.report()),
-        "simulated": state.simulated,
-        "feed_url": crate::config::redact_url(&state.ws_url),
+        "alarms": state.reports.alarms.report(),
+        "clock": state.reports.clock.as_ref().map(|c| c.report()),
+        "simulated": state.instance.simulated,
+        "feed_url": crate::config::redact_url(&state.instance.ws_url),
         "failed_stages": stages.failed,
         "stages": stages.stages,
-        "feed": state.feed.report(),
-        "engine": state.engine.report(),
+        "feed": state.reports.feed.report(),
+        "engine": state.reports.engine.report(),
         "store": {
-            "table": state.table,
-            "writer": state.writer.report(),
+            "table": state.instance.table,
+            "writer": state.reports.writer.report(),
         },
-        "reconcile": state.reconcile.report(),
+        "reconcile": state.reports.reconcile.report(),
         "bus": {
-            "publisher": state.publisher.report(),
+            "publisher": state.reports.publisher.report(),
             "live": state.live.report(),
         },
     });

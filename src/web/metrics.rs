@@ -16,30 +16,38 @@ use crate::ops::prometheus::{self, Scrape};
 /// The reports of `state` a scrape needs.
 fn scrape(state: &AppState) -> Scrape {
     let live = state.live.report();
-    let feed = state.feed.report();
+    let feed = state.reports.feed.report();
     Scrape {
-        writer: state.writer.report(),
-        published: state.publisher.report().live,
+        writer: state.reports.writer.report(),
+        published: state.reports.publisher.report().live,
         resyncs: live.resyncs,
         clients_cut_off: live.clients_cut_off,
         stream_clients: state.streams.gate.open(),
         feed_connected: feed.connected,
         feed_configured: feed.connections.len(),
         match_ratios: [
-            ("ws_5m", state.engine.report().crosscheck_ws_5m.match_rate),
+            (
+                "ws_5m",
+                state.reports.engine.report().crosscheck_ws_5m.match_rate,
+            ),
             (
                 "rest_1m",
-                state.reconcile.report().crosscheck_rest_1m.match_rate,
+                state
+                    .reports
+                    .reconcile
+                    .report()
+                    .crosscheck_rest_1m
+                    .match_rate,
             ),
         ],
-        alarms: state.alarms.report(),
-        role: state.role,
+        alarms: state.reports.alarms.report(),
+        role: state.instance.role,
     }
 }
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let Some(handle) = &state.metrics else {
+    let Some(handle) = &state.exporter.handle else {
         return super::json::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics are not recorded in this process",

@@ -23,19 +23,12 @@ pub mod stream;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::routing::get;
 
-use crate::bus::PublisherStats;
-use crate::candles::EngineStats;
-use crate::feed::FeedHealth;
-use crate::feed::health::AuthState;
 use crate::live::LiveState;
-use crate::reconcile::ReconcileStats;
-use crate::store::{Repository, TableKind, WriterStats};
-use crate::supervise::Stages;
+use crate::ops::reports::Reports;
+use crate::store::{Repository, TableKind};
 
 pub use catalog::{Catalog, CatalogError};
 pub use layers::HttpSettings;
@@ -43,92 +36,101 @@ pub use layers::HttpSettings;
 /// The product catalog under the name the wiring knows it by.
 pub type ProductDirectory = Catalog;
 
-/// State the HTTP handlers read.
+/// What this instance is: its role, its shard and its exchange connection.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// What this instance runs: readiness and the routes follow it.
+    pub role: crate::config::Role,
+    /// This instance's shard, `0 ≤ shard_index < shard_count`.
+    pub shard_index: u32,
+    pub shard_count: u32,
+    /// The feed is the exchange simulator, not Coinbase.
+    pub simulated: bool,
+    pub ws_url: String,
+    /// How `live_candles` is stored (`None`: not known here).
+    pub table: Option<TableKind>,
+}
+
+impl Default for Instance {
+    /// Both roles, shard 0 of 1, on the simulator.
+    fn default() -> Self {
+        Instance {
+            role: crate::config::Role::Both,
+            shard_index: 0,
+            shard_count: 1,
+            simulated: true,
+            ws_url: "ws://127.0.0.1:1".to_owned(),
+            table: None,
+        }
+    }
+}
+
+/// The Prometheus exporter and where `/metrics` is served.
+#[derive(Debug, Clone, Default)]
+pub struct Exporter {
+    /// `None`: `/metrics` answers 503 (another recorder came first).
+    pub handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// `/metrics` has its own port (`METRICS_PORT`): not on the main router.
+    pub separate: bool,
+}
+
+/// Answers computed at most once a second and shared by the requests meanwhile.
+#[derive(Debug, Clone, Default)]
+pub struct Answers {
+    /// `/health`'s.
+    pub health: health::SharedAnswer,
+    /// `/api/v1/products`'s.
+    pub products: health::SharedAnswer,
+}
+
+/// State the HTTP handlers read: the stages' reports, and the web layer's own state.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub feed: Arc<FeedHealth>,
-    pub engine: Arc<EngineStats>,
-    pub writer: Arc<WriterStats>,
-    pub publisher: Arc<PublisherStats>,
-    pub reconcile: Arc<ReconcileStats>,
+    /// What the stages publish (read only here).
+    pub reports: Reports,
+    pub instance: Instance,
+    /// The live view this instance's streams and pages read.
     pub live: LiveState,
-    pub table: Option<TableKind>,
     /// Reads for the API (its own small pool, so API reads cannot starve the writer).
     pub repository: Repository,
     /// The product catalog: `trading_pairs`, cached (reads through `repository`).
     pub products: Catalog,
     /// The service's NATS client, for the readiness check (`None`: not checked).
     pub nats: Option<async_nats::Client>,
-    /// This instance's shard, `0 ≤ shard_index < shard_count`.
-    pub shard_index: u32,
-    pub shard_count: u32,
     /// CORS origins and the request timeout.
     pub http: HttpSettings,
-    /// Which stages run, and which ended before the stop signal.
-    pub stages: Arc<Stages>,
-    /// The feed is the exchange simulator, not Coinbase.
-    pub simulated: bool,
-    pub ws_url: String,
     /// The SSE streams' limits, caps and stop.
     pub streams: stream::Streams,
     /// The dashboard's assets and development reload.
     pub pages: pages::Pages,
-    /// What this instance runs: readiness and the routes follow it.
-    pub role: crate::config::Role,
-    /// The Prometheus exporter (`None`: `/metrics` answers 503).
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// `/metrics` has its own port (`METRICS_PORT`): not on the main router.
-    pub separate_metrics: bool,
-    /// The alarms, as the monitor last judged them.
-    pub alarms: Arc<crate::ops::alarms::Alarms>,
-    /// The clock comparison with the exchange (`None`: not made here).
-    pub clock: Option<Arc<crate::ops::clock::ClockState>>,
-    /// `/health`'s answer, computed at most once a second and shared.
-    pub health_answer: health::SharedAnswer,
-    /// `/api/v1/products`'s answer, likewise.
-    pub products_answer: health::SharedAnswer,
+    pub exporter: Exporter,
+    pub answers: Answers,
 }
 
 impl AppState {
-    /// State around `repository` with idle counts, no feed connection, no NATS client, shard 0
-    /// of 1 and default HTTP settings: for tests of the handlers.
+    /// State around `repository` with idle reports, no NATS client, the default instance
+    /// ([`Instance::default`]) and default HTTP and stream settings: for tests of the handlers.
     pub fn idle(repository: Repository) -> AppState {
         AppState {
-            feed: Arc::new(FeedHealth::new(AuthState::Unauthenticated)),
-            engine: Arc::default(),
-            writer: Arc::default(),
-            publisher: Arc::default(),
-            reconcile: Arc::default(),
+            reports: Reports::default(),
+            instance: Instance::default(),
             live: LiveState::new(),
-            table: None,
             products: Catalog::new(repository.clone()),
             repository,
             nats: None,
-            shard_index: 0,
-            shard_count: 1,
             http: HttpSettings::default(),
-            stages: Stages::new(),
-            simulated: true,
-            ws_url: "ws://127.0.0.1:1".to_owned(),
             streams: stream::Streams::new(crate::config::StreamConfig::default()),
             pages: pages::Pages::new(std::path::Path::new("static"), None),
-            role: crate::config::Role::Both,
-            metrics: None,
-            separate_metrics: false,
-            alarms: Arc::default(),
-            clock: None,
-            health_answer: health::SharedAnswer::default(),
-            products_answer: health::SharedAnswer::default(),
+            exporter: Exporter::default(),
+            answers: Answers::default(),
         }
     }
-}
 
-impl AppState {
     /// What readiness looks at: the feed, the role, the NATS client and the API pool.
     pub fn probe(&self) -> crate::ops::readiness::Probe {
         crate::ops::readiness::Probe {
-            feed: self.feed.clone(),
-            role: self.role,
+            feed: self.reports.feed.clone(),
+            role: self.instance.role,
             nats: self.nats.clone(),
             database: self.repository.clone(),
         }
@@ -142,10 +144,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready));
-    if !state.separate_metrics {
+    if !state.exporter.separate {
         api = api.route("/metrics", get(metrics::metrics));
     }
-    if !state.role.serves_web() {
+    if !state.instance.role.serves_web() {
         let routes =
             layers::with_timeout(api.with_state(state.clone()), state.http.request_timeout);
         return layers::wrap(routes, &state.http);

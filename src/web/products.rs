@@ -52,7 +52,7 @@ pub struct ApiProduct {
 
 /// `GET /api/v1/products`, at most a second old.
 pub async fn products(State(state): State<AppState>) -> Response {
-    let shared = state.products_answer.clone();
+    let shared = state.answers.products.clone();
     shared.get(0, || compute(state)).await
 }
 
@@ -62,7 +62,7 @@ async fn compute(state: AppState) -> (StatusCode, serde_json::Value) {
         Ok(listing) => listing,
         Err(_) => return unavailable(),
     };
-    let ingested = carried(&state.feed);
+    let ingested = carried(&state.reports.feed);
     let activity: HashMap<crate::model::ProductId, DateTime<Utc>> = state.live.product_activity();
     let live_since = Utc::now()
         - chrono::TimeDelta::from_std(LIVE_WITHIN).unwrap_or(chrono::TimeDelta::minutes(5));
@@ -72,7 +72,7 @@ async fn compute(state: AppState) -> (StatusCode, serde_json::Value) {
         .map(|p| {
             let last_update = activity.get(&p.product_id).copied();
             ApiProduct {
-                shard: instance_for(&p.product_id, state.shard_count),
+                shard: instance_for(&p.product_id, state.instance.shard_count),
                 ingested: ingested.contains(&p.product_id),
                 live: last_update.is_some_and(|t| t >= live_since),
                 last_update,
@@ -88,8 +88,8 @@ async fn compute(state: AppState) -> (StatusCode, serde_json::Value) {
     (
         StatusCode::OK,
         json!({
-            "shard_index": state.shard_index,
-            "shard_count": state.shard_count,
+            "shard_index": state.instance.shard_index,
+            "shard_count": state.instance.shard_count,
             "products": products,
         }),
     )

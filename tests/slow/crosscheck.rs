@@ -57,7 +57,7 @@ async fn a_completed_five_minute_candle_matches_the_candles_channels() {
         .set("REST_REQUESTS_PER_SECOND", "50")
         .set("CROSSCHECK_INTERVAL_SECS", "0");
     let app = TestApp::start(&env, |_| {}).await;
-    let engine = app.state.engine.clone();
+    let engine = app.state.reports.engine.clone();
     common::wait_for(
         "the subscribe's snapshot applied",
         Duration::from_secs(60),

@@ -67,10 +67,10 @@ async fn products_lists_every_trading_pair_with_its_shard_ingestion_and_live_sta
     .await
     .expect("products");
     let mut state = api_state(&db);
-    state.shard_count = 3;
-    state.shard_index = 1;
+    state.instance.shard_count = 3;
+    state.instance.shard_index = 1;
     // This instance's feed carries BTC-USD and ETH-USD.
-    state.feed.register(
+    state.reports.feed.register(
         0,
         vec![
             spot_canvas::model::ProductId::from_static("BTC-USD"),

@@ -166,8 +166,8 @@ pub fn health(state: &AppState, products: usize) -> HealthPartial {
 }
 
 fn health_now(state: &AppState, products: usize) -> HealthPartial {
-    let feed = state.feed.report();
-    let check = state.reconcile.report().crosscheck_rest_1m;
+    let feed = state.reports.feed.report();
+    let check = state.reports.reconcile.report().crosscheck_rest_1m;
     let now = Utc::now();
     let stale = state
         .live
@@ -190,6 +190,7 @@ fn health_now(state: &AppState, products: usize) -> HealthPartial {
         matched: check.matched,
         judged: check.matched + check.mismatched,
         alarms: state
+            .reports
             .alarms
             .report()
             .raised
@@ -212,7 +213,7 @@ pub async fn board_page(
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE))?;
     let page = BoardPage {
         layout: state.pages.layout(
-            state.simulated,
+            state.instance.simulated,
             "/board/stream",
             state.streams.config.keepalive,
         ),
@@ -257,9 +258,11 @@ pub async fn market_page(
     );
     let stream = format!("/markets/{}/stream", product.id);
     let page = MarketPage {
-        layout: state
-            .pages
-            .layout(state.simulated, &stream, state.streams.config.keepalive),
+        layout: state.pages.layout(
+            state.instance.simulated,
+            &stream,
+            state.streams.config.keepalive,
+        ),
         product: &product,
         granularity: query.granularity,
         granularities: &Granularity::ALL,

@@ -124,7 +124,7 @@ fn not_carried<'a>(state: &AppState, ids: Vec<&'a ProductId>) -> Vec<&'a Product
     if ids.is_empty() {
         return ids;
     }
-    let carried = carried(&state.feed);
+    let carried = carried(&state.reports.feed);
     ids.into_iter()
         .filter(|id| !carried.contains(*id))
         .collect()

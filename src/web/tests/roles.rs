@@ -7,34 +7,37 @@ async fn readiness_of_the_feed_follows_the_role() {
     use crate::config::Role;
     use crate::ops::readiness::checks;
     let state = state();
-    let stages = state.stages.report();
+    let stages = state.reports.stages.report();
     // Ingesting, with products and no connection up: not ready.
     state
+        .reports
         .feed
         .register(0, vec![crate::model::ProductId::from_static("BTC-USD")]);
-    state.feed.set_assigned(1);
+    state.reports.feed.set_assigned(1);
     let feed = checks(&state.probe(), &stages).await.feed;
     assert!(!feed.ok, "{}", feed.detail);
     // A shard that holds no products needs no connection.
     let empty = AppState::idle(unreachable_repository());
-    empty.feed.set_assigned(0);
-    let feed = checks(&empty.probe(), &empty.stages.report()).await.feed;
+    empty.reports.feed.set_assigned(0);
+    let feed = checks(&empty.probe(), &empty.reports.stages.report())
+        .await
+        .feed;
     assert!(feed.ok, "{}", feed.detail);
     assert!(feed.detail.contains("no products"));
     // Before the shard's products are chosen, it is not ready either.
     let choosing = AppState::idle(unreachable_repository());
     assert!(
-        !checks(&choosing.probe(), &choosing.stages.report())
+        !checks(&choosing.probe(), &choosing.reports.stages.report())
             .await
             .feed
             .ok
     );
     // A web instance does not ingest: the feed is not its business.
-    let web = AppState {
-        role: Role::Web,
-        ..AppState::idle(unreachable_repository())
-    };
-    let feed = checks(&web.probe(), &web.stages.report()).await.feed;
+    let mut web = AppState::idle(unreachable_repository());
+    web.instance.role = Role::Web;
+    let feed = checks(&web.probe(), &web.reports.stages.report())
+        .await
+        .feed;
     assert!(
         feed.ok && feed.detail.contains("does not ingest"),
         "{}",
@@ -45,10 +48,8 @@ async fn readiness_of_the_feed_follows_the_role() {
 #[tokio::test]
 async fn an_ingest_instance_serves_health_and_metrics_only_and_metrics_can_move_out() {
     use crate::config::Role;
-    let ingest = AppState {
-        role: Role::Ingest,
-        ..state()
-    };
+    let mut ingest = state();
+    ingest.instance.role = Role::Ingest;
     let get = |router: Router, uri: &'static str| async move {
         send(
             router,
@@ -73,10 +74,8 @@ async fn an_ingest_instance_serves_health_and_metrics_only_and_metrics_can_move_
         get(router(ingest.clone()), "/metrics").await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let separate = AppState {
-        separate_metrics: true,
-        ..ingest
-    };
+    let mut separate = ingest;
+    separate.exporter.separate = true;
     assert_eq!(
         get(router(separate.clone()), "/metrics").await.status,
         StatusCode::NOT_FOUND
@@ -110,6 +109,7 @@ async fn a_product_the_feed_carries_streams_before_it_reaches_trading_pairs() {
     assert_eq!(status(state.clone(), uri).await, StatusCode::BAD_REQUEST);
     // The feed carries it (its list not yet in trading_pairs): streamed.
     state
+        .reports
         .feed
         .register(0, vec![crate::model::ProductId::from_static("BTC-USD")]);
     assert_eq!(status(state.clone(), uri).await, StatusCode::OK);
