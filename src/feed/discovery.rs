@@ -61,8 +61,9 @@ pub async fn fetch_reported(
 /// Products named in one log line about a fetch's malformed products.
 const ISSUES_LOGGED: usize = 5;
 
-/// Fetches the products list. The products left out of the list (ids or fields that do not parse, duplicates) are
-/// noted in `health` and counted in `spot_canvas_feed_skipped_products_total`.
+/// Fetches the products list. The products left out of the list (ids or fields that do not
+/// parse, duplicates) are noted in `health` and counted in
+/// `spot_canvas_feed_skipped_products_total`.
 pub async fn fetch_products(
     http: &reqwest::Client,
     rest_url: &str,
