@@ -1,11 +1,12 @@
 //! Product discovery from Coinbase's public REST products list.
 //!
 //! In: `GET {COINBASE_REST_URL}/market/products`, its body read with a cap
-//! ([`PRODUCTS_MAX_BYTES`]; a larger list is an error, not a 2 GiB buffer). Out: the ids of online, tradable spot
-//! products, without `-USDC` aliases of `-USD` products (Coinbase sends aliases the same data).
-//! Each fetch's outcome is kept for `/health` ([`DiscoveryReport`](super::health::DiscoveryReport)).
-//! A malformed product costs only itself: it is skipped, counted and logged (once per fetch,
-//! with a few examples), and the others are used.
+//! ([`PRODUCTS_MAX_BYTES`]; a larger list is an error, not a 2 GiB buffer). Out: the ids of
+//! online, tradable spot products, without `-USDC` aliases of `-USD` products (Coinbase sends
+//! aliases the same data). Each fetch's outcome is kept for `/health`
+//! ([`DiscoveryReport`](super::health::DiscoveryReport)). A malformed product costs only
+//! itself: it is skipped, counted and logged (once per fetch, with a few examples), and the
+//! others are used.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
