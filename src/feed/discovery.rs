@@ -1,11 +1,12 @@
 //! Product discovery from Coinbase's public REST products list.
 //!
 //! In: `GET {COINBASE_REST_URL}/market/products`, its body read with a cap
-//! ([`PRODUCTS_MAX_BYTES`]; a larger list is an error, not a 2 GiB buffer). Out: the ids of online, tradable spot
-//! products, without `-USDC` aliases of `-USD` products (Coinbase sends aliases the same data).
-//! Each fetch's outcome is kept for `/health` ([`DiscoveryReport`](super::health::DiscoveryReport)).
-//! A malformed product costs only itself: it is skipped, counted and logged (once per fetch,
-//! with a few examples), and the others are used.
+//! ([`PRODUCTS_MAX_BYTES`]; a larger list is an error, not a 2 GiB buffer). Out: the ids of
+//! online, tradable spot products, without `-USDC` aliases of `-USD` products (Coinbase sends
+//! aliases the same data). Each fetch's outcome is kept for `/health`
+//! ([`DiscoveryReport`](super::health::DiscoveryReport)). A malformed product costs only
+//! itself: it is skipped, counted and logged (once per fetch, with a few examples), and the
+//! others are used.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -61,8 +62,9 @@ pub async fn fetch_reported(
 /// Products named in one log line about a fetch's malformed products.
 const ISSUES_LOGGED: usize = 5;
 
-/// Fetches the products list. The products left out of the list (ids or fields that do not parse, duplicates) are
-/// noted in `health` and counted in `spot_canvas_feed_skipped_products_total`.
+/// Fetches the products list. The products left out of the list (ids or fields that do not
+/// parse, duplicates) are noted in `health` and counted in
+/// `spot_canvas_feed_skipped_products_total`.
 pub async fn fetch_products(
     http: &reqwest::Client,
     rest_url: &str,

@@ -1,10 +1,11 @@
 //! Market-data ingestion.
 //!
 //! In: Coinbase's WebSocket frames (and its REST products list for discovery). Out:
-//! [`FeedEvent`](crate::model::FeedEvent)s on one bounded channel: trade batches for the candle engine, Coinbase's own
-//! 5-minute candles for the cross-check, heartbeats, and the first subscribes, reconnects and
-//! sequence gaps before or during which a window of trades may be missing. Sending waits when
-//! the channel is full, so a slow engine slows the socket reads instead of losing trades.
+//! [`FeedEvent`](crate::model::FeedEvent)s on one bounded channel: trade batches for the
+//! candle engine, Coinbase's own 5-minute candles for the cross-check, heartbeats, and the
+//! first subscribes, reconnects and sequence gaps before or during which a window of trades
+//! may be missing. Sending waits when the channel is full, so a slow engine slows the socket
+//! reads instead of losing trades.
 
 pub mod client;
 pub mod discovery;

@@ -29,9 +29,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -259,7 +257,7 @@ async fn run_inner<F, Fut, O>(
                     // No retry at the stop: what is held goes to `keep`.
                     break;
                 }
-                let delay = backoff(&settings, failures_in_row);
+                let delay = settings.retry_delay(failures_in_row);
                 failures_in_row = failures_in_row.saturating_add(1);
                 tracing::warn!(
                     error = %error,
@@ -307,15 +305,6 @@ fn coalesce(pending: &mut HashMap<Key, CandleUpdate>, update: CandleUpdate) -> b
     let held = pending.len();
     CandleUpdate::keep_newest(pending, key, update);
     pending.len() == held
-}
-
-fn backoff(settings: &SinkSettings, failures: u32) -> Duration {
-    crate::backoff::equal_jitter(
-        settings.retry_base,
-        settings.retry_cap,
-        failures,
-        rand::rng().random::<f64>(),
-    )
 }
 
 #[cfg(test)]

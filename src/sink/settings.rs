@@ -40,3 +40,16 @@ impl Default for SinkSettings {
         }
     }
 }
+
+impl SinkSettings {
+    /// The pause before retry `failures` (0 for the first): equal-jitter backoff from
+    /// `retry_base` up to `retry_cap`. Shared by the sink and the writer's recovery paths.
+    pub fn retry_delay(&self, failures: u32) -> Duration {
+        crate::backoff::equal_jitter(
+            self.retry_base,
+            self.retry_cap,
+            failures,
+            rand::random::<f64>(),
+        )
+    }
+}

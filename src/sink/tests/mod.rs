@@ -3,6 +3,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
 use chrono::DateTime;
 use rust_decimal::Decimal;

@@ -55,7 +55,7 @@ impl StreamSpool {
                     consumer
                 }
                 Err(e) => {
-                    let delay = backoff(&settings, failures);
+                    let delay = settings.retry_delay(failures);
                     failures = failures.saturating_add(1);
                     tracing::warn!(
                         error = %crate::config::redact(&e),
@@ -196,7 +196,7 @@ where
                 break;
             }
             Err(e) => {
-                let delay = backoff(settings, attempt);
+                let delay = settings.retry_delay(attempt);
                 attempt = attempt.saturating_add(1);
                 tracing::warn!(
                     error = %crate::config::redact(&e),
@@ -237,13 +237,4 @@ async fn acknowledge(message: &jetstream::Message, kind: AckKind) -> Result<(), 
         Ok(Err(e)) => Err(e.to_string()),
         Err(_elapsed) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
     }
-}
-
-fn backoff(settings: &SinkSettings, failures: u32) -> Duration {
-    crate::backoff::equal_jitter(
-        settings.retry_base,
-        settings.retry_cap,
-        failures,
-        rand::random::<f64>(),
-    )
 }

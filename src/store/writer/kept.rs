@@ -136,12 +136,7 @@ pub(super) async fn recover(
                 break;
             }
             Err(e) => {
-                let delay = crate::backoff::equal_jitter(
-                    settings.retry_base,
-                    settings.retry_cap,
-                    attempt,
-                    rand::random::<f64>(),
-                );
+                let delay = settings.retry_delay(attempt);
                 attempt = attempt.saturating_add(1);
                 tracing::warn!(
                     error = %crate::config::redact(&e.to_string()),
