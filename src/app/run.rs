@@ -301,7 +301,10 @@ fn spawn_ingest(
     let task = supervisor.spawn_fatal("feed", &intake, |token| feed.run(token));
     phases.track(Phase::Intake, "feed", task);
     let task = supervisor.spawn_restarting("catalog", &intake, move |token| {
-        until(token, keep_products(catalog.clone(), repository.clone()))
+        until(
+            token,
+            crate::store::keep_products(catalog.clone(), repository.clone()),
+        )
     });
     phases.track(Phase::Intake, "catalog", task);
     if let Some(clock) = clock {
@@ -332,30 +335,4 @@ fn spawn_ingest(
         until(token, publisher.run())
     });
     phases.track(Phase::Sinks, "publisher", task);
-}
-
-/// Keeps `trading_pairs` in step with the feed's product list; ends when the feed does.
-async fn keep_products(
-    mut catalog: tokio::sync::watch::Receiver<Vec<crate::model::Product>>,
-    repository: Repository,
-) -> anyhow::Result<()> {
-    // A restart re-reads the current list.
-    catalog.mark_changed();
-    while catalog.changed().await.is_ok() {
-        let products = catalog.borrow_and_update().clone();
-        if products.is_empty() {
-            continue;
-        }
-        match repository.upsert_products(&products).await {
-            Ok(written) => tracing::info!(
-                products = written.changed,
-                merged = written.merged,
-                refused = written.refused.len(),
-                "trading pairs updated"
-            ),
-            // The next refresh (every 10 minutes) tries again.
-            Err(e) => tracing::warn!(error = %e, "cannot update trading pairs"),
-        }
-    }
-    anyhow::bail!("the feed's product list closed")
 }

@@ -10,6 +10,7 @@
 //! external NATS, else (and for what JetStream does not take) in a [`Spool`] under `DATA_DIR`.
 
 pub mod embedded;
+mod keep;
 pub mod refusal;
 mod repository;
 pub mod spool;
@@ -25,6 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub use embedded::EmbeddedPostgres;
+pub use keep::keep_products;
 pub use repository::{MinuteRow, ProductsWritten, Repository, StoredCandle};
 pub use spool::Spool;
 pub use stream_spool::StreamSpool;
