@@ -18,8 +18,8 @@ mod product;
 mod shard;
 mod stats;
 mod tally;
+mod unsubscribed;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use chrono::{DateTime, Utc};
 use crate::model::{Candle, CandleUpdate, Clock, ProductId, Trade};
 
 use shard::{Shard, ShardInput};
+use unsubscribed::Unsubscribed;
 
 pub use aggregator::{Aggregator, BatchOutcome, Footprint, Timing};
 pub use backfill::{Backfill, BackfillOutcome};
@@ -40,60 +41,6 @@ pub use stats::{EngineReport, EngineStats};
 
 /// Number of engine shards.
 pub const SHARDS: usize = 16;
-
-/// How long an unsubscribed product's trades, candles, notices and backfills are dropped:
-/// longer than any of them may still be on the way (a frame read before the connection
-/// unsubscribed, a backfill window retried for minutes). A product subscribed again is taken
-/// at once.
-const UNSUBSCRIBED_FOR: Duration = Duration::from_secs(30 * 60);
-
-/// The products unsubscribed lately, so that nothing still on the way makes the engine hold
-/// them again after it forgot them.
-#[derive(Debug, Default)]
-struct Unsubscribed {
-    since: HashMap<ProductId, tokio::time::Instant>,
-}
-
-impl Unsubscribed {
-    fn holds(&self, product: &ProductId) -> bool {
-        self.since.contains_key(product)
-    }
-
-    /// Notes what `event` says of subscriptions, and takes the unsubscribed products out of it.
-    fn follow(&mut self, event: &mut FeedEvent) {
-        match event {
-            FeedEvent::Unsubscribed { products } => {
-                let now = tokio::time::Instant::now();
-                self.since
-                    .retain(|_, at| now.duration_since(*at) < UNSUBSCRIBED_FOR);
-                for product in products.iter() {
-                    self.since.insert(product.clone(), now);
-                }
-                return;
-            }
-            FeedEvent::Subscribed { products, .. } => {
-                for product in products.iter() {
-                    self.since.remove(product);
-                }
-                return;
-            }
-            _ => {}
-        }
-        if self.since.is_empty() {
-            return;
-        }
-        match event {
-            FeedEvent::Trades(batch) => batch.trades.retain(|t| !self.holds(&t.product_id)),
-            FeedEvent::ExchangeCandles { candles, .. } => {
-                candles.retain(|c| !self.holds(&c.product_id));
-            }
-            FeedEvent::Reconnected { products, .. } | FeedEvent::Gap { products, .. } => {
-                products.retain(|p| !self.holds(p));
-            }
-            _ => {}
-        }
-    }
-}
 
 /// FNV-1a (32-bit) of a product id: the engine shard is this modulo [`SHARDS`].
 pub fn fnv1a32(bytes: &[u8]) -> u32 {
