@@ -239,7 +239,7 @@ fn recorded_in_source() -> Vec<String> {
             }
             if path.extension().is_none_or(|e| e != "rs")
                 || path.ends_with("catalog.rs")
-                || path.ends_with("architecture.rs")
+                || path.parent().is_some_and(|p| p.ends_with("architecture"))
             {
                 continue;
             }
