@@ -161,6 +161,7 @@ impl App {
         servers: Servers,
     ) -> Result<App, (anyhow::Error, Servers)> {
         let metrics = crate::telemetry::recorder::install();
+        crate::telemetry::recorder::register(config.role.ingests(), config.role.serves_web());
         let table = if config.migrate_on_start {
             match crate::store::migrate_up(&pool).await {
                 Ok(kind) => Some(kind),

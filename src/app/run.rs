@@ -107,18 +107,18 @@ impl App {
             state.reports.feed.clone(),
         );
         let summary =
-            supervisor.spawn_restarting("summary", phases.token(Phase::Intake), move |token| {
+            supervisor.spawn_restarting("summary", phases.token(Phase::Helpers), move |token| {
                 crate::ops::summary::summarize(engine.clone(), writer.clone(), feed.clone(), token)
             });
-        phases.track(Phase::Intake, "summary", summary);
+        phases.track(Phase::Helpers, "summary", summary);
         if state.instance.role.serves_web() {
             let (day, repository) = (state.live.day().clone(), state.repository.clone());
             let seed = supervisor.spawn_restarting(
                 "day-seed",
-                phases.token(Phase::Intake),
+                phases.token(Phase::Helpers),
                 move |token| crate::live::seed_day(day.clone(), repository.clone(), token),
             );
-            phases.track(Phase::Intake, "day-seed", seed);
+            phases.track(Phase::Helpers, "day-seed", seed);
         }
         let watch = crate::ops::monitor::Watch {
             channels: channels.clone(),
@@ -132,10 +132,10 @@ impl App {
         };
         let database = repository.clone();
         let monitor =
-            supervisor.spawn_restarting("monitor", phases.token(Phase::Intake), move |token| {
+            supervisor.spawn_restarting("monitor", phases.token(Phase::Helpers), move |token| {
                 crate::ops::monitor::run(watch.clone(), database.clone(), token)
             });
-        phases.track(Phase::Intake, "monitor", monitor);
+        phases.track(Phase::Helpers, "monitor", monitor);
         // The publisher's own end: cancelled with the sinks' phase when forced, or once the
         // fan-out has ended and it has had PUBLISHER_GRACE to flush.
         let publisher_stop = phases.token(Phase::Sinks).child_token();
@@ -184,10 +184,11 @@ impl App {
         metrics::gauge!("spot_canvas_ready").set(0.0);
         let streams = phases.stop(Phase::Streams);
         let intake = phases.stop(Phase::Intake);
-        let pipeline = phases.drain(Phase::Pipeline);
-        let sinks = phases.drain(Phase::Sinks);
+        let pipeline = phases.drain(Phase::Pipeline, None);
+        let sinks = phases.drain(Phase::Sinks, None);
         let live = phases.token(Phase::Live).clone();
-        let live_joined = phases.drain(Phase::Live);
+        let live_joined = phases.drain(Phase::Live, None);
+        let helpers = phases.drain(Phase::Helpers, None);
         let writer_report = state.reports.writer.clone();
         let stopped = async {
             streams.await;
@@ -226,6 +227,7 @@ impl App {
                 kept = report.kept_at_stop,
                 "writer flushed"
             );
+            helpers.await;
         };
         let in_time = tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_ok();
         if !in_time {
@@ -240,12 +242,10 @@ impl App {
             }
         }
         // The watchdogs end before the servers stop, so that none starts a server again.
-        if tokio::time::timeout(Duration::from_secs(2), phases.stop(Phase::Watchdogs))
-            .await
-            .is_err()
-        {
-            tracing::warn!("an embedded server's watchdog did not stop within 2 s");
-        }
+        // Each within 2 s (one caught restarting its server must not keep the other running).
+        phases
+            .stop_each(Phase::Watchdogs, Duration::from_secs(2))
+            .await;
         // The servers go last, whatever happened above.
         stop_embedded(embedded.as_deref(), embedded_nats.as_ref()).await;
         if tokio::time::timeout(
@@ -269,7 +269,7 @@ impl App {
 }
 
 /// Spawns the ingest stages, each tracked under the phase it stops in: the feed and its
-/// helpers in [`Phase::Intake`]; the engine, the reconciler and the fan-out in
+/// product catalog and clock check in [`Phase::Intake`]; the engine, the reconciler and the fan-out in
 /// [`Phase::Pipeline`] and the writer in [`Phase::Sinks`] (they stop on their closed inputs,
 /// or on their phase's token when the grace runs out); the publisher on `publisher_stop`.
 /// `writer_done` is cancelled when the writer's task ends.

@@ -70,7 +70,7 @@ impl ClockState {
             .clone()
     }
 
-    fn record(&self, outcome: Result<ClockReading, String>) {
+    fn record(&self, outcome: Result<ClockReading, ClockError>) {
         let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
         report.checks += 1;
         match outcome {
@@ -80,10 +80,35 @@ impl ClockState {
             }
             Err(e) => {
                 report.failures += 1;
-                report.last_error = Some(e);
+                report.last_error = Some(e.to_string());
             }
         }
     }
+}
+
+/// Why a clock reading failed (kept in the report as its text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClockError {
+    #[error("time request: the REST base URL is not a URL that takes a path")]
+    NoPath,
+    /// The request failed; the text carries no URL.
+    #[error("time request failed: {0}")]
+    Request(String),
+    #[error("time request answered {0}")]
+    Status(reqwest::StatusCode),
+    #[error("time answer not read: {0}")]
+    Body(String),
+    #[error("time answer is not JSON: {0}")]
+    NotJson(String),
+    #[error("time answer has no integer epochMillis")]
+    NoMillis,
+    /// Before 2001 or after 2100.
+    #[error("time answer's epochMillis {0} is not a plausible time")]
+    Implausible(i64),
+    #[error("round trip of {0} ms is too long to judge the clock")]
+    SlowRoundTrip(u128),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
 }
 
 /// The clock check stage.
@@ -130,7 +155,7 @@ impl ClockCheck {
             let outcome = tokio::select! {
                 () = token.cancelled() => return Ok(()),
                 outcome = tokio::time::timeout(REQUEST_TIMEOUT * 2, self.check()) => {
-                    outcome.unwrap_or_else(|_| Err(format!("no answer within {:?}", REQUEST_TIMEOUT * 2)))
+                    outcome.unwrap_or_else(|_| Err(ClockError::NoAnswer(REQUEST_TIMEOUT * 2)))
                 }
             };
             match &outcome {
@@ -153,7 +178,7 @@ impl ClockCheck {
     }
 
     /// Two readings on one connection; the one with the shorter round trip.
-    async fn check(&self) -> Result<ClockReading, String> {
+    async fn check(&self) -> Result<ClockReading, ClockError> {
         let first = self.read_once().await;
         let second = self.read_once().await;
         match (first, second) {
@@ -167,26 +192,23 @@ impl ClockCheck {
         }
     }
 
-    async fn read_once(&self) -> Result<ClockReading, String> {
+    async fn read_once(&self) -> Result<ClockReading, ClockError> {
         let sent = Utc::now();
         let started = std::time::Instant::now();
-        let url = self
-            .url
-            .clone()
-            .ok_or("time request: the REST base URL is not a URL that takes a path")?;
+        let url = self.url.clone().ok_or(ClockError::NoPath)?;
         let response = self
             .http
             .get(url)
             .send()
             .await
-            .map_err(|e| format!("time request failed: {}", e.without_url()))?;
+            .map_err(|e| ClockError::Request(e.without_url().to_string()))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("time request answered {status}"));
+            return Err(ClockError::Status(status));
         }
         let body = read_capped(response, TIME_MAX_BYTES, "time")
             .await
-            .map_err(|e| format!("time answer not read: {e}"))?;
+            .map_err(|e| ClockError::Body(e.to_string()))?;
         let round_trip = started.elapsed();
         let server_ms = parse_time(&body)?;
         offset(sent, round_trip, server_ms)
@@ -195,20 +217,18 @@ impl ClockCheck {
 
 /// The server's time in Unix milliseconds from a `/time` answer (`epochMillis` as a string or a
 /// number, as Coinbase sends it; `iso` is not read).
-pub fn parse_time(body: &[u8]) -> Result<i64, String> {
+pub fn parse_time(body: &[u8]) -> Result<i64, ClockError> {
     let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("time answer is not JSON: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| ClockError::NotJson(e.to_string()))?;
     let millis = match value.get("epochMillis") {
         Some(serde_json::Value::String(s)) => s.trim().parse::<i64>().ok(),
         Some(serde_json::Value::Number(n)) => n.as_i64(),
         _ => None,
     }
-    .ok_or_else(|| "time answer has no integer epochMillis".to_owned())?;
+    .ok_or(ClockError::NoMillis)?;
     // Before 2001 or after 2100: not a clock reading.
     if !(978_307_200_000..=4_102_444_800_000).contains(&millis) {
-        return Err(format!(
-            "time answer's epochMillis {millis} is not a plausible time"
-        ));
+        return Err(ClockError::Implausible(millis));
     }
     Ok(millis)
 }
@@ -218,12 +238,9 @@ pub fn offset(
     sent: DateTime<Utc>,
     round_trip: Duration,
     server_ms: i64,
-) -> Result<ClockReading, String> {
+) -> Result<ClockReading, ClockError> {
     if round_trip > MAX_ROUND_TRIP {
-        return Err(format!(
-            "round trip of {} ms is too long to judge the clock",
-            round_trip.as_millis()
-        ));
+        return Err(ClockError::SlowRoundTrip(round_trip.as_millis()));
     }
     let half = i64::try_from(round_trip.as_millis() / 2).unwrap_or(i64::MAX);
     let local_mid = sent.timestamp_millis().saturating_add(half);

@@ -27,7 +27,10 @@ pub async fn keep_products(
                 "trading pairs updated"
             ),
             // The next refresh (every 10 minutes) tries again.
-            Err(e) => tracing::warn!(error = %e, "cannot update trading pairs"),
+            Err(e) => tracing::warn!(
+                error = %crate::config::redact(&e.to_string()),
+                "cannot update trading pairs"
+            ),
         }
     }
     anyhow::bail!("the feed's product list closed")

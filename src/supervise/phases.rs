@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 pub enum Phase {
     /// The SSE streams end first: their clients reconnect to another instance at once.
     Streams,
-    /// No new input: the feed closes its sockets, and the helpers beside it (product catalog,
-    /// clock check, summary, monitor, day seed) end, so that none sees the feed's end as a
-    /// failure.
+    /// No new input: the feed closes its sockets, and its product catalog and clock check
+    /// end with it. Cancels [`Phase::Helpers`] too, so that none of them sees the feed's end
+    /// as a failure.
     Intake,
     /// The engine, the reconciler and the fan-out finish what they hold; they end on their
     /// closed inputs (their token is only cancelled by the forced stop).
@@ -29,6 +29,9 @@ pub enum Phase {
     Sinks,
     /// The live state's NATS loop.
     Live,
+    /// The helpers beside the pipeline (summary, monitor, day seed): cancelled with
+    /// [`Phase::Intake`], awaited only here, so that none of them holds up the sinks' flush.
+    Helpers,
     /// The embedded servers' watchdogs, so that none starts a server again while it stops.
     Watchdogs,
     /// The HTTP servers, last.
@@ -37,12 +40,13 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in the order the stop runs them.
-    pub const ORDER: [Phase; 7] = [
+    pub const ORDER: [Phase; 8] = [
         Phase::Streams,
         Phase::Intake,
         Phase::Pipeline,
         Phase::Sinks,
         Phase::Live,
+        Phase::Helpers,
         Phase::Watchdogs,
         Phase::Http,
     ];
@@ -98,25 +102,57 @@ impl Phases {
         self.tracked.push((phase, name, handle));
     }
 
-    /// Cancels `phase` and returns the wait for its stages (in the order they were tracked).
-    /// The wait holds no borrow: the caller may bound it and go on.
+    /// Cancels `phase` (and, for [`Phase::Intake`], [`Phase::Helpers`]) and returns the
+    /// wait for its stages (in the order they were tracked). The wait holds no borrow: the
+    /// caller may bound it and go on.
     pub fn stop(&mut self, phase: Phase) -> impl Future<Output = ()> + Send + 'static {
-        self.token(phase).cancel();
-        self.drain(phase)
+        self.cancel(phase);
+        self.drain(phase, None)
     }
 
-    /// The wait for `phase`'s stages, which end without being cancelled.
-    pub fn drain(&mut self, phase: Phase) -> impl Future<Output = ()> + Send + 'static {
+    /// Like [`Phases::stop`], each stage awaited for at most `limit` (a warning names the one
+    /// that did not end in time, and the next is awaited all the same).
+    pub fn stop_each(
+        &mut self,
+        phase: Phase,
+        limit: std::time::Duration,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        self.cancel(phase);
+        self.drain(phase, Some(limit))
+    }
+
+    fn cancel(&self, phase: Phase) {
+        self.token(phase).cancel();
+        if phase == Phase::Intake {
+            self.token(Phase::Helpers).cancel();
+        }
+    }
+
+    /// The wait for `phase`'s stages, which end without being cancelled (`limit`: at most
+    /// that long each).
+    pub fn drain(
+        &mut self,
+        phase: Phase,
+        limit: Option<std::time::Duration>,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let (ours, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tracked)
             .into_iter()
             .partition(|(p, ..)| *p == phase);
         self.tracked = rest;
         async move {
             for (_phase, name, handle) in ours {
-                // A panic is caught inside the stage's task; an abort only happens at runtime
-                // shutdown.
-                if handle.await.is_err() {
-                    tracing::warn!(stage = name, "stage task aborted at the stop");
+                let ended = match limit {
+                    None => Some(handle.await),
+                    Some(limit) => tokio::time::timeout(limit, handle).await.ok(),
+                };
+                match ended {
+                    // A panic is caught inside the stage's task; an abort only happens at
+                    // runtime shutdown.
+                    Some(Ok(())) => {}
+                    Some(Err(_aborted)) => {
+                        tracing::warn!(stage = name, "stage task aborted at the stop");
+                    }
+                    None => tracing::warn!(stage = name, ?limit, "stage did not stop in time"),
                 }
             }
         }
@@ -159,6 +195,54 @@ mod tests {
         assert_eq!(ended.lock().expect("lock").len(), 3);
     }
 
+    #[tokio::test]
+    async fn the_intake_cancels_the_helpers_which_are_awaited_in_their_own_turn() {
+        let mut phases = Phases::new();
+        let helper = phases.token(Phase::Helpers).clone();
+        phases.track(
+            Phase::Helpers,
+            "monitor",
+            tokio::spawn(async move { helper.cancelled().await }),
+        );
+        phases.stop(Phase::Intake).await;
+        assert!(phases.token(Phase::Helpers).is_cancelled());
+        assert!(!phases.token(Phase::Pipeline).is_cancelled());
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            phases.drain(Phase::Helpers, None),
+        )
+        .await
+        .expect("the helper ended on the intake's cancel");
+    }
+
+    #[tokio::test]
+    async fn a_stage_that_overruns_its_limit_does_not_hold_up_the_next() {
+        let mut phases = Phases::new();
+        phases.track(
+            Phase::Watchdogs,
+            "postgres",
+            tokio::spawn(std::future::pending::<()>()),
+        );
+        let token = phases.token(Phase::Watchdogs).clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        phases.track(
+            Phase::Watchdogs,
+            "nats-server",
+            tokio::spawn(async move {
+                token.cancelled().await;
+                let _ = tx.send(());
+            }),
+        );
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            phases.stop_each(Phase::Watchdogs, std::time::Duration::from_millis(50)),
+        )
+        .await
+        .expect("each stage's wait is bounded");
+        rx.await
+            .expect("the second watchdog was stopped and awaited");
+    }
+
     #[test]
     fn the_forced_stop_keeps_the_watchdogs_and_http_for_their_turn() {
         let phases = Phases::new();
@@ -174,7 +258,8 @@ mod tests {
                 Phase::Intake,
                 Phase::Pipeline,
                 Phase::Sinks,
-                Phase::Live
+                Phase::Live,
+                Phase::Helpers
             ]
         );
     }

@@ -27,6 +27,14 @@ pub enum Kind {
 /// Label sets of a metric: each inner slice is one set of (label, value) pairs.
 pub type LabelSets = &'static [&'static [(&'static str, &'static str)]];
 
+/// Which instances record a metric: those that ingest, those that serve the web, or any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Any,
+    Ingest,
+    Web,
+}
+
 /// One metric.
 #[derive(Debug, Clone, Copy)]
 pub struct Metric {
@@ -37,6 +45,36 @@ pub struct Metric {
     /// counter or histogram) or left to its first reading (a gauge, set at each scrape or
     /// sample, whose labels are only known then).
     pub labels: LabelSets,
+}
+
+impl Metric {
+    /// The side that records it, from its name: the streams' and the end-to-end latency are
+    /// the web's; the feed's, REST's, the engine's, the backfill's, the cross-check's, the
+    /// store's, the sinks' and the publisher's are the ingest's; the rest any instance's.
+    pub fn side(&self) -> Side {
+        const WEB: &[&str] = &[
+            "spot_canvas_stream_",
+            "spot_canvas_sse_",
+            END_TO_END_SECONDS,
+        ];
+        const INGEST: &[&str] = &[
+            "spot_canvas_feed_",
+            "spot_canvas_rest_",
+            "spot_canvas_engine_",
+            "spot_canvas_backfill_",
+            "spot_canvas_crosscheck_",
+            "spot_canvas_store_",
+            "spot_canvas_sink_",
+            "spot_canvas_bus_",
+        ];
+        if WEB.iter().any(|p| self.name.starts_with(p)) {
+            Side::Web
+        } else if INGEST.iter().any(|p| self.name.starts_with(p)) {
+            Side::Ingest
+        } else {
+            Side::Any
+        }
+    }
 }
 
 const fn counter(name: &'static str, help: &'static str) -> Metric {

@@ -4,8 +4,8 @@
 //! must make sense (a trade's price and size positive and exact, a granularity that round-trips,
 //! a product id safe to put in a page).
 //!
-//! `cargo test --test fuzz` runs a few hundred cases per property (`task test`); `task fuzz`
-//! runs them at `PROPTEST_CASES=100000` in release mode. Inputs a run found are pinned at the
+//! `cargo test --test suite -- fuzz::` runs a few hundred cases per property (`task test`);
+//! `task fuzz` runs them at `PROPTEST_CASES=100000` in release mode. Inputs a run found are pinned at the
 //! bottom as regression tests.
 
 use chrono::{DateTime, Utc};

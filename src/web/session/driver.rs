@@ -66,7 +66,7 @@ impl Events {
 
     /// Queues an event [`crate::sse::render`] rendered already (a live entry's, shared by
     /// every client).
-    pub fn push_rendered(&mut self, event: Bytes) {
+    pub(crate) fn push_rendered(&mut self, event: Bytes) {
         self.queue.push_back(event);
     }
 
