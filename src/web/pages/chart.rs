@@ -30,7 +30,7 @@ use crate::model::{CandleUpdate, Granularity, ProductId, Version};
 use crate::store::StoredCandle;
 use crate::web::AppState;
 use crate::web::catalog::UNAVAILABLE;
-use crate::web::error::{ApiError, ReadError, read};
+use crate::web::error::{ApiError, ReadError, within};
 use crate::web::serve::Connection;
 use crate::web::session::{Events, View};
 
@@ -64,8 +64,7 @@ pub async fn chart_stream(
     let granularity = query.granularity;
     let now = Utc::now();
     let span = chrono::Duration::seconds(granularity.seconds() * i64::from(CHART_HISTORY + 2));
-    let history = read(
-        "a chart's history read",
+    let history = within(
         HISTORY_TIMEOUT,
         state.repository.candles(
             &product.id,
@@ -76,6 +75,9 @@ pub async fn chart_stream(
         ),
     )
     .await
+    .inspect_err(|error| {
+        tracing::warn!(%error, product = %product.id, "a chart's history read failed");
+    })
     .map_err(|e| match e {
         ReadError::Failed { .. } => {
             ApiError::unavailable("the history is not available; retry shortly", "2")
