@@ -2,7 +2,7 @@
 //! waiting for conditions, the whole service in-process ([`TestApp`]) or as the binary
 //! ([`Service`]), and the simulator's trade log with a plain aggregation of it.
 //!
-//! Compiled into each of the three test binaries (`tests/suite`, `tests/slow`, `tests/sim.rs`),
+//! Compiled into each of the three test binaries (`tests/suite`, `tests/slow`, `tests/sim`),
 //! of which only `suite` uses nearly all of it: hence the allowances below.
 
 #![allow(dead_code, unreachable_pub, unused_imports)]

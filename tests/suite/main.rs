@@ -3,7 +3,7 @@
 //! PostgreSQL and nats-server, and the simulator; `tests/common` is compiled once for all.
 //!
 //! Beside it: `tests/slow` (the scenarios that wait for the clock, which `scripts/test.sh` runs
-//! at the same time as this binary) and `tests/sim.rs` (the simulator's conformance, a binary of
+//! at the same time as this binary) and `tests/sim` (the simulator's conformance, a binary of
 //! its own because one of its tests measures this process's resident memory). Run one module
 //! with `cargo test --test suite <module>::`.
 
