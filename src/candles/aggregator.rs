@@ -29,6 +29,7 @@ use super::coverage::FeedNotice;
 use super::crosscheck::CrossCheck;
 use super::limiter::LogLimiter;
 use super::product::ProductCandles;
+use super::run::Run;
 use crate::model::{Candle, CandleUpdate, Granularity, ProductId, Trade};
 
 /// Timing of completion and revisions.
@@ -109,6 +110,8 @@ pub struct Aggregator {
     /// candle of theirs has ended and been completed.
     leaving: FxHashMap<ProductId, i64>,
     pub(crate) limiters: Limiters,
+    /// The run being gathered, kept between batches for its buffer.
+    run: Run,
 }
 
 impl Aggregator {
@@ -119,6 +122,7 @@ impl Aggregator {
             checks: Vec::new(),
             leaving: FxHashMap::default(),
             limiters: Limiters::default(),
+            run: Run::default(),
         }
     }
 
@@ -129,6 +133,8 @@ impl Aggregator {
 
     /// Applies a batch of trades at clock time `now`, appending one update per changed candle
     /// to `out`. Each trade is checked on its own: one rejected trade costs that trade only.
+    /// Accepted trades of one product and minute in a row are tallied first and merged
+    /// into the granularities at once ([`super::run`]).
     pub fn apply(
         &mut self,
         trades: &[Trade],
@@ -138,10 +144,9 @@ impl Aggregator {
         let mut outcome = BatchOutcome::default();
         let oldest_end = (now - self.timing.revision_window).timestamp();
         let latest = now + self.timing.max_ahead;
-        let now_ms = now.timestamp_millis();
-        let grace_ms = self.timing.grace.num_milliseconds();
         let mut touched: Vec<&ProductId> = Vec::new();
-        for t in trades {
+        let mut run = std::mem::take(&mut self.run);
+        for (index, t) in trades.iter().enumerate() {
             let minute = Granularity::OneMinute.bucket_start_secs(t.time.timestamp());
             if minute + 60 < oldest_end {
                 outcome.too_late += 1;
@@ -171,6 +176,9 @@ impl Aggregator {
                 }
                 continue;
             }
+            if !run.takes(t, minute, trades) {
+                self.merge_run(&mut run, trades, now, &mut outcome, &mut touched);
+            }
             // Looked up first: nearly every trade finds its product and needs no allocation.
             let product = match self.products.get_mut(t.product_id.as_str()) {
                 Some(p) => p,
@@ -184,32 +192,77 @@ impl Aggregator {
                 outcome.duplicates += 1;
                 continue;
             }
-            let Some(places) = product.plan(t, minute) else {
-                outcome.rejected_overflow += 1;
-                if let Some(suppressed) = self.limiters.overflow.allow(&t.product_id, now) {
-                    tracing::warn!(
-                        product = %t.product_id,
-                        trade_id = %t.trade_id,
-                        price = %t.price,
-                        size = %t.size,
-                        suppressed,
-                        "trade would overflow a candle's sums, not applied"
-                    );
-                }
-                continue;
-            };
-            product.commit(t, minute, places, now_ms, grace_ms);
-            if !touched.contains(&&t.product_id) {
-                touched.push(&t.product_id);
-            }
-            outcome.applied += 1;
+            // Recorded now, so a repeat later in the run is a duplicate.
+            product.see(t.trade_id, minute);
+            run.push(index, t, minute);
         }
+        self.merge_run(&mut run, trades, now, &mut outcome, &mut touched);
+        self.run = run;
         for product_id in touched {
             if let Some(product) = self.products.get_mut(product_id) {
                 product.emit_dirty(product_id, out);
             }
         }
         outcome
+    }
+
+    /// Merges the run's tally into its product's candles, or, when a sum would overflow,
+    /// applies its trades one by one so only a trade that overflows is rejected; empties
+    /// the run.
+    fn merge_run<'t>(
+        &mut self,
+        run: &mut Run,
+        trades: &'t [Trade],
+        now: DateTime<Utc>,
+        outcome: &mut BatchOutcome,
+        touched: &mut Vec<&'t ProductId>,
+    ) {
+        let Some(&first) = run.members.first() else {
+            return;
+        };
+        let product_id = &trades[first].product_id;
+        let now_ms = now.timestamp_millis();
+        let grace_ms = self.timing.grace.num_milliseconds();
+        let Some(product) = self.products.get_mut(product_id) else {
+            run.clear();
+            return;
+        };
+        let minute = run.minute;
+        let placed = match (&run.tally, run.overflow) {
+            (Some(tally), false) => product
+                .plan_tally(tally, minute)
+                .map(|places| (tally, places)),
+            _ => None,
+        };
+        if let Some((tally, places)) = placed {
+            product.commit_tally(tally, minute, places, now_ms, grace_ms);
+            outcome.applied += run.members.len() as u64;
+        } else {
+            product.unsee(run.members.iter().map(|&i| trades[i].trade_id), minute);
+            for &i in &run.members {
+                let t = &trades[i];
+                let Some(places) = product.plan(t, minute) else {
+                    outcome.rejected_overflow += 1;
+                    if let Some(suppressed) = self.limiters.overflow.allow(&t.product_id, now) {
+                        tracing::warn!(
+                            product = %t.product_id,
+                            trade_id = %t.trade_id,
+                            price = %t.price,
+                            size = %t.size,
+                            suppressed,
+                            "trade would overflow a candle's sums, not applied"
+                        );
+                    }
+                    continue;
+                };
+                product.commit(t, minute, places, now_ms, grace_ms);
+                outcome.applied += 1;
+            }
+        }
+        if !touched.contains(&product_id) {
+            touched.push(product_id);
+        }
+        run.clear();
     }
 
     /// Takes what the feed said about `product_id`'s trades: which minutes are whole.

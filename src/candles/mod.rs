@@ -15,6 +15,7 @@ mod coverage;
 pub mod crosscheck;
 mod limiter;
 mod product;
+mod run;
 mod shard;
 mod stats;
 mod tally;

@@ -39,6 +39,28 @@ impl Slot {
         }
         self.dirty = true;
     }
+
+    /// Merges a tally whose sums were checked.
+    pub(crate) fn merge(&mut self, tally: &Tally, sums: Sums) {
+        self.tally.merge_with(tally, sums);
+        if self.complete && !self.dirty {
+            self.revision = self.revision.saturating_add(1);
+        }
+        self.dirty = true;
+    }
+
+    /// A new candle of `tally` starting at `start`: complete at once when its bucket (of
+    /// `seconds`) is already past its grace at `now_ms`.
+    fn new(start: i64, tally: Tally, seconds: i64, now_ms: i64, grace_ms: i64) -> Slot {
+        Slot {
+            start,
+            tally,
+            revision: 0,
+            complete: now_ms >= (start + seconds) * 1000 + grace_ms,
+            dirty: true,
+            backfilled: false,
+        }
+    }
 }
 
 /// Where a trade goes in one granularity: an existing slot, or a new one at an index.
@@ -134,27 +156,82 @@ impl ProductCandles {
                 Place::Held(i, sums) => slots[i].add(t, sums),
                 Place::New(at) => slots.insert(
                     at,
-                    Slot {
-                        start,
-                        tally: Tally::of(t),
-                        revision: 0,
-                        // A new candle in a bucket already past its grace is complete at once.
-                        complete: now_ms >= (start + g.seconds()) * 1000 + grace_ms,
-                        dirty: true,
-                        backfilled: false,
-                    },
+                    Slot::new(start, Tally::of(t), g.seconds(), now_ms, grace_ms),
                 ),
             }
             self.touch(g, start);
         }
-        self.seen.insert(t.trade_id);
+        self.see(t.trade_id, minute);
+    }
+
+    /// Where the tally of trades of the minute starting at `minute` goes in every
+    /// granularity, with the checked sums of each slot it joins; `None` when one of them
+    /// would overflow (nothing changes).
+    pub(crate) fn plan_tally(&self, tally: &Tally, minute: i64) -> Option<[Place; 8]> {
+        if !super::tally::within_limit(tally.volume) {
+            return None;
+        }
+        let mut places = [Place::New(0); 8];
+        for g in Granularity::ALL {
+            let start = g.bucket_start_secs(minute);
+            let slots = &self.slots[g.index()];
+            places[g.index()] = match slots.iter().rposition(|s| s.start <= start) {
+                Some(i) if slots[i].start == start => {
+                    Place::Held(i, slots[i].tally.sums_with_tally(tally)?)
+                }
+                position => Place::New(position.map_or(0, |i| i + 1)),
+            };
+        }
+        Some(places)
+    }
+
+    /// Merges `tally` where [`ProductCandles::plan_tally`] placed it. Its trade ids were
+    /// recorded as they were taken ([`ProductCandles::see`]).
+    pub(crate) fn commit_tally(
+        &mut self,
+        tally: &Tally,
+        minute: i64,
+        places: [Place; 8],
+        now_ms: i64,
+        grace_ms: i64,
+    ) {
+        for g in Granularity::ALL {
+            let start = g.bucket_start_secs(minute);
+            let slots = &mut self.slots[g.index()];
+            match places[g.index()] {
+                Place::Held(i, sums) => slots[i].merge(tally, sums),
+                Place::New(at) => slots.insert(
+                    at,
+                    Slot::new(start, tally.clone(), g.seconds(), now_ms, grace_ms),
+                ),
+            }
+            self.touch(g, start);
+        }
+    }
+
+    /// Records `id`, of the minute starting at `minute`, as applied.
+    pub(crate) fn see(&mut self, id: TradeId, minute: i64) {
+        self.seen.insert(id);
         match self.seen_by_minute.last_entry() {
-            Some(mut last) if *last.key() == minute => last.get_mut().push(t.trade_id),
-            _ => self
-                .seen_by_minute
-                .entry(minute)
-                .or_default()
-                .push(t.trade_id),
+            Some(mut last) if *last.key() == minute => last.get_mut().push(id),
+            _ => self.seen_by_minute.entry(minute).or_default().push(id),
+        }
+    }
+
+    /// Takes back the last `ids` recorded by [`ProductCandles::see`], all of the minute
+    /// starting at `minute` and recorded in this order, last.
+    pub(crate) fn unsee(&mut self, ids: impl Iterator<Item = TradeId>, minute: i64) {
+        let filed = self.seen_by_minute.get_mut(&minute);
+        let mut count = 0;
+        for id in ids {
+            self.seen.remove(&id);
+            count += 1;
+        }
+        if let Some(filed) = filed {
+            filed.truncate(filed.len().saturating_sub(count));
+            if filed.is_empty() {
+                self.seen_by_minute.remove(&minute);
+            }
         }
     }
 

@@ -44,6 +44,9 @@ pub(crate) const SUM_LIMIT: Decimal =
 /// mantissa (the result then has a smaller scale than the larger operand's), and that would
 /// silently lose digits of exchange input.
 pub(crate) fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
+    if b.is_zero() && b.scale() <= a.scale() {
+        return Some(a);
+    }
     a.checked_add(b)
         .filter(|sum| sum.scale() >= a.scale().max(b.scale()))
 }
@@ -139,13 +142,17 @@ impl Tally {
         self.set(sums);
     }
 
-    /// Merges `other` in; `None` (and nothing changed) when a sum would overflow.
-    pub(crate) fn merge(&mut self, other: &Tally) -> Option<()> {
-        let sums = Sums {
+    /// The sums after merging `other` in, or `None` when one would overflow.
+    pub(crate) fn sums_with_tally(&self, other: &Tally) -> Option<Sums> {
+        Some(Sums {
             volume: exact_add(self.volume, other.volume).filter(|v| within_limit(*v))?,
             buy_volume: exact_add(self.buy_volume, other.buy_volume)?,
             trade_count: self.trade_count.checked_add(other.trade_count)?,
-        };
+        })
+    }
+
+    /// Merges `other` in with the sums [`Tally::sums_with_tally`] computed for it.
+    pub(crate) fn merge_with(&mut self, other: &Tally, sums: Sums) {
         if other.first < self.first {
             self.first = other.first;
             self.open = other.open;
@@ -163,6 +170,12 @@ impl Tally {
         }
         self.set(sums);
         self.partial |= other.partial;
+    }
+
+    /// Merges `other` in; `None` (and nothing changed) when a sum would overflow.
+    pub(crate) fn merge(&mut self, other: &Tally) -> Option<()> {
+        let sums = self.sums_with_tally(other)?;
+        self.merge_with(other, sums);
         Some(())
     }
 

@@ -289,7 +289,8 @@ where
         }
 
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let mut out = Vec::new();
+            // Most events hold a few elements: one allocation for them.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(8).min(64));
             while let Some(element) = seq.next_element()? {
                 if out.len() == MAX_EVENT_ELEMENTS {
                     return Err(serde::de::Error::custom(format!(

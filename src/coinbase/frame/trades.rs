@@ -200,6 +200,8 @@ pub(super) fn trades_body(events: Vec<RawTradesEvent<'_>>, received: DateTime<Ut
     let mut snapshot = false;
     let mut trades = Vec::with_capacity(events.iter().map(|e| e.trades.len()).sum());
     let mut rejected = Vec::new();
+    // A frame's trades nearly always name one product: its id is parsed once and shared.
+    let mut last_id: Option<ProductId> = None;
     for event in events {
         match event.kind.as_ref() {
             "snapshot" => snapshot = true,
@@ -212,7 +214,7 @@ pub(super) fn trades_body(events: Vec<RawTradesEvent<'_>>, received: DateTime<Ut
         for raw in event.trades {
             // Borrowed text: cloning it costs nothing; it is parsed only for a rejected trade.
             let (product_id, trade_id) = (raw.product_id.clone(), raw.trade_id.clone());
-            match trade_from_raw(raw, received) {
+            match trade_from_raw(raw, received, &mut last_id) {
                 Ok(trade) => trades.push(trade),
                 Err(e) => rejected.push(RejectedTrade {
                     product_id: product_id
@@ -232,13 +234,19 @@ pub(super) fn trades_body(events: Vec<RawTradesEvent<'_>>, received: DateTime<Ut
 }
 
 fn field<'a>(value: Option<Cow<'a, str>>, name: &'static str) -> Result<Cow<'a, str>, FrameError> {
-    value.ok_or(FrameError::MissingField {
+    value.ok_or_else(|| FrameError::MissingField {
         channel: "market_trades",
         field: name,
     })
 }
 
-fn trade_from_raw(raw: RawTrade<'_>, received: DateTime<Utc>) -> Result<Trade, FrameError> {
+/// The trade `raw` describes. `last_id` is the product id of the frame's previous good
+/// trade: an equal id is shared rather than parsed and allocated again.
+fn trade_from_raw(
+    raw: RawTrade<'_>,
+    received: DateTime<Utc>,
+    last_id: &mut Option<ProductId>,
+) -> Result<Trade, FrameError> {
     if let Some(name) = raw.not_text {
         return Err(FrameError::BadValue {
             field: name,
@@ -262,12 +270,15 @@ fn trade_from_raw(raw: RawTrade<'_>, received: DateTime<Utc>) -> Result<Trade, F
             });
         }
     };
-    let product_id = field(raw.product_id, "product_id")?;
-    let product_id = ProductId::parse(&product_id).map_err(|_| FrameError::BadValue {
-        field: "product_id",
-        value: product_id.into_owned(),
-    })?;
-    Ok(Trade {
+    let raw_id = field(raw.product_id, "product_id")?;
+    let product_id = match last_id {
+        Some(id) if id.as_str() == raw_id.as_ref() => id.clone(),
+        _ => ProductId::parse(&raw_id).map_err(|_| FrameError::BadValue {
+            field: "product_id",
+            value: raw_id.into_owned(),
+        })?,
+    };
+    let trade = Trade {
         product_id,
         trade_id,
         price: parse_positive_decimal("price", &field(raw.price, "price")?)?,
@@ -275,5 +286,7 @@ fn trade_from_raw(raw: RawTrade<'_>, received: DateTime<Utc>) -> Result<Trade, F
         side,
         time: parse_time("time", &field(raw.time, "time")?)?,
         received,
-    })
+    };
+    *last_id = Some(trade.product_id.clone());
+    Ok(trade)
 }

@@ -61,6 +61,75 @@ fn a_trade_overflowing_a_larger_candle_is_rejected_in_every_granularity() {
 }
 
 #[test]
+fn a_frame_whose_tally_would_overflow_a_larger_candle_costs_only_its_offending_trade() {
+    // The engine tallies a frame's trades of one minute first; when that tally cannot join
+    // the 5-minute candle, the trades go one by one: the offender is rejected, the rest (and
+    // the repeat of one of them, a duplicate) count as they would alone.
+    let mut engine = Aggregator::new(Timing::default());
+    let mut out = Vec::new();
+    let big = "60000000000000000000";
+    let first = engine.apply(
+        &[trade(1, "2026-09-30T12:00:10Z", "100", big, Side::Buy)],
+        at("2026-09-30T12:00:11Z"),
+        &mut out,
+    );
+    assert_eq!(first.applied, 1);
+    out.clear();
+    let small = trade(3, "2026-09-30T12:01:20Z", "99", "2", Side::Sell);
+    let outcome = engine.apply(
+        &[
+            small.clone(),
+            trade(2, "2026-09-30T12:01:10Z", "101", big, Side::Buy),
+            small.clone(),
+            trade(4, "2026-09-30T12:01:30Z", "98", "3", Side::Buy),
+        ],
+        at("2026-09-30T12:01:31Z"),
+        &mut out,
+    );
+    assert_eq!(
+        (
+            outcome.applied,
+            outcome.rejected_overflow,
+            outcome.duplicates
+        ),
+        (2, 1, 1)
+    );
+    let minute = one_minute(&out);
+    assert_eq!(minute.len(), 1);
+    let c = &minute[0].candle;
+    assert_eq!(
+        (c.open, c.high, c.low, c.close, c.volume, c.trade_count),
+        (
+            Decimal::from(99),
+            Decimal::from(99),
+            Decimal::from(98),
+            Decimal::from(98),
+            Decimal::from(5),
+            Some(2)
+        )
+    );
+    let five = out
+        .iter()
+        .find(|u| u.candle.granularity == Granularity::FiveMinutes)
+        .expect("the 5-minute candle changed");
+    assert_eq!(
+        five.candle.volume,
+        big.parse::<Decimal>().expect("d") + Decimal::from(5)
+    );
+    assert_eq!(five.candle.trade_count, Some(3));
+    // The rejected trade was not remembered; the applied ones were.
+    let again = engine.apply(
+        &[
+            trade(2, "2026-09-30T12:01:10Z", "101", big, Side::Buy),
+            small,
+        ],
+        at("2026-09-30T12:01:32Z"),
+        &mut out,
+    );
+    assert_eq!((again.rejected_overflow, again.duplicates), (1, 1));
+}
+
+#[test]
 fn a_backfill_whose_candles_would_overflow_changes_nothing() {
     let truth = trade_series("2026-09-30T12:00:00Z", 30);
     let mut engine = Aggregator::new(Timing::default());
