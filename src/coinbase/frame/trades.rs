@@ -234,7 +234,7 @@ pub(super) fn trades_body(events: Vec<RawTradesEvent<'_>>, received: DateTime<Ut
 }
 
 fn field<'a>(value: Option<Cow<'a, str>>, name: &'static str) -> Result<Cow<'a, str>, FrameError> {
-    value.ok_or_else(|| FrameError::MissingField {
+    value.ok_or(FrameError::MissingField {
         channel: "market_trades",
         field: name,
     })
