@@ -181,13 +181,14 @@ async fn publisher_and_latency(url: &str, keys: usize, rate: f64, duration: Dura
     tokio::time::sleep(Duration::from_millis(500)).await;
     cancel.cancel();
     live_task.await.expect("join").expect("live");
+    let seen = live.report();
     drop(live);
     let mut latencies = measuring.await.expect("join");
     latencies.sort();
     let report = stats.report();
     let (kv, live_path) = (report.sink, report.live);
     println!(
-        "publisher, {keys} series, {:.0} updates/s offered: {:.0} published/s on subjects ({} flushes of {:.0} on average), {:.0} KV-CAS writes/s ({} flushes); engine output → live-state client: p50 {:?}, p99 {:?} over {} updates",
+        "publisher, {keys} series, {:.0} updates/s offered: {:.0} published/s on subjects ({} flushes of {:.0} on average), {:.0} KV-CAS writes/s ({} flushes); engine output → live-state client: p50 {:?}, p99 {:?} over {} updates; the live state read {} messages, {} coalesced unread",
         sent as f64 / elapsed,
         live_path.written_rows as f64 / elapsed,
         live_path.batches,
@@ -197,6 +198,8 @@ async fn publisher_and_latency(url: &str, keys: usize, rate: f64, duration: Dura
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies.len(),
+        seen.messages,
+        seen.coalesced,
     );
 }
 

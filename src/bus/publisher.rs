@@ -182,7 +182,14 @@ impl Publisher {
                 }
             }
         };
-        tokio::join!(forward, live, kv_path);
+        // Each path is its own task: a long flush of one (the KV's compare-and-set round
+        // trips, a burst of publishes) never holds up the other or the forwarding, and the
+        // two may run on different cores.
+        let (live, kv_path) = (tokio::spawn(live), tokio::spawn(kv_path));
+        forward.await;
+        let (live, kv_path) = tokio::join!(live, kv_path);
+        live.map_err(|e| anyhow::anyhow!("the publisher's live path failed: {e}"))?;
+        kv_path.map_err(|e| anyhow::anyhow!("the publisher's KV path failed: {e}"))?;
         Ok(())
     }
 }

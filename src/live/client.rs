@@ -40,7 +40,9 @@ impl Default for ClientSettings {
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pushed {
-    Queued,
+    /// Queued; `first`: the queue was empty, so the client must be woken
+    /// ([`ClientQueue::wake`]) once the batch being applied is done.
+    Queued { first: bool },
     /// The queue overflowed: emptied, the client will get the latest state on its next read.
     Lagged,
     /// The client is lagged (or closed): its resync will bring the latest state.
@@ -112,12 +114,14 @@ impl ClientQueue {
             return Pushed::Lagged;
         }
         q.events.push_back(entry.clone());
-        let first = q.events.len() == 1;
-        drop(q);
-        if first {
-            self.ready.notify_one();
+        Pushed::Queued {
+            first: q.events.len() == 1,
         }
-        Pushed::Queued
+    }
+
+    /// Wakes the client to read what was queued.
+    pub(super) fn wake(&self) {
+        self.ready.notify_one();
     }
 
     /// Closes the queue when it has been lagged for longer than its stall limit.

@@ -31,26 +31,43 @@ pub async fn fan_out(
     to_publisher: mpsc::Sender<Vec<CandleUpdate>>,
 ) -> anyhow::Result<()> {
     let processing = metrics::histogram!(PROCESSING_SECONDS);
+    let mut waiting = Vec::new();
     while let Some(batch) = updates.recv().await {
-        let now = chrono::Utc::now();
-        for update in &batch {
-            // Once per trade batch: its one-minute update stands for the other granularities.
-            if update.candle.granularity == Granularity::OneMinute
-                && let Some(seconds) = trade_latency(update, now)
-            {
-                processing.record(seconds);
+        // The batches that wait with it are applied with it: the clients they reach are
+        // woken once for all of them (a tick's burst of frames costs a client one write).
+        waiting.push(batch);
+        while waiting.len() < MAX_BATCHES {
+            match updates.try_recv() {
+                Ok(batch) => waiting.push(batch),
+                Err(_) => break,
             }
-            live.apply_local(update.clone());
         }
-        if to_publisher.send(batch.clone()).await.is_err() {
-            anyhow::bail!("the publisher stopped; candle updates can no longer be published");
+        let now = chrono::Utc::now();
+        for batch in &waiting {
+            // Once per trade batch: its one-minute update stands for the other granularities.
+            for update in batch {
+                if update.candle.granularity == Granularity::OneMinute
+                    && let Some(seconds) = trade_latency(update, now)
+                {
+                    processing.record(seconds);
+                }
+            }
         }
-        if to_writer.send(batch).await.is_err() {
-            anyhow::bail!("the writer stopped; candle updates can no longer be stored");
+        live.apply_all_local(waiting.iter().flatten());
+        for batch in waiting.drain(..) {
+            if to_publisher.send(batch.clone()).await.is_err() {
+                anyhow::bail!("the publisher stopped; candle updates can no longer be published");
+            }
+            if to_writer.send(batch).await.is_err() {
+                anyhow::bail!("the writer stopped; candle updates can no longer be stored");
+            }
         }
     }
     Ok(())
 }
+
+/// Most engine batches applied to the live state at once.
+const MAX_BATCHES: usize = 256;
 
 /// Seeds the board's rolling day from the stored one-minute candles, once, then idles until
 /// the stop (an error makes the supervisor try again).

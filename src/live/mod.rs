@@ -9,6 +9,11 @@
 //! every product ([`day`]); the `<spot-candle>` elements ([`element`]); the activity behind
 //! the quiet-product alarm ([`quiet`]).
 //!
+//! Updates are applied in batches where they come in batches (a burst of engine output, the
+//! NATS messages that waited together, which are first coalesced to the newest version of
+//! each bucket: [`coalesce`]); the clients a batch reached are woken once after it, so a
+//! burst costs each client one read and one write.
+//!
 //! Each update is rendered at most once into its server-sent event ([`LiveEntry::event`],
 //! shared `Bytes`), when a client first reads it, and costs nothing for clients that did not
 //! ask for its series: subscribers are indexed by series (and, for clients of every product,
@@ -19,6 +24,7 @@
 //! state or in its queue; no lock is held while a client writes its socket.
 
 mod client;
+mod coalesce;
 pub mod day;
 pub mod element;
 mod fan_out;
@@ -113,6 +119,13 @@ pub struct LiveState {
     origin: Option<Arc<str>>,
 }
 
+/// Wakes the clients of `queues` (after the state's lock is released).
+fn wake(queues: Vec<Arc<ClientQueue>>) {
+    for queue in queues {
+        queue.wake();
+    }
+}
+
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     // Every change keeps the maps consistent step by step, even if a holder panicked.
     inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -158,6 +171,46 @@ impl LiveState {
 
     /// [`LiveState::apply`] at clock time `now`.
     pub fn apply_at(&self, update: CandleUpdate, now: DateTime<Utc>) -> bool {
+        let mut wakes = Vec::new();
+        let news = self.apply_waking(update, now, &mut wakes);
+        wake(wakes);
+        news
+    }
+
+    /// [`LiveState::apply`] for each of `updates` in order; the clients that got events are
+    /// woken once, after the last, so that a burst costs each client one read and one write
+    /// rather than one per update. Returns how many were news.
+    pub fn apply_all(&self, updates: impl IntoIterator<Item = CandleUpdate>) -> usize {
+        let now = chrono::Utc::now();
+        let mut wakes = Vec::new();
+        let news = updates
+            .into_iter()
+            .map(|update| self.apply_waking(update, now, &mut wakes))
+            .filter(|news| *news)
+            .count();
+        wake(wakes);
+        news
+    }
+
+    /// [`LiveState::apply_all`] for updates of this instance's own engine, counted apart from
+    /// those that come over NATS.
+    pub fn apply_all_local<'u>(
+        &self,
+        updates: impl IntoIterator<Item = &'u CandleUpdate>,
+    ) -> usize {
+        let mut count = 0u64;
+        let news = self.apply_all(updates.into_iter().inspect(|_| count += 1).cloned());
+        self.stats.local.fetch_add(count, Ordering::Relaxed);
+        news
+    }
+
+    /// Applies `update`, adding the queues that must be woken for it to `wakes`.
+    fn apply_waking(
+        &self,
+        update: CandleUpdate,
+        now: DateTime<Utc>,
+        wakes: &mut Vec<Arc<ClientQueue>>,
+    ) -> bool {
         let series: Series = (update.candle.product_id.clone(), update.candle.granularity);
         let start = update.candle.start.timestamp();
         // A bucket after the next one comes from a bad or clock-skewed producer: taken, it
@@ -221,7 +274,12 @@ impl LiveState {
         let every = inner.index.by_granularity[series.1.index()].iter();
         for (id, queue) in named.chain(every) {
             match queue.push(&entry, now) {
-                Pushed::Queued => queued += 1,
+                Pushed::Queued { first } => {
+                    queued += 1;
+                    if first {
+                        wakes.push(queue.clone());
+                    }
+                }
                 Pushed::Lagged => {
                     self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
                 }

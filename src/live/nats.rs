@@ -2,8 +2,10 @@
 //!
 //! In: messages on `candles.>`, and the KV bucket at start, after a NATS reconnect and after a
 //! slow-consumer event (core NATS is at-most-once: the KV fills what was missed), and again
-//! after a backoff while a reload fails. Out: every
-//! readable update through [`LiveState::apply`]; unreadable ones are counted and skipped.
+//! after a backoff while a reload fails. Out: the readable updates through
+//! [`LiveState::apply_all`], every message that waits in the subscription taken at once and
+//! coalesced to the newest version of each bucket ([`super::coalesce`]); unreadable ones are
+//! counted and skipped.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::LiveState;
 use crate::bus::{ALL_CANDLES, CandleMessage, ORIGIN_HEADER};
+use crate::model::CandleUpdate;
 
 /// Longest reload from the KV.
 const KV_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,6 +31,8 @@ const FORGET_INTERVAL: Duration = Duration::from_secs(60);
 const RELOAD_RETRY_BASE: Duration = Duration::from_millis(500);
 /// Longest wait between tries of a failed KV reload.
 const RELOAD_RETRY_CAP: Duration = Duration::from_secs(10);
+/// Most messages taken from the subscription at once.
+const MAX_BATCH: usize = 65_536;
 /// Longest wait to unsubscribe at the stop.
 const UNSUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -156,38 +161,92 @@ impl LiveState {
                     let Some(message) = message else {
                         anyhow::bail!("the NATS subscription ended");
                     };
-                    self.stats.messages.fetch_add(1, Ordering::Relaxed);
-                    if self.is_own(&message) {
-                        self.stats.own_skipped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let parsed = CandleMessage::parse(&message.payload).and_then(|m| {
-                        m.check_subject(&message.subject)?;
-                        m.to_update()
-                    });
-                    match parsed {
-                        Ok(update) => {
-                            self.apply(update);
-                        }
-                        Err(e) => {
-                            let bad = self.stats.bad.fetch_add(1, Ordering::Relaxed) + 1;
-                            if bad_logged.is_none_or(|at: std::time::Instant| at.elapsed() >= BAD_LOG_EVERY) {
-                                bad_logged = Some(std::time::Instant::now());
-                                tracing::warn!(
-                                    subject = %crate::model::shown(&message.subject),
-                                    error = %e,
-                                    bad_so_far = bad,
-                                    "bad candle message, skipped (logged at most once a minute)"
-                                );
-                            }
+                    // Everything else waiting is taken too, and coalesced (`coalesce`).
+                    let mut batch = vec![message];
+                    while batch.len() < MAX_BATCH {
+                        // Not limited by the task's cooperative budget: what waits is taken.
+                        match tokio::task::unconstrained(messages.next()).now_or_never() {
+                            Some(Some(message)) => batch.push(message),
+                            _ => break,
                         }
                     }
+                    self.take(batch, &mut bad_logged);
                 }
             }
         }
         // A server that stopped reading must not hold up the stop.
         let _unsubscribed = tokio::time::timeout(UNSUBSCRIBE_TIMEOUT, messages.unsubscribe()).await;
         Ok(())
+    }
+
+    /// Applies what `batch` (messages taken at once, in arrival order) says: this instance's
+    /// own messages skipped unread, the rest coalesced to the newest version per series and
+    /// bucket ([`super::coalesce`]) and read whole.
+    fn take(&self, batch: Vec<async_nats::Message>, bad_logged: &mut Option<std::time::Instant>) {
+        self.stats
+            .messages
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let before = batch.len();
+        let batch: Vec<async_nats::Message> =
+            batch.into_iter().filter(|m| !self.is_own(m)).collect();
+        self.stats
+            .own_skipped
+            .fetch_add((before - batch.len()) as u64, Ordering::Relaxed);
+        if let [message] = batch.as_slice() {
+            if let Some(update) = self.read(message, bad_logged) {
+                self.apply(update);
+            }
+            return;
+        }
+        let groups = super::coalesce::groups(
+            batch
+                .iter()
+                .map(|m| (m.subject.as_str(), m.payload.as_ref())),
+        );
+        let mut coalesced = 0u64;
+        let mut updates = Vec::with_capacity(groups.len());
+        for group in groups {
+            let mut candidates = group.iter();
+            for &index in candidates.by_ref() {
+                if let Some(update) = self.read(&batch[index], bad_logged) {
+                    updates.push(update);
+                    break;
+                }
+            }
+            coalesced += candidates.count() as u64;
+        }
+        self.stats.coalesced.fetch_add(coalesced, Ordering::Relaxed);
+        // Applied together: each client is woken once for the whole batch.
+        self.apply_all(updates);
+    }
+
+    /// Reads `message` whole: its update, or `None` when it is not a readable candle message
+    /// (counted, and logged at most once a minute).
+    fn read(
+        &self,
+        message: &async_nats::Message,
+        bad_logged: &mut Option<std::time::Instant>,
+    ) -> Option<CandleUpdate> {
+        let parsed = CandleMessage::parse(&message.payload).and_then(|m| {
+            m.check_subject(&message.subject)?;
+            m.to_update()
+        });
+        match parsed {
+            Ok(update) => Some(update),
+            Err(e) => {
+                let bad = self.stats.bad.fetch_add(1, Ordering::Relaxed) + 1;
+                if bad_logged.is_none_or(|at| at.elapsed() >= BAD_LOG_EVERY) {
+                    *bad_logged = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        subject = %crate::model::shown(&message.subject),
+                        error = %e,
+                        bad_so_far = bad,
+                        "bad candle message, skipped (logged at most once a minute)"
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// Whether `message` is this instance's own (its header names our origin).

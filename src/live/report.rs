@@ -18,6 +18,8 @@ pub(super) struct LiveStats {
     pub(crate) messages: AtomicU64,
     /// Of those, this instance's own, skipped unread.
     pub(crate) own_skipped: AtomicU64,
+    /// Of those, older versions of a bucket that waited beside a newer one, skipped unread.
+    pub(crate) coalesced: AtomicU64,
     /// Updates of this instance's engine, applied before they go to NATS.
     pub(super) local: AtomicU64,
     pub(super) applied: AtomicU64,
@@ -49,6 +51,7 @@ pub struct LiveReport {
     pub clients: usize,
     pub messages: u64,
     pub own_skipped: u64,
+    pub coalesced: u64,
     pub local: u64,
     pub applied: u64,
     pub stale: u64,
@@ -74,6 +77,7 @@ impl LiveState {
             clients: inner.index.clients.len(),
             messages: load(&self.stats.messages),
             own_skipped: load(&self.stats.own_skipped),
+            coalesced: load(&self.stats.coalesced),
             local: load(&self.stats.local),
             applied: load(&self.stats.applied),
             stale: load(&self.stats.stale),

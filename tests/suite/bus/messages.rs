@@ -301,3 +301,119 @@ async fn credentials_in_the_nats_url_authenticate_the_client() {
     assert_eq!(&message.payload[..], b"ok");
     server.kill().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_read_from_nats_keeps_the_newest_of_every_bucket_and_a_bad_message_costs_itself_only()
+ {
+    // Messages that wait together are coalesced to the newest version of each (series,
+    // bucket) before they are read whole. Whatever was coalesced, a client must end with the
+    // last version of each bucket (the older bucket's completion included), never see a
+    // version older than one it saw, and a bad message that claims the highest version must
+    // not hide the real newest one.
+    let n = nats().await;
+    let live = LiveState::new();
+    let live_client = spot_canvas::bus::connect_plain(&n.server.client_url())
+        .await
+        .expect("connects");
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(
+        live.clone()
+            .run(live_client.clone(), n.kv.clone(), cancel.clone()),
+    );
+    wait_for("the first reload", Duration::from_secs(20), || async {
+        live.report().kv_reloads >= 1
+    })
+    .await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        live_client.request("$JS.API.INFO", bytes::Bytes::new()),
+    )
+    .await
+    .expect("in time")
+    .expect("the subscription reached the server");
+    let (mut sub, _) = live.subscribe(
+        Filter::all(),
+        ClientSettings::default(),
+        CancellationToken::new(),
+    );
+    let subject = spot_canvas::bus::subject("BURST-USD", Granularity::OneMinute);
+    const N: u64 = 1_500;
+    let mut completed = update("BURST-USD", 0, N);
+    completed.complete = true;
+    let mut sent = Vec::new();
+    for count in 1..=N {
+        sent.push(update("BURST-USD", 0, count));
+    }
+    sent.push(completed.clone());
+    for count in 1..=N {
+        sent.push(update("BURST-USD", 1, count));
+    }
+    let newest = update("BURST-USD", 1, N);
+    for u in &sent {
+        n.client
+            .publish(
+                subject.clone(),
+                CandleMessage::from_update(u).to_json().into(),
+            )
+            .await
+            .expect("publish");
+    }
+    // Bucket 1 with a version above every real one, and a body of another schema.
+    let mut bad: serde_json::Value =
+        serde_json::from_slice(&CandleMessage::from_update(&newest).to_json()).expect("json");
+    bad["schema"] = 2.into();
+    bad["version"] = "f".repeat(newest_version_len(&newest)).into();
+    n.client
+        .publish(subject.clone(), bad.to_string().into())
+        .await
+        .expect("publish");
+    n.client.flush().await.expect("flush");
+    let product = spot_canvas::model::ProductId::from_static("BURST-USD");
+    let mut seen: Vec<(i64, Version)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen.contains(&(START + 60, newest.version())) {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Delivery::Updates(entries)) => seen.extend(
+                entries
+                    .iter()
+                    .map(|e| (e.update.candle.start.timestamp(), e.update.version())),
+            ),
+            Ok(other) => panic!("no resync or cut-off expected: {other:?}"),
+            Err(_) => panic!("the newest update never came; seen {} updates", seen.len()),
+        }
+    }
+    assert!(
+        seen.contains(&(START, completed.version())),
+        "the older bucket's completion reached the client"
+    );
+    for bucket in [START, START + 60] {
+        let versions: Vec<Version> = seen
+            .iter()
+            .filter(|(b, _)| *b == bucket)
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "bucket {bucket}: only newer versions, in order"
+        );
+    }
+    assert_eq!(live.current(&product, Granularity::OneMinute), Some(newest));
+    wait_for("every message counted", Duration::from_secs(20), || async {
+        live.report().messages == sent.len() as u64 + 1
+    })
+    .await;
+    let report = live.report();
+    assert_eq!(report.bad, 1, "{report:?}");
+    assert!(
+        report.applied + report.older_buckets + report.stale + report.coalesced + report.bad
+            >= sent.len() as u64,
+        "every message applied, refused as stale, coalesced or counted bad: {report:?}"
+    );
+    cancel.cancel();
+    task.await.expect("join").expect("live loop");
+}
+
+/// Characters of the hex version a message carries.
+fn newest_version_len(u: &CandleUpdate) -> usize {
+    CandleMessage::from_update(u).version.len()
+}
