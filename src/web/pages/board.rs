@@ -71,7 +71,7 @@ pub async fn board_stream(
         ticks: 0,
         state: state.clone(),
     };
-    Ok(live::respond(&state, session, &query, None, board))
+    Ok(live::respond(&state, session, &query, None, &headers, board))
 }
 
 /// The board's view: every row, then the rows that changed, and the health panel.
