@@ -11,6 +11,7 @@
 mod common;
 
 mod api;
+mod board_first_load;
 mod browser;
 mod bus;
 mod cluster;

@@ -20,14 +20,14 @@ use spot_canvas::web::pages::Pages;
 use spot_canvas::web::pages::dev::DevReload;
 
 /// Generous for a loaded CI: an event that is due arrives well within it.
-const SOON: Duration = Duration::from_secs(10);
+pub(crate) const SOON: Duration = Duration::from_secs(10);
 
 /// The current minute's start.
-fn this_minute() -> i64 {
+pub(crate) fn this_minute() -> i64 {
     Utc::now().timestamp() / 60 * 60
 }
 
-fn update(product: &str, g: Granularity, start: i64, count: u64) -> CandleUpdate {
+pub(crate) fn update(product: &str, g: Granularity, start: i64, count: u64) -> CandleUpdate {
     let time = DateTime::from_timestamp(start, 0).expect("time");
     CandleUpdate {
         candle: Candle {
@@ -51,8 +51,8 @@ fn update(product: &str, g: Granularity, start: i64, count: u64) -> CandleUpdate
     }
 }
 
-struct Setup {
-    live: LiveState,
+pub(crate) struct Setup {
+    pub(crate) live: LiveState,
     repository: Repository,
     served: common::Served,
     _db: TestDb,
@@ -81,23 +81,23 @@ async fn setup_with(tweak: impl FnOnce(&mut AppState)) -> Setup {
     }
 }
 
-async fn setup() -> Setup {
+pub(crate) async fn setup() -> Setup {
     setup_with(|_| {}).await
 }
 
 impl Setup {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.served.port)
     }
 
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         tokio::time::timeout(SOON, reqwest::Client::new().get(self.url(path)).send())
             .await
             .expect("answers in time")
             .expect("answers")
     }
 
-    async fn open(&self, path: &str) -> SseReader {
+    pub(crate) async fn open(&self, path: &str) -> SseReader {
         let response = self.get(path).await;
         assert_eq!(response.status(), 200, "{path}");
         assert_eq!(response.headers()["content-type"], "text/event-stream");
@@ -106,7 +106,7 @@ impl Setup {
 }
 
 /// The next event whose text contains `needle` (others skipped).
-async fn next_with(stream: &mut SseReader, needle: &str) -> SseEvent {
+pub(crate) async fn next_with(stream: &mut SseReader, needle: &str) -> SseEvent {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

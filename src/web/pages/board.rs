@@ -2,9 +2,11 @@
 //!
 //! In: the granularity (a parameter or the page's `granularity` signal), the live state
 //! (every product's candle of that granularity, and the one-minute candles behind the rolling
-//! day), the stage reports. Out: Datastar events: the connection signal, every row at once
-//! (an `inner` patch of `#board-rows`, so a granularity switch or a reconnect replaces the
-//! whole board), then the rows that changed, patched in place by id. Changes are coalesced:
+//! day), the stage reports, and what the page rendered (the `page` parameter: see
+//! [`super::handoff`]). Out: Datastar events: the connection signal, every row at once (an
+//! `inner` patch of `#board-rows`, so a granularity switch or a reconnect replaces the whole
+//! board), or, on the page's first connection, only the rows that differ from the page's; then
+//! the rows that changed, patched in place by id. Changes are coalesced:
 //! each row is sent at most once per [`FLUSH`] and only when its HTML changed, so hundreds of
 //! markets trading several times a second cost the browser a few morphs per row per second.
 //! The feed health panel follows every [`HEALTH`]. The stream ends at the stop (the page
@@ -21,6 +23,7 @@ use axum::response::Response;
 use chrono::Utc;
 use datastar::prelude::{ElementPatchMode, PatchElements};
 
+use super::handoff::Rendered;
 use super::rows::RenderedRow;
 use super::templates::{HealthPartial, render};
 use super::view::ProductInfo;
@@ -56,7 +59,12 @@ pub async fn board_stream(
         .shown()
         .await
         .map_err(|_| ApiError::unavailable(UNAVAILABLE, "5"))?;
+    let handed = query
+        .page
+        .and_then(|token| state.pages.handoffs.take(token))
+        .filter(|page| page.shows(query.granularity, &products));
     let board = Board {
+        handed,
         index: products
             .iter()
             .enumerate()
@@ -71,7 +79,9 @@ pub async fn board_stream(
         ticks: 0,
         state: state.clone(),
     };
-    Ok(live::respond(&state, session, &query, None, board))
+    Ok(live::respond(
+        &state, session, &query, None, &headers, board,
+    ))
 }
 
 /// The board's view: every row, then the rows that changed, and the health panel.
@@ -88,6 +98,8 @@ struct Board {
     /// Products whose row may have changed since the last flush.
     dirty: HashSet<ProductId>,
     health: Option<HealthPartial>,
+    /// What the page rendered, until the stream opens from it.
+    handed: Option<Rendered>,
     /// Health ticks so far: every [`RECHECK_TICKS`]th, every row is looked at again (a
     /// product turns stale without an update).
     ticks: u64,
@@ -99,6 +111,20 @@ impl View for Board {
         live::live_signal(out);
         for entry in &initial {
             self.note_one(entry);
+        }
+        if let Some(page) = self.handed.take() {
+            // The page holds these rows: only those that differ now are sent.
+            self.sent = self
+                .products
+                .iter()
+                .zip(page.rows)
+                .map(|(p, hash)| (p.id.clone(), hash))
+                .collect();
+            self.dirty = self.products.iter().map(|p| p.id.clone()).collect();
+            self.flush(out);
+            self.health = Some(page.health);
+            self.push_health(out);
+            return;
         }
         self.dirty.clear();
         let now = Utc::now();

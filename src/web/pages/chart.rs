@@ -99,7 +99,14 @@ pub async fn chart_stream(
         state: state.clone(),
     };
     let ids = std::slice::from_ref(&product.id);
-    Ok(live::respond(&state, session, &query, Some(ids), chart))
+    Ok(live::respond(
+        &state,
+        session,
+        &query,
+        Some(ids),
+        &headers,
+        chart,
+    ))
 }
 
 /// Drops the oldest buckets of `held` beyond [`CHART_HISTORY`] once it holds more than

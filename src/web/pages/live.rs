@@ -3,9 +3,10 @@
 //!
 //! In: an admitted [`Session`], the page's query and a [`View`] (the board, a chart). Out: the
 //! stream's response: the view's series and the one-minute candles the rolling day moves with,
-//! at the page settings (resynced, never cut off for falling behind), with a heartbeat and, in
-//! development, the reload script.
+//! at the page settings (resynced, never cut off for falling behind), gzip-encoded when the
+//! browser accepts it, with a heartbeat and, in development, the reload script.
 
+use axum::http::HeaderMap;
 use axum::response::Response;
 use datastar::prelude::PatchSignals;
 
@@ -23,6 +24,7 @@ pub(super) fn respond<V: View>(
     session: Session,
     query: &PageQuery,
     products: Option<&[ProductId]>,
+    headers: &HeaderMap,
     view: V,
 ) -> Response {
     let granularity = query.granularity;
@@ -48,6 +50,7 @@ pub(super) fn respond<V: View>(
     let reload = state.pages.dev.as_ref().map(DevReload::subscribe);
     session
         .reloading(reload, stale)
+        .negotiating(headers)
         .respond(view, initial, subscription, KeepAlive::Beat)
 }
 

@@ -11,6 +11,7 @@ pub mod assets;
 pub mod board;
 pub mod chart;
 pub mod dev;
+pub mod handoff;
 mod live;
 pub mod query;
 pub mod rows;
@@ -33,9 +34,7 @@ use super::error::{ApiError, PageError};
 use crate::model::{Granularity, ProductId};
 use assets::Assets;
 use dev::DevReload;
-use templates::{
-    BoardPage, HealthPartial, Layout, MarketPage, RowPartial, SORTS, SummaryPartial, render,
-};
+use templates::{BoardPage, HealthPartial, Layout, MarketPage, SORTS, SummaryPartial, render};
 use view::{ProductInfo, Row, STALE_SECS};
 
 pub use board::board_stream;
@@ -54,6 +53,8 @@ pub struct Pages {
     pub build: String,
     /// Board rows rendered once for all the boards showing them.
     pub rows: Arc<rows::RowCache>,
+    /// What board pages rendered, until their streams open.
+    pub handoffs: Arc<handoff::Handoffs>,
     /// The health panel's figures, shared by every board for [`HEALTH_MAX_AGE`].
     health: Arc<std::sync::Mutex<Option<(tokio::time::Instant, HealthPartial)>>>,
 }
@@ -70,6 +71,7 @@ impl Pages {
             dev,
             build: format!("{:016x}", rand::random::<u64>()),
             rows: Arc::default(),
+            handoffs: Arc::default(),
             health: Arc::default(),
         }
     }
@@ -88,6 +90,7 @@ impl Pages {
             simulated,
             stream_path: stream_path.to_owned(),
             build_param,
+            page_param: String::new(),
             keepalive_secs: keepalive.as_secs().max(1),
         }
     }
@@ -127,26 +130,30 @@ impl Pages {
     }
 }
 
-/// The board's rows for `granularity`, rendered.
-fn rows_html(state: &AppState, products: &[ProductInfo], granularity: Granularity) -> String {
+/// The board's rows for `granularity` (from the cache every board shares), and the hash of
+/// each.
+fn rows_html(
+    state: &AppState,
+    products: &[ProductInfo],
+    granularity: Granularity,
+) -> (String, Vec<u64>) {
     let now = Utc::now();
     let day = state.live.day();
     let mut html = String::with_capacity(products.len() * 1500);
+    let mut hashes = Vec::with_capacity(products.len());
     for product in products {
         let current = state.live.current(&product.id, granularity);
         let summary = day.summary(&product.id, now.timestamp());
-        let row = Row::new(
-            product,
-            granularity,
-            current.as_ref(),
-            summary.as_ref(),
-            now,
-        );
-        html.push_str(&render(&RowPartial { row: &row }));
+        let row = state
+            .pages
+            .rows
+            .row(product, granularity, current.as_ref(), summary, now);
+        html.push_str(&row.html);
         html.push('\n');
+        hashes.push(row.hash);
     }
     state.pages.rows.keep_only(products);
-    html
+    (html, hashes)
 }
 
 /// The figures of the board's feed health panel, worked out at most once per
@@ -211,18 +218,28 @@ pub async fn board_page(
         .shown()
         .await
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE))?;
+    let (rows, hashes) = rows_html(&state, &products, query.granularity);
+    let health = health(&state, products.len());
+    let mut layout = state.pages.layout(
+        state.instance.simulated,
+        "/board/stream",
+        state.streams.config.keepalive,
+    );
+    let token = state.pages.handoffs.put(handoff::Rendered {
+        granularity: query.granularity,
+        products: products.clone(),
+        rows: hashes,
+        health: health.clone(),
+    });
+    layout.page_param = format!("&page={token}");
     let page = BoardPage {
-        layout: state.pages.layout(
-            state.instance.simulated,
-            "/board/stream",
-            state.streams.config.keepalive,
-        ),
+        layout,
         granularity: query.granularity,
         granularities: &Granularity::ALL,
         sorts: &SORTS,
         count: products.len(),
-        rows: rows_html(&state, &products, query.granularity),
-        health: render(&health(&state, products.len())),
+        rows,
+        health: render(&health),
     };
     state.pages.page(page.render(), "the board")
 }

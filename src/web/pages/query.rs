@@ -3,9 +3,11 @@
 //! In: the raw query string. `granularity` comes as a plain parameter (`?granularity=1h`, a
 //! link or a bookmark) or inside Datastar's `datastar` parameter (the page's signals as JSON,
 //! sent by `@get`); the signal wins, being the page's current choice. Every spelling of a
-//! granularity is accepted (`ONE_HOUR`, `1h`, Coinbase's `ONE_HOUR`). Out: a [`PageQuery`], or
-//! a [`BadPageQuery`] saying what is wrong and what is accepted. Unknown parameters are ignored.
+//! granularity is accepted (`ONE_HOUR`, `1h`, Coinbase's `ONE_HOUR`). `page` names the board
+//! page's rendering its stream may skip (a [`PageToken`]). Out: a [`PageQuery`], or a
+//! [`BadPageQuery`] saying what is wrong and what is accepted. Unknown parameters are ignored.
 
+use super::handoff::PageToken;
 use crate::model::{ACCEPTED_GRANULARITIES, Granularity};
 
 /// Longest `datastar` parameter read (the pages' signals are a few dozen bytes).
@@ -26,6 +28,8 @@ pub enum BadPageQuery {
         "unknown granularity {0:?}; accepted: {ACCEPTED_GRANULARITIES} (or 1m, 5m, 15m, 30m, 1h, 2h, 6h, 1d)"
     )]
     Granularity(String),
+    #[error("the page parameter must be 16 hex digits, as the board page writes it")]
+    Page,
 }
 
 /// What a page or page stream was asked for.
@@ -34,16 +38,20 @@ pub struct PageQuery {
     pub granularity: Granularity,
     /// The build the page came from (development reload).
     pub build: Option<String>,
+    /// The board page's rendering the stream opens from.
+    pub page: Option<PageToken>,
 }
 
 pub fn parse(query: Option<&str>) -> Result<PageQuery, BadPageQuery> {
     let mut plain = None;
     let mut signal = None;
     let mut build = None;
+    let mut page = None;
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match key.as_ref() {
             "granularity" => plain = Some(value.into_owned()),
             "build" if value.len() <= 64 => build = Some(value.into_owned()),
+            "page" => page = Some(PageToken::parse(&value).ok_or(BadPageQuery::Page)?),
             "datastar" => {
                 if value.len() > MAX_SIGNALS {
                     return Err(BadPageQuery::SignalsTooLong);
@@ -66,7 +74,11 @@ pub fn parse(query: Option<&str>) -> Result<PageQuery, BadPageQuery> {
             .parse()
             .map_err(|_| BadPageQuery::Granularity(text.chars().take(40).collect()))?,
     };
-    Ok(PageQuery { granularity, build })
+    Ok(PageQuery {
+        granularity,
+        build,
+        page,
+    })
 }
 
 #[cfg(test)]
@@ -108,6 +120,15 @@ mod tests {
                 "{bad}: {message}"
             );
         }
+        assert_eq!(parse(Some("page=12")), Err(BadPageQuery::Page));
+        assert_eq!(
+            parse(Some("page=00000000000000ff"))
+                .expect("a token")
+                .page
+                .map(|t| t.to_string())
+                .as_deref(),
+            Some("00000000000000ff")
+        );
         let long = format!("datastar={}", "a".repeat(MAX_SIGNALS + 1));
         assert!(parse(Some(&long)).is_err());
     }

@@ -21,6 +21,8 @@ pub struct Layout {
     pub stream_path: String,
     /// `&build=<id>` in development (a page of another build reloads), else empty.
     pub build_param: String,
+    /// `&page=<token>` on the board: the stream skips the rows the page holds already.
+    pub page_param: String,
     /// The stream's heartbeat period: the page presumes it dead after three without one.
     pub keepalive_secs: u64,
 }
@@ -68,7 +70,7 @@ pub struct SummaryPartial<'a> {
 }
 
 /// The board's feed health panel.
-#[derive(Debug, Clone, PartialEq, Eq, Template)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Template)]
 #[template(path = "partials/health.html")]
 pub struct HealthPartial {
     /// Whether this instance runs a feed.
@@ -159,6 +161,7 @@ mod tests {
             simulated: false,
             stream_path: "/board/stream".into(),
             build_param: String::new(),
+            page_param: String::new(),
             keepalive_secs: 15,
         }
     }

@@ -5,7 +5,8 @@
 //! stream's permit and (in development) the reload signal. Out: the response body. Each loop
 //! writes what is queued (several events joined into one chunk of at most [`MAX_CHUNK`]
 //! bytes, one event as its shared `Bytes`), else waits, by priority, for the stop, the reload
-//! signal, the view's timers, the keep-alive and the live state's next delivery. The body ends
+//! signal, the view's timers, the keep-alive and the live state's next delivery; a chunk is
+//! gzip-encoded when the session negotiated it (a page stream). The body ends
 //! when the stop token fires (so axum's graceful shutdown never waits on it) or when the client
 //! is cut off; dropping it (the client went away) unsubscribes and gives the permit back.
 
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Session;
 use super::gate::Permit;
+use super::gzip::Gzip;
 use crate::live::{Delivery, LiveEntry, Subscription};
 
 /// Most bytes of events joined into one chunk.
@@ -144,6 +146,8 @@ impl<V: View> Driver<V> {
             reload,
             opening: mut events,
             cut_off: _,
+            budget: _,
+            encoding: _,
         } = session;
         view.open(initial, &mut events);
         Driver {
@@ -198,11 +202,27 @@ impl<V: View> Driver<V> {
     }
 }
 
-/// The body that `driver` writes.
-pub(super) fn body<V: View>(driver: Driver<V>) -> Body {
-    let events = futures_util::stream::unfold(driver, |mut driver| async move {
-        let chunk = driver.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), driver))
+/// The body that `driver` writes, each chunk encoded by `gzip` when there is one (and its
+/// trailer at the end).
+pub(super) fn body<V: View>(driver: Driver<V>, gzip: Option<Gzip>) -> Body {
+    let events = futures_util::stream::unfold(Some((driver, gzip)), |state| async move {
+        let (mut driver, mut gzip) = state?;
+        let Some(chunk) = driver.next_chunk().await else {
+            // The end: the gzip trailer, if encoded, then nothing.
+            let trailer = gzip.as_mut()?.finish().ok()?;
+            return Some((Ok::<_, Infallible>(trailer), None));
+        };
+        let chunk = match gzip.as_mut() {
+            None => chunk,
+            Some(encoder) => match encoder.encode(&chunk) {
+                Ok(encoded) => encoded,
+                Err(error) => {
+                    tracing::warn!(%error, "a page stream's gzip encoder failed; the stream ends");
+                    return None;
+                }
+            },
+        };
+        Some((Ok(chunk), Some((driver, gzip))))
     });
     Body::from_stream(events)
 }

@@ -5,14 +5,16 @@
 //! candle stream, the board, a chart). Out: the refusals (503 while stopping or when the
 //! instance is full, 429 beyond the per-address cap, each with `Retry-After`) or a
 //! `text/event-stream` response whose body the [`driver`] writes until the stop, a cut-off or
-//! the client going away. A view renders its events only through [`Events`], so every byte of
-//! outside text passes through [`crate::sse::render`].
+//! the client going away; a page stream gzip-encoded when the client accepts it ([`gzip`]). A
+//! view renders its events only through [`Events`], so every byte of outside text passes
+//! through [`crate::sse::render`].
 //!
 //! Why one session: the three streams differ in what they show, not in how a stream is
 //! admitted, kept alive and ended.
 
 pub(crate) mod driver;
 pub(crate) mod gate;
+pub mod gzip;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub struct Streams {
     pub gate: Arc<StreamGate>,
     /// Cancelled at the start of the stop: every stream ends (clients reconnect elsewhere).
     pub stop: CancellationToken,
+    /// The places among the gzip-encoded page streams.
+    pub encoded: Arc<gzip::Budget>,
 }
 
 impl Streams {
@@ -46,6 +50,7 @@ impl Streams {
             gate: StreamGate::new(config.max_clients, config.max_per_address),
             config,
             stop: CancellationToken::new(),
+            encoded: Arc::default(),
         }
     }
 
@@ -110,6 +115,8 @@ impl Streams {
             keepalive: self.config.keepalive,
             reload: None,
             opening: Events::default(),
+            budget: self.encoded.clone(),
+            encoding: Encoding::Plain,
         })
     }
 }
@@ -124,6 +131,18 @@ pub struct Session {
     reload: Option<watch::Receiver<u64>>,
     /// Events before the view's own (a reload).
     opening: Events,
+    budget: Arc<gzip::Budget>,
+    encoding: Encoding,
+}
+
+/// How a stream's body is encoded.
+#[derive(Debug)]
+enum Encoding {
+    /// Never negotiated (the candle stream: programs read it).
+    Plain,
+    /// Negotiated, and the client did not take gzip or the budget was full.
+    Declined,
+    Gzip(gzip::Gzip),
 }
 
 impl Session {
@@ -148,17 +167,41 @@ impl Session {
         self
     }
 
+    /// Encodes the stream with gzip when `headers` accept it and the budget has room (a page
+    /// stream: rows of the same markup, which a browser decodes).
+    pub fn negotiating(mut self, headers: &HeaderMap) -> Session {
+        self.encoding = match self.budget.negotiate(headers) {
+            Some(gzip) => Encoding::Gzip(gzip),
+            None => Encoding::Declined,
+        };
+        self
+    }
+
     /// The response: `view`'s opening events from `initial` (the subscription's current
     /// entries), then its live events, kept alive as `keepalive` says.
     pub fn respond<V: View>(
-        self,
+        mut self,
         view: V,
         initial: Vec<Arc<LiveEntry>>,
         subscription: Subscription,
         keepalive: KeepAlive,
     ) -> Response {
+        let (encoding, negotiated) = match std::mem::replace(&mut self.encoding, Encoding::Plain) {
+            Encoding::Plain => (None, false),
+            Encoding::Declined => (None, true),
+            Encoding::Gzip(gzip) => (Some(gzip), true),
+        };
+        let encoded = encoding.is_some();
         let driver = driver::Driver::new(self, view, initial, subscription, keepalive);
-        event_stream(driver::body(driver))
+        let mut response = event_stream(driver::body(driver, encoding));
+        let headers = response.headers_mut();
+        if negotiated {
+            headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        }
+        if encoded {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        response
     }
 }
 
