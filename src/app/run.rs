@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{App, SHUTDOWN_GRACE, stop_embedded};
 use crate::store::Repository;
-use crate::supervise::{Phase, Phases, Supervisor};
+use crate::supervise::{Lane, Phase, Phases, Supervisor};
 use crate::web::{AppState, router};
 
 /// How long a forced stop waits for the writer to keep what it holds.
@@ -141,8 +141,9 @@ impl App {
         let publisher_stop = phases.token(Phase::Sinks).child_token();
         // Cancelled when the writer's task ends (or at once without one).
         let writer_done = CancellationToken::new();
-        match ingest {
-            Some(ingest) => spawn_ingest(
+        // Held until the stages on it have stopped (the end of this function).
+        let _lane = match ingest {
+            Some(ingest) => Some(spawn_ingest(
                 &mut supervisor,
                 &mut phases,
                 ingest,
@@ -150,9 +151,12 @@ impl App {
                 repository,
                 &publisher_stop,
                 writer_done.clone(),
-            ),
-            None => writer_done.cancel(),
-        }
+            )?),
+            None => {
+                writer_done.cancel();
+                None
+            }
+        };
         let routes = router(state.clone());
         let http = supervisor.spawn_fatal("http", phases.token(Phase::Http), |token| async move {
             crate::web::serve::serve(listener, routes, token, HTTP_GRACE)
@@ -272,7 +276,8 @@ impl App {
 /// product catalog and clock check in [`Phase::Intake`]; the engine, the reconciler and the fan-out in
 /// [`Phase::Pipeline`] and the writer in [`Phase::Sinks`] (they stop on their closed inputs,
 /// or on their phase's token when the grace runs out); the publisher on `publisher_stop`.
-/// `writer_done` is cancelled when the writer's task ends.
+/// `writer_done` is cancelled when the writer's task ends. The feed, the engine and the
+/// fan-out run on the returned [`Lane`].
 fn spawn_ingest(
     supervisor: &mut Supervisor,
     phases: &mut Phases,
@@ -281,7 +286,7 @@ fn spawn_ingest(
     repository: Repository,
     publisher_stop: &CancellationToken,
     writer_done: CancellationToken,
-) {
+) -> anyhow::Result<Lane> {
     let super::Ingest {
         feed,
         engine,
@@ -297,8 +302,13 @@ fn spawn_ingest(
     let pipeline = phases.token(Phase::Pipeline).clone();
     let sinks = phases.token(Phase::Sinks).clone();
     let catalog = feed.catalog();
+    // The path from a frame to the live state runs on a lane of its own: a burst of frames
+    // is not queued behind the writes of every stream client.
+    let lane = Lane::start("ingest")
+        .map_err(|e| anyhow::anyhow!("cannot start the ingest thread: {e}"))?;
+    let on = lane.handle().clone();
     // The feed first: its end closes the engine's input.
-    let task = supervisor.spawn_fatal("feed", &intake, |token| feed.run(token));
+    let task = supervisor.spawn_fatal_on(&on, "feed", &intake, |token| feed.run(token));
     phases.track(Phase::Intake, "feed", task);
     let task = supervisor.spawn_restarting("catalog", &intake, move |token| {
         until(
@@ -312,12 +322,12 @@ fn spawn_ingest(
             supervisor.spawn_restarting("clock", &intake, move |token| clock.clone().run(token));
         phases.track(Phase::Intake, "clock", task);
     }
-    let task = supervisor.spawn_fatal("engine", &pipeline, |token| engine.run(token));
+    let task = supervisor.spawn_fatal_on(&on, "engine", &pipeline, |token| engine.run(token));
     phases.track(Phase::Pipeline, "engine", task);
     let task = supervisor.spawn_fatal("reconciler", &pipeline, |token| reconciler.run(token));
     phases.track(Phase::Pipeline, "reconciler", task);
     let live = state.live.clone();
-    let task = supervisor.spawn_fatal("fan-out", &pipeline, |token| {
+    let task = supervisor.spawn_fatal_on(&on, "fan-out", &pipeline, |token| {
         until(
             token,
             crate::live::fan_out(updates, live, to_writer, to_publisher),
@@ -335,4 +345,5 @@ fn spawn_ingest(
         until(token, publisher.run())
     });
     phases.track(Phase::Sinks, "publisher", task);
+    Ok(lane)
 }

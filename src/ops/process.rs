@@ -12,7 +12,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ProcessReport {
     pub pid: u32,
-    /// Tokio tasks spawned and not yet finished (`None` outside a runtime).
+    /// Tokio tasks spawned and not yet finished, on the runtime and its lanes (`None` outside
+    /// a runtime).
     pub tasks: Option<usize>,
     /// Resident set size in bytes (`None` where `/proc` does not tell).
     pub rss_bytes: Option<u64>,
@@ -29,7 +30,7 @@ impl ProcessReport {
             pid: std::process::id(),
             tasks: tokio::runtime::Handle::try_current()
                 .ok()
-                .map(|h| h.metrics().num_alive_tasks()),
+                .map(|h| h.metrics().num_alive_tasks() + crate::supervise::lane_tasks()),
             rss_bytes: field("VmRSS:").and_then(|kib| kib.checked_mul(1024)),
             threads: field("Threads:"),
         }

@@ -10,8 +10,10 @@
 //! rebuilt. The order of the stop is data: [`Phase::ORDER`], each stage tracked under the
 //! phase it stops in ([`Phases`]).
 
+mod lane;
 mod phases;
 
+pub use lane::{Lane, alive_tasks as lane_tasks};
 pub use phases::{Phase, Phases};
 
 use std::collections::BTreeMap;
@@ -247,6 +249,22 @@ impl Supervisor {
         F: FnOnce(CancellationToken) -> Fut,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
+        self.spawn_fatal_on(&tokio::runtime::Handle::current(), name, stop, stage)
+    }
+
+    /// [`Supervisor::spawn_fatal`] on the runtime of `runtime` (a [`Lane`]'s): the stage and
+    /// what it spawns run there.
+    pub fn spawn_fatal_on<F, Fut>(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        name: &'static str,
+        stop: &CancellationToken,
+        stage: F,
+    ) -> JoinHandle<()>
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let fault = self.stages.register(name, Policy::Fatal);
         let token = either(stop, &fault);
         // Ends the watcher behind `token` once the stage has ended.
@@ -254,7 +272,7 @@ impl Supervisor {
         let future = stage(token);
         let stages = self.stages.clone();
         let early = self.early_tx.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let outcome = catch(future).await;
             drop(done);
             if stages.is_stopping() {
