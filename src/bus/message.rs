@@ -47,6 +47,10 @@ pub enum MessageError {
     Schema(u32),
     #[error("version {} is not a candle version", crate::model::shown(.0))]
     Version(String),
+    #[error(
+        "the bucket's start, timestamp and version disagree (or the version is not lower-case hex)"
+    )]
+    Inconsistent,
     #[error("exchange {} is not {EXCHANGE}", crate::model::shown(.0))]
     Exchange(String),
     #[error("the subject {} does not name the message's series", crate::model::shown(.0))]
@@ -92,7 +96,16 @@ impl CandleMessage {
         if message.exchange != EXCHANGE {
             return Err(MessageError::Exchange(message.exchange));
         }
-        message.parsed_version()?;
+        let version = message.parsed_version()?;
+        // One bucket, said three ways, and the version in its one spelling (lower-case hex,
+        // which orders as the version does): coalescing compares these fields unread.
+        let start = message.start.timestamp();
+        if message.timestamp != start
+            || version.bucket_start != start
+            || message.version != hex(&version.to_bytes())
+        {
+            return Err(MessageError::Inconsistent);
+        }
         Ok(message)
     }
 

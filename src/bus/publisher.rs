@@ -28,6 +28,7 @@ use async_nats::jetstream::kv::Store;
 use futures_util::future::Either;
 use serde::Serialize;
 use tokio::sync::{Mutex, mpsc};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{CandleMessage, kv_key, subject};
 use crate::model::{CandleUpdate, Version};
@@ -185,7 +186,12 @@ impl Publisher {
         // Each path is its own task: a long flush of one (the KV's compare-and-set round
         // trips, a burst of publishes) never holds up the other or the forwarding, and the
         // two may run on different cores.
-        let (live, kv_path) = (tokio::spawn(live), tokio::spawn(kv_path));
+        // Aborted when this future is dropped (the stop's grace is over): nothing of the
+        // publisher outlives it.
+        let (live, kv_path) = (
+            AbortOnDropHandle::new(tokio::spawn(live)),
+            AbortOnDropHandle::new(tokio::spawn(kv_path)),
+        );
         forward.await;
         let (live, kv_path) = tokio::join!(live, kv_path);
         live.map_err(|e| anyhow::anyhow!("the publisher's live path failed: {e}"))?;

@@ -9,12 +9,17 @@
 //! (subject, bucket), ordered by the arrival of their newest message; within a group the
 //! candidates by version, newest first (the next one is read when the newest does not
 //! parse, so a bad message costs itself only). A message whose bucket and version cannot be
-//! peeked at is a group of its own: reading it whole counts and logs it.
+//! peeked at is a group of its own: reading it whole counts and logs it. The full read
+//! refuses a message whose `timestamp` or `version` disagrees with its bucket
+//! ([`crate::bus::CandleMessage::parse`]), so a message cannot win its group on fields it
+//! does not mean.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Deserialize;
+
+use crate::model::Version;
 
 /// The two fields coalescing needs, read without parsing the rest.
 #[derive(Deserialize)]
@@ -35,7 +40,12 @@ pub(super) fn groups<'m>(messages: impl Iterator<Item = (&'m str, &'m [u8])>) ->
     let mut keys: HashMap<(&str, i64), usize> = HashMap::new();
     let mut out: Vec<Gathering<'_>> = Vec::new();
     for (index, (subject, payload)) in messages.enumerate() {
-        let Ok(peek) = serde_json::from_slice::<Peek<'_>>(payload) else {
+        // A version of another width cannot be compared as text: the message is read alone
+        // (and refused there).
+        let peek = serde_json::from_slice::<Peek<'_>>(payload)
+            .ok()
+            .filter(|p| p.version.len() == 2 * Version::BYTES);
+        let Some(peek) = peek else {
             out.push((index, vec![(Cow::Borrowed(""), index)]));
             continue;
         };
@@ -66,7 +76,9 @@ pub(super) fn groups<'m>(messages: impl Iterator<Item = (&'m str, &'m [u8])>) ->
 mod tests {
     use super::*;
 
+    /// A message with the version `version` padded to its width.
     fn message(timestamp: i64, version: &str) -> Vec<u8> {
+        let version = format!("{version:0>58}");
         format!(r#"{{"schema":1,"timestamp":{timestamp},"open":"1","version":"{version}"}}"#)
             .into_bytes()
     }
@@ -76,15 +88,19 @@ mod tests {
         let a = "candles.coinbase.BTC-USD.ONE_MINUTE";
         let b = "candles.coinbase.ETH-USD.ONE_MINUTE";
         let payloads = [
-            (a, message(60, "0002")),  // 0
-            (b, message(60, "0005")),  // 1
-            (a, message(60, "0003")),  // 2: newer than 0
-            (a, message(120, "0001")), // 3: the next bucket stays apart
-            (a, message(60, "0001")),  // 4: older, arriving late (another producer)
+            (a, message(60, "0002")),                              // 0
+            (b, message(60, "0005")),                              // 1
+            (a, message(60, "0003")),                              // 2: newer than 0
+            (a, message(120, "0001")),                             // 3: the next bucket stays apart
+            (a, message(60, "0001")), // 4: older, arriving late (another producer)
             (b, b"not json".to_vec()), // 5: unreadable, alone
+            (b, br#"{"timestamp":60,"version":"ffff"}"#.to_vec()), // 6: too short, alone
         ];
         let groups = groups(payloads.iter().map(|(s, p)| (*s, p.as_slice())));
-        assert_eq!(groups, vec![vec![1], vec![3], vec![2, 0, 4], vec![5]]);
+        assert_eq!(
+            groups,
+            vec![vec![1], vec![3], vec![2, 0, 4], vec![5], vec![6]]
+        );
     }
 
     #[test]

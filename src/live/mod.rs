@@ -119,10 +119,16 @@ pub struct LiveState {
     origin: Option<Arc<str>>,
 }
 
-/// Wakes the clients of `queues` (after the state's lock is released).
-fn wake(queues: Vec<Arc<ClientQueue>>) {
-    for queue in queues {
-        queue.wake();
+/// The clients to wake for a batch of updates: woken when it is dropped, after the batch
+/// (outside the state's lock), even if applying it panicked half-way.
+#[derive(Debug, Default)]
+struct Wakes(Vec<Arc<ClientQueue>>);
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        for queue in self.0.drain(..) {
+            queue.wake();
+        }
     }
 }
 
@@ -171,10 +177,8 @@ impl LiveState {
 
     /// [`LiveState::apply`] at clock time `now`.
     pub fn apply_at(&self, update: CandleUpdate, now: DateTime<Utc>) -> bool {
-        let mut wakes = Vec::new();
-        let news = self.apply_waking(update, now, &mut wakes);
-        wake(wakes);
-        news
+        let mut wakes = Wakes::default();
+        self.apply_waking(update, now, &mut wakes.0)
     }
 
     /// [`LiveState::apply`] for each of `updates` in order; the clients that got events are
@@ -182,14 +186,12 @@ impl LiveState {
     /// rather than one per update. Returns how many were news.
     pub fn apply_all(&self, updates: impl IntoIterator<Item = CandleUpdate>) -> usize {
         let now = chrono::Utc::now();
-        let mut wakes = Vec::new();
-        let news = updates
+        let mut wakes = Wakes::default();
+        updates
             .into_iter()
-            .map(|update| self.apply_waking(update, now, &mut wakes))
+            .map(|update| self.apply_waking(update, now, &mut wakes.0))
             .filter(|news| *news)
-            .count();
-        wake(wakes);
-        news
+            .count()
     }
 
     /// [`LiveState::apply_all`] for updates of this instance's own engine, counted apart from

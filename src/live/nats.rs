@@ -32,7 +32,7 @@ const RELOAD_RETRY_BASE: Duration = Duration::from_millis(500);
 /// Longest wait between tries of a failed KV reload.
 const RELOAD_RETRY_CAP: Duration = Duration::from_secs(10);
 /// Most messages taken from the subscription at once.
-const MAX_BATCH: usize = 65_536;
+const MAX_BATCH: usize = 4_096;
 /// Longest wait to unsubscribe at the stop.
 const UNSUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
 

@@ -12,8 +12,9 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ProcessReport {
     pub pid: u32,
-    /// Tokio tasks spawned and not yet finished, on the runtime and its lanes (`None` outside
-    /// a runtime).
+    /// Tokio tasks spawned and not yet finished, on the runtime and every lane of the process
+    /// (`None` outside a runtime). A service process has one runtime and one lane; a test
+    /// process holding several services counts all of theirs.
     pub tasks: Option<usize>,
     /// Resident set size in bytes (`None` where `/proc` does not tell).
     pub rss_bytes: Option<u64>,

@@ -6,8 +6,9 @@
 //! queues.
 //!
 //! In: stages spawned on its [`Lane::handle`]. Out: their tasks, run until the lane is
-//! dropped (it then stops its runtime, which drops whatever is still spawned on it: the
-//! service awaits its stages before that).
+//! dropped (it then stops its runtime, which drops whatever is still spawned on it). The
+//! service holds its lane until its stop has awaited the stages; on a forced stop, what
+//! they still held goes with them, as it would on the main runtime.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,31 +82,5 @@ impl Drop for Lane {
         // Not joined: a drop on an async worker must not block it. The thread ends as soon as
         // its runtime sees the stop.
         drop(self.thread.take());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_stage_spawned_on_a_lane_runs_on_its_thread_and_its_spawns_stay_there() {
-        let lane = Lane::start("test-lane").expect("lane");
-        let names = lane
-            .handle()
-            .spawn(async {
-                let outer = std::thread::current().name().map(str::to_owned);
-                let inner =
-                    tokio::spawn(async { std::thread::current().name().map(str::to_owned) })
-                        .await
-                        .expect("inner");
-                (outer, inner)
-            })
-            .await
-            .expect("joined from another runtime");
-        assert_eq!(
-            names,
-            (Some("test-lane".to_owned()), Some("test-lane".to_owned()))
-        );
     }
 }

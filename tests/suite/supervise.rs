@@ -141,3 +141,31 @@ async fn an_ended_engine_stops_the_service_with_an_error_naming_it() {
     );
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn a_stage_spawned_on_a_lane_runs_on_its_thread_and_its_spawns_stay_there() {
+    let lane = spot_canvas::supervise::Lane::start("test-lane").expect("lane");
+    let names = lane
+        .handle()
+        .spawn(async {
+            let outer = std::thread::current().name().map(str::to_owned);
+            let inner = tokio::spawn(async { std::thread::current().name().map(str::to_owned) })
+                .await
+                .expect("inner");
+            (outer, inner)
+        })
+        .await
+        .expect("joined from another runtime");
+    assert_eq!(
+        names,
+        (Some("test-lane".to_owned()), Some("test-lane".to_owned()))
+    );
+    // Its tasks count in the process's figures while it runs.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let held = lane.handle().spawn(async move {
+        let _ = rx.await;
+    });
+    assert!(spot_canvas::supervise::lane_tasks() >= 1);
+    drop(tx);
+    held.await.expect("ends");
+}

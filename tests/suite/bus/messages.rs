@@ -21,6 +21,18 @@ fn the_message_matches_the_golden_sample() {
     other_exchange["exchange"] = "elsewhere\r".into();
     let error = CandleMessage::parse(other_exchange.to_string().as_bytes()).expect_err("exchange");
     assert!(error.to_string().contains("\\r"), "escaped: {error}");
+    // The bucket said three ways must agree, and the version must be spelled lower-case:
+    // coalescing compares `timestamp` and `version` without reading the rest.
+    let mut other_timestamp = golden.clone();
+    other_timestamp["timestamp"] = (golden["timestamp"].as_i64().expect("ts") + 60).into();
+    assert!(CandleMessage::parse(other_timestamp.to_string().as_bytes()).is_err());
+    let mut upper = golden.clone();
+    upper["version"] = golden["version"]
+        .as_str()
+        .expect("version")
+        .to_uppercase()
+        .into();
+    assert!(CandleMessage::parse(upper.to_string().as_bytes()).is_err());
     let mut odd_id = golden.clone();
     odd_id["product_id"] = "PEPE-USD\rretry: 0".into();
     assert!(CandleMessage::parse(odd_id.to_string().as_bytes()).is_err());
