@@ -30,6 +30,7 @@ use super::crosscheck::CrossCheck;
 use super::limiter::LogLimiter;
 use super::product::ProductCandles;
 use super::run::Run;
+use super::tally::Tally;
 use crate::model::{Candle, CandleUpdate, Granularity, ProductId, Trade};
 
 /// Timing of completion and revisions.
@@ -241,7 +242,8 @@ impl Aggregator {
             product.unsee(run.members.iter().map(|&i| trades[i].trade_id), minute);
             for &i in &run.members {
                 let t = &trades[i];
-                let Some(places) = product.plan(t, minute) else {
+                let one = Tally::of(t);
+                let Some(places) = product.plan_tally(&one, minute) else {
                     outcome.rejected_overflow += 1;
                     if let Some(suppressed) = self.limiters.overflow.allow(&t.product_id, now) {
                         tracing::warn!(
@@ -255,7 +257,8 @@ impl Aggregator {
                     }
                     continue;
                 };
-                product.commit(t, minute, places, now_ms, grace_ms);
+                product.commit_tally(&one, minute, places, now_ms, grace_ms);
+                product.see(t.trade_id, minute);
                 outcome.applied += 1;
             }
         }

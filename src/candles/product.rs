@@ -13,7 +13,7 @@ use rustc_hash::FxHashSet;
 use super::coverage::Coverage;
 use super::crosscheck::{CrossCheck, Verdict, compare};
 use super::tally::{Sums, Tally};
-use crate::model::{Candle, CandleUpdate, Granularity, ProductId, Trade, TradeId};
+use crate::model::{Candle, CandleUpdate, Granularity, ProductId, TradeId};
 
 /// One candle as the engine holds it.
 #[derive(Debug, Clone)]
@@ -30,20 +30,11 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    /// Adds a trade whose sums were checked.
-    pub(crate) fn add(&mut self, t: &Trade, sums: Sums) {
-        self.tally.add(t, sums);
-        if self.complete && !self.dirty {
-            // A late trade for a complete candle: a new revision, still complete.
-            self.revision = self.revision.saturating_add(1);
-        }
-        self.dirty = true;
-    }
-
-    /// Merges a tally whose sums were checked.
+    /// Merges a tally (of one trade or of several) whose sums were checked.
     pub(crate) fn merge(&mut self, tally: &Tally, sums: Sums) {
         self.tally.merge_with(tally, sums);
         if self.complete && !self.dirty {
+            // Late trades for a complete candle: a new revision, still complete.
             self.revision = self.revision.saturating_add(1);
         }
         self.dirty = true;
@@ -63,7 +54,7 @@ impl Slot {
     }
 }
 
-/// Where a trade goes in one granularity: an existing slot, or a new one at an index.
+/// Where a tally goes in one granularity: an existing slot, or a new one at an index.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Place {
     Held(usize, Sums),
@@ -119,54 +110,10 @@ impl ProductCandles {
                 .is_ok_and(|i| self.slots[Granularity::OneMinute.index()][i].backfilled)
     }
 
-    /// Where `t` (of the minute starting at `minute`) goes in every granularity, with the
-    /// checked sums of each slot it joins; `None` when one of them would overflow. Nothing
-    /// changes, so a trade that cannot be added leaves every candle as it was.
-    pub(crate) fn plan(&self, t: &Trade, minute: i64) -> Option<[Place; 8]> {
-        if !super::tally::within_limit(t.size) {
-            return None;
-        }
-        let mut places = [Place::New(0); 8];
-        for g in Granularity::ALL {
-            let start = g.bucket_start_secs(minute);
-            let slots = &self.slots[g.index()];
-            // Nearly every trade lands in the newest bucket: search from the back.
-            places[g.index()] = match slots.iter().rposition(|s| s.start <= start) {
-                Some(i) if slots[i].start == start => Place::Held(i, slots[i].tally.sums_with(t)?),
-                position => Place::New(position.map_or(0, |i| i + 1)),
-            };
-        }
-        Some(places)
-    }
-
-    /// Adds `t` where [`ProductCandles::plan`] placed it. `now_ms` and `grace_ms` decide
-    /// whether a new candle is complete at once.
-    pub(crate) fn commit(
-        &mut self,
-        t: &Trade,
-        minute: i64,
-        places: [Place; 8],
-        now_ms: i64,
-        grace_ms: i64,
-    ) {
-        for g in Granularity::ALL {
-            let start = g.bucket_start_secs(minute);
-            let slots = &mut self.slots[g.index()];
-            match places[g.index()] {
-                Place::Held(i, sums) => slots[i].add(t, sums),
-                Place::New(at) => slots.insert(
-                    at,
-                    Slot::new(start, Tally::of(t), g.seconds(), now_ms, grace_ms),
-                ),
-            }
-            self.touch(g, start);
-        }
-        self.see(t.trade_id, minute);
-    }
-
-    /// Where the tally of trades of the minute starting at `minute` goes in every
-    /// granularity, with the checked sums of each slot it joins; `None` when one of them
-    /// would overflow (nothing changes).
+    /// Where the tally of trades of the minute starting at `minute` (one trade's, or a run's)
+    /// goes in every granularity, with the checked sums of each slot it joins; `None` when
+    /// one of them would overflow. Nothing changes, so a tally that cannot be added leaves
+    /// every candle as it was.
     pub(crate) fn plan_tally(&self, tally: &Tally, minute: i64) -> Option<[Place; 8]> {
         if !super::tally::within_limit(tally.volume) {
             return None;
@@ -175,6 +122,7 @@ impl ProductCandles {
         for g in Granularity::ALL {
             let start = g.bucket_start_secs(minute);
             let slots = &self.slots[g.index()];
+            // Nearly every trade lands in the newest bucket: search from the back.
             places[g.index()] = match slots.iter().rposition(|s| s.start <= start) {
                 Some(i) if slots[i].start == start => {
                     Place::Held(i, slots[i].tally.sums_with_tally(tally)?)

@@ -319,13 +319,6 @@ impl LiveState {
         true
     }
 
-    /// [`LiveState::apply`] for an update of this instance's own engine, counted apart from
-    /// those that come over NATS.
-    pub fn apply_local(&self, update: CandleUpdate) -> bool {
-        self.stats.local.fetch_add(1, Ordering::Relaxed);
-        self.apply(update)
-    }
-
     /// Cuts off the clients that stayed lagged past their stall limit: those of quiet series
     /// are not reached by [`LiveState::apply`]. The running loop calls it every second.
     pub fn sweep(&self) {
